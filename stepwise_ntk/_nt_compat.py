@@ -80,6 +80,12 @@ PATCHES: dict[str, tuple[tuple[str, str, int], ...]] = {
         ),
         # An annotation evaluated at definition time (structured-derivatives code only).
         ("    prim: core.Primitive,\n", "    prim: 'Primitive',\n", 1),
+        # jnp.size of a ShapeDtypeStruct is deprecated (a future JAX error); .shape is exact.
+        (
+            "np.cumsum([jnp.size(l) for l in leaves[:-1]])",
+            "np.cumsum([int(np.prod(l.shape)) for l in leaves[:-1]])",
+            1,
+        ),
     ),
     "neural_tangents._src.utils.rules": (
         ("from jax.core import Jaxpr\n", "from jax.extend.core import Jaxpr\n", 1),
