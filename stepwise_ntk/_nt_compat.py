@@ -86,6 +86,7 @@ PATCHES: dict[str, tuple[tuple[str, str, int], ...]] = {
             "np.cumsum([int(np.prod(l.shape)) for l in leaves[:-1]])",
             1,
         ),
+        ("ndim = sum(map(jnp.size, leaves))", "ndim = sum(int(np.prod(l.shape)) for l in leaves)", 1),
     ),
     "neural_tangents._src.utils.rules": (
         ("from jax.core import Jaxpr\n", "from jax.extend.core import Jaxpr\n", 1),
