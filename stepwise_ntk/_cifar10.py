@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import os
@@ -289,6 +290,8 @@ class _BatchUnpickler(pickle.Unpickler):
     """Unpickler that can only rebuild numpy arrays (the batches need nothing else).
 
     A plain ``pickle.load`` would run whatever a tampered file asks for.
+    ``_codecs.encode`` is how Python 3 stores ``bytes`` at protocol ≤ 2 (a copy
+    re-saved from Python 3); it only converts data.
     """
 
     _ALLOWED = {
@@ -298,11 +301,14 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        if module == "_codecs":
+            return codecs.encode
         if name == "_reconstruct":
             return np._core.multiarray._reconstruct  # not numpy.core: deprecated alias
         if name == "scalar":
