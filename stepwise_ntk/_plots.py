@@ -1,0 +1,203 @@
+"""Figures for the CLI, notebooks and README: staircases, eigenvalue curves, projections, modes.
+
+Every function takes plain arrays, writes one PNG atomically and returns its path; the
+selection logic a picture depends on (which images a mode gallery shows, which directions
+a projection uses) is a separate pure function so tests can check it without pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the CLI and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = [
+    "gallery_indices",
+    "principal_directions",
+    "plot_staircase",
+    "plot_projections",
+    "plot_mode_gallery",
+    "plot_width_sweep",
+]
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_staircase(
+    path,
+    times,
+    loss,
+    eigenvalues,
+    *,
+    step_times=None,
+    theory_times=None,
+    theory_eigenvalues=None,
+    title: str = "",
+    time_label: str = "effective time  t = lr x step",
+) -> Path:
+    """Loss staircase (left) and embedding eigenvalues (right) against log time.
+
+    Args:
+      times: (T,) positive, increasing.
+      loss: (T,).
+      eigenvalues: (T, d), eigenvalues of C, descending.
+      step_times: (d,) predicted step times, drawn as dashed vertical lines.
+      theory_times, theory_eigenvalues: (T',), (T', d) closed-form curves, dashed.
+    """
+    times = np.asarray(times)
+    eigenvalues = np.asarray(eigenvalues)
+    d = eigenvalues.shape[1]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, d))
+    fig, (ax_loss, ax_eig) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(times, loss, color="k", lw=2, label="simulation")
+    ax_loss.set_xscale("log")
+    ax_loss.set_xlabel(time_label)
+    ax_loss.set_ylabel(r"loss $\|C - I\|_F^2$")
+    for j in range(d):
+        ax_eig.plot(times, eigenvalues[:, j], color=colors[j], lw=2)
+    if theory_eigenvalues is not None:
+        for j in range(d):
+            ax_eig.plot(theory_times, np.asarray(theory_eigenvalues)[:, j], color=colors[j], ls="--", lw=1)
+    if step_times is not None:
+        for j, t in enumerate(np.asarray(step_times)):
+            for ax in (ax_loss, ax_eig):
+                ax.axvline(t, color=colors[j], ls="--", lw=0.8, alpha=0.7)
+        ax_loss.plot([], [], color="gray", ls="--", label="predicted step times")
+    ax_loss.legend(loc="lower left")
+    ax_eig.set_xscale("log")
+    ax_eig.set_xlabel(time_label)
+    ax_eig.set_ylabel(r"eigenvalues of $C$")
+    if theory_eigenvalues is not None:
+        ax_eig.plot([], [], color="gray", ls="--", label="theory")
+        ax_eig.plot([], [], color="gray", label="simulation")
+        ax_eig.legend(loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def principal_directions(embeddings: np.ndarray, k: int = 3) -> np.ndarray:
+    """Top-k principal directions (d, k) of embeddings (N, d), sign fixed by the largest entry.
+
+    Uncentred, like C itself (the loss has no centring), so a collapsed embedding at the
+    origin projects to a point and one learned direction to a line.
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    if k > embeddings.shape[1]:
+        raise ValueError(f"k={k} principal directions requested from d={embeddings.shape[1]} dims; use k <= d.")
+    _, _, vt = np.linalg.svd(embeddings, full_matrices=False)
+    dirs = vt[:k].T
+    signs = np.sign(dirs[np.argmax(np.abs(dirs), axis=0), np.arange(k)])
+    return dirs * signs
+
+
+def plot_projections(path, snapshots, times, *, labels=None, title: str = "") -> Path:
+    """The views' embeddings on the final top-3 principal directions at a few times.
+
+    Args:
+      snapshots: (S, N, d) embeddings at S times (d >= 3).
+      times: (S,).
+      labels: optional (N,) class labels for colour.
+    """
+    snapshots = np.asarray(snapshots)
+    dirs = principal_directions(snapshots[-1], 3)
+    lim = np.abs(snapshots[-1] @ dirs).max() * 1.1
+    fig = plt.figure(figsize=(4 * len(times), 4))
+    for s, t in enumerate(times):
+        ax = fig.add_subplot(1, len(times), s + 1, projection="3d")
+        p = snapshots[s] @ dirs
+        ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=labels, cmap="tab10", s=4, alpha=0.7)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_zlim(-lim, lim)
+        ax.set_title(f"t = {t:.3g}")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def gallery_indices(mode_values: np.ndarray, n_show: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the n_show highest and lowest values of each mode.
+
+    Args:
+      mode_values: (N, k) mode function values on N images.
+    Returns:
+      (top, bottom), each (k, n_show); top[j] in descending, bottom[j] in ascending order.
+    """
+    mode_values = np.asarray(mode_values)
+    if n_show > mode_values.shape[0]:
+        raise ValueError(f"n_show={n_show} exceeds the {mode_values.shape[0]} images; lower n_show.")
+    order = np.argsort(mode_values, axis=0, kind="stable")
+    return order[::-1][:n_show].T, order[:n_show].T
+
+
+def plot_mode_gallery(path, images, mode_values, *, n_show: int = 6, class_names=None, labels=None) -> Path:
+    """For each mode, the images with the highest (left) and lowest (right) mode values.
+
+    Args:
+      images: (N, H, W, 3) uint8 or floats in [0, 1].
+      mode_values: (N, k).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        lo, hi = images.min(), images.max()
+        images = (images - lo) / max(hi - lo, 1e-12)
+    top, bottom = gallery_indices(mode_values, n_show)
+    k = top.shape[0]
+    fig, axes = plt.subplots(k, 2 * n_show + 1, figsize=(1.1 * (2 * n_show + 1), 1.2 * k), squeeze=False)
+    for j in range(k):
+        picks = list(top[j]) + [None] + list(bottom[j])
+        for c, idx in enumerate(picks):
+            ax = axes[j, c]
+            ax.axis("off")
+            if idx is None:
+                ax.text(0.5, 0.5, f"mode {j + 1}", ha="center", va="center", fontsize=8)
+                continue
+            ax.imshow(images[idx])
+            if labels is not None and class_names is not None:
+                ax.set_title(class_names[int(labels[idx])], fontsize=6)
+    fig.suptitle("top modes: highest values (left), lowest values (right)")
+    return _save(fig, path)
+
+
+def plot_width_sweep(path, widths: Sequence[int], alignment, step_time_ratio=None, *, title: str = "") -> Path:
+    """Alignment with the NTK prediction (and step-time ratio network/theory) against width."""
+    ncols = 1 if step_time_ratio is None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(widths, alignment, "o-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width")
+    ax.set_ylabel("subspace alignment with theory")
+    ax.set_ylim(0, 1.02)
+    if step_time_ratio is not None:
+        ratio = np.asarray(step_time_ratio)
+        ax = axes[0, 1]
+        ax.plot(widths, ratio if ratio.ndim == 1 else np.median(ratio, axis=1), "o-")
+        ax.axhline(1.0, color="gray", ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("width")
+        ax.set_ylabel("step time ratio network / theory (median)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
