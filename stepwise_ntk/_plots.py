@@ -126,7 +126,8 @@ def plot_projections(path, snapshots, times, *, labels=None, title: str = "") ->
     for s, t in enumerate(times):
         ax = fig.add_subplot(1, len(times), s + 1, projection="3d")
         p = snapshots[s] @ dirs
-        ax.scatter(p[:, 0], p[:, 1], p[:, 2], c=labels, cmap="tab10", s=4, alpha=0.7)
+        colour = {"c": labels, "cmap": "tab10"} if labels is not None else {"color": "C0"}
+        ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=4, alpha=0.7, **colour)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_zlim(-lim, lim)
