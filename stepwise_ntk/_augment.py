@@ -59,7 +59,7 @@ __all__ = [
     "sample_resized_crop_box",
 ]
 
-# ITU-R BT.601 luma weights (PIL's "L" conversion); they sum to exactly 1.
+# ITU-R BT.601 luma weights (PIL's "L" conversion); they sum to 1.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # Constants folded into a view's key, one per stage, so stages draw independently and
