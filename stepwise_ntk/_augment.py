@@ -71,9 +71,7 @@ _CROP, _FLIP, _JITTER, _GRAY = 0, 1, 2, 3
 
 
 def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
-        value
-    ):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"AugmentConfig.{name} must be a finite number, got {value!r}.")
     return float(value)
 
@@ -148,7 +146,10 @@ class AugmentConfig:
             )
         object.__setattr__(self, "crop_padding", int(pad))
         scale = _check_range(
-            "crop_scale", self.crop_scale, lambda v: v > 0, lambda v: v <= 1,
+            "crop_scale",
+            self.crop_scale,
+            lambda v: v > 0,
+            lambda v: v <= 1,
             "0 < low ≤ high ≤ 1",
         )
         ratio = _check_range(
@@ -178,9 +179,7 @@ class AugmentConfig:
 
     @property
     def jitters(self) -> bool:
-        return bool(self.jitter_prob) and any(
-            (self.brightness, self.contrast, self.saturation)
-        )
+        return bool(self.jitter_prob) and any((self.brightness, self.contrast, self.saturation))
 
 
 # --------------------------------------------------------------------------- single ops
@@ -206,8 +205,10 @@ def crop_with_padding(image: jax.Array, dy: Any, dx: Any, padding: int) -> jax.A
       dy, dx: int offsets in ``[0, 2p]`` (may be traced).
       padding: ``p ≥ 0`` (static).
     """
-    if _concrete(dy) and _concrete(dx) and not (
-        0 <= int(dy) <= 2 * padding and 0 <= int(dx) <= 2 * padding
+    if (
+        _concrete(dy)
+        and _concrete(dx)
+        and not (0 <= int(dy) <= 2 * padding and 0 <= int(dx) <= 2 * padding)
     ):
         raise ValueError(f"offsets must lie in [0, {2 * padding}], got dy={dy}, dx={dx}.")
     h, w, c = image.shape
@@ -245,8 +246,12 @@ def resized_crop(image: jax.Array, top: Any, left: Any, height: Any, width: Any)
     """
     h, w, _ = image.shape
     if all(map(_concrete, (top, left, height, width))) and not (
-        0 <= int(top) and 0 <= int(left) and 1 <= int(height) and 1 <= int(width)
-        and int(top) + int(height) <= h and int(left) + int(width) <= w
+        0 <= int(top)
+        and 0 <= int(left)
+        and 1 <= int(height)
+        and 1 <= int(width)
+        and int(top) + int(height) <= h
+        and int(left) + int(width) <= w
     ):
         raise ValueError(
             f"box (top={top}, left={left}, height={height}, width={width}) is not inside "
@@ -255,9 +260,7 @@ def resized_crop(image: jax.Array, top: Any, left: Any, height: Any, width: Any)
     ry = _interp_matrix(jnp.asarray(top), jnp.asarray(height), h, image.dtype)
     rx = _interp_matrix(jnp.asarray(left), jnp.asarray(width), w, image.dtype)
     # HIGHEST: no reduced-precision (e.g. TF32) matmuls on accelerators.
-    return jnp.einsum(
-        "ik,klc,jl->ijc", ry, image, rx, precision=jax.lax.Precision.HIGHEST
-    )
+    return jnp.einsum("ik,klc,jl->ijc", ry, image, rx, precision=jax.lax.Precision.HIGHEST)
 
 
 def sample_resized_crop_box(
@@ -280,9 +283,7 @@ def sample_resized_crop_box(
     """
     k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
     area = float(height * width)
-    target = area * jax.random.uniform(
-        k_area, (attempts,), jnp.float32, scale[0], scale[1]
-    )
+    target = area * jax.random.uniform(k_area, (attempts,), jnp.float32, scale[0], scale[1])
     log_r = jax.random.uniform(
         k_ratio, (attempts,), jnp.float32, math.log(ratio[0]), math.log(ratio[1])
     )
@@ -294,9 +295,9 @@ def sample_resized_crop_box(
     # Fallback, static: a centred box with the aspect clamped into `ratio`.
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        fb_w, fb_h = width, int(round(width / ratio[0]))
+        fb_w, fb_h = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        fb_h, fb_w = height, int(round(height * ratio[1]))
+        fb_h, fb_w = height, round(height * ratio[1])
     else:
         fb_w, fb_h = width, height
     ok = jnp.any(fits)
@@ -438,8 +439,11 @@ def _check_images(images: Any, config: AugmentConfig) -> jax.Array:
             f"colour jitter and grayscale need RGB images (C = 3), got C = {c}; set "
             "jitter_prob=None and gray_prob=None for other channel counts."
         )
-    if config.jitters and _concrete(images) and images.size and (
-        float(jnp.min(images)) < 0 or float(jnp.max(images)) > 1
+    if (
+        config.jitters
+        and _concrete(images)
+        and images.size
+        and (float(jnp.min(images)) < 0 or float(jnp.max(images)) > 1)
     ):
         raise ValueError(
             "colour jitter clips to [0, 1], but the images range over "

@@ -248,8 +248,7 @@ def download_cifar10(
             got = _fetch(url, archive, progress=progress)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise CIFAR10Error(
-                f"could not download {url} ({type(e).__name__}: {e}). "
-                + _how_to_get_it(folder)
+                f"could not download {url} ({type(e).__name__}: {e}). " + _how_to_get_it(folder)
             ) from e
         if got != md5:
             raise CIFAR10Error(
@@ -294,15 +293,17 @@ class _BatchUnpickler(pickle.Unpickler):
     re-saved from Python 3); it only converts data.
     """
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -343,8 +344,11 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in obj or "labels" not in obj:
         raise _corrupt(path, f"missing 'data' or 'labels'; keys are {sorted(obj)}")
     data, labels = obj["data"], obj["labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or (
-        data.shape[1] != 3072
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or (data.shape[1] != 3072)
     ):
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data)
         raise _corrupt(path, f"'data' must be a uint8 array (N, 3072), found {desc}")
@@ -488,8 +492,7 @@ def balanced_subset(labels: Sequence[int] | np.ndarray, n: int, seed: Any = 0) -
     labels = np.asarray(labels)
     if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
         raise ValueError(
-            f"labels must be a 1-D array of integer class ids, got {labels.dtype} "
-            f"{labels.shape}."
+            f"labels must be a 1-D array of integer class ids, got {labels.dtype} {labels.shape}."
         )
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise ValueError(f"n must be an int, got {type(n).__name__}.")
@@ -544,9 +547,7 @@ def channel_stats(images: Any, *, chunk: int = 4096) -> tuple[np.ndarray, np.nda
     count = flat.shape[0]
     total = sum(flat[i : i + chunk].sum(0, dtype=np.float64) for i in range(0, count, chunk))
     mean = total / count / scale
-    sq = sum(
-        ((flat[i : i + chunk] / scale - mean) ** 2).sum(0) for i in range(0, count, chunk)
-    )
+    sq = sum(((flat[i : i + chunk] / scale - mean) ** 2).sum(0) for i in range(0, count, chunk))
     return mean, np.sqrt(sq / count)
 
 

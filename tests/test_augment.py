@@ -33,7 +33,7 @@ from stepwise_ntk._augment import (
     sample_resized_crop_box,
 )
 
-OFF = dict(crop=None, flip_prob=None, jitter_prob=None, gray_prob=None)
+OFF = {"crop": None, "flip_prob": None, "jitter_prob": None, "gray_prob": None}
 
 
 def noise(n, h=8, w=8, c=3, seed=0, dtype=np.float64):
@@ -88,7 +88,9 @@ def test_crop_and_flip_views_match_exhaustive_reference():
             (o, f)
             for o in offsets
             for f in (False, True)
-            if np.array_equal(views[j], np.fliplr(np_crop(img, *o, p)) if f else np_crop(img, *o, p))
+            if np.array_equal(
+                views[j], np.fliplr(np_crop(img, *o, p)) if f else np_crop(img, *o, p)
+            )
         ]
         assert len(matches) == 1, (j, matches)
         found_offset.append(offsets.index(matches[0][0]))
@@ -126,7 +128,9 @@ def test_flip_is_exact_mirror():
 def test_grayscale_matches_luma_formula():
     x = noise(4)
     assert math.isclose(sum(LUMA_WEIGHTS), 1.0, rel_tol=1e-15)  # gray of gray is gray
-    np.testing.assert_allclose(np.asarray(grayscale(jnp.asarray(x))), np_gray(x), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        np.asarray(grayscale(jnp.asarray(x))), np_gray(x), rtol=0, atol=1e-15
+    )
     # float32 against the float64 reference: a few ulps of values ≤ 1
     out32 = grayscale(jnp.asarray(x, jnp.float32))
     assert out32.dtype == jnp.float32
@@ -144,7 +148,11 @@ def test_jitter_ops_match_numpy(f):
     ref_b = np.clip(f * x, 0, 1)
     ref_c = np.clip(f * x + (1 - f) * np_gray(x)[..., 0].mean(), 0, 1)
     ref_s = np.clip(f * x + (1 - f) * np_gray(x), 0, 1)
-    for op, ref in ((adjust_brightness, ref_b), (adjust_contrast, ref_c), (adjust_saturation, ref_s)):
+    for op, ref in (
+        (adjust_brightness, ref_b),
+        (adjust_contrast, ref_c),
+        (adjust_saturation, ref_s),
+    ):
         np.testing.assert_allclose(np.asarray(op(jnp.asarray(x), fx)), ref, rtol=0, atol=1e-15)
     if f == 1.8:  # the clip is exercised
         assert ref_b.max() == 1.0
@@ -154,11 +162,15 @@ def test_jitter_factors_within_strength():
     """With only brightness on, view / image is one factor per view, in [1 − s, 1 + s]."""
     s, n = 0.3, 500
     x = noise(n, 4, 4, seed=3) * 0.5  # ≤ 0.5, so factors ≤ 1.3 never clip
-    cfg = AugmentConfig(**{**OFF, "jitter_prob": 1.0, "brightness": s, "contrast": 0, "saturation": None})
+    cfg = AugmentConfig(
+        **{**OFF, "jitter_prob": 1.0, "brightness": s, "contrast": 0, "saturation": None}
+    )
     views = np.asarray(positive_pairs(jax.random.key(2), x, cfg))
     ratio = views / np.concatenate([x, x])
     per_view = ratio.reshape(2 * n, -1)
-    np.testing.assert_allclose(per_view, np.broadcast_to(per_view[:, :1], per_view.shape), rtol=1e-12)
+    np.testing.assert_allclose(
+        per_view, np.broadcast_to(per_view[:, :1], per_view.shape), rtol=1e-12
+    )
     factors = per_view[:, 0]
     assert factors.min() >= 1 - s and factors.max() <= 1 + s
     # uniform on [0.7, 1.3]: KS test, a correct sampler gives p < 1e-4 with prob. 1e-4
@@ -168,12 +180,16 @@ def test_jitter_factors_within_strength():
 # --------------------------------------------------------------------------- resized crop
 
 
-@pytest.mark.parametrize("box", [(0, 0, 16, 12), (2, 3, 8, 6), (1, 0, 5, 11), (4, 4, 7, 3), (15, 11, 1, 1)])
+@pytest.mark.parametrize(
+    "box", [(0, 0, 16, 12), (2, 3, 8, 6), (1, 0, 5, 11), (4, 4, 7, 3), (15, 11, 1, 1)]
+)
 def test_resized_crop_matches_scipy_zoom(box):
     """Bilinear, half-pixel centres, edge replication = scipy zoom(grid_mode, 'nearest')."""
     t, l, h, w = box
     x = noise(1, 16, 12)[0]
-    ref = ndi.zoom(x[t : t + h, l : l + w], (16 / h, 12 / w, 1), order=1, mode="nearest", grid_mode=True)
+    ref = ndi.zoom(
+        x[t : t + h, l : l + w], (16 / h, 12 / w, 1), order=1, mode="nearest", grid_mode=True
+    )
     out = resized_crop(jnp.asarray(x), t, l, h, w)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="not inside"):
@@ -203,7 +219,9 @@ def test_resized_crop_fallback_and_identity():
     box = sample_resized_crop_box(jax.random.key(0), 32, 32, (1.0, 1.0), (2.0, 3.0))
     assert tuple(int(b) for b in box) == (8, 0, 16, 32)
     x = noise(3, 10, 10)
-    cfg = AugmentConfig(**{**OFF, "crop": "resized", "crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)})
+    cfg = AugmentConfig(
+        **{**OFF, "crop": "resized", "crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)}
+    )
     views = positive_pairs(jax.random.key(0), x, cfg)
     np.testing.assert_allclose(np.asarray(views), np.concatenate([x, x]), rtol=0, atol=1e-15)
 
@@ -271,7 +289,9 @@ def test_views_depend_only_on_key_and_image_id(default_views):
     np.testing.assert_allclose(part[5:], views[n + 10 : n + 15], rtol=0, atol=1e-15)
     perm = np.random.default_rng(0).permutation(n)
     shuffled = np.asarray(positive_pairs(jax.random.key(0), x[perm], ids=perm))
-    np.testing.assert_allclose(shuffled, np.concatenate([views[:n][perm], views[n:][perm]]), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        shuffled, np.concatenate([views[:n][perm], views[n:][perm]]), rtol=0, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("crop", ["pad", "resized"])
@@ -292,26 +312,26 @@ def test_dtype_preserved_and_same_draws(crop):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(crop="random"), "crop"),
-        (dict(crop_padding=-1), "crop_padding"),
-        (dict(crop_padding=1.5), "crop_padding"),
-        (dict(crop_padding=True), "crop_padding"),
-        (dict(crop_scale=(0.0, 1.0)), "crop_scale"),
-        (dict(crop_scale=(0.6, 0.2)), "crop_scale"),
-        (dict(crop_scale=(0.5, 1.5)), "crop_scale"),
-        (dict(crop_scale=(0.5,)), "crop_scale"),
-        (dict(crop_ratio=(0.0, 1.0)), "crop_ratio"),
-        (dict(crop_ratio=(2.0, 1.0)), "crop_ratio"),
-        (dict(crop_ratio=(1.0, float("inf"))), "crop_ratio"),
-        (dict(flip_prob=1.5), "flip_prob"),
-        (dict(flip_prob=-0.1), "flip_prob"),
-        (dict(flip_prob=float("nan")), "flip_prob"),
-        (dict(flip_prob="0.5"), "flip_prob"),
-        (dict(jitter_prob=2), "jitter_prob"),
-        (dict(gray_prob=-1), "gray_prob"),
-        (dict(brightness=-0.1), "brightness"),
-        (dict(contrast=float("inf")), "contrast"),
-        (dict(saturation=-1), "saturation"),
+        ({"crop": "random"}, "crop"),
+        ({"crop_padding": -1}, "crop_padding"),
+        ({"crop_padding": 1.5}, "crop_padding"),
+        ({"crop_padding": True}, "crop_padding"),
+        ({"crop_scale": (0.0, 1.0)}, "crop_scale"),
+        ({"crop_scale": (0.6, 0.2)}, "crop_scale"),
+        ({"crop_scale": (0.5, 1.5)}, "crop_scale"),
+        ({"crop_scale": (0.5,)}, "crop_scale"),
+        ({"crop_ratio": (0.0, 1.0)}, "crop_ratio"),
+        ({"crop_ratio": (2.0, 1.0)}, "crop_ratio"),
+        ({"crop_ratio": (1.0, float("inf"))}, "crop_ratio"),
+        ({"flip_prob": 1.5}, "flip_prob"),
+        ({"flip_prob": -0.1}, "flip_prob"),
+        ({"flip_prob": float("nan")}, "flip_prob"),
+        ({"flip_prob": "0.5"}, "flip_prob"),
+        ({"jitter_prob": 2}, "jitter_prob"),
+        ({"gray_prob": -1}, "gray_prob"),
+        ({"brightness": -0.1}, "brightness"),
+        ({"contrast": float("inf")}, "contrast"),
+        ({"saturation": -1}, "saturation"),
     ],
 )
 def test_bad_config_raises_naming_parameter(kwargs, name):
@@ -321,7 +341,9 @@ def test_bad_config_raises_naming_parameter(kwargs, name):
 
 def test_config_is_hashable_and_lists_become_tuples():
     a = AugmentConfig(crop_scale=[0.2, 1.0])
-    assert a == AugmentConfig(crop_scale=(0.2, 1.0)) and hash(a) == hash(AugmentConfig(crop_scale=(0.2, 1.0)))
+    assert a == AugmentConfig(crop_scale=(0.2, 1.0)) and hash(a) == hash(
+        AugmentConfig(crop_scale=(0.2, 1.0))
+    )
 
 
 def test_bad_call_arguments():
@@ -374,7 +396,13 @@ def test_downsample_bad_factor(factor):
 def test_cifar10_pairs_identity_is_the_data(cifar_dir):
     n = 30
     views, labels, idx = cifar10_pairs(
-        jax.random.key(0), n, "test", cifar_dir, AugmentConfig.identity(), normalize=False, dtype=np.float64
+        jax.random.key(0),
+        n,
+        "test",
+        cifar_dir,
+        AugmentConfig.identity(),
+        normalize=False,
+        dtype=np.float64,
     )
     data = _cifar10.load_cifar10("test", cifar_dir)
     ref = data.images[idx].astype(np.float64) / 255.0
@@ -392,7 +420,9 @@ def test_cifar10_pairs_normalize_and_downsample(cifar_dir):
     np.testing.assert_array_equal(idx, idx2)
     assert raw.dtype == norm.dtype == jnp.float32 and norm.shape == (2 * n, 8, 8, 3)
     # second route: normalise in float64 numpy, then pool 4×4 blocks
-    z = (np.asarray(raw, np.float64) - np.array(_cifar10.CIFAR10_MEAN)) / np.array(_cifar10.CIFAR10_STD)
+    z = (np.asarray(raw, np.float64) - np.array(_cifar10.CIFAR10_MEAN)) / np.array(
+        _cifar10.CIFAR10_STD
+    )
     ref = z.reshape(2 * n, 8, 4, 8, 4, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(np.asarray(norm, np.float64), ref, rtol=0, atol=1e-5)  # f32, |z| ≤ 4
 

@@ -267,7 +267,9 @@ def test_synthetic_batches_roundtrip(tmp_path):
     labels = np.concatenate([batches[n][1] for n in c10.TRAIN_FILES])
     for r in range(data.shape[0]):
         for c in range(3):
-            np.testing.assert_array_equal(train.images[r, :, :, c].ravel(), data[r, c * 1024 : (c + 1) * 1024])
+            np.testing.assert_array_equal(
+                train.images[r, :, :, c].ravel(), data[r, c * 1024 : (c + 1) * 1024]
+            )
     np.testing.assert_array_equal(train.labels, labels)
 
 
@@ -403,9 +405,13 @@ def test_balanced_subset_determinism_and_nesting(cifar_dir):
     for m in (301, 1000, 4660):  # growing n only appends
         np.testing.assert_array_equal(balanced_subset(labels, m, seed=7)[:300], a)
     key = jax.random.key(5)
-    np.testing.assert_array_equal(balanced_subset(labels, 50, key), balanced_subset(labels, 50, key))
+    np.testing.assert_array_equal(
+        balanced_subset(labels, 50, key), balanced_subset(labels, 50, key)
+    )
     raw = jax.random.PRNGKey(5)  # legacy uint32 keys carry the same bits
-    np.testing.assert_array_equal(balanced_subset(labels, 50, key), balanced_subset(labels, 50, raw))
+    np.testing.assert_array_equal(
+        balanced_subset(labels, 50, key), balanced_subset(labels, 50, raw)
+    )
 
 
 def test_balanced_subset_bad_input():
