@@ -6,4 +6,36 @@ solver (kernel Barlow Twins gradient flow) -> training (Flax twins) -> predictor
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# data
+from stepwise_ntk._augment import AugmentConfig, cifar10_pairs, downsample, positive_pairs
+from stepwise_ntk._cifar10 import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR10Dataset,
+    CIFAR10Error,
+    balanced_subset,
+    channel_stats,
+    download_cifar10,
+    load_cifar10,
+    normalize,
+    resolve_cifar10_dir,
+)
+
+__all__ = [
+    "__version__",
+    # data
+    "AugmentConfig",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR10Dataset",
+    "CIFAR10Error",
+    "balanced_subset",
+    "channel_stats",
+    "cifar10_pairs",
+    "download_cifar10",
+    "downsample",
+    "load_cifar10",
+    "normalize",
+    "positive_pairs",
+    "resolve_cifar10_dir",
+]
