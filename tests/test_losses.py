@@ -1,0 +1,128 @@
+"""Losses against independent numpy references written with explicit loops / dense Z."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stepwise_ntk._losses import barlow_twins_loss, cross_correlation, simclr_loss, vicreg_loss
+
+
+def _F(n, d, seed=0, scale=1.0):
+    return scale * np.random.default_rng(seed).normal(size=(2 * n, d))
+
+
+def np_cross_correlation(F):
+    n = F.shape[0] // 2
+    C = np.zeros((F.shape[1],) * 2)
+    for i in range(n):
+        C += np.outer(F[i], F[n + i]) + np.outer(F[n + i], F[i])
+    return C / (2 * n)
+
+
+def np_simclr(F, tau, normalize=True):
+    N = F.shape[0]
+    n = N // 2
+    z = F / np.linalg.norm(F, axis=1, keepdims=True) if normalize else F
+    total = 0.0
+    for i in range(N):
+        p = (i + n) % N
+        sims = [z[i] @ z[j] / tau for j in range(N) if j != i]
+        total += -z[i] @ z[p] / tau + np.log(np.sum(np.exp(sims)))
+    return total / N
+
+
+def np_vicreg(F, lam=25.0, mu=25.0, nu=1.0):
+    n, d = F.shape[0] // 2, F.shape[1]
+    a, b = F[:n], F[n:]
+    inv = np.mean((a - b) ** 2)
+
+    def var(x):
+        std = np.sqrt(x.var(axis=0, ddof=1) + 1e-4)
+        return np.mean(np.maximum(0.0, 1.0 - std))
+
+    def cov(x):
+        c = np.cov(x, rowvar=False)  # unbiased, centred
+        return (np.sum(c**2) - np.sum(np.diag(c) ** 2)) / d
+
+    return lam * inv + mu * (var(a) + var(b)) / 2 + nu * (cov(a) + cov(b))
+
+
+def test_cross_correlation_matches_pair_sum():
+    F = _F(6, 4)
+    np.testing.assert_allclose(np.asarray(cross_correlation(jnp.asarray(F))), np_cross_correlation(F), rtol=1e-13, atol=1e-14)
+
+
+def test_barlow_twins_value_and_gradient_closed_form():
+    n, d = 5, 3
+    F = _F(n, d, seed=1)
+    C = np_cross_correlation(F)
+    L = np.sum((C - np.eye(d)) ** 2)
+    np.testing.assert_allclose(float(barlow_twins_loss(jnp.asarray(F))), L, rtol=1e-13)
+    # THEORY.md: dL/dF = (2/n) Z F (C - I).
+    Z = np.zeros((2 * n, 2 * n))
+    Z[np.arange(n), n + np.arange(n)] = Z[n + np.arange(n), np.arange(n)] = 1.0
+    g = np.asarray(jax.grad(barlow_twins_loss)(jnp.asarray(F)))
+    np.testing.assert_allclose(g, (2 / n) * Z @ F @ (C - np.eye(d)), rtol=1e-12, atol=1e-13)
+    # At F = 0 the loss is ||I||^2 = d.
+    assert float(barlow_twins_loss(jnp.zeros((2 * n, d)))) == d
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_simclr_matches_loop_reference(normalize, tau):
+    F = _F(5, 3, seed=2, scale=0.7)
+    np.testing.assert_allclose(float(simclr_loss(jnp.asarray(F), tau, normalize=normalize)),
+                               np_simclr(F, tau, normalize), rtol=1e-12)
+
+
+def test_simclr_properties():
+    simclr = jax.jit(simclr_loss)
+    n, d = 4, 3
+    F = jnp.asarray(_F(n, d, seed=3))
+    # Equal similarities (all rows identical) -> log(2n - 1) exactly.
+    same = jnp.ones((2 * n, d))
+    np.testing.assert_allclose(float(simclr(same)), np.log(2 * n - 1), rtol=1e-13)
+    # Cosine similarity: invariant under per-row positive scaling and a global rotation.
+    s = jnp.asarray(np.random.default_rng(4).uniform(0.1, 3.0, size=(2 * n, 1)))
+    R, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(d, d)))
+    base = float(simclr(F))
+    np.testing.assert_allclose(float(simclr(F * s)), base, rtol=1e-12)
+    np.testing.assert_allclose(float(simclr(F @ jnp.asarray(R))), base, rtol=1e-12)
+    # Perfectly aligned, well separated pairs have a lower loss than shuffled partners.
+    aligned = jnp.concatenate([F[:n], F[:n]])
+    shuffled = jnp.concatenate([F[:n], F[:n][::-1]])
+    assert float(simclr(aligned)) < float(simclr(shuffled))
+
+
+def test_vicreg_matches_numpy_reference():
+    for seed, scale in [(6, 1.0), (7, 0.05), (8, 3.0)]:  # hinge active, active, inactive
+        F = _F(7, 4, seed=seed, scale=scale)
+        np.testing.assert_allclose(float(vicreg_loss(jnp.asarray(F))), np_vicreg(F), rtol=1e-12)
+    F = _F(7, 4, seed=9)
+    np.testing.assert_allclose(float(vicreg_loss(jnp.asarray(F), 1.0, 2.0, 3.0)), np_vicreg(F, 1.0, 2.0, 3.0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", [barlow_twins_loss, simclr_loss, vicreg_loss])
+def test_float32_close_to_float64(loss):
+    loss = jax.jit(loss)
+    F = _F(8, 4, seed=10, scale=0.8)
+    v64 = float(loss(jnp.asarray(F)))
+    v32 = float(loss(jnp.asarray(F, dtype=jnp.float32)))
+    assert loss(jnp.asarray(F, dtype=jnp.float32)).dtype == jnp.float32
+    # float32 round-off on O(1) sums of ~100 terms: relative 1e-5 is ample.
+    np.testing.assert_allclose(v32, v64, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", [barlow_twins_loss, simclr_loss, vicreg_loss])
+def test_gradients_match_finite_differences(loss):
+    F = _F(4, 3, seed=11, scale=0.9)
+    g = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(F)))
+    loss = jax.jit(loss)
+    h = 1e-6
+    for idx in [(0, 0), (3, 2), (5, 1), (7, 0)]:
+        E = np.zeros_like(F)
+        E[idx] = h
+        fd = (float(loss(jnp.asarray(F + E))) - float(loss(jnp.asarray(F - E)))) / (2 * h)
+        # Central differences in float64: truncation O(h^2) ~ 1e-12, round-off ~ 1e-10 / h.
+        np.testing.assert_allclose(g[idx], fd, rtol=1e-6, atol=1e-8)
