@@ -109,17 +109,36 @@ class LoopState:
     rec_embeddings: jax.Array | None
 
 
+def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with JAX's standard dtype promotion inside it.
+
+    optax mixes its int32 step count with floats (Adam's bias correction ``1 − β^count``),
+    which ``jax_numpy_dtype_promotion="strict"`` rejects; the promotion is optax's own
+    business, so it runs under the standard rules whatever the caller's setting.
+    """
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(program: Program) -> optax.GradientTransformation:
     """The optax transformation for ``program.optimizer`` (a name or a transformation)."""
     opt = program.optimizer
     if isinstance(opt, optax.GradientTransformation):
-        return opt
+        return _standard_promotion(opt)
     if opt == "sgd":
-        return optax.sgd(program.learning_rate)
+        return _standard_promotion(optax.sgd(program.learning_rate))
     if opt == "momentum":
-        return optax.sgd(program.learning_rate, momentum=program.momentum)
+        return _standard_promotion(optax.sgd(program.learning_rate, momentum=program.momentum))
     if opt == "adam":
-        return optax.adam(program.learning_rate)
+        return _standard_promotion(optax.adam(program.learning_rate))
     raise ValueError(f"optimizer must be one of {OPTIMIZERS} or an optax.GradientTransformation, got {opt!r}.")
 
 
