@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["cross_correlation", "cross_correlation_eigenvalues", "record_steps"]
+from stepwise_ntk._losses import cross_correlation
+
+__all__ = ["cross_correlation_eigenvalues", "record_steps"]
 
 
 def record_steps(steps: int, n_records: int, record_every: int | None = None) -> np.ndarray:
@@ -52,24 +54,6 @@ def record_steps(steps: int, n_records: int, record_every: int | None = None) ->
     if record_every is not None:
         points.append(np.arange(0, steps + 1, int(record_every), dtype=np.int64))
     return np.unique(np.concatenate(points))
-
-
-def cross_correlation(F: jax.Array) -> jax.Array:
-    """Symmetrised cross-correlation ``C = Fᵀ Z F / (2n)`` of paired embeddings.
-
-    ``C = (1/2n) Σ_i [f(x_i) f(x'_i)ᵀ + f(x'_i) f(x_i)ᵀ]``; ``Z`` is applied as a swap
-    of the two halves of ``F``'s rows, never built.
-
-    Args:
-      F: ``(2n, d)`` embeddings, rows ordered ``[x_1..x_n, x'_1..x'_n]``.
-
-    Returns:
-      ``(d, d)`` symmetric matrix, dtype of ``F``.
-    """
-    n = F.shape[0] // 2
-    a, b = F[:n], F[n:]
-    ab = a.T @ b
-    return (ab + ab.T) / (2 * n)
 
 
 def cross_correlation_eigenvalues(F: jax.Array) -> jax.Array:

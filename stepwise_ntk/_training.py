@@ -57,11 +57,12 @@ import optax
 from tqdm.auto import tqdm
 
 from stepwise_ntk import _checkpoint, _train_loop
+from stepwise_ntk._losses import LOSS_FUNCTIONS
 from stepwise_ntk._records import record_steps
 
 __all__ = ["LOSSES", "TrainConfig", "TrainResult", "TrainingDivergedWarning", "resolve_loss", "train"]
 
-LOSSES = ("barlow_twins", "simclr", "vicreg")
+LOSSES = tuple(LOSS_FUNCTIONS)  # ("barlow_twins", "simclr", "vicreg")
 
 
 class TrainingDivergedWarning(RuntimeWarning):
@@ -217,9 +218,7 @@ def resolve_loss(loss: str | Callable[[jax.Array], jax.Array]) -> Callable[[jax.
     """The loss function ``F: (2n, d) -> scalar`` for a name in :data:`LOSSES` (callables pass through)."""
     if callable(loss):
         return loss
-    from stepwise_ntk import _losses  # noqa: PLC0415  (keeps this module importable on its own)
-
-    return {"barlow_twins": _losses.barlow_twins_loss, "simclr": _losses.simclr_loss, "vicreg": _losses.vicreg_loss}[loss]
+    return LOSS_FUNCTIONS[loss]
 
 
 def _check_array(name: str, x: Any, *, floating: bool = True) -> jax.Array:

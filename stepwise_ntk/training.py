@@ -6,7 +6,7 @@ fresh augmentations).
 """
 
 from stepwise_ntk._checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from stepwise_ntk._records import cross_correlation, cross_correlation_eigenvalues, record_steps
+from stepwise_ntk._records import cross_correlation_eigenvalues, record_steps
 from stepwise_ntk._training import (
     LOSSES,
     TrainConfig,
@@ -22,7 +22,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedWarning",
-    "cross_correlation",
     "cross_correlation_eigenvalues",
     "load_checkpoint",
     "record_steps",

@@ -22,10 +22,10 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from stepwise_ntk import _train_loop
+from stepwise_ntk._losses import LOSS_FUNCTIONS
 from stepwise_ntk.training import (
     TrainConfig,
     TrainingDivergedWarning,
-    cross_correlation,
     cross_correlation_eigenvalues,
     record_steps,
     train,
@@ -117,14 +117,13 @@ def test_record_steps_bad_input(bad):
         record_steps(**bad)
 
 
-def test_cross_correlation_matches_dense_swap_matrix():
+def test_recorded_eigenvalues_are_those_of_dense_swap_cross_correlation():
     rng = np.random.default_rng(1)
     n, d = 7, 3
     F = rng.normal(size=(2 * n, d))
     Z = np.zeros((2 * n, 2 * n))
     Z[np.arange(n), n + np.arange(n)] = Z[n + np.arange(n), np.arange(n)] = 1
     C = F.T @ Z @ F / (2 * n)
-    np.testing.assert_allclose(cross_correlation(jnp.asarray(F)), C, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(cross_correlation_eigenvalues(jnp.asarray(F)), np.linalg.eigvalsh(C)[::-1], rtol=1e-12, atol=1e-14)
 
 
@@ -134,7 +133,7 @@ def test_cross_correlation_matches_dense_swap_matrix():
 def test_linear_network_gd_reproduces_parameter_space_trajectory():
     views, gamma, W0 = linear_problem()
     lr, steps = 0.05, 300
-    cfg = TrainConfig(loss=bt_loss, learning_rate=lr, steps=steps, n_records=25, chunk_size=37, record_embeddings=True)
+    cfg = TrainConfig(loss="barlow_twins", learning_rate=lr, steps=steps, n_records=25, chunk_size=37, record_embeddings=True)
     r = train(Linear(2), cfg, jnp.asarray(views), init_params=linear_params(W0), progress=False)
     Ws = numpy_gd(gamma, W0, lr, steps)
     assert r.finished and r.steps_done == steps and r.diverged_at is None
@@ -165,7 +164,7 @@ def test_linear_gd_approaches_gradient_flow_linearly_in_learning_rate():
     W_T = solve_ivp(flow, (0, T), W0.ravel(), method="DOP853", rtol=1e-12, atol=1e-14).y[:, -1].reshape(W0.shape)
     errors = []
     for lr in (0.02, 0.01, 0.005):
-        cfg = TrainConfig(loss=bt_loss, learning_rate=lr, steps=round(T / lr), n_records=3, chunk_size=128)
+        cfg = TrainConfig(learning_rate=lr, steps=round(T / lr), n_records=3, chunk_size=128)
         r = train(Linear(2), cfg, jnp.asarray(views), init_params=linear_params(W0), progress=False)
         assert r.effective_times[-1] == pytest.approx(T)
         errors.append(np.abs(np.asarray(r.params["params"]["Dense_0"]["kernel"]).T - W_T).max())
@@ -214,7 +213,7 @@ def mlp_data():
 def test_momentum_minibatch_matches_python_optax_loop(mlp_data):
     views, _ = mlp_data
     module, n, b = TinyMLP(), 10, 4
-    cfg = TrainConfig(loss=bt_loss, optimizer="momentum", learning_rate=0.02, momentum=0.8, steps=60, alpha=0.5, batch_size=b, chunk_size=16)
+    cfg = TrainConfig(optimizer="momentum", learning_rate=0.02, momentum=0.8, steps=60, alpha=0.5, batch_size=b, chunk_size=16)
     key = jax.random.key(7)
     r = train(module, cfg, views, key=key, progress=False)
     init = module.init(jax.random.split(key)[0], views[:1])
@@ -237,7 +236,7 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
     def augment(key, imgs):
         return jnp.concatenate([imgs, imgs + 0.1 * jax.random.normal(key, imgs.shape, imgs.dtype)])
 
-    cfg = TrainConfig(loss=bt_loss, optimizer="adam", learning_rate=0.01, steps=40, alpha=0.5, batch_size=b, chunk_size=16)
+    cfg = TrainConfig(optimizer="adam", learning_rate=0.01, steps=40, alpha=0.5, batch_size=b, chunk_size=16)
     key = jax.random.key(3)
     r = train(module, cfg, views, key=key, augment=augment, images=images, progress=False)
     init = module.init(jax.random.split(key)[0], views[:1])
@@ -253,11 +252,26 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
     assert max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(r.params), jax.tree.leaves(fixed))) > 1e-4
 
 
+@pytest.mark.parametrize("name", ["barlow_twins", "simclr", "vicreg"])
+def test_named_losses_train_like_a_python_loop(mlp_data, name):
+    views, _ = mlp_data
+    module, fn = TinyMLP(), LOSS_FUNCTIONS[name]
+    cfg = TrainConfig(loss=name, learning_rate=0.01, steps=25, alpha=1.0, chunk_size=8, n_records=5)
+    key = jax.random.key(2)
+    r = train(module, cfg, views, key=key, progress=False)
+    init = module.init(jax.random.split(key)[0], views[:1])
+    ref = optax_reference(module, optax.sgd(0.01), init, views, fn, 25, key, 1.0)
+    tree_close(r.params, ref, atol=1e-12)  # float64, same operations in another loop
+    np.testing.assert_allclose(r.loss[0], fn(module.apply(init, views)), rtol=1e-12)
+    np.testing.assert_allclose(r.loss[-1], fn(module.apply(ref, views)), rtol=1e-10)
+    assert r.loss[-1] < r.loss[0]
+
+
 def test_minibatch_of_all_pairs_equals_full_batch(mlp_data):
     # The Barlow Twins loss is a sum over pairs, so a random permutation of all n pairs is
     # the same objective: minibatch mode with batch_size = n must follow the full-batch run.
     views, _ = mlp_data
-    base = dict(loss=bt_loss, learning_rate=0.05, steps=80, alpha=0.3, n_records=10, chunk_size=32)
+    base = dict(learning_rate=0.05, steps=80, alpha=0.3, n_records=10, chunk_size=32)
     full = train(TinyMLP(), TrainConfig(**base), views, progress=False)
     mini = train(TinyMLP(), TrainConfig(**base, batch_size=10), views, progress=False)
     tree_close(full.params, mini.params, atol=1e-11)
@@ -323,7 +337,7 @@ def test_divergence_is_reported_at_the_exact_step(chunk_size):
     bad = np.flatnonzero(~np.isfinite(losses) | (losses > thr))
     assert bad.size and bad[0] > 2  # the reference run does diverge, after a few fine steps
     s_star = int(bad[0])
-    cfg = TrainConfig(loss=bt_loss, learning_rate=lr, steps=60, n_records=60, chunk_size=chunk_size, divergence_threshold=thr)
+    cfg = TrainConfig(learning_rate=lr, steps=60, n_records=60, chunk_size=chunk_size, divergence_threshold=thr)
     with pytest.warns(TrainingDivergedWarning, match=f"step {s_star}"):
         r = train(Linear(2), cfg, jnp.asarray(views), init_params=linear_params(W0), progress=False)
     assert r.diverged_at == s_star and not r.finished and r.steps_done == s_star - 1
