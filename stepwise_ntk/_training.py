@@ -31,7 +31,7 @@ Example::
 
     spec = MLP(width=256, d=4)
     cfg = TrainConfig(learning_rate=0.05, steps=2000, alpha=1e-3)
-    result = train(spec.flax(), cfg, views, test_views=test_views)
+    result = train(spec, cfg, views, test_views=test_views)   # spec.flax() is trained
     result.eigenvalues          # (R, 4): the staircase, at result.effective_times
 """
 
@@ -47,9 +47,9 @@ import os
 import warnings
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,10 +232,13 @@ def _check_array(name: str, x: Any, *, floating: bool = True) -> jax.Array:
     return x
 
 
-def _fingerprint(config: TrainConfig, module: Any, arrays: list[Any], record: np.ndarray) -> str:
+def _fingerprint(config: TrainConfig, module: Any, spec: Any, arrays: list[Any], record: np.ndarray) -> str:
+    """Hash of what determines a run: settings, architecture, data, key, initial parameters."""
     h = hashlib.sha256()
     h.update(json.dumps(config.describe(), sort_keys=True).encode())
     h.update(type(module).__qualname__.encode())
+    if spec is not None and hasattr(spec, "to_config"):
+        h.update(json.dumps(spec.to_config(), sort_keys=True, default=str).encode())
     h.update(record.tobytes())
     for a in arrays:
         if a is None:
@@ -276,7 +279,9 @@ def train(
     """Train ``f = α · module`` on positive pairs and record the eigenvalues of ``C``.
 
     Args:
-      module: stateless ``flax.linen`` module, ``apply(variables, x) -> (batch, d)``.
+      module: stateless ``flax.linen`` module, ``apply(variables, x) -> (batch, d)``, or an
+        architecture spec (anything with ``.flax(param_dtype)``, e.g. ``MLP(...)``): its
+        Flax twin is built with the dtype of ``views``.
       config: :class:`TrainConfig`.
       views: ``(2n, ...)`` float views ``[x_1..x_n, x'_1..x'_n]``: the training set in
         full-batch mode, and always the set the records and ``train_embeddings`` use.
@@ -316,6 +321,16 @@ def train(
             f"views must be (2n, ...) with n >= 1 pairs stacked as [x_1..x_n, x'_1..x'_n], got shape {views.shape}."
         )
     n = views.shape[0] // 2
+    spec = None
+    if hasattr(module, "flax") and not isinstance(module, nn.Module):
+        spec = module
+        if hasattr(spec, "check_input_shape"):
+            spec.check_input_shape(tuple(views.shape[1:]))
+        module = spec.flax(param_dtype=views.dtype)
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"module must be a flax.linen Module or an architecture spec with .flax(), got {type(module).__name__}."
+        )
     if test_views is not None:
         test_views = _check_array("test_views", test_views)
         if test_views.shape[1:] != views.shape[1:] or test_views.dtype != views.dtype:
@@ -373,7 +388,7 @@ def train(
 
     fingerprint = None
     if checkpoint_dir is not None:
-        fingerprint = _fingerprint(config, module, [views, images, key, init_params], rec_steps)
+        fingerprint = _fingerprint(config, module, spec, [views, images, key, init_params], rec_steps)
         exists = _checkpoint.checkpoint_path(checkpoint_dir).exists()
         if resume and exists:
             state = _checkpoint.load_checkpoint(checkpoint_dir, state, fingerprint=fingerprint)

@@ -10,8 +10,8 @@ References, independent of the scan/cond/record machinery under test:
   the exact first divergent step of the numpy reference.
 """
 
-import warnings
-from functools import partial
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -454,3 +454,51 @@ def test_float32_run_tracks_float64_reference():
     # float32 rounding (~1e-7) amplified by the saddle escape stays well below 1e-3.
     np.testing.assert_allclose(r32.eigenvalues, r64.eigenvalues, atol=1e-3)
     assert r64.eigenvalues[-1, -1] > 0.5  # the run got past both steps of the staircase
+
+
+# --------------------------------------------------------------------------- CIFAR-10, architectures
+
+
+def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
+    from stepwise_ntk._architectures import MLP
+    from stepwise_ntk._augment import AugmentConfig, downsample, positive_pairs
+    from stepwise_ntk._cifar10 import load_cifar10, normalize, uint8_to_float
+
+    data = load_cifar10("train", cifar_dir)
+    images = jnp.asarray(uint8_to_float(data.images[:16], jnp.float32))  # [0, 1] pixels
+
+    def pipeline(aug_config):
+        def augment(key, imgs):
+            return downsample(normalize(positive_pairs(key, imgs, aug_config)), 4)
+
+        return augment
+
+    fixed = pipeline(AugmentConfig.identity())(jax.random.key(0), images)  # (32, 8, 8, 3)
+    spec = MLP(depth=1, width=64, d=2)
+    cfg = TrainConfig(learning_rate=5.0, steps=60, alpha=0.1, n_records=10, chunk_size=20)
+    # Identity "augmentation" of all images every step = full-batch training on fixed views.
+    direct = train(spec, cfg, fixed, progress=False)
+    via_augment = train(spec, cfg, fixed, augment=pipeline(AugmentConfig.identity()), images=images, progress=False)
+    np.testing.assert_allclose(via_augment.eigenvalues, direct.eigenvalues, rtol=1e-5, atol=1e-7)  # float32
+    # Real augmentations, minibatches of 8 images: the eigenvalues of C on the fixed views rise.
+    aug = train(spec, dataclasses.replace(cfg, batch_size=8), fixed, augment=pipeline(AugmentConfig()), images=images, test_views=fixed[:4], progress=False)
+    assert aug.finished and aug.eigenvalues.dtype == np.float32 and aug.test_embeddings.shape == (4, 2)
+    # (the top one first: the start of the staircase)
+    assert aug.eigenvalues[-1, 0] > 10 * aug.eigenvalues[0, 0] and aug.loss[-1] < aug.loss[0]
+
+
+@pytest.mark.slow  # ~8 s on 2 CPU cores, mostly compiling the CNN's gradient
+def test_myrtle_cnn_spec_trains():
+    from stepwise_ntk._architectures import MyrtleCNN
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(6, 8, 8, 3))
+    views = jnp.asarray(np.concatenate([X, X + 0.2 * rng.normal(size=X.shape)]))
+    spec = MyrtleCNN(depth=5, width=8, d=2)
+    r = train(spec, TrainConfig(learning_rate=0.5, steps=20, n_records=5, chunk_size=10), views, progress=False)
+    module = spec.flax(jnp.float64)
+    np.testing.assert_allclose(r.train_embeddings, module.apply(r.params, views), rtol=1e-12)
+    np.testing.assert_allclose(r.loss[-1], LOSS_FUNCTIONS["barlow_twins"](module.apply(r.params, views)), rtol=1e-12)
+    assert r.loss[-1] < r.loss[0]
+    with pytest.raises(ValueError, match="multiples of"):
+        train(spec, TrainConfig(steps=1), views[:, :6, :6], progress=False)
