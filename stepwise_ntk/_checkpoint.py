@@ -57,7 +57,9 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, fingerprint: str) 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    leaves = jax.device_get([jax.random.key_data(x) if _is_key(x) else x for x in jax.tree.leaves(state)])
+    leaves = jax.device_get(
+        [jax.random.key_data(x) if _is_key(x) else x for x in jax.tree.leaves(state)]
+    )
     header = json.dumps({"format": _FORMAT, "fingerprint": fingerprint, "n_leaves": len(leaves)})
     arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
     path = checkpoint_path(folder)
@@ -94,10 +96,13 @@ def load_checkpoint(folder: str | os.PathLike, template: Any, *, fingerprint: st
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(str(z["header"]))
         if header.get("format") != _FORMAT:
-            raise ValueError(f"{path} has checkpoint format {header.get('format')}, expected {_FORMAT}.")
+            raise ValueError(
+                f"{path} has checkpoint format {header.get('format')}, expected {_FORMAT}."
+            )
         if header["fingerprint"] != fingerprint:
             raise ValueError(
-                f"{path} belongs to a different run (configuration, data or key differ). Resume with "
+                f"{path} belongs to a different run (configuration, data or key differ). "
+                "Resume with "
                 "exactly the arguments of the original run, or use another checkpoint_dir."
             )
         saved = [z[f"leaf_{i:05d}"] for i in range(header["n_leaves"])]
@@ -105,11 +110,13 @@ def load_checkpoint(folder: str | os.PathLike, template: Any, *, fingerprint: st
     if len(saved) != len(leaves):
         raise ValueError(f"{path} holds {len(saved)} arrays but the run's state has {len(leaves)}.")
     out = []
-    for i, (s, t) in enumerate(zip(saved, leaves)):
+    for i, (s, t) in enumerate(zip(saved, leaves, strict=True)):
         if _is_key(t):
             t_data = jax.random.key_data(t)
             if s.shape != t_data.shape or s.dtype != t_data.dtype:
-                raise ValueError(f"{path}: PRNG key leaf {i} has shape {s.shape}, expected {t_data.shape}.")
+                raise ValueError(
+                    f"{path}: PRNG key leaf {i} has shape {s.shape}, expected {t_data.shape}."
+                )
             out.append(jax.random.wrap_key_data(jnp.asarray(s), impl=jax.random.key_impl(t)))
             continue
         t_dtype = np.dtype(t.dtype)

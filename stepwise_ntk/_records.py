@@ -46,7 +46,9 @@ def record_steps(steps: int, n_records: int, record_every: int | None = None) ->
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}.")
     if not isinstance(n_records, (int, np.integer)) or n_records < 1:
         raise ValueError(f"n_records must be a positive integer, got {n_records!r}.")
-    if record_every is not None and (not isinstance(record_every, (int, np.integer)) or record_every < 1):
+    if record_every is not None and (
+        not isinstance(record_every, (int, np.integer)) or record_every < 1
+    ):
         raise ValueError(f"record_every must be None or a positive integer, got {record_every!r}.")
     points = [np.array([0, steps], dtype=np.int64)]
     if steps >= 1:

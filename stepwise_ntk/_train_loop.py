@@ -63,7 +63,11 @@ class Program:
         return self.batch_size is None and self.augment is None
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["views", "images", "record_steps", "stop", "alpha", "threshold"], meta_fields=[])
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["views", "images", "record_steps", "stop", "alpha", "threshold"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class LoopData:
     """Traced, read-only inputs of a chunk.
@@ -84,7 +88,18 @@ class LoopData:
 
 @partial(
     jax.tree_util.register_dataclass,
-    data_fields=["params", "prev_params", "opt_state", "key", "it", "diverged_at", "bad_loss", "rec_loss", "rec_eigs", "rec_embeddings"],
+    data_fields=[
+        "params",
+        "prev_params",
+        "opt_state",
+        "key",
+        "it",
+        "diverged_at",
+        "bad_loss",
+        "rec_loss",
+        "rec_eigs",
+        "rec_embeddings",
+    ],
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +154,9 @@ def make_optimizer(program: Program) -> optax.GradientTransformation:
         return _standard_promotion(optax.sgd(program.learning_rate, momentum=program.momentum))
     if opt == "adam":
         return _standard_promotion(optax.adam(program.learning_rate))
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS} or an optax.GradientTransformation, got {opt!r}.")
+    raise ValueError(
+        f"optimizer must be one of {OPTIMIZERS} or an optax.GradientTransformation, got {opt!r}."
+    )
 
 
 def _embed(program: Program, variables: Any, x: jax.Array, alpha: jax.Array) -> jax.Array:
@@ -169,8 +186,10 @@ def _training_batch(program: Program, data: LoopData, key: jax.Array) -> jax.Arr
     return program.augment(aug_key, images)
 
 
-def init_state(program: Program, data: LoopData, key: jax.Array, variables: Any | None) -> LoopState:
-    """The state before iteration 0: ``θ_0`` from ``module.init`` (or ``variables``) and empty records."""
+def init_state(
+    program: Program, data: LoopData, key: jax.Array, variables: Any | None
+) -> LoopState:
+    """The state before iteration 0: ``θ_0`` (``module.init`` or ``variables``), empty records."""
     init_key, train_key = jax.random.split(key)
     if variables is None:
         variables = program.module.init(init_key, data.views[:1])
@@ -190,7 +209,9 @@ def init_state(program: Program, data: LoopData, key: jax.Array, variables: Any 
         )
     loss = jax.eval_shape(program.loss_fn, f)
     if loss.shape != ():
-        raise ValueError(f"loss_fn must return a scalar for F: {f.shape}, it returned shape {loss.shape}.")
+        raise ValueError(
+            f"loss_fn must return a scalar for F: {f.shape}, it returned shape {loss.shape}."
+        )
     n_rec = data.record_steps.shape[0]
     nan = partial(jnp.full, fill_value=jnp.nan)
     return LoopState(
@@ -207,23 +228,25 @@ def init_state(program: Program, data: LoopData, key: jax.Array, variables: Any 
     )
 
 
-def _record(program: Program, data: LoopData, state: LoopState, F: jax.Array, loss: jax.Array) -> LoopState:
+def _record(
+    program: Program, data: LoopData, state: LoopState, F: jax.Array, loss: jax.Array
+) -> LoopState:
     """Write this iteration's loss and eigenvalues of C (on ``data.views``) into the buffers."""
     idx = jnp.minimum(jnp.searchsorted(data.record_steps, state.it), data.record_steps.shape[0] - 1)
     hit = data.record_steps[idx] == state.it
 
     def write(state: LoopState) -> LoopState:
         if program.full_batch_fixed_views:
-            f, l = F, loss
+            f, value = F, loss
         else:
             f = _embed(program, state.params, data.views, data.alpha)
-            l = program.loss_fn(f)
+            value = program.loss_fn(f)
         emb = state.rec_embeddings
         if emb is not None:
             emb = emb.at[idx].set(f)
         return dataclasses.replace(
             state,
-            rec_loss=state.rec_loss.at[idx].set(l.astype(state.rec_loss.dtype)),
+            rec_loss=state.rec_loss.at[idx].set(value.astype(state.rec_loss.dtype)),
             rec_eigs=state.rec_eigs.at[idx].set(cross_correlation_eigenvalues(f)),
             rec_embeddings=emb,
         )
@@ -244,7 +267,9 @@ def _iteration(program: Program, data: LoopData, state: LoopState) -> LoopState:
     bad = ~jnp.isfinite(loss) | (loss > data.threshold.astype(loss.dtype))
 
     def on_bad(state: LoopState) -> LoopState:
-        return dataclasses.replace(state, diverged_at=state.it, bad_loss=loss.astype(state.bad_loss.dtype))
+        return dataclasses.replace(
+            state, diverged_at=state.it, bad_loss=loss.astype(state.bad_loss.dtype)
+        )
 
     def on_good(state: LoopState) -> LoopState:
         state = _record(program, data, state, F, loss)
@@ -254,9 +279,16 @@ def _iteration(program: Program, data: LoopData, state: LoopState) -> LoopState:
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        params, opt_state = lax.cond(state.it < data.stop, update, lambda a: a, (state.params, state.opt_state))
+        params, opt_state = lax.cond(
+            state.it < data.stop, update, lambda a: a, (state.params, state.opt_state)
+        )
         return dataclasses.replace(
-            state, params=params, prev_params=state.params, opt_state=opt_state, key=key, it=state.it + 1
+            state,
+            params=params,
+            prev_params=state.params,
+            opt_state=opt_state,
+            key=key,
+            it=state.it + 1,
         )
 
     return lax.cond(bad, on_bad, on_good, state)

@@ -60,7 +60,14 @@ from stepwise_ntk import _checkpoint, _train_loop
 from stepwise_ntk._losses import LOSS_FUNCTIONS
 from stepwise_ntk._records import record_steps
 
-__all__ = ["LOSSES", "TrainConfig", "TrainResult", "TrainingDivergedWarning", "resolve_loss", "train"]
+__all__ = [
+    "LOSSES",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedWarning",
+    "resolve_loss",
+    "train",
+]
 
 LOSSES = tuple(LOSS_FUNCTIONS)  # ("barlow_twins", "simclr", "vicreg")
 
@@ -72,7 +79,9 @@ class TrainingDivergedWarning(RuntimeWarning):
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or value < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {value!r}.")
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {value!r}."
+        )
 
 
 def _positive_float(name: str, value: Any) -> None:
@@ -126,12 +135,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.loss, str):
             if self.loss not in LOSSES:
-                raise ValueError(f"loss must be one of {LOSSES} or a callable F -> scalar, got {self.loss!r}.")
+                raise ValueError(
+                    f"loss must be one of {LOSSES} or a callable F -> scalar, got {self.loss!r}."
+                )
         elif not callable(self.loss):
-            raise ValueError(f"loss must be one of {LOSSES} or a callable F -> scalar, got {self.loss!r}.")
-        if not isinstance(self.optimizer, optax.GradientTransformation) and self.optimizer not in _train_loop.OPTIMIZERS:
             raise ValueError(
-                f"optimizer must be one of {_train_loop.OPTIMIZERS} or an optax.GradientTransformation, "
+                f"loss must be one of {LOSSES} or a callable F -> scalar, got {self.loss!r}."
+            )
+        if (
+            not isinstance(self.optimizer, optax.GradientTransformation)
+            and self.optimizer not in _train_loop.OPTIMIZERS
+        ):
+            raise ValueError(
+                f"optimizer must be one of {_train_loop.OPTIMIZERS} or an "
+                "optax.GradientTransformation, "
                 f"got {self.optimizer!r}."
             )
         _positive_float("learning_rate", self.learning_rate)
@@ -173,8 +190,14 @@ def _describe(value: Any) -> Any:
 @partial(
     jax.tree_util.register_dataclass,
     data_fields=[
-        "steps", "effective_times", "loss", "eigenvalues", "embeddings",
-        "train_embeddings", "test_embeddings", "params",
+        "steps",
+        "effective_times",
+        "loss",
+        "eigenvalues",
+        "embeddings",
+        "train_embeddings",
+        "test_embeddings",
+        "params",
     ],
     meta_fields=["config", "steps_done", "finished", "diverged_at", "diverged_loss"],
 )
@@ -215,7 +238,7 @@ class TrainResult:
 
 
 def resolve_loss(loss: str | Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
-    """The loss function ``F: (2n, d) -> scalar`` for a name in :data:`LOSSES` (callables pass through)."""
+    """The loss ``F: (2n, d) -> scalar`` named in :data:`LOSSES`; callables pass through."""
     if callable(loss):
         return loss
     return LOSS_FUNCTIONS[loss]
@@ -228,11 +251,16 @@ def _check_array(name: str, x: Any, *, floating: bool = True) -> jax.Array:
     if jnp.issubdtype(x.dtype, jnp.floating):
         bad = int(np.count_nonzero(~np.isfinite(np.asarray(x))))
         if bad:
-            raise ValueError(f"{name} contains {bad} NaN/inf value(s); clean or re-generate the data before training.")
+            raise ValueError(
+                f"{name} contains {bad} NaN/inf value(s); clean or re-generate the data "
+                "before training."
+            )
     return x
 
 
-def _fingerprint(config: TrainConfig, module: Any, spec: Any, arrays: list[Any], record: np.ndarray) -> str:
+def _fingerprint(
+    config: TrainConfig, module: Any, spec: Any, arrays: list[Any], record: np.ndarray
+) -> str:
     """Hash of what determines a run: settings, architecture, data, key, initial parameters."""
     h = hashlib.sha256()
     h.update(json.dumps(config.describe(), sort_keys=True).encode())
@@ -253,9 +281,14 @@ def _fingerprint(config: TrainConfig, module: Any, spec: Any, arrays: list[Any],
     return h.hexdigest()
 
 
-def _embed_all(program: _train_loop.Program, variables: Any, x: jax.Array, alpha: jax.Array, batch: int) -> jax.Array:
+def _embed_all(
+    program: _train_loop.Program, variables: Any, x: jax.Array, alpha: jax.Array, batch: int
+) -> jax.Array:
     """``α · net(x)`` in batches of ``batch`` rows (held-out sets can be large)."""
-    parts = [_train_loop.embed(program, variables, x[i : i + batch], alpha) for i in range(0, x.shape[0], batch)]
+    parts = [
+        _train_loop.embed(program, variables, x[i : i + batch], alpha)
+        for i in range(0, x.shape[0], batch)
+    ]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
@@ -318,7 +351,8 @@ def train(
     views = _check_array("views", views)
     if views.ndim < 2 or views.shape[0] < 2 or views.shape[0] % 2:
         raise ValueError(
-            f"views must be (2n, ...) with n >= 1 pairs stacked as [x_1..x_n, x'_1..x'_n], got shape {views.shape}."
+            "views must be (2n, ...) with n >= 1 pairs stacked as [x_1..x_n, x'_1..x'_n], "
+            f"got shape {views.shape}."
         )
     n = views.shape[0] // 2
     spec = None
@@ -329,13 +363,15 @@ def train(
         module = spec.flax(param_dtype=views.dtype)
     if not isinstance(module, nn.Module):
         raise ValueError(
-            f"module must be a flax.linen Module or an architecture spec with .flax(), got {type(module).__name__}."
+            "module must be a flax.linen Module or an architecture spec with .flax(), "
+            f"got {type(module).__name__}."
         )
     if test_views is not None:
         test_views = _check_array("test_views", test_views)
         if test_views.shape[1:] != views.shape[1:] or test_views.dtype != views.dtype:
             raise ValueError(
-                f"test_views must be (m, {', '.join(map(str, views.shape[1:]))}) {views.dtype} like views, "
+                f"test_views must be (m, {', '.join(map(str, views.shape[1:]))}) "
+                f"{views.dtype} like views, "
                 f"got {test_views.shape} {test_views.dtype}."
             )
     if (augment is None) != (images is None):
@@ -351,7 +387,10 @@ def train(
     else:
         pool, what = n, "pairs in views"
     if config.batch_size is not None and config.batch_size > pool:
-        raise ValueError(f"batch_size={config.batch_size} exceeds the {pool} {what}; use batch_size <= {pool} or None.")
+        raise ValueError(
+            f"batch_size={config.batch_size} exceeds the {pool} {what}; "
+            f"use batch_size <= {pool} or None."
+        )
     _positive_int("checkpoint_every", checkpoint_every)
     _positive_int("embed_batch_size", embed_batch_size)
     if stop_after is not None:
@@ -375,7 +414,9 @@ def train(
         record_embeddings=config.record_embeddings,
     )
     rec_steps = record_steps(config.steps, config.n_records, config.record_every)
-    threshold = math.inf if config.divergence_threshold is None else float(config.divergence_threshold)
+    threshold = (
+        math.inf if config.divergence_threshold is None else float(config.divergence_threshold)
+    )
     data = _train_loop.LoopData(
         views=views,
         images=images,
@@ -388,13 +429,16 @@ def train(
 
     fingerprint = None
     if checkpoint_dir is not None:
-        fingerprint = _fingerprint(config, module, spec, [views, images, key, init_params], rec_steps)
+        fingerprint = _fingerprint(
+            config, module, spec, [views, images, key, init_params], rec_steps
+        )
         exists = _checkpoint.checkpoint_path(checkpoint_dir).exists()
         if resume and exists:
             state = _checkpoint.load_checkpoint(checkpoint_dir, state, fingerprint=fingerprint)
         elif exists:
             raise ValueError(
-                f"{_checkpoint.checkpoint_path(checkpoint_dir)} already exists; pass resume=True to "
+                f"{_checkpoint.checkpoint_path(checkpoint_dir)} already exists; "
+                "pass resume=True to "
                 "continue that run, or choose an empty checkpoint_dir."
             )
 
@@ -404,7 +448,13 @@ def train(
 
     it, diverged = (int(v) for v in jax.device_get((state.it, state.diverged_at)))
     paused = False
-    with tqdm(total=config.steps, initial=min(it, config.steps), disable=not progress, desc="train", unit="step") as bar:
+    with tqdm(
+        total=config.steps,
+        initial=min(it, config.steps),
+        disable=not progress,
+        desc="train",
+        unit="step",
+    ) as bar:
         chunks = 0
         while it <= config.steps and diverged < 0:
             state = _train_loop.run_chunk(program, state, data)
@@ -413,7 +463,11 @@ def train(
             it, chunks = new_it, chunks + 1
             if diverged >= 0:
                 break
-            if stop_after is not None and it <= config.steps and min(it, config.steps) >= stop_after:
+            if (
+                stop_after is not None
+                and it <= config.steps
+                and min(it, config.steps) >= stop_after
+            ):
                 paused = True
                 break
             if chunks % checkpoint_every == 0 and it <= config.steps:
@@ -433,7 +487,9 @@ def train(
     else:
         variables, done, reached = state.params, min(it, config.steps), it
     keep = rec_steps < reached
-    rec_loss, rec_eigs, rec_emb = jax.device_get((state.rec_loss, state.rec_eigs, state.rec_embeddings))
+    rec_loss, rec_eigs, rec_emb = jax.device_get(
+        (state.rec_loss, state.rec_eigs, state.rec_embeddings)
+    )
     return TrainResult(
         steps=rec_steps[keep],
         effective_times=float(config.learning_rate) * rec_steps[keep].astype(np.float64),

@@ -24,8 +24,12 @@ from stepwise_ntk.training import (
 
 
 def bits(x):
-    x = np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-    return x.view(f"u{x.dtype.itemsize}") if x.dtype.kind in "fV" or x.dtype.name == "bfloat16" else x
+    x = np.asarray(
+        jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    )
+    return (
+        x.view(f"u{x.dtype.itemsize}") if x.dtype.kind in "fV" or x.dtype.name == "bfloat16" else x
+    )
 
 
 def assert_tree_bits_equal(a, b):
@@ -103,7 +107,9 @@ class TinyMLP(nn.Module):
 
 
 def noisy_pairs(key, images):
-    return jnp.concatenate([images, images + 0.1 * jax.random.normal(key, images.shape, images.dtype)])
+    return jnp.concatenate(
+        [images, images + 0.1 * jax.random.normal(key, images.shape, images.dtype)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +121,21 @@ def data():
 
 
 MODES = {
-    "full_batch_sgd": (TrainConfig(learning_rate=0.1, steps=90, alpha=0.3, n_records=30, chunk_size=10), {}),
+    "full_batch_sgd": (
+        TrainConfig(learning_rate=0.1, steps=90, alpha=0.3, n_records=30, chunk_size=10),
+        {},
+    ),
     "augmented_adam": (
-        TrainConfig(optimizer="adam", learning_rate=0.01, steps=90, alpha=0.3, batch_size=5, n_records=30, chunk_size=10, record_embeddings=True),
+        TrainConfig(
+            optimizer="adam",
+            learning_rate=0.01,
+            steps=90,
+            alpha=0.3,
+            batch_size=5,
+            n_records=30,
+            chunk_size=10,
+            record_embeddings=True,
+        ),
         {"augment": noisy_pairs},
     ),
 }
@@ -127,12 +145,29 @@ def run(cfg, extra, data, **kwargs):
     views, images, test_views = data
     if "augment" in extra:
         kwargs = dict(kwargs, images=images)
-    return train(TinyMLP(), cfg, views, test_views=test_views, key=jax.random.key(4), progress=False, **extra, **kwargs)
+    return train(
+        TinyMLP(),
+        cfg,
+        views,
+        test_views=test_views,
+        key=jax.random.key(4),
+        progress=False,
+        **extra,
+        **kwargs,
+    )
 
 
 def assert_results_bit_identical(a, b):
     assert_tree_bits_equal(a.params, b.params)
-    for name in ("steps", "effective_times", "loss", "eigenvalues", "embeddings", "train_embeddings", "test_embeddings"):
+    for name in (
+        "steps",
+        "effective_times",
+        "loss",
+        "eigenvalues",
+        "embeddings",
+        "train_embeddings",
+        "test_embeddings",
+    ):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
@@ -148,12 +183,16 @@ def test_pause_and_resume_is_bit_identical(tmp_path, data, mode):
     # Paused at the end of the chunk holding step 45 (chunks of 10 steps; iteration 0 is step 0).
     assert not half.finished and half.steps_done == 50 and half.diverged_at is None
     assert half.steps.max() < 50 and np.array_equal(half.steps, straight.steps[straight.steps < 50])
-    np.testing.assert_array_equal(bits(half.eigenvalues), bits(straight.eigenvalues[straight.steps < 50]))
+    np.testing.assert_array_equal(
+        bits(half.eigenvalues), bits(straight.eigenvalues[straight.steps < 50])
+    )
     resumed = run(cfg, extra, data, checkpoint_dir=tmp_path, resume=True)
     assert resumed.finished
     assert_results_bit_identical(resumed, straight)
     # A finished checkpoint resumes to the same result without training again.
-    assert_results_bit_identical(run(cfg, extra, data, checkpoint_dir=tmp_path, resume=True), straight)
+    assert_results_bit_identical(
+        run(cfg, extra, data, checkpoint_dir=tmp_path, resume=True), straight
+    )
 
 
 def test_crash_then_resume_from_periodic_checkpoint(tmp_path, data, monkeypatch):
@@ -186,7 +225,13 @@ def test_resume_refuses_another_run_and_overwriting(tmp_path, data):
     with pytest.raises(ValueError, match="already exists"):
         run(cfg, extra, data, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="different run"):
-        run(TrainConfig(learning_rate=0.2, steps=90, alpha=0.3, n_records=30, chunk_size=10), extra, data, checkpoint_dir=tmp_path, resume=True)
+        run(
+            TrainConfig(learning_rate=0.2, steps=90, alpha=0.3, n_records=30, chunk_size=10),
+            extra,
+            data,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
     views, images, test_views = data
     with pytest.raises(ValueError, match="different run"):
         run(cfg, extra, (views * 2.0, images, test_views), checkpoint_dir=tmp_path, resume=True)

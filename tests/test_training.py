@@ -10,7 +10,6 @@ References, independent of the scan/cond/record machinery under test:
   the exact first divergent step of the numpy reference.
 """
 
-
 import dataclasses
 
 import flax.linen as nn
@@ -111,7 +110,14 @@ def test_record_steps_are_log_spaced_and_complete():
     assert record_steps(0, 10).tolist() == [0]
 
 
-@pytest.mark.parametrize("bad", [dict(steps=-1, n_records=3), dict(steps=10, n_records=0), dict(steps=10, n_records=3, record_every=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(steps=-1, n_records=3),
+        dict(steps=10, n_records=0),
+        dict(steps=10, n_records=3, record_every=0),
+    ],
+)
 def test_record_steps_bad_input(bad):
     with pytest.raises(ValueError):
         record_steps(**bad)
@@ -124,7 +130,12 @@ def test_recorded_eigenvalues_are_those_of_dense_swap_cross_correlation():
     Z = np.zeros((2 * n, 2 * n))
     Z[np.arange(n), n + np.arange(n)] = Z[n + np.arange(n), np.arange(n)] = 1
     C = F.T @ Z @ F / (2 * n)
-    np.testing.assert_allclose(cross_correlation_eigenvalues(jnp.asarray(F)), np.linalg.eigvalsh(C)[::-1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        cross_correlation_eigenvalues(jnp.asarray(F)),
+        np.linalg.eigvalsh(C)[::-1],
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 # --------------------------------------------------------------------------- linear network
@@ -133,7 +144,14 @@ def test_recorded_eigenvalues_are_those_of_dense_swap_cross_correlation():
 def test_linear_network_gd_reproduces_parameter_space_trajectory():
     views, gamma, W0 = linear_problem()
     lr, steps = 0.05, 300
-    cfg = TrainConfig(loss="barlow_twins", learning_rate=lr, steps=steps, n_records=25, chunk_size=37, record_embeddings=True)
+    cfg = TrainConfig(
+        loss="barlow_twins",
+        learning_rate=lr,
+        steps=steps,
+        n_records=25,
+        chunk_size=37,
+        record_embeddings=True,
+    )
     r = train(Linear(2), cfg, jnp.asarray(views), init_params=linear_params(W0), progress=False)
     Ws = numpy_gd(gamma, W0, lr, steps)
     assert r.finished and r.steps_done == steps and r.diverged_at is None
@@ -147,7 +165,9 @@ def test_linear_network_gd_reproduces_parameter_space_trajectory():
     np.testing.assert_allclose(r.eigenvalues, ref_eigs, rtol=0, atol=1e-10)
     np.testing.assert_allclose(r.loss, ref_loss, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(r.embeddings, ref_F, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(r.params["params"]["Dense_0"]["kernel"].T, Ws[-1], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        r.params["params"]["Dense_0"]["kernel"].T, Ws[-1], rtol=0, atol=1e-10
+    )
     # The run reaches the minimum: every eigenvalue of C at 1 (a property of the end state).
     np.testing.assert_allclose(r.eigenvalues[-1], 1.0, atol=1e-6)
     np.testing.assert_allclose(r.train_embeddings, views @ Ws[-1].T, atol=1e-10)
@@ -161,7 +181,11 @@ def test_linear_gd_approaches_gradient_flow_linearly_in_learning_rate():
         W = w.reshape(W0.shape)
         return (-4 * (W @ gamma @ W.T - np.eye(W.shape[0])) @ W @ gamma).ravel()
 
-    W_T = solve_ivp(flow, (0, T), W0.ravel(), method="DOP853", rtol=1e-12, atol=1e-14).y[:, -1].reshape(W0.shape)
+    W_T = (
+        solve_ivp(flow, (0, T), W0.ravel(), method="DOP853", rtol=1e-12, atol=1e-14)
+        .y[:, -1]
+        .reshape(W0.shape)
+    )
     errors = []
     for lr in (0.02, 0.01, 0.005):
         cfg = TrainConfig(learning_rate=lr, steps=round(T / lr), n_records=3, chunk_size=128)
@@ -213,7 +237,15 @@ def mlp_data():
 def test_momentum_minibatch_matches_python_optax_loop(mlp_data):
     views, _ = mlp_data
     module, n, b = TinyMLP(), 10, 4
-    cfg = TrainConfig(optimizer="momentum", learning_rate=0.02, momentum=0.8, steps=60, alpha=0.5, batch_size=b, chunk_size=16)
+    cfg = TrainConfig(
+        optimizer="momentum",
+        learning_rate=0.02,
+        momentum=0.8,
+        steps=60,
+        alpha=0.5,
+        batch_size=b,
+        chunk_size=16,
+    )
     key = jax.random.key(7)
     r = train(module, cfg, views, key=key, progress=False)
     init = module.init(jax.random.split(key)[0], views[:1])
@@ -222,7 +254,9 @@ def test_momentum_minibatch_matches_python_optax_loop(mlp_data):
         idx = jax.random.choice(sub, n, (b,), replace=False)
         return jnp.concatenate([views[idx], views[idx + n]])
 
-    ref = optax_reference(module, optax.sgd(0.02, momentum=0.8), init, views, bt_loss, 60, key, 0.5, batch)
+    ref = optax_reference(
+        module, optax.sgd(0.02, momentum=0.8), init, views, bt_loss, 60, key, 0.5, batch
+    )
     tree_close(r.params, ref, atol=1e-12)  # float64, same operations: rounding-level agreement
     # Records are on the fixed views, not the minibatch: check the last one independently.
     np.testing.assert_allclose(r.loss[-1], bt_loss(0.5 * module.apply(ref, views)), rtol=1e-10)
@@ -236,7 +270,9 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
     def augment(key, imgs):
         return jnp.concatenate([imgs, imgs + 0.1 * jax.random.normal(key, imgs.shape, imgs.dtype)])
 
-    cfg = TrainConfig(optimizer="adam", learning_rate=0.01, steps=40, alpha=0.5, batch_size=b, chunk_size=16)
+    cfg = TrainConfig(
+        optimizer="adam", learning_rate=0.01, steps=40, alpha=0.5, batch_size=b, chunk_size=16
+    )
     key = jax.random.key(3)
     r = train(module, cfg, views, key=key, augment=augment, images=images, progress=False)
     init = module.init(jax.random.split(key)[0], views[:1])
@@ -248,8 +284,24 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
     ref = optax_reference(module, optax.adam(0.01), init, views, bt_loss, 40, key, 0.5, batch)
     tree_close(r.params, ref, atol=1e-12)
     # Fresh noise each step matters: training on one fixed augmentation gives other parameters.
-    fixed = optax_reference(module, optax.adam(0.01), init, views, bt_loss, 40, key, 0.5, lambda s: augment(jax.random.key(0), images[:b]))
-    assert max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(r.params), jax.tree.leaves(fixed))) > 1e-4
+    fixed = optax_reference(
+        module,
+        optax.adam(0.01),
+        init,
+        views,
+        bt_loss,
+        40,
+        key,
+        0.5,
+        lambda s: augment(jax.random.key(0), images[:b]),
+    )
+    assert (
+        max(
+            float(jnp.abs(x - y).max())
+            for x, y in zip(jax.tree.leaves(r.params), jax.tree.leaves(fixed), strict=True)
+        )
+        > 1e-4
+    )
 
 
 @pytest.mark.parametrize("name", ["barlow_twins", "simclr", "vicreg"])
@@ -284,12 +336,19 @@ def test_alpha_scales_embeddings_and_C(mlp_data):
     module = TinyMLP()
     cfg = TrainConfig(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.1)
     r1 = train(module, cfg, views, test_views=test_views, progress=False)
-    r2 = train(module, TrainConfig(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.2), views, progress=False)
+    r2 = train(
+        module,
+        TrainConfig(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.2),
+        views,
+        progress=False,
+    )
     # Same key -> same θ_0; f = α net so C scales by α² exactly (up to rounding).
     np.testing.assert_allclose(r2.eigenvalues[0], 4 * r1.eigenvalues[0], rtol=1e-12)
     F = 0.1 * np.asarray(module.apply(r1.params, views))
     np.testing.assert_allclose(r1.train_embeddings, F, rtol=1e-14)
-    np.testing.assert_allclose(r1.test_embeddings, 0.1 * np.asarray(module.apply(r1.params, test_views)), rtol=1e-14)
+    np.testing.assert_allclose(
+        r1.test_embeddings, 0.1 * np.asarray(module.apply(r1.params, test_views)), rtol=1e-14
+    )
     np.testing.assert_allclose(r1.loss[0], np.asarray(bt_loss(jnp.asarray(F))), rtol=1e-13)
 
 
@@ -337,7 +396,9 @@ def test_divergence_is_reported_at_the_exact_step(chunk_size):
     bad = np.flatnonzero(~np.isfinite(losses) | (losses > thr))
     assert bad.size and bad[0] > 2  # the reference run does diverge, after a few fine steps
     s_star = int(bad[0])
-    cfg = TrainConfig(learning_rate=lr, steps=60, n_records=60, chunk_size=chunk_size, divergence_threshold=thr)
+    cfg = TrainConfig(
+        learning_rate=lr, steps=60, n_records=60, chunk_size=chunk_size, divergence_threshold=thr
+    )
     with pytest.warns(TrainingDivergedWarning, match=f"step {s_star}"):
         r = train(Linear(2), cfg, jnp.asarray(views), init_params=linear_params(W0), progress=False)
     assert r.diverged_at == s_star and not r.finished and r.steps_done == s_star - 1
@@ -352,12 +413,24 @@ def test_divergence_is_reported_at_the_exact_step(chunk_size):
 def test_nonfinite_loss_without_threshold_and_bad_first_step(mlp_data):
     views, _ = mlp_data
     with pytest.warns(TrainingDivergedWarning):
-        r = train(Linear(2), TrainConfig(loss=bt_loss, learning_rate=50.0, steps=200, divergence_threshold=None), views, progress=False)
+        r = train(
+            Linear(2),
+            TrainConfig(loss=bt_loss, learning_rate=50.0, steps=200, divergence_threshold=None),
+            views,
+            progress=False,
+        )
     assert r.diverged_at is not None and not np.isfinite(r.diverged_loss)
-    assert np.all(np.isfinite(r.loss)) and r.steps.size == np.sum(record_steps(200, 100) < r.diverged_at)
+    assert np.all(np.isfinite(r.loss)) and r.steps.size == np.sum(
+        record_steps(200, 100) < r.diverged_at
+    )
     # A loss already above the threshold at step 0: nothing recorded, the initial parameters back.
     with pytest.warns(TrainingDivergedWarning, match="step 0"):
-        r0 = train(TinyMLP(), TrainConfig(loss=bt_loss, steps=10, alpha=1e3, divergence_threshold=10.0), views, progress=False)
+        r0 = train(
+            TinyMLP(),
+            TrainConfig(loss=bt_loss, steps=10, alpha=1e3, divergence_threshold=10.0),
+            views,
+            progress=False,
+        )
     assert r0.diverged_at == 0 and r0.steps.size == 0 and r0.steps_done == 0
     init = TinyMLP().init(jax.random.split(jax.random.key(0))[0], views[:1])
     tree_close(r0.params, init, atol=0)
@@ -371,13 +444,26 @@ def test_nonfinite_loss_without_threshold_and_bad_first_step(mlp_data):
     [
         ("views", lambda v: dict(views=v.at[3, 1].set(jnp.nan))),
         ("test_views", lambda v: dict(views=v, test_views=v[:2].at[0, 0].set(jnp.inf))),
-        ("images", lambda v: dict(views=v, images=v[:10].at[1, 1].set(jnp.nan), augment=lambda k, x: jnp.concatenate([x, x]))),
+        (
+            "images",
+            lambda v: dict(
+                views=v,
+                images=v[:10].at[1, 1].set(jnp.nan),
+                augment=lambda k, x: jnp.concatenate([x, x]),
+            ),
+        ),
     ],
 )
 def test_nan_in_data_is_rejected_naming_the_array(mlp_data, name, kwargs):
     views, _ = mlp_data
     with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN/inf"):
-        train(TinyMLP(), TrainConfig(loss=bt_loss, steps=1), key=jax.random.key(0), progress=False, **kwargs(views))
+        train(
+            TinyMLP(),
+            TrainConfig(loss=bt_loss, steps=1),
+            key=jax.random.key(0),
+            progress=False,
+            **kwargs(views),
+        )
 
 
 @pytest.mark.parametrize(
@@ -404,10 +490,20 @@ def test_bad_train_arguments(mlp_data, kwargs, match):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(loss="mse"), dict(loss=3), dict(optimizer="lbfgs"), dict(learning_rate=0.0),
-        dict(learning_rate=float("nan")), dict(alpha=-1.0), dict(momentum=1.0), dict(steps=-1),
-        dict(steps=2.5), dict(batch_size=0), dict(n_records=0), dict(chunk_size=0),
-        dict(divergence_threshold=0.0), dict(record_embeddings=1),
+        dict(loss="mse"),
+        dict(loss=3),
+        dict(optimizer="lbfgs"),
+        dict(learning_rate=0.0),
+        dict(learning_rate=float("nan")),
+        dict(alpha=-1.0),
+        dict(momentum=1.0),
+        dict(steps=-1),
+        dict(steps=2.5),
+        dict(batch_size=0),
+        dict(n_records=0),
+        dict(chunk_size=0),
+        dict(divergence_threshold=0.0),
+        dict(record_embeddings=1),
     ],
 )
 def test_bad_config(kwargs):
@@ -446,17 +542,30 @@ def test_float32_run_tracks_float64_reference():
     views64 = np.concatenate([X, X + 0.3 * rng.normal(size=X.shape)])
     spec = MLP(depth=1, width=64, d=2)
     # f = α net has NTK α² Θ: learning rate 8 at α = 0.1 is effective rate 0.08 on Θ.
-    cfg = TrainConfig(loss=bt_loss, learning_rate=8.0, steps=150, alpha=0.1, n_records=12, chunk_size=50)
+    cfg = TrainConfig(
+        loss=bt_loss, learning_rate=8.0, steps=150, alpha=0.1, n_records=12, chunk_size=50
+    )
     r64 = train(spec.flax(jnp.float64), cfg, jnp.asarray(views64), progress=False)
-    init32 = jax.tree.map(lambda p: p.astype(jnp.float32), spec.flax(jnp.float64).init(jax.random.split(jax.random.key(0))[0], jnp.asarray(views64[:1])))
-    r32 = train(spec.flax(jnp.float32), cfg, jnp.asarray(views64, jnp.float32), init_params=init32, progress=False)
+    init32 = jax.tree.map(
+        lambda p: p.astype(jnp.float32),
+        spec.flax(jnp.float64).init(
+            jax.random.split(jax.random.key(0))[0], jnp.asarray(views64[:1])
+        ),
+    )
+    r32 = train(
+        spec.flax(jnp.float32),
+        cfg,
+        jnp.asarray(views64, jnp.float32),
+        init_params=init32,
+        progress=False,
+    )
     assert r32.eigenvalues.dtype == np.float32 and r32.loss.dtype == np.float32
     # float32 rounding (~1e-7) amplified by the saddle escape stays well below 1e-3.
     np.testing.assert_allclose(r32.eigenvalues, r64.eigenvalues, atol=1e-3)
     assert r64.eigenvalues[-1, -1] > 0.5  # the run got past both steps of the staircase
 
 
-# --------------------------------------------------------------------------- CIFAR-10, architectures
+# ----------------------------------------------------------------- CIFAR-10, architectures
 
 
 def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
@@ -478,11 +587,25 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
     cfg = TrainConfig(learning_rate=5.0, steps=60, alpha=0.1, n_records=10, chunk_size=20)
     # Identity "augmentation" of all images every step = full-batch training on fixed views.
     direct = train(spec, cfg, fixed, progress=False)
-    via_augment = train(spec, cfg, fixed, augment=pipeline(AugmentConfig.identity()), images=images, progress=False)
-    np.testing.assert_allclose(via_augment.eigenvalues, direct.eigenvalues, rtol=1e-5, atol=1e-7)  # float32
+    via_augment = train(
+        spec, cfg, fixed, augment=pipeline(AugmentConfig.identity()), images=images, progress=False
+    )
+    np.testing.assert_allclose(
+        via_augment.eigenvalues, direct.eigenvalues, rtol=1e-5, atol=1e-7
+    )  # float32
     # Real augmentations, minibatches of 8 images: the eigenvalues of C on the fixed views rise.
-    aug = train(spec, dataclasses.replace(cfg, batch_size=8), fixed, augment=pipeline(AugmentConfig()), images=images, test_views=fixed[:4], progress=False)
-    assert aug.finished and aug.eigenvalues.dtype == np.float32 and aug.test_embeddings.shape == (4, 2)
+    aug = train(
+        spec,
+        dataclasses.replace(cfg, batch_size=8),
+        fixed,
+        augment=pipeline(AugmentConfig()),
+        images=images,
+        test_views=fixed[:4],
+        progress=False,
+    )
+    assert (
+        aug.finished and aug.eigenvalues.dtype == np.float32 and aug.test_embeddings.shape == (4, 2)
+    )
     # (the top one first: the start of the staircase)
     assert aug.eigenvalues[-1, 0] > 10 * aug.eigenvalues[0, 0] and aug.loss[-1] < aug.loss[0]
 
@@ -495,10 +618,17 @@ def test_myrtle_cnn_spec_trains():
     X = rng.normal(size=(6, 8, 8, 3))
     views = jnp.asarray(np.concatenate([X, X + 0.2 * rng.normal(size=X.shape)]))
     spec = MyrtleCNN(depth=5, width=8, d=2)
-    r = train(spec, TrainConfig(learning_rate=0.5, steps=20, n_records=5, chunk_size=10), views, progress=False)
+    r = train(
+        spec,
+        TrainConfig(learning_rate=0.5, steps=20, n_records=5, chunk_size=10),
+        views,
+        progress=False,
+    )
     module = spec.flax(jnp.float64)
     np.testing.assert_allclose(r.train_embeddings, module.apply(r.params, views), rtol=1e-12)
-    np.testing.assert_allclose(r.loss[-1], LOSS_FUNCTIONS["barlow_twins"](module.apply(r.params, views)), rtol=1e-12)
+    np.testing.assert_allclose(
+        r.loss[-1], LOSS_FUNCTIONS["barlow_twins"](module.apply(r.params, views)), rtol=1e-12
+    )
     assert r.loss[-1] < r.loss[0]
     with pytest.raises(ValueError, match="multiples of"):
         train(spec, TrainConfig(steps=1), views[:, :6, :6], progress=False)
