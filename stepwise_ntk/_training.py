@@ -198,8 +198,9 @@ def _describe(value: Any) -> Any:
         "train_embeddings",
         "test_embeddings",
         "params",
+        "diverged_loss",
     ],
-    meta_fields=["config", "steps_done", "finished", "diverged_at", "diverged_loss"],
+    meta_fields=["config", "steps_done", "finished", "diverged_at"],
 )
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -460,6 +461,9 @@ def train(
             state = _train_loop.run_chunk(program, state, data)
             new_it, diverged = (int(v) for v in jax.device_get((state.it, state.diverged_at)))
             bar.update(min(new_it, config.steps) - min(it, config.steps))
+            last = int(np.searchsorted(rec_steps, new_it - 1, side="right")) - 1
+            if progress and diverged < 0 and last >= 0:  # latest recorded loss, one scalar
+                bar.set_postfix(loss=f"{float(state.rec_loss[last]):.4g}", refresh=False)
             it, chunks = new_it, chunks + 1
             if diverged >= 0:
                 break
