@@ -8,7 +8,11 @@ initialisation is realised: the initial embeddings, hence the initial eigenvalue
 With a learning rate ``η`` the parameters follow gradient descent on
 ``L(α · net(X; θ))``; in function space that is ``dF/dt ≈ −K ∇_F L`` with
 ``K = α² Θ_net`` and **effective time** ``t = η · step`` (THEORY.md), which is what the
-kernel model of the same network should be compared against.
+kernel model of the same network should be compared against. Since ``K ∝ α²``, the speed
+(and the stability limit of gradient descent) is set by ``η α²``: choose
+``learning_rate = c / α²`` to take steps of size ``c`` on the kernel ``Θ_net`` (at small α
+the network leaves the kernel regime as the embeddings grow, so keep ``c`` well below the
+kernel's stability limit; a diverging run is stopped and reported).
 
 Two modes:
 
@@ -30,7 +34,8 @@ checkpoint and resume with a bit-identical result.
 Example::
 
     spec = MLP(width=256, d=4)
-    cfg = TrainConfig(learning_rate=0.05, steps=2000, alpha=1e-3)
+    alpha = 1e-2
+    cfg = TrainConfig(learning_rate=0.005 / alpha**2, steps=2000, alpha=alpha)
     result = train(spec, cfg, views, test_views=test_views)   # spec.flax() is trained
     result.eigenvalues          # (R, 4): the staircase, at result.effective_times
 """
@@ -106,7 +111,7 @@ class TrainConfig:
       momentum: momentum coefficient for "momentum".
       steps: number of optimiser updates.
       alpha: output scale α: ``f = α · net``. Small α = small initialisation; the NTK of
-        ``f`` is ``α²`` times that of ``net``.
+        ``f`` is ``α²`` times that of ``net``, so scale ``learning_rate`` like ``1/α²``.
       batch_size: None = full batch; else the number of pairs (images) per step.
       n_records: number of log-spaced record steps (plus step 0; duplicates collapse).
       record_every: also record every this many steps (None: log-spaced only).
