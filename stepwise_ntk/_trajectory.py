@@ -1,0 +1,73 @@
+"""What the solvers return: :class:`Trajectory` (a pytree) and :class:`SolveStats`.
+
+Example::
+
+    >>> traj = solve(K, n_pairs, F0, times)            # doctest: +SKIP
+    >>> traj.eigenvalues.shape, traj.method            # doctest: +SKIP
+    ((200, 8), 'eigen')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+
+__all__ = ["SolveStats", "Trajectory"]
+
+
+class SolveStats(NamedTuple):
+    """Cost and accuracy bookkeeping of one solve (scalars; -1 / 0 where not applicable).
+
+    Attributes:
+      n_steps, n_rejected, n_rhs: accepted / rejected time steps and right-hand sides
+        (for gradient descent: steps taken, 0, steps taken).
+      success: the integration reached the last requested time.
+      n_modes: modes integrated (eigen route; ``2n`` otherwise).
+      truncation_bound: eigen route: a posteriori bound on ``‖ΔC‖₂`` (so, by Weyl, on every
+        embedding eigenvalue) from the modes that were held at their initial value; 0 when
+        none were.
+      truncation_embedding_bound: the matching bound on ``‖ΔF‖_F`` of the final embeddings.
+      jitter: ``τ`` used in the factorisation of ``K + τ I`` (eigen route), else 0.
+      n_devices: devices ``K`` was sharded over (function route), else 1.
+    """
+
+    n_steps: Any
+    n_rejected: Any
+    n_rhs: Any
+    success: Any
+    n_modes: Any
+    truncation_bound: Any
+    truncation_embedding_bound: Any
+    jitter: Any
+    n_devices: Any
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """Observables of a gradient-flow trajectory at the requested times.
+
+    Attributes:
+      times: ``(T,)`` the requested (effective) times.
+      loss: ``(T,)`` the loss at those times.
+      eigenvalues: ``(T, d)`` eigenvalues of ``C = Fᵀ Z F / (2n)``, descending.
+      embeddings: ``(2n, d)`` embeddings of the views at ``times[-1]``.
+      test_embeddings: ``(T, m, d)`` embeddings of the test inputs at every time, or None.
+      stats: :class:`SolveStats`.
+      method: ``"eigen"``, ``"function"`` or ``"gradient_descent"`` (static metadata).
+      integrator: ``"dopri5"``, ``"rosw"`` or ``"gd"`` (static metadata).
+      reason: why ``method`` was chosen (static metadata; the cost model's estimate when
+        ``method="auto"``).
+    """
+
+    times: jax.Array
+    loss: jax.Array
+    eigenvalues: jax.Array
+    embeddings: jax.Array
+    test_embeddings: jax.Array | None
+    stats: SolveStats
+    method: str = dataclasses.field(default="", metadata=dict(static=True))
+    integrator: str = dataclasses.field(default="", metadata=dict(static=True))
+    reason: str = dataclasses.field(default="", metadata=dict(static=True))
