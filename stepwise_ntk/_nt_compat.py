@@ -18,6 +18,8 @@ What is patched (all of it mechanical, none of it changes a formula):
   its two structured-derivative rule registrations are dropped.
 * ``scipy.linalg.eigvalsh(eigvals=...)`` (removed in SciPy 1.14) ->
   ``subset_by_index=...`` in ``predict.max_learning_rate``.
+* ``predict.gradient_descent_mse``: ``jax.core.eval_context()`` is skipped when the
+  train kernel is a tracer (e.g. under ``vmap``); stackless JAX raises there.
 
 What is refused: the empirical-NTK implementations ``STRUCTURED_DERIVATIVES`` (3) and
 ``AUTO`` (0) are built on ``jax.interpreters.ad.linearize`` and JAX's internal backward
@@ -63,6 +65,13 @@ def zip(*args):
   return list(__import__("builtins").zip(*args))
 '''
 
+_EVAL_CONTEXT_UNLESS_TRACED = """
+
+def _eval_context_unless_traced(x):
+  \"\"\"eval_context() for a concrete x; none for a tracer, whose own trace must run it.\"\"\"
+  return contextlib.nullcontext() if isinstance(x, jax.core.Tracer) else jax.core.eval_context()
+"""
+
 # module name -> ((old text, new text, expected number of occurrences), ...)
 PATCHES: dict[str, tuple[tuple[str, str, int], ...]] = {
     "neural_tangents": (
@@ -98,6 +107,21 @@ PATCHES: dict[str, tuple[tuple[str, str, int], ...]] = {
         ("JACOBIAN_RULES[jax.interpreters.ad.zeros_like_p] = _zeros_like_j\n", "", 1),
     ),
     "neural_tangents._src.predict": (
+        # eval_context() may no longer touch a tracer (stackless tracing raises
+        # UnexpectedTracerError, e.g. for a kernel computed under vmap); the old trace stack
+        # let the tracer's own trace handle it, which is what skipping the context does.
+        ("import collections\n", "import collections\nimport contextlib\n", 1),
+        ("import scipy as sp\n", "import scipy as sp\n" + _EVAL_CONTEXT_UNLESS_TRACED, 1),
+        (
+            "    with jax.core.eval_context():\n      solve = _get_cho_solve(",
+            "    with _eval_context_unless_traced(k_train_train):\n      solve = _get_cho_solve(",
+            1,
+        ),
+        (
+            "    with jax.core.eval_context():\n      expm1_fn, inv_expm1_fn = ",
+            "    with _eval_context_unless_traced(k_train_train):\n      expm1_fn, inv_expm1_fn = ",
+            1,
+        ),
         (
             "eigvals=(ntk_train_train.shape[0] - 1,",
             "subset_by_index=(ntk_train_train.shape[0] - 1,",
