@@ -1,0 +1,235 @@
+"""The logic of tools/nt_suite.py (pin, hash check, unpack, selection, summary), offline.
+
+Nothing here downloads the sdist or runs neural-tangents' suite: archives, lock entries
+and junit reports are built in the test, and the expected values are counted by hand
+or computed independently (hashlib).
+"""
+
+import hashlib
+import importlib.util
+import io
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("nt_suite", ROOT / "tools" / "nt_suite.py")
+nt_suite = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nt_suite)
+
+DATA = b"not really a tarball"
+DIGEST = hashlib.sha256(DATA).hexdigest()
+
+
+def _lock_line(name, url_host="files.pythonhosted.org", digest="ab" * 32):
+    return (
+        f'sdist = {{ url = "https://{url_host}/packages/d7/20/x/{name}", '
+        f'hash = "sha256:{digest}", size = 215468 }}'
+    )
+
+
+def test_sdist_pin_reads_the_entry_for_the_named_file_only():
+    lock = "\n".join([
+        _lock_line("neural-tangents-0.6.4.tar.gz", digest="cd" * 32),
+        _lock_line("neural-tangents-0.6.5.tar.gz"),
+    ])
+    url, digest = nt_suite.sdist_pin(lock)
+    assert url.endswith("/neural-tangents-0.6.5.tar.gz")
+    assert digest == "ab" * 32
+
+
+def test_sdist_pin_of_the_project_lock_is_a_package_index_url():
+    url, digest = nt_suite.sdist_pin((ROOT / "uv.lock").read_text())
+    assert url.startswith("https://files.pythonhosted.org/")
+    assert url.endswith("/neural-tangents-0.6.5.tar.gz")
+    assert len(digest) == 64 and int(digest, 16) >= 0
+
+
+def test_sdist_pin_without_entry_says_how_to_fix():
+    with pytest.raises(ValueError, match="uv lock"):
+        nt_suite.sdist_pin(_lock_line("other-1.0.tar.gz"))
+
+
+def test_verified_accepts_the_right_hash_and_rejects_one_flipped_byte():
+    assert nt_suite.verified(DATA, DIGEST, "x") == DATA
+    with pytest.raises(ValueError, match="does not match"):
+        nt_suite.verified(b"N" + DATA[1:], DIGEST, "x")
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the cache should have been used")
+
+
+def test_fetch_uses_a_good_cache_without_network(tmp_path, monkeypatch):
+    (tmp_path / nt_suite.SDIST_NAME).write_bytes(DATA)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    assert nt_suite.fetch_sdist("https://example.invalid/x", DIGEST, tmp_path) == DATA
+
+
+def test_fetch_refuses_a_tampered_cache(tmp_path, monkeypatch):
+    (tmp_path / nt_suite.SDIST_NAME).write_bytes(DATA + b"!")
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    with pytest.raises(ValueError, match="Delete the cached file"):
+        nt_suite.fetch_sdist("https://example.invalid/x", DIGEST, tmp_path)
+
+
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("served,ok", [(DATA, True), (DATA[:-1], False)])
+def test_fetch_downloads_and_caches_only_what_matches(tmp_path, monkeypatch, served, ok):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _Response(served))
+    cache = tmp_path / "cache"
+    if ok:
+        assert nt_suite.fetch_sdist("https://example.invalid/x", DIGEST, cache) == DATA
+        assert [p.name for p in cache.iterdir()] == [nt_suite.SDIST_NAME]
+    else:
+        with pytest.raises(ValueError, match="refusing to unpack"):
+            nt_suite.fetch_sdist("https://example.invalid/x", DIGEST, cache)
+        assert not cache.exists() or not any(cache.iterdir())
+
+
+def _tarball(files):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    return buf.getvalue()
+
+
+def test_unpack_writes_only_tests_and_examples(tmp_path):
+    data = _tarball({
+        "neural-tangents-0.6.5/tests/a_test.py": b"a",
+        "neural-tangents-0.6.5/tests/stax/b_test.py": b"b",
+        "neural-tangents-0.6.5/examples/ex.py": b"e",
+        # NT's own package must never land beside the tests: it would shadow the patched one.
+        "neural-tangents-0.6.5/neural_tangents/__init__.py": b"x",
+        "neural-tangents-0.6.5/setup.py": b"s",
+    })
+    written = nt_suite.unpack_tests(data, tmp_path)
+    assert written == ["examples/ex.py", "tests/a_test.py", "tests/stax/b_test.py"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == written
+    assert (tmp_path / "tests/stax/b_test.py").read_bytes() == b"b"
+
+
+def test_unpack_refuses_a_path_that_leaves_the_run_folder(tmp_path):
+    data = _tarball({"neural-tangents-0.6.5/tests/../../evil.py": b"x"})
+    with pytest.raises(ValueError, match="unsafe path"):
+        nt_suite.unpack_tests(data, tmp_path / "run")
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_test_patches_apply_with_exact_counts(tmp_path):
+    (tmp_path / "t.py").write_text("jax.tree_map(f, x)\njax.tree_map(g, y)\n")
+    nt_suite.apply_test_patches(tmp_path, {"t.py": (("jax.tree_map(", "T(", 2, "why"),)})
+    assert (tmp_path / "t.py").read_text() == "T(f, x)\nT(g, y)\n"
+    with pytest.raises(ValueError, match="occurs 0 times, expected 2"):
+        nt_suite.apply_test_patches(tmp_path, {"t.py": (("jax.tree_map(", "T(", 2, "why"),)})
+
+
+def test_shipped_test_patches_never_touch_an_assertion_or_tolerance():
+    for rel, patches in nt_suite.TEST_PATCHES.items():
+        for old, new, count, why in patches:
+            for text in (old, new):
+                for word in ("assert", "tol", "skip", "fail", "expect"):
+                    assert word not in text.lower(), (rel, text)
+            assert count >= 1 and why
+
+
+def test_selection_excludes_files_that_reach_tensorflow_with_the_chain(tmp_path):
+    files = {
+        "tests/clean_test.py": "import jax\nfrom tests import test_utils\n",
+        "tests/test_utils.py": "import numpy\n",
+        "tests/via_example_test.py": "from examples import ex\n",
+        "examples/ex.py": "from examples import datasets\n",
+        "examples/datasets.py": "import tensorflow_datasets as tfds\n",
+        "tests/experimental/tf_test.py": "from neural_tangents import experimental\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    selected, excluded = nt_suite.select_files(tmp_path, sorted(files), None)
+    assert selected == ["tests/clean_test.py"]
+    assert set(excluded) == {"tests/via_example_test.py", "tests/experimental/tf_test.py"}
+    assert "examples/datasets.py imports tensorflow_datasets" in excluded["tests/via_example_test.py"]
+    assert "neural_tangents.experimental" in excluded["tests/experimental/tf_test.py"]
+
+    assert nt_suite.select_files(tmp_path, sorted(files), ["clean"]) == (["tests/clean_test.py"], {})
+    with pytest.raises(ValueError, match="match no test file"):
+        nt_suite.select_files(tmp_path, sorted(files), ["nonexistent"])
+
+
+_JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest">
+ <testcase classname="tests.a_test.ATest" name="test_ok" file="tests/a_test.py"/>
+ <testcase classname="tests.a_test.ATest" name="test_ok2"/>
+ <testcase classname="tests.a_test.ATest" name="test_bad">
+  <failure message="AssertionError: 1 != 2">trace</failure></testcase>
+ <testcase classname="tests.a_test.ATest" name="test_sd">
+  <failure message="ValueError: empirical NTK implementation STRUCTURED_DERIVATIVES (3)
+ is not available on this JAX: use ...">trace</failure></testcase>
+ <testcase classname="tests.stax.b_test.BTest" name="test_skip">
+  <skipped type="pytest.skip" message="Skipping large tests for speed."/></testcase>
+ <testcase classname="tests.stax.b_test.BTest" name="test_setup">
+  <error message="failed on setup">trace</error></testcase>
+ <testcase classname="" name="tests.stax.b_test">
+  <error message="collection failure">trace</error></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_summary_counts_each_outcome_per_file_and_separates_refusals():
+    files = ["tests/a_test.py", "tests/stax/b_test.py", "tests/c_test.py"]
+    s = nt_suite.summarize(_JUNIT, files)
+    a, b, c = (s["files"][f] for f in files)
+    assert a == {"passed": 2, "failed": 2, "refused": 1, "skipped": 0, "errors": 0}
+    assert b == {"passed": 0, "failed": 0, "refused": 0, "skipped": 1, "errors": 2}
+    assert c == dict.fromkeys(nt_suite.COLUMNS, 0)  # selected but nothing ran: still listed
+    assert s["totals"] == {"passed": 2, "failed": 2, "refused": 1, "skipped": 1, "errors": 2}
+    assert s["failed"] == ["tests/a_test.py::ATest::test_bad -- AssertionError: 1 != 2"]
+    assert [r.split(" -- ")[0] for r in s["refused"]] == ["tests/a_test.py::ATest::test_sd"]
+    assert len(s["errors"]) == 2
+
+
+def test_exit_status_ignores_refusals_and_non_target_files():
+    counts = dict.fromkeys(nt_suite.COLUMNS, 0)
+    refused_only = {"files": {"tests/a_test.py": {**counts, "failed": 3, "refused": 3}}}
+    assert nt_suite.target_ok(refused_only, ["tests/a_test.py"])
+    one_real = {"files": {"tests/a_test.py": {**counts, "failed": 4, "refused": 3}}}
+    assert not nt_suite.target_ok(one_real, ["tests/a_test.py"])
+    assert nt_suite.target_ok(one_real, ["tests/other_test.py"])
+    error = {"files": {"tests/a_test.py": {**counts, "errors": 1}}}
+    assert not nt_suite.target_ok(error, ["tests/a_test.py"])
+
+
+def test_table_has_a_row_per_file_and_totals():
+    s = nt_suite.summarize(_JUNIT, ["tests/a_test.py", "tests/stax/b_test.py"])
+    lines = nt_suite.format_table(s, {"tests/x_test.py": "needs TensorFlow"}).splitlines()
+    assert lines[0].split() == ["file", *nt_suite.COLUMNS]
+    assert lines[1].split() == ["tests/a_test.py", "2", "2", "1", "0", "0"]
+    assert lines[3].split() == ["total", "2", "2", "1", "1", "2"]
+    assert lines[4] == "excluded  tests/x_test.py: needs TensorFlow"
+
+
+def test_run_folder_is_only_cleared_if_this_tool_made_it(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not made by nt_suite.py"):
+        nt_suite.prepare_run_dir(foreign)
+    assert (foreign / "precious.txt").read_text() == "keep"
+
+    ours = tmp_path / "ours"
+    nt_suite.prepare_run_dir(ours)
+    (ours / "stale_test.py").write_text("old")
+    nt_suite.prepare_run_dir(ours)
+    assert [p.name for p in ours.iterdir()] == [nt_suite.RUN_MARKER]

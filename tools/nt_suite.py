@@ -1,0 +1,445 @@
+"""Run neural-tangents' own test suite against ``stepwise_ntk._nt_compat``.
+
+The neural-tangents (NT) 0.6.5 source distribution on PyPI ships its ``tests/`` and
+``examples/``. This command fetches that sdist through the package index (URL and sha256
+pinned in ``uv.lock``), checks the hash before unpacking, unpacks only ``tests/`` and
+``examples/`` into a run folder, and runs them with pytest. A ``conftest.py`` written
+into the run folder imports ``stepwise_ntk._nt_compat`` before any test module, so every
+``import neural_tangents`` in NT's tests gets the patched package.
+
+Excluded (reported, not run): test files that import TensorFlow, TensorFlow Datasets or
+tf2jax, directly or through ``examples/`` (the TF-interop tests in ``tests/experimental``
+and the examples that download data through ``tensorflow_datasets``).
+
+The tests' own uses of JAX APIs that were removed are rewritten in the unpacked copy by
+exact, counted text replacements (``TEST_PATCHES``, each with its reason); none touches
+an assertion or a tolerance. NT's library code is only patched by ``_nt_compat``.
+
+Output: a table of passed / failed / refused / skipped / errors per file, with totals,
+and ``summary.json`` in ``--out``. "refused" counts failures raised by ``_nt_compat``
+refusing an empirical-NTK implementation up front (STRUCTURED_DERIVATIVES or AUTO); they
+are a subset of "failed". The exit status is nonzero if any test in a target file
+(``TARGET_FILES``) fails for any other reason or errors.
+
+Usage (the test-only dependency more-itertools is not in the project's lock)::
+
+    uv run --with more-itertools python tools/nt_suite.py [--files F ...] [--jobs N]
+        [--out DIR] [--quick] [--x64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+REPO = Path(__file__).resolve().parents[1]
+NT_VERSION = "0.6.5"
+SDIST_NAME = f"neural-tangents-{NT_VERSION}.tar.gz"
+DEFAULT_CACHE = REPO / ".cache" / f"nt-{NT_VERSION}"
+DEFAULT_OUT = DEFAULT_CACHE / "run"
+
+# The files whose every non-refused test must pass (the exit status depends on them only).
+TARGET_FILES: tuple[str, ...] = (
+    "tests/batching_test.py",
+    "tests/empirical_test.py",
+    "tests/monte_carlo_test.py",
+    "tests/predict_test.py",
+    "tests/stax/branching_test.py",
+    "tests/stax/combinators_test.py",
+    "tests/stax/elementwise_test.py",
+    "tests/stax/linear_test.py",
+    "tests/stax/requirements_test.py",
+    "tests/stax/stax_test.py",
+)
+
+# Imports that mean "needs TensorFlow", which this project does not install.
+TF_MODULES = ("tensorflow", "tensorflow_datasets", "tf2jax", "neural_tangents.experimental")
+
+# Message of the ValueError with which _nt_compat refuses STRUCTURED_DERIVATIVES / AUTO.
+REFUSED_MARKER = "is not available on this JAX"
+
+# file in the sdist -> ((old text, new text, expected count, why), ...). Only the tests'
+# own uses of removed JAX APIs; never an assertion or a tolerance.
+_TREE_MAP_WHY = "jax.tree_map was removed (JAX 0.6); jax.tree_util.tree_map is the same function"
+TEST_PATCHES: dict[str, tuple[tuple[str, str, int, str], ...]] = {
+    "tests/test_utils.py": (
+        ("jax.tree_map(", "jax.tree_util.tree_map(", 3, _TREE_MAP_WHY),
+    ),
+    "tests/predict_test.py": (
+        ("jax.tree_map(", "jax.tree_util.tree_map(", 1, _TREE_MAP_WHY),
+    ),
+    "tests/empirical_test.py": (
+        ("from jax import tree_map\n", "from jax.tree_util import tree_map\n", 1, _TREE_MAP_WHY),
+    ),
+    "tests/rules_test.py": (
+        (
+            "from jax.core import Primitive\n",
+            "from jax.extend.core import Primitive\n",
+            1,
+            "jax.core.Primitive moved to jax.extend.core (the same class)",
+        ),
+        (
+            "    ad.zeros_like_p: lambda s, _: [{}],\n\n",
+            "",
+            1,
+            "ad.zeros_like_p was removed from JAX (no jaxpr can contain it); _nt_compat drops "
+            "its rules too, so there is no primitive left to test",
+        ),
+    ),
+}
+
+CONFTEST = '''\
+"""Written by tools/nt_suite.py: NT's tests run against stepwise_ntk._nt_compat."""
+
+# First, before any test module runs `import neural_tangents`: the patched package.
+import stepwise_ntk._nt_compat  # noqa: F401
+
+import jax
+
+# The tests' random inputs were drawn with JAX's original threefry stream (the default
+# until JAX 0.5). Some depend on it: batching_test draws x_other with x_self's key and
+# expects different data (the new stream makes it x_self's first rows), and Monte Carlo
+# tolerances were set on the old samples. Same inputs as NT's CI, no assertion changed.
+jax.config.update("jax_threefry_partitionable", False)
+'''
+
+PYTEST_INI = """\
+[pytest]
+python_files = *_test.py
+addopts = -p no:cacheprovider
+"""
+
+RUN_MARKER = ".nt_suite_run"
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+def sdist_pin(lock_text: str, name: str = SDIST_NAME) -> tuple[str, str]:
+    """The ``(url, sha256)`` of the sdist ``name`` as pinned in a uv.lock text."""
+    for line in lock_text.splitlines():
+        if line.startswith("sdist = ") and f"/{name}\"" in line:
+            url = re.search(r'url = "([^"]+)"', line)
+            digest = re.search(r'hash = "sha256:([0-9a-f]{64})"', line)
+            if url and digest:
+                return url.group(1), digest.group(1)
+    raise ValueError(
+        f"no `sdist = {{ url = \".../{name}\", hash = \"sha256:...\" }}` entry in uv.lock; "
+        f"the project must pin neural-tangents=={NT_VERSION} (run `uv lock`)."
+    )
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verified(data: bytes, sha256: str, source: str) -> bytes:
+    """``data`` if its sha256 is ``sha256``, else ValueError."""
+    got = sha256_of(data)
+    if got != sha256:
+        raise ValueError(
+            f"{source}: sha256 {got} does not match the {sha256} pinned in uv.lock; "
+            "refusing to unpack it. Delete the cached file and run again to re-download."
+        )
+    return data
+
+
+def fetch_sdist(url: str, sha256: str, cache_dir: Path) -> bytes:
+    """The sdist's bytes, from ``cache_dir`` or the package index; always hash-checked."""
+    cached = cache_dir / SDIST_NAME
+    if cached.exists():
+        return verified(cached.read_bytes(), sha256, str(cached))
+    print(f"downloading {url}", flush=True)
+    with urllib.request.urlopen(url, timeout=60) as response:
+        data = verified(response.read(), sha256, url)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as tmp:
+        tmp.write(data)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, cached)
+    return data
+
+
+# ----------------------------------------------------------------------------- unpack
+
+
+def unpack_tests(data: bytes, dest: Path) -> list[str]:
+    """Write the sdist's ``tests/`` and ``examples/`` under ``dest``; return their paths.
+
+    Only regular files under those two folders are written (never NT's own package, which
+    would shadow the patched one), and no path may leave ``dest``.
+    """
+    written = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            parts = PurePosixPath(member.name).parts
+            if not member.isfile() or len(parts) < 3 or parts[1] not in ("tests", "examples"):
+                continue
+            if any(p in ("..", "") or p.startswith("/") for p in parts):
+                raise ValueError(f"unsafe path in sdist: {member.name!r}")
+            rel = PurePosixPath(*parts[1:])
+            target = dest.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+            written.append(str(rel))
+    return sorted(written)
+
+
+def apply_test_patches(root: Path, patches: Mapping[str, Sequence[tuple]] = TEST_PATCHES):
+    """Apply ``patches`` to the files under ``root``; each must match its expected count."""
+    for rel, items in patches.items():
+        path = root / rel
+        text = path.read_text()
+        for old, new, count, _why in items:
+            found = text.count(old)
+            if found != count:
+                raise ValueError(
+                    f"test patch for {rel}: {old.strip()!r} occurs {found} times, expected "
+                    f"{count}; the sdist is not neural-tangents {NT_VERSION} as patched here."
+                )
+            text = text.replace(old, new)
+        path.write_text(text)
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def tf_dependency(root: Path, rel: str, _seen: set[str] | None = None) -> str | None:
+    """Why the module file ``rel`` under ``root`` needs TensorFlow, or None if it does not.
+
+    Follows imports of other modules under ``root`` (``examples.x``, ``tests.x``).
+    """
+    seen = set() if _seen is None else _seen
+    if rel in seen:
+        return None
+    seen.add(rel)
+    for name in sorted(_imports(root / rel)):
+        if any(name == m or name.startswith(m + ".") for m in TF_MODULES):
+            return f"{rel} imports {name}"
+        local = name.replace(".", "/") + ".py"
+        if (root / local).is_file():
+            why = tf_dependency(root, local, seen)
+            if why is not None:
+                return why
+    return None
+
+
+def select_files(
+    root: Path, all_files: Iterable[str], wanted: Sequence[str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """Test files to run and ``{excluded file: reason}``.
+
+    ``wanted``: paths or substrings of paths (``stax``, ``tests/predict_test.py``); None
+    for all. Test files needing TensorFlow are excluded with the reason.
+    """
+    tests = [f for f in all_files if f.startswith("tests/") and f.endswith("_test.py")]
+    if wanted:
+        unknown = [w for w in wanted if not any(w in f for f in tests)]
+        if unknown:
+            raise ValueError(
+                f"--files {unknown} match no test file; choose from: " + " ".join(tests)
+            )
+        tests = [f for f in tests if any(w in f for w in wanted)]
+    selected, excluded = [], {}
+    for rel in tests:
+        why = tf_dependency(root, rel)
+        if why is None:
+            selected.append(rel)
+        else:
+            excluded[rel] = f"needs TensorFlow ({why}), which this project does not install"
+    return selected, excluded
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _testcase_file(case: ET.Element, files: Sequence[str]) -> str:
+    """The test file a junit ``testcase`` belongs to, one of ``files`` if it can be told."""
+    for attr in ("classname", "name"):
+        parts = case.get(attr, "").split(".")
+        for n in range(len(parts), 0, -1):
+            candidate = "/".join(parts[:n]) + ".py"
+            if candidate in files:
+                return candidate
+    return case.get("file") or "?"
+
+
+def _outcome(case: ET.Element) -> str:
+    for tag in ("error", "failure"):
+        node = case.find(tag)
+        if node is not None:
+            text = (node.get("message") or "") + (node.text or "")
+            if tag == "failure" and REFUSED_MARKER in text:
+                return "refused"
+            return "failed" if tag == "failure" else "errors"
+    return "skipped" if case.find("skipped") is not None else "passed"
+
+
+COLUMNS = ("passed", "failed", "refused", "skipped", "errors")
+
+
+def summarize(junit_xml: str, files: Sequence[str]) -> dict:
+    """Per-file counts and the failing test ids from a pytest junit (xunit1) report.
+
+    A test that fails with _nt_compat's refusal is counted as both "failed" and "refused".
+    """
+    per_file: dict[str, dict[str, int]] = {f: dict.fromkeys(COLUMNS, 0) for f in files}
+    problems: dict[str, list[str]] = {"failed": [], "refused": [], "errors": []}
+    for case in ET.fromstring(junit_xml).iter("testcase"):
+        rel = _testcase_file(case, files)
+        counts = per_file.setdefault(rel, dict.fromkeys(COLUMNS, 0))
+        outcome = _outcome(case)
+        counts[outcome] += 1
+        if outcome == "refused":
+            counts["failed"] += 1
+        if outcome in problems:
+            node = case.find("failure") if case.find("failure") is not None else case.find("error")
+            message = (node.get("message") or "").strip().splitlines()
+            problems[outcome].append(
+                f"{rel}::{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+                + (f" -- {message[0][:200]}" if message else "")
+            )
+    totals = {c: sum(v[c] for v in per_file.values()) for c in COLUMNS}
+    return {"files": per_file, "totals": totals, **problems}
+
+
+def target_ok(summary: Mapping, targets: Iterable[str] = TARGET_FILES) -> bool:
+    """True if no target file has a failure other than a refusal, nor an error."""
+    for rel in targets:
+        counts = summary["files"].get(rel)
+        if counts and (counts["failed"] - counts["refused"] or counts["errors"]):
+            return False
+    return True
+
+
+def format_table(summary: Mapping, excluded: Mapping[str, str] = {}) -> str:
+    width = max([len(f) for f in summary["files"]] + [len("file"), len("total")])
+    lines = ["file".ljust(width) + "".join(c.rjust(9) for c in COLUMNS)]
+    for rel, counts in sorted(summary["files"].items()):
+        lines.append(rel.ljust(width) + "".join(str(counts[c]).rjust(9) for c in COLUMNS))
+    lines.append("total".ljust(width) + "".join(str(summary["totals"][c]).rjust(9) for c in COLUMNS))
+    for rel, why in sorted(excluded.items()):
+        lines.append(f"excluded  {rel}: {why}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def prepare_run_dir(suite: Path) -> None:
+    """Empty ``suite`` for a fresh unpack, refusing to touch a folder this tool did not make."""
+    if suite.exists():
+        if any(suite.iterdir()) and not (suite / RUN_MARKER).exists():
+            raise ValueError(f"{suite} exists and was not made by nt_suite.py; pick another --out.")
+        import shutil
+
+        shutil.rmtree(suite)
+    suite.mkdir(parents=True)
+    (suite / RUN_MARKER).write_text("")
+
+
+def run_pytest(suite: Path, files: Sequence[str], jobs: int, junit: Path, log: Path, env: dict) -> int:
+    cmd = [sys.executable, "-m", "pytest", *files, "-q", "-o", "junit_family=xunit1",
+           f"--junitxml={junit}", "--durations=15", "-rfE"]
+    if jobs > 1:
+        cmd += ["-n", str(jobs)]
+    print(f"$ (cd {suite} && python {' '.join(cmd[1:])})", flush=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=suite, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            out.write(line)
+            sys.stdout.write(line)
+        return proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", nargs="+", metavar="F",
+                        help="test files to run: paths or substrings (e.g. stax predict_test)")
+    parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
+                        help="pytest-xdist workers (default: CPU count; 1 = no xdist)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"run folder for the unpacked tests, logs and summary.json "
+                             f"(default {DEFAULT_OUT.relative_to(REPO)})")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help="where the downloaded sdist is kept")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 sampled case per parameterized test instead of NT's 4")
+    parser.add_argument("--x64", action="store_true",
+                        help="JAX_ENABLE_X64=1 (NT's CI ran both; default is JAX's float32)")
+    args = parser.parse_args(argv)
+    try:
+        import more_itertools  # noqa: F401
+    except ImportError:
+        parser.error("NT's tests need more-itertools: run `uv run --with more-itertools "
+                     "python tools/nt_suite.py ...`")
+
+    url, sha256 = sdist_pin((REPO / "uv.lock").read_text())
+    data = fetch_sdist(url, sha256, args.cache)
+    out = args.out.resolve()
+    suite = out / "suite"
+    prepare_run_dir(suite)
+    all_files = unpack_tests(data, suite)
+    apply_test_patches(suite)
+    (suite / "conftest.py").write_text(CONFTEST)
+    (suite / "pytest.ini").write_text(PYTEST_INI)
+    files, excluded = select_files(suite, all_files, args.files)
+
+    env = dict(os.environ)
+    env.update(
+        PYTHONHASHSEED="0",  # as NT's CI: the sampled parameter cases depend on it
+        NT_NUM_GENERATED_CASES="1" if args.quick else env.get("NT_NUM_GENERATED_CASES", "4"),
+        JAX_ENABLE_X64="1" if args.x64 else "0",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+    )
+    junit, log = out / "junit.xml", out / "pytest.log"
+    start = time.monotonic()
+    run_pytest(suite, files, args.jobs, junit, log, env)
+    elapsed = time.monotonic() - start
+    if not junit.exists():
+        print(f"pytest wrote no report; see {log}", file=sys.stderr)
+        return 2
+    summary = summarize(junit.read_text(), files)
+    summary.update(
+        excluded=excluded, seconds=round(elapsed, 1), jobs=args.jobs, quick=args.quick,
+        x64=args.x64, generated_cases=env["NT_NUM_GENERATED_CASES"],
+        neural_tangents=NT_VERSION, sdist_sha256=sha256,
+    )
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    print()
+    print(format_table(summary, excluded))
+    print(f"{elapsed / 60:.1f} min, summary: {out / 'summary.json'}")
+    ok = target_ok(summary)
+    if not ok:
+        print("FAILED: a target file has failures other than refused implementations",
+              file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
