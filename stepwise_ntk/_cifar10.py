@@ -149,12 +149,17 @@ def _where_from(data_dir: Any) -> str:
     return f"the default cache (${DATA_ENV_VAR} is not set)"
 
 
-def _how_to_get_it(folder: Path) -> str:
+def _how_to_get_it(folder: Path, *, downloading: bool = False) -> str:
+    online = (
+        "check the network, or"
+        if downloading
+        else f"call with download=True (or run stepwise_ntk.download_cifar10()), which fetches "
+        f"{CIFAR10_URL} (163 MB) and checks its MD5; or,"
+    )
     return (
-        f"To fix: call with download=True (or run stepwise_ntk.download_cifar10()), which "
-        f"fetches {CIFAR10_URL} (163 MB) and checks its MD5; or, offline, unpack "
-        f"cifar-10-python.tar.gz yourself and set {DATA_ENV_VAR} (or data_dir=) to the "
-        f"folder that contains {CIFAR10_FOLDER}/. Looked in {folder}."
+        f"To fix: {online} offline, unpack cifar-10-python.tar.gz yourself and set "
+        f"{DATA_ENV_VAR} (or data_dir= / --data-dir) to the folder that contains "
+        f"{CIFAR10_FOLDER}/. Looked in {folder}."
     )
 
 
@@ -248,7 +253,8 @@ def download_cifar10(
             got = _fetch(url, archive, progress=progress)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise CIFAR10Error(
-                f"could not download {url} ({type(e).__name__}: {e}). " + _how_to_get_it(folder)
+                f"could not download {url} ({type(e).__name__}: {e}). "
+                + _how_to_get_it(folder, downloading=True)
             ) from e
         if got != md5:
             raise CIFAR10Error(

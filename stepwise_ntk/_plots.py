@@ -112,7 +112,7 @@ def principal_directions(embeddings: np.ndarray, k: int = 3) -> np.ndarray:
 
 
 def plot_projections(path, snapshots, times, *, labels=None, title: str = "") -> Path:
-    """The views' embeddings on the final top-3 principal directions at a few times.
+    """The views' embeddings on the last snapshot's top-3 principal directions at a few times.
 
     Args:
       snapshots: (S, N, d) embeddings at S times (d >= 3).

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import jax
+
+    # The experiments compare against float64 theory; an application may set this globally.
+    jax.config.update("jax_enable_x64", True)
     settings_cls, run = _load(args.command)
     prefix = f"stepwise-ntk {args.command}"
     from stepwise_ntk._run_dir import run_directory
