@@ -99,8 +99,8 @@ class SolverSettings:
 
     Attributes:
       rtol, atol: local error tolerances of the time integration (see
-        :mod:`stepwise_ntk._integrate`). The global error of the eigenvalues is typically
-        10–100 × rtol.
+        :mod:`stepwise_ntk._integrate`; ``atol=None`` follows the scale of the initial
+        state). The global error of the eigenvalues is typically 10–100 × rtol.
       max_steps: limit on attempted time steps.
       integrator: ``"auto"``, ``"dopri5"`` or ``"rosw"`` (``"rosw"``: eigen route only).
       mode_tol: eigen route: the truncated modes may move ``C`` by at most this much in the
@@ -112,7 +112,7 @@ class SolverSettings:
     """
 
     rtol: float = 1e-6
-    atol: float = 1e-12
+    atol: float | None = None
     max_steps: int = 1_000_000
     integrator: str = "auto"
     mode_tol: float = 1e-6
