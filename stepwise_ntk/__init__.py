@@ -20,6 +20,9 @@ from stepwise_ntk._cifar10 import (
     normalize,
     resolve_cifar10_dir,
 )
+# training
+from stepwise_ntk._records import cross_correlation_eigenvalues, record_steps
+from stepwise_ntk._training import TrainConfig, TrainingDivergedWarning, TrainResult, train
 
 __all__ = [
     "__version__",
@@ -38,4 +41,11 @@ __all__ = [
     "normalize",
     "positive_pairs",
     "resolve_cifar10_dir",
+    # training
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedWarning",
+    "cross_correlation_eigenvalues",
+    "record_steps",
+    "train",
 ]
