@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from stepwise_ntk import cli
-from stepwise_ntk._exp_linear import LinearSettings, _flatten_scaled, crossing_times, plateau_losses
+from stepwise_ntk._exp_kernel_model import crossing_times, plateau_losses
+from stepwise_ntk._exp_linear import LinearSettings, flatten_scaled
 from stepwise_ntk._augment import cifar10_pairs
 from stepwise_ntk._eigensystem import contrastive_eigensystem
 from stepwise_ntk._theory import step_times
@@ -43,7 +44,7 @@ def test_linear_numbers_match_the_library(linear_run, cifar_dir):
     views, _, _ = cifar10_pairs(
         key_views, 60, data_dir=s.data_dir, config=s.augment(), dtype=jnp.float64, subset_seed=s.seed
     )
-    X = _flatten_scaled(views)
+    X = flatten_scaled(views)
     F0 = X @ (s.init_scale * jax.random.normal(key_w, (3, X.shape[1]), jnp.float64)).T
     predicted = np.sort(np.asarray(step_times(contrastive_eigensystem(X @ X.T, 60), F0, 3)))
     np.testing.assert_allclose(results["predicted_step_times"], predicted, rtol=1e-10)
@@ -116,3 +117,4 @@ def test_finished_run_is_not_overwritten_by_accident(linear_run, capsys):
     rc, err = _run_error(capsys, ["linear", "--out", str(linear_run), *TINY])
     assert rc == 2 and "--overwrite" in err
     assert json.loads((linear_run / "results.json").read_text())["status"] == "complete"
+
