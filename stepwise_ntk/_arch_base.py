@@ -22,11 +22,16 @@ every alpha.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from stepwise_ntk._arch_layers import ACTIVATIONS, PARAMETERIZATIONS, stax_activation
@@ -68,6 +73,7 @@ class ArchSpec:
     """
 
     name: ClassVar[str] = "base"
+    uses_conv: ClassVar[bool] = False
 
     width: int = 512
     d: int = 8
@@ -111,10 +117,35 @@ class ArchSpec:
         if len(shape) < 1 or min(shape) < 1:
             raise ValueError(f"{type(self).__name__} needs non-empty inputs, got shape {shape}.")
 
+    # NT warnings that are known not to apply to this architecture (regexes).
+    _ignored_nt_warnings: ClassVar[tuple[str, ...]] = ()
+
     # --- shared ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _nt_context(self) -> Iterator[None]:
+        # NT's internals mix numpy ints with floats (e.g. AvgPool divides by np.prod(window)),
+        # which JAX's strict dtype promotion rejects; the inputs' dtype is still respected.
+        with jax.numpy_dtype_promotion("standard"), warnings.catch_warnings():
+            for pattern in self._ignored_nt_warnings:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+
+    def _in_nt_context(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with self._nt_context():
+                return fn(*args, **kwargs)
+
+        return wrapped
+
     def stax(self):
-        """``(init_fn, apply_fn, kernel_fn)`` of the neural-tangents network."""
-        return nt.stax.serial(*self._stax_layers())
+        """``(init_fn, apply_fn, kernel_fn)`` of the neural-tangents network.
+
+        ``apply_fn`` and ``kernel_fn`` run with JAX's standard dtype promotion (NT's internals
+        need it) whatever the global setting.
+        """
+        init_fn, apply_fn, kernel_fn = nt.stax.serial(*self._stax_layers())
+        return init_fn, self._in_nt_context(apply_fn), self._in_nt_context(kernel_fn)
 
     def kernel_fn(self):
         """The neural-tangents ``kernel_fn(x1, x2=None, get=...)`` (infinite width)."""

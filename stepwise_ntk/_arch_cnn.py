@@ -53,6 +53,7 @@ class MyrtleCNN(ArchSpec):
     """
 
     name: ClassVar[str] = "myrtle"
+    uses_conv: ClassVar[bool] = True
 
     width: int = 128
     depth: int = 5

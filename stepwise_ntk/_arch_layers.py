@@ -170,8 +170,15 @@ class NTConv(nn.Module):
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
-    """Twin of ``nt.stax.AvgPool((2, 2), strides=(2, 2))`` (VALID): mean of each 2x2 window."""
-    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    """Twin of ``nt.stax.AvgPool((2, 2), strides=(2, 2))`` (VALID): mean of each 2x2 window.
+
+    NHWC (n, H, W, C) -> (n, H // 2, W // 2, C); an odd last row/column is dropped, as VALID
+    pooling does. (Not ``nn.avg_pool``: it divides by a numpy int, which JAX's strict dtype
+    promotion rejects.)
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return jnp.mean(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import warnings
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -39,6 +37,7 @@ class WideResNet(ArchSpec):
     """
 
     name: ClassVar[str] = "wrn"
+    uses_conv: ClassVar[bool] = True
 
     width: int = 64
     blocks_per_group: int = 1
@@ -58,22 +57,10 @@ class WideResNet(ArchSpec):
             nt.stax.FanOut(2), nt.stax.parallel(main, shortcut), nt.stax.FanInSum()
         )
 
-    def stax(self):
-        """``(init_fn, apply_fn, kernel_fn)``; ``kernel_fn`` without NT's ``FanIn`` warning.
-
-        NT warns at every ``FanInSum`` that it assumes independent branches. That holds here:
-        the main branch ends in a conv with fresh zero-mean weights, so its output is
-        uncorrelated with the shortcut's at infinite width.
-        """
-        init_fn, apply_fn, raw_kernel_fn = super().stax()
-
-        @functools.wraps(raw_kernel_fn)
-        def kernel_fn(*args, **kwargs):
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="`FanIn` layers assume independent")
-                return raw_kernel_fn(*args, **kwargs)
-
-        return init_fn, apply_fn, kernel_fn
+    # NT warns at every FanInSum that it assumes independent branches. That holds here: the
+    # main branch ends in a conv with fresh zero-mean weights, so at infinite width its output
+    # is uncorrelated with the shortcut's.
+    _ignored_nt_warnings: ClassVar[tuple[str, ...]] = ("`FanIn` layers assume independent",)
 
     def _stax_layers(self) -> list:
         layers = [self._conv(self.width)]
