@@ -29,6 +29,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_linear",
         "linear-model Barlow Twins on CIFAR-10 pairs: staircase, eigenvalues, theory overlay",
     ),
+    "kernel": (
+        "stepwise_ntk._exp_kernel",
+        "KernelSettings",
+        "run_kernel",
+        "the same with the infinite-width NTK of a registered architecture (--arch)",
+    ),
 }
 
 

@@ -118,3 +118,46 @@ def test_finished_run_is_not_overwritten_by_accident(linear_run, capsys):
     assert rc == 2 and "--overwrite" in err
     assert json.loads((linear_run / "results.json").read_text())["status"] == "complete"
 
+
+def test_kernel_subcommand_uses_the_architecture_ntk(tmp_path, cifar_dir):
+    from stepwise_ntk._exp_kernel import KernelSettings, gaussian_embeddings
+    from stepwise_ntk._exp_kernel_model import load_problem_data
+    from stepwise_ntk._kernels import analytic_ntk
+
+    out = tmp_path / "k"
+    flags = ["--n-pairs", "30", "--d", "3", "--downsample", "4", "--gallery-pool", "20", "--arch-options", "depth=1"]
+    assert cli.main(["kernel", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *flags]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["architecture"]["arch"] == "mlp" and results["architecture"]["depth"] == 1
+    # Second route: the same NTK and initial embeddings give the same predicted step times.
+    s = KernelSettings(n_pairs=30, d=3, downsample=4, gallery_pool=20, arch_options="depth=1", data_dir=str(cifar_dir))
+    problem = load_problem_data(s)
+    K = jnp.asarray(analytic_ntk(s.architecture(), np.asarray(problem.views), None, dtype=np.float64, progress=False))
+    F0 = gaussian_embeddings(problem.key_init, K, 3, s.init_scale)
+    predicted = np.sort(np.asarray(step_times(contrastive_eigensystem(K, 30), F0, 3)))
+    np.testing.assert_allclose(results["predicted_step_times"], predicted, rtol=1e-8)
+
+
+def test_gaussian_embeddings_have_covariance_scale2_K():
+    from stepwise_ntk._exp_kernel import gaussian_embeddings
+
+    A = np.random.default_rng(0).normal(size=(4, 4))
+    K = jnp.asarray(A @ A.T)
+    F = np.asarray(gaussian_embeddings(jax.random.PRNGKey(0), K, 40_000, 0.5))
+    # 40k columns: sample covariance within ~3% of 0.25 K entrywise (relative to the diagonal).
+    np.testing.assert_allclose(F @ F.T / F.shape[1], 0.25 * np.asarray(K), atol=0.03 * 0.25 * np.max(np.diag(K)))
+
+
+def test_arch_options_parse_and_reject():
+    from stepwise_ntk._exp_kernel import parse_options
+
+    assert parse_options("depth=3, activation=erf,w_std=1.5") == {"depth": 3, "activation": "erf", "w_std": 1.5}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options("depth")
+
+
+def test_unknown_architecture_option_is_a_one_line_error(tmp_path, capsys, cifar_dir):
+    rc, err = _run_error(
+        capsys, ["kernel", "--out", str(tmp_path / "o"), "--data-dir", str(cifar_dir), "--arch-options", "bogus=1"]
+    )
+    assert rc == 2 and err.count("\n") == 1 and "bogus" in err
