@@ -20,12 +20,14 @@ What is patched (all of it mechanical, none of it changes a formula):
   ``subset_by_index=...`` in ``predict.max_learning_rate``.
 * ``predict.gradient_descent_mse``: ``jax.core.eval_context()`` is skipped when the
   train kernel is a tracer (e.g. under ``vmap``); stackless JAX raises there.
+* The empirical-NTK implementations ``STRUCTURED_DERIVATIVES`` (3) and ``AUTO`` (0):
+  ``ad.linearize`` changed signature, so the linear jaxpr comes from the public
+  ``jax.linearize`` + ``jax.make_jaxpr``; the backward pass reads JAX's transpose rules
+  from ``jax._src.interpreters.ad`` (the public module no longer re-exports them);
+  references to removed JAX internals (map primitives, dynamic shapes, a debug-only
+  check) are dropped, and AUTO reads ``cost_analysis()`` as the dict it now is.
 
-What is refused: the empirical-NTK implementations ``STRUCTURED_DERIVATIVES`` (3) and
-``AUTO`` (0) are built on ``jax.interpreters.ad.linearize`` and JAX's internal backward
-pass, whose signatures changed; they raise a ``ValueError`` naming the working
-alternatives ``JACOBIAN_CONTRACTION`` (1) and ``NTK_VECTOR_PRODUCTS`` (2) when the
-kernel function is built, instead of failing deep inside JAX when it is called.
+All four implementations pass neural-tangents' own test suite (tools/nt_suite.py).
 
 Example:
     >>> from stepwise_ntk._nt_compat import nt
@@ -43,7 +45,6 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
-from collections.abc import Sequence
 
 __all__ = ["nt", "NT_VERSION", "PATCHES", "SUPPORTED_NTK_IMPLEMENTATIONS", "check_implementation"]
 
@@ -64,6 +65,50 @@ def zip(*args):
     assert len(arg) == n, f"length mismatch: {[len(a) for a in args]}"
   return list(__import__("builtins").zip(*args))
 '''
+
+_AD_LINEARIZE = """\
+  fn_flat, out_tree = jax.api_util.flatten_fun_nokwargs(
+      lu.wrap_init(fn), in_tree)
+
+  # TODO(romann): handle call primitives more gracefully.
+  with jax.disable_jit():
+    outs = ad.linearize(fn_flat, *primals_in_flat, has_aux=False)
+
+  primals_out, pvals, jaxpr, consts = outs
+  primals_out = tree_unflatten(out_tree(), primals_out)
+
+  def pullback_fn(*cts_in: PyTree):
+    cts_in, _ = tree_flatten(cts_in)
+    cts_in = tuple(ct for ct, pval in zip(cts_in, pvals) if not pval.is_known())
+"""
+# make_jaxpr instantiates zero output tangents, so every output keeps its cotangent.
+_JAX_LINEARIZE = """\
+  def fn_flat(*primals_flat):
+    return fn(*tree_unflatten(in_tree, primals_flat))
+
+  # TODO(romann): handle call primitives more gracefully.
+  with jax.disable_jit():
+    primals_out, fn_lin = jax.linearize(fn_flat, *primals_in_flat)
+    closed_jaxpr = jax.make_jaxpr(fn_lin)(*primals_in_flat)
+  jaxpr, consts = closed_jaxpr.jaxpr, closed_jaxpr.consts
+
+  def pullback_fn(*cts_in: PyTree):
+    cts_in, _ = tree_flatten(cts_in)
+    cts_in = tuple(cts_in)
+"""
+_ENABLE_CHECKS_BLOCK = """\
+  if ad.config.jax_enable_checks:
+    ct_aval = core.get_aval(ct_env[v])
+    joined_aval = core.lattice_join(
+        v.aval, ct_aval).strip_weak_type().strip_named_shape()
+    assert v.aval.strip_weak_type().strip_named_shape() == joined_aval, (
+        prim, v.aval, ct_aval)
+"""
+_DSHAPED_BLOCK = """\
+  if type(a) is core.DShapedArray:
+    shape = [env[d] if type(d) is core.Var else d for d in a.shape]
+    a = a.update(shape=tuple(shape))
+"""
 
 _EVAL_CONTEXT_UNLESS_TRACED = """
 
@@ -96,6 +141,34 @@ PATCHES: dict[str, tuple[tuple[str, str, int], ...]] = {
             1,
         ),
         ("ndim = sum(map(jnp.size, leaves))", "ndim = sum(int(np.prod(l.shape)) for l in leaves)", 1),
+        # Structured derivatives use JAX's transpose rules, source_info_util and
+        # reducing_transposes, which the public jax.interpreters.ad no longer re-exports.
+        ("from jax.interpreters import ad\n", "from jax._src.interpreters import ad\n", 1),
+        # ad.linearize changed signature; the public jax.linearize + make_jaxpr give the
+        # same linear jaxpr (tangents in, tangents out) with the residuals as consts.
+        (_AD_LINEARIZE, _JAX_LINEARIZE, 1),
+        # Map primitives (pmap) no longer exist as a Primitive flag.
+        (
+            "    if eqn.primitive.call_primitive or eqn.primitive.map_primitive:\n",
+            "    if eqn.primitive.call_primitive:\n",
+            1,
+        ),
+        # A debug-only check (off by default) built on core.lattice_join, which is gone.
+        (_ENABLE_CHECKS_BLOCK, "", 1),
+        # Dynamic shapes (core.DShapedArray) were removed from JAX.
+        (_DSHAPED_BLOCK, "", 1),
+        # jnp.dtype(array) is deprecated (a future JAX error); the array's own dtype is it.
+        (
+            "tree_map(jnp.dtype, params)",
+            "tree_map(lambda x: jnp.dtype(getattr(x, 'dtype', x)), params)",
+            1,
+        ),
+        # Compiled.cost_analysis() returns a dict now, not a one-element list (AUTO).
+        (
+            "analysis = e.compile().cost_analysis()[0]\n",
+            "analysis = e.compile().cost_analysis()\n",
+            1,
+        ),
     ),
     "neural_tangents._src.utils.rules": (
         ("from jax.core import Jaxpr\n", "from jax.extend.core import Jaxpr\n", 1),
@@ -187,46 +260,20 @@ def _import_patched() -> types.ModuleType:
 
 nt = _import_patched()
 
-SUPPORTED_NTK_IMPLEMENTATIONS: tuple[int, ...] = (
-    int(nt.NtkImplementation.JACOBIAN_CONTRACTION),
-    int(nt.NtkImplementation.NTK_VECTOR_PRODUCTS),
-)
+SUPPORTED_NTK_IMPLEMENTATIONS: tuple[int, ...] = tuple(int(i) for i in nt.NtkImplementation)
 
 
 def check_implementation(implementation: int) -> None:
-    """Raise ``ValueError`` unless ``implementation`` is an empirical-NTK method that works.
+    """Raise ``ValueError`` unless ``implementation`` names an empirical-NTK method.
 
     Args:
       implementation: an ``nt.NtkImplementation`` value or its int (0 AUTO, 1 JACOBIAN_CONTRACTION,
-        2 NTK_VECTOR_PRODUCTS, 3 STRUCTURED_DERIVATIVES).
+        2 NTK_VECTOR_PRODUCTS, 3 STRUCTURED_DERIVATIVES); all four work on this JAX.
     """
     if int(implementation) in SUPPORTED_NTK_IMPLEMENTATIONS:
         return
-    try:
-        name = nt.NtkImplementation(int(implementation)).name
-    except ValueError:
-        name = repr(implementation)
+    names = ", ".join(f"{i.name} ({int(i)})" for i in nt.NtkImplementation)
     raise ValueError(
-        f"empirical NTK implementation {name} ({int(implementation)}) is not available on this "
-        "JAX: neural-tangents 0.6.5 builds it on jax.interpreters.ad.linearize, whose signature "
-        "changed. Use implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION (1) or "
-        "nt.NtkImplementation.NTK_VECTOR_PRODUCTS (2); both compute the same kernel."
+        f"unknown empirical NTK implementation {implementation!r}; use one of "
+        f"nt.NtkImplementation: {names}."
     )
-
-
-def _refuse(implementation: int):
-    def build(**kwargs):
-        check_implementation(implementation)
-
-    return build
-
-
-def _install_refusals(table: dict, refused: Sequence[int]) -> None:
-    for implementation in refused:
-        table[nt.NtkImplementation(implementation)] = _refuse(implementation)
-
-
-_install_refusals(
-    sys.modules["neural_tangents._src.empirical"]._implementation_to_ntk_fn,
-    (int(nt.NtkImplementation.AUTO), int(nt.NtkImplementation.STRUCTURED_DERIVATIVES)),
-)
