@@ -274,6 +274,9 @@ def integrate(
     w_prepare: Callable[[Any, Any], Any] | None = None,
     w_solve: Callable[[Any, jax.Array, Any], Any] | None = None,
     integrand: Callable[[Any, Any], Any] | None = None,
+    rtol: jax.Array | None = None,
+    atol: jax.Array | None = None,
+    max_steps: jax.Array | None = None,
 ) -> ODEResult:
     """Integrate ``dy/dt = rhs(t, y, args)`` from ``t = 0``, observing at ``save_times``.
 
@@ -291,6 +294,8 @@ def integrate(
       w_solve: ``"rosw"`` only: ``(prep, tau, b) -> x`` with ``(I − tau W) x = b``.
       integrand: optional ``(y, args) -> pytree``; its time integral over ``[0, T]``
         (trapezoid rule on the accepted steps) comes back as ``ODEResult.integral``.
+      rtol, atol, max_steps: optional (traced) values overriding those in ``settings``, so
+        that a jitted caller can change them without recompiling.
 
     Returns:
       :class:`ODEResult` with ``observed`` (leaves ``(T, ...)``), ``y_final`` (at
@@ -306,13 +311,14 @@ def integrate(
     save_times = jnp.asarray(save_times, dtype)
     n_save = save_times.shape[0]
     t_end = save_times[-1]
-    rtol = jnp.asarray(settings.rtol, dtype)
-    if settings.atol is None:
+    rtol = jnp.asarray(settings.rtol if rtol is None else rtol, dtype)
+    if atol is None and settings.atol is None:
         y_max = jnp.max(jnp.asarray([jnp.max(jnp.abs(v)) for v in leaves]))
         atol = 1e-3 * rtol * y_max + jnp.finfo(dtype).tiny
     else:
-        atol = jnp.asarray(settings.atol, dtype)
+        atol = jnp.asarray(settings.atol if atol is None else atol, dtype)
     zero = jnp.asarray(0.0, dtype)
+    max_steps = jnp.asarray(settings.max_steps if max_steps is None else max_steps, jnp.int32)
 
     if method == "dopri5":
         order, rhs_per_step = 5, 6
@@ -372,7 +378,7 @@ def integrate(
         acc: Any
 
     def cond(c: Carry):
-        return (c.t < t_end) & (c.n_steps + c.n_rej < settings.max_steps) & ~c.failed
+        return (c.t < t_end) & (c.n_steps + c.n_rej < max_steps) & ~c.failed
 
     def body(c: Carry):
         last = c.t + c.h >= t_end

@@ -98,9 +98,15 @@ def simclr_loss(F: jax.Array, temperature: float = 0.5, *, normalize: bool = Tru
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positives)
 
 
-def _variance_term(x: jax.Array, gamma: float, eps: float) -> jax.Array:
+def _hinge(x: jax.Array, smooth: float) -> jax.Array:
+    if smooth == 0:
+        return jax.nn.relu(x)
+    return smooth * jax.nn.softplus(x / smooth)
+
+
+def _variance_term(x: jax.Array, gamma: float, eps: float, smooth: float) -> jax.Array:
     std = jnp.sqrt(jnp.var(x, axis=0, ddof=1) + eps)
-    return jnp.mean(jax.nn.relu(gamma - std))
+    return jnp.mean(_hinge(gamma - std, smooth))
 
 
 def _covariance_term(x: jax.Array) -> jax.Array:
@@ -112,7 +118,8 @@ def _covariance_term(x: jax.Array) -> jax.Array:
 
 
 def vicreg_loss(F: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
-                cov_coeff: float = 1.0, *, gamma: float = 1.0, eps: float = 1e-4) -> jax.Array:
+                cov_coeff: float = 1.0, *, gamma: float = 1.0, eps: float = 1e-4,
+                smooth: float = 0.0) -> jax.Array:
     """VICReg loss (Bardes, Ponce & LeCun 2022) of the two branches ``F[:n]`` and ``F[n:]``.
 
     With ``A = F[:n]``, ``B = F[n:]`` (``n × d``)::
@@ -125,11 +132,18 @@ def vicreg_loss(F: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
     implementation (which averages the invariance term over all entries and halves the
     summed variance terms).
 
+    The hinge makes the loss non-smooth: under gradient flow the standard deviations
+    typically get pinned at exactly γ, where the gradient jumps (a sliding mode), and an
+    explicit adaptive integrator then crawls with tiny steps. ``smooth = s > 0`` replaces
+    ``relu(x)`` by ``s · softplus(x / s)`` (within ``s · ln 2`` of it everywhere) for such
+    simulations; the default ``0`` is the standard loss.
+
     Args:
       F: ``(2n, d)`` embeddings in the pairing order (n ≥ 2).
       sim_coeff, std_coeff, cov_coeff: the weights λ, μ, ν (25, 25, 1).
       gamma: target standard deviation γ.
       eps: ε inside the square root.
+      smooth: width of the smoothed hinge (0: the exact ``relu``).
 
     Returns:
       scalar loss.
@@ -137,7 +151,7 @@ def vicreg_loss(F: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
     n = F.shape[0] // 2
     a, b = F[:n], F[n:]
     invariance = jnp.mean(jnp.square(a - b))
-    variance = (_variance_term(a, gamma, eps) + _variance_term(b, gamma, eps)) / 2
+    variance = (_variance_term(a, gamma, eps, smooth) + _variance_term(b, gamma, eps, smooth)) / 2
     covariance = _covariance_term(a) + _covariance_term(b)
     return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
 

@@ -133,7 +133,15 @@ class SolverSettings:
 
     @property
     def ode(self) -> ODESettings:
-        return ODESettings(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)
+        """The static part of the integrator settings (tolerances travel as traced values)."""
+        return ODESettings(atol=None if self.atol is None else 1.0)
+
+    def tolerances(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(rtol, atol, max_steps)`` as arrays (``atol`` is NaN, unused, when it follows the
+        state's scale)."""
+        atol = np.nan if self.atol is None else self.atol
+        return (jnp.asarray(self.rtol, dtype), jnp.asarray(atol, dtype),
+                jnp.asarray(min(self.max_steps, 2**31 - 1), jnp.int32))
 
 
 # ------------------------------------------------------------------------------ loss names
@@ -247,6 +255,11 @@ class _EigenOut(NamedTuple):
     bound_F: jax.Array
 
 
+def _tolerance_kwargs(ode: ODESettings, tols):
+    rtol, atol, max_steps = tols
+    return dict(rtol=rtol, atol=None if ode.atol is None else atol, max_steps=max_steps)
+
+
 def _mode_rhs(M, g, Cf, eye):
     MG = M * g
     return -4.0 * (MG @ M.T + Cf - eye) @ MG
@@ -270,7 +283,7 @@ def _lyapunov_solve(prep, tau, b):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test, F0_test):
+def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test, F0_test, tols):
     es = prep.es
     dtype = F0.dtype
     d = F0.shape[1]
@@ -299,7 +312,7 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test
 
     res = integrate(rhs, M0, times, None, observe=observe, settings=cfg.ode, method=cfg.integrator,
                     w_prepare=lambda M, a: _lyapunov_prepare(M, g), w_solve=_lyapunov_solve,
-                    integrand=integrand)
+                    integrand=integrand, **_tolerance_kwargs(cfg.ode, tols))
     M_T = res.y_final
     F_T = F0 + es.factor @ (P @ (M_T - M0).T)
 
@@ -337,7 +350,8 @@ def _mode_count(c: np.ndarray, order: np.ndarray, mode_tol: float, d: int) -> in
     N = len(c)
     if mode_tol <= 0:
         return N
-    tail = np.concatenate([np.cumsum(c[order][::-1])[::-1], [0.0]])  # tail[k] = Σ_{rank ≥ k}
+    with np.errstate(over="ignore", invalid="ignore"):  # infinite bounds: modes that must stay
+        tail = np.concatenate([np.cumsum(c[order][::-1])[::-1], [0.0]])  # tail[k] = Σ_{rank ≥ k}
     k = max(int(np.argmax(tail <= mode_tol / 2)), d)
     return min(N, _MODE_BLOCK * math.ceil(k / _MODE_BLOCK))
 
@@ -351,7 +365,7 @@ class _FunctionConfig(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _function_integrate(cfg: _FunctionConfig, K, F0, times, K_test, F0_test):
+def _function_integrate(cfg: _FunctionConfig, K, F0, times, K_test, F0_test, tols):
     grad = jax.grad(cfg.loss)
     rep = _replicated_like(F0)
 
@@ -372,7 +386,8 @@ def _function_integrate(cfg: _FunctionConfig, K, F0, times, K_test, F0_test):
         return out
 
     y0 = (F0,) + ((F0_test,) if cfg.has_test else ())
-    res = integrate(rhs, y0, times, None, observe=observe, settings=cfg.ode, method="dopri5")
+    res = integrate(rhs, y0, times, None, observe=observe, settings=cfg.ode, method="dopri5",
+                    **_tolerance_kwargs(cfg.ode, tols))
     test = res.observed[2] if cfg.has_test else None
     st = res.stats
     return res.observed[0], res.observed[1], res.y_final[0], test, st
@@ -542,7 +557,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     while True:
         idx = jnp.asarray(np.sort(order[:k]).astype(np.int32))
         cfg = _EigenConfig(k=k, integrator=integrator, ode=settings.ode, has_test=K_test is not None)
-        out = _eigen_integrate(cfg, prep, idx, F0, times, K_test, F0_test)
+        out = _eigen_integrate(cfg, prep, idx, F0, times, K_test, F0_test, settings.tolerances(dtype))
         _raise_if_failed(out.success, out.n_steps, out.t_final, times, settings)
         if k >= N or float(out.bound_C) <= settings.mode_tol:
             break
@@ -562,7 +577,8 @@ def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, sh
     if shard:
         K, F0, K_test, F0_test = _shard_rows([(K, True), (F0, False), (K_test, True), (F0_test, False)], devices)
     cfg = _FunctionConfig(loss=loss_fn, ode=settings.ode, has_test=K_test is not None)
-    loss, lam, F_T, test, st = _function_integrate(cfg, K, F0, times, K_test, F0_test)
+    loss, lam, F_T, test, st = _function_integrate(cfg, K, F0, times, K_test, F0_test,
+                                                   settings.tolerances(K.dtype))
     _raise_if_failed(st.success, st.n_steps, st.t_final, times, settings)
     stats = SolveStats(
         n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
