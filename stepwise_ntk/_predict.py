@@ -194,14 +194,15 @@ def init_network(arch: Any, views: Any, test_views: Any = None, *, alpha: float,
     if isinstance(arch, ArchSpec):
         arch.check_input_shape(tuple(views.shape[1:]))
     module = _module(arch, views.dtype)
-    params = module.init(key, jnp.asarray(views[:1]))
-
-    def embed(x):
-        parts = [module.apply(params, jnp.asarray(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
-        out = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
-        return jnp.asarray(alpha, out.dtype) * out
-
-    return NetworkInit(params=params, F0=embed(views), F0_test=None if test_views is None else embed(test_views))
+    params = jax.jit(module.init)(key, jnp.asarray(views[:1]))
+    apply = jax.jit(module.apply)
+    # Views and test views in one pass (one compilation), in chunks of batch_size rows.
+    x = views if test_views is None else np.concatenate([views, test_views])
+    parts = [apply(params, jnp.asarray(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
+    F = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+    F = jnp.asarray(alpha, F.dtype) * F
+    N = views.shape[0]
+    return NetworkInit(params=params, F0=F[:N], F0_test=None if test_views is None else F[N:])
 
 
 def _check_params_match(arch: Any, params: Any, input_shape: tuple[int, ...], what: str) -> None:

@@ -33,6 +33,7 @@ from stepwise_ntk._predict import (
     network_kernel,
     predict_run,
 )
+from stepwise_ntk._sweep import SweepConfig, SweepResult, WidthResult, choose_d, width_sweep
 
 __all__ = [
     "KERNELS",
@@ -41,7 +42,11 @@ __all__ = [
     "NetworkKernel",
     "Prediction",
     "RunComparison",
+    "SweepConfig",
+    "SweepResult",
     "TrajectoryError",
+    "WidthResult",
+    "choose_d",
     "compare_embeddings",
     "compare_run",
     "eigenvalue_trajectory_error",
@@ -52,4 +57,5 @@ __all__ = [
     "procrustes_relative_error",
     "step_time_ratios",
     "subspace_alignment",
+    "width_sweep",
 ]
