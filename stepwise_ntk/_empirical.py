@@ -10,14 +10,20 @@ which normalises the trace by the axis size). At infinite width the d x d output
 Theta(x, y) I_d, so this is the quantity that converges to the analytic NTK of the
 architecture (``stepwise_ntk._kernels.analytic_ntk``), at the rate 1/sqrt(width).
 
-Implementation (neural-tangents ``NtkImplementation``):
-* ``JACOBIAN_CONTRACTION`` (1, default): forms the Jacobians of a block, b x d x P numbers
-  for P parameters, and contracts them. Fastest for the small d and moderate P here.
-* ``NTK_VECTOR_PRODUCTS`` (2): never stores a Jacobian (memory ~ parameters + activations
-  per input pair) but does d vector-Jacobian products per column; slower for small blocks,
-  use it when the Jacobians of a block do not fit.
-Both compute the same kernel (tested). ``AUTO`` and ``STRUCTURED_DERIVATIVES`` are not
-available on current JAX (``stepwise_ntk._nt_compat``).
+Implementation (neural-tangents ``NtkImplementation``; all compute the same kernel, tested
+against an explicit Jacobian contraction):
+* ``STRUCTURED_DERIVATIVES`` (3, default): contracts the Jacobians layer by layer using
+  their structure (a dense or conv layer's dy/dW is a Kronecker-like product) instead of
+  materialising them. Measured on 8 inputs of 8x8x3, float32, one CPU (min of 3, after
+  compilation): MLP depth 2, width 1024, d=4: 0.019 s against 2.4 s for
+  JACOBIAN_CONTRACTION and 0.50 s for NTK_VECTOR_PRODUCTS; Myrtle-5, width 128, d=4:
+  0.13 s against 1.1 s and 0.85 s. It also compiles fastest.
+* ``JACOBIAN_CONTRACTION`` (1): materialises the Jacobians of a block (b x d x P numbers
+  for P parameters) and contracts them. Simple and robust, memory-hungry.
+* ``NTK_VECTOR_PRODUCTS`` (2): never stores a Jacobian (memory ~ parameters + activations)
+  but does d vector-Jacobian products per column.
+* ``AUTO`` (0): traces all three and keeps the one with the fewest FLOPs (slow to compile,
+  and neural-tangents prints the FLOP counts).
 
 Blocks, devices, memory refusal and the progress bar work as for the analytic kernels.
 
@@ -38,12 +44,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from stepwise_ntk._kernels import BlockFns, blocked_gram, check_dtype, check_inputs, symmetrize
+from stepwise_ntk._kernels import BlockFns, blocked_gram, check_dtype, check_inputs
 from stepwise_ntk._nt_compat import check_implementation, nt
 
 __all__ = ["empirical_ntk", "DEFAULT_IMPLEMENTATION"]
 
-DEFAULT_IMPLEMENTATION = nt.NtkImplementation.JACOBIAN_CONTRACTION
+DEFAULT_IMPLEMENTATION = nt.NtkImplementation.STRUCTURED_DERIVATIVES
 
 
 @functools.lru_cache(maxsize=32)
@@ -60,7 +66,7 @@ def _empirical_block_fns(model: Any, implementation: int, vmap_axes: int | None)
 
     @jax.jit
     def diag(params, xa):
-        return (symmetrize(ntk_fn(xa, None, params)),)
+        return (ntk_fn(xa, None, params),)
 
     return BlockFns(off=off, diag=diag, n_out=1)
 
@@ -98,8 +104,8 @@ def empirical_ntk(
       params: the parameters (for Flax, the variables dict from ``init`` or training); all
         floating leaves of one dtype, which is also the compute dtype (inputs are cast to it).
       x1: (n1, ...) inputs; x2: (n2, ...) or None for the symmetric Gram of x1.
-      implementation: ``nt.NtkImplementation.JACOBIAN_CONTRACTION`` (default) or
-        ``NTK_VECTOR_PRODUCTS``; see the module docstring.
+      implementation: an ``nt.NtkImplementation`` (default ``STRUCTURED_DERIVATIVES``); see
+        the module docstring for the measured trade-offs.
       batch_size, memory_budget_bytes, devices, progress: as ``analytic_kernels``.
       vmap_axes: 0 certifies that outputs are computed input by input (no batch statistics),
         which lets NT vectorise; use None for a network that mixes the batch.
@@ -108,7 +114,7 @@ def empirical_ntk(
       (n1, n2) numpy array in the parameters' dtype.
 
     Raises:
-      ValueError: unavailable implementation, mixed parameter dtypes, outputs that are not
+      ValueError: unknown implementation, mixed parameter dtypes, outputs that are not
         (n, d), inputs of different shapes; ``KernelMemoryError`` if a block cannot fit.
     """
     check_implementation(implementation)
