@@ -20,6 +20,22 @@ from stepwise_ntk._cifar10 import (
     normalize,
     resolve_cifar10_dir,
 )
+# architectures and kernels
+from stepwise_ntk._architectures import ARCHITECTURES, MLP, ArchSpec, MyrtleCNN, WideResNet, make_architecture
+from stepwise_ntk._empirical import empirical_ntk
+from stepwise_ntk._kernels import KernelMemoryError, analytic_kernels, analytic_ntk
+
+# theory and solver (also as the namespaces stepwise_ntk.theory / stepwise_ntk.solver)
+from stepwise_ntk import predictor, solver, theory, training
+from stepwise_ntk._eigensystem import ContrastiveEigensystem, contrastive_eigensystem
+from stepwise_ntk._solver import SolverSettings, solve
+from stepwise_ntk._theory import aligned_eigenvalues, final_embeddings, procrustes_align, step_times
+from stepwise_ntk._trajectory import Trajectory
+
+# predictor
+from stepwise_ntk._metrics import subspace_alignment
+from stepwise_ntk._predict import compare_run, predict_run
+
 # training
 from stepwise_ntk._records import cross_correlation_eigenvalues, record_steps
 from stepwise_ntk._training import TrainConfig, TrainingDivergedWarning, TrainResult, train
@@ -41,6 +57,36 @@ __all__ = [
     "normalize",
     "positive_pairs",
     "resolve_cifar10_dir",
+    # architectures and kernels
+    "ARCHITECTURES",
+    "ArchSpec",
+    "KernelMemoryError",
+    "MLP",
+    "MyrtleCNN",
+    "WideResNet",
+    "analytic_kernels",
+    "analytic_ntk",
+    "empirical_ntk",
+    "make_architecture",
+    # theory and solver
+    "ContrastiveEigensystem",
+    "SolverSettings",
+    "Trajectory",
+    "aligned_eigenvalues",
+    "contrastive_eigensystem",
+    "final_embeddings",
+    "procrustes_align",
+    "solve",
+    "step_times",
+    # predictor
+    "compare_run",
+    "predict_run",
+    "subspace_alignment",
+    # namespaces
+    "predictor",
+    "solver",
+    "theory",
+    "training",
     # training
     "TrainConfig",
     "TrainResult",
