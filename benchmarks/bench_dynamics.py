@@ -1,0 +1,278 @@
+"""Kernel dynamics: the solver's routes against what a researcher would otherwise run.
+
+Problem (:func:`benchmarks._problems.linear_kernel_problem`): the linear model on CIFAR-10
+pairs, ``K = X Xᵀ`` (3072 features), Barlow Twins, ``F(0) = X W0ᵀ`` small, 100 log-spaced
+times up to 1.5 × the theory's last step time, so all ``d`` steps happen.
+
+Measured in one case (``bt 2n=… d=…``):
+
+* subjects ``solve[eigen]`` and ``solve[function]`` (``stepwise_ntk`` solver);
+* baseline ``nt.predict.gradient_descent`` — neural-tangents' function-space ODE on the
+  same ``K`` and loss (jitted, compiled ahead of time, same observables: the eigenvalues
+  of ``C`` at every time). Its tolerance is fixed (``odeint``'s rtol = atol = 1.4e-8), so
+  *equal accuracy* means: each route runs at the loosest ``rtol`` in
+  ``(1e-6, 1e-7, 1e-8, 1e-9)`` whose error is no larger than the baseline's, both errors
+  measured against a float64 reference (the eigen route, rtol 1e-10, no truncated modes)
+  as ``max_t,j |λ_j(t) − λ_j^ref(t)|``. In float32 ``odeint`` cannot reach that tolerance,
+  so the baseline is ``jax.experimental.ode.odeint`` (which NT calls) at rtol 1e-5;
+* baseline ``linear_gd`` — parameter-space gradient descent on ``W`` for the same linear
+  model at learning rate ``0.5 / (8 γ_1)`` (a quarter of its stability limit). Its error is
+  ``O(η)``, far above the others'; when the whole horizon needs more than
+  ``gd_max_steps`` steps, the first ``gd_max_steps`` are timed and the time is projected
+  to the full horizon (cost per step is fixed), ``extra.projected = True``;
+* floors ``eigh(K)`` (one ``jnp.linalg.eigh``) and ``K@F`` (one ``(2n×2n)·(2n×d)``
+  product): the eigen route cannot beat the first, the function route needs many of the
+  second.
+
+Other losses (case ``simclr …`` at a smaller ``2n``; ``--set losses=simclr,vicreg``): the
+function route against ``nt.predict.gradient_descent`` with the same loss, from O(1)
+initial embeddings (``W0`` with unit entries: SimCLR normalises the embeddings, so a tiny
+``F`` only makes its flow stiff), on the synthetic pairs by default (``loss_source``):
+on the CIFAR-10 linear kernel the SimCLR and VICReg flows become so stiff within
+``t < 1/γ_1`` that neither route finishes in minutes. Reference: the function route at
+rtol 1e-10.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks._harness import Context, Measurement, register
+from benchmarks._problems import KernelProblem, describe, linear_kernel_problem
+
+__all__ = ["run"]
+
+NAME = "dynamics"
+NT_NAME = "nt.predict.gradient_descent"
+ODEINT_NAME = "jax odeint (rtol 1e-5)"
+GD_NAME = "linear_gd"
+EIGH_NAME = "eigh(K)"
+KF_NAME = "K@F"
+RTOLS = (1e-6, 1e-7, 1e-8, 1e-9)
+RTOLS_F32 = (1e-4, 1e-5)
+INIT_SCALE = 1e-3
+CALIBRATION_COMPILE = "calibration call − median (≈ 0 when the reference solve compiled the same program)"
+
+PRESETS = {
+    "n_views": {"tiny": 64, "small": 500, "full": 2000},
+    "d": {"tiny": 4, "small": 16, "full": 32},
+    "gd_max_steps": {"tiny": 20000, "small": 2000, "full": 300},
+    "losses": {"tiny": "simclr", "small": "simclr", "full": "simclr"},
+    "loss_source": {"tiny": "synthetic", "small": "synthetic", "full": "synthetic"},
+    "loss_n_views": {"tiny": 32, "small": 100, "full": 200},
+    "source": {"tiny": "auto", "small": "auto", "full": "auto"},
+}
+
+
+def _observables(loss_fn, F_t):
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk._losses import cross_correlation
+
+    C = jax.vmap(cross_correlation)(F_t)
+    return jax.vmap(loss_fn)(F_t), jnp.linalg.eigvalsh(C)[:, ::-1]
+
+
+def _nt_predict_fn(loss_fn):
+    """jit(K, F0, times) -> (loss (T,), eigenvalues (T, d)) through NT's predict.gradient_descent."""
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk._nt_compat import nt
+
+    def run(K, F0, times):
+        predict = nt.predict.gradient_descent(lambda f, y: loss_fn(f), K, jnp.zeros_like(F0), learning_rate=1.0)
+        return _observables(loss_fn, predict(times, F0))
+
+    return jax.jit(run)
+
+
+def _odeint_fn(loss_fn, rtol):
+    """The same flow through ``jax.experimental.ode.odeint`` at a given tolerance."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import ode
+
+    grad = jax.grad(loss_fn)
+
+    def run(K, F0, times):
+        t = jnp.concatenate([jnp.zeros((1,), times.dtype), times])
+        F_t = ode.odeint(lambda F, t: -(K @ grad(F)), F0, t, rtol=rtol, atol=rtol * 1e-3)[1:]
+        return _observables(loss_fn, F_t)
+
+    return jax.jit(run)
+
+
+def _err(eig, ref) -> float:
+    return float(np.max(np.abs(np.asarray(eig, np.float64) - np.asarray(ref, np.float64))))
+
+
+def _calibrated_solve(ctx: Context, label: str, call, rtols, ref, target):
+    """Loosest rtol whose error ≤ target; returns (rtol, first-call seconds, trajectory, err)."""
+    import time
+
+    import jax
+
+    last = None
+    for rtol in rtols:
+        t0 = time.perf_counter()
+        traj = jax.block_until_ready(call(rtol))
+        first = time.perf_counter() - t0
+        err = _err(traj.eigenvalues, ref)
+        ctx.log(f"calibrate {label}: rtol {rtol:g} -> err {err:.2e} (target {target:.2e}, {first:.1f} s)")
+        last = (rtol, first, traj, err)
+        if err <= target:
+            break
+    return last
+
+
+def _bt_case(ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: int, source: str) -> list[Measurement]:
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk._linear_gd import linear_gd
+    from stepwise_ntk._losses import barlow_twins_loss
+    from stepwise_ntk._solver import SolverSettings, solve
+
+    prob: KernelProblem = linear_kernel_problem(n_views // 2, d, source=source, data_dir=ctx.data_dir)
+    n = prob.n_pairs
+    case = f"bt 2n={n_views} d={d}"
+    sizes = {"n_views": n_views, "d": d, "m": int(prob.X.shape[1]), "n_times": int(prob.times.size)}
+    ctx.log(f"{case}: {describe(prob)}")
+    K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, prob.F0, prob.times))
+
+    # GD's observation times (multiples of its step) and the reference on the union grid.
+    lr = 0.5 / (8.0 * prob.gamma_1)
+    total_steps = int(np.ceil(prob.times[-1] / lr))
+    run_steps = min(total_steps, gd_max_steps)
+    gd_steps = np.unique(np.clip(np.rint(prob.times / lr).astype(np.int64), 1, run_steps))
+    gd_times = gd_steps * lr
+    union = np.unique(np.concatenate([prob.times, gd_times]))
+    ref_settings = SolverSettings(rtol=1e-10, mode_tol=0.0)
+    ref = solve(jnp.asarray(prob.K), n, jnp.asarray(prob.F0), jnp.asarray(union), method="eigen",
+                settings=ref_settings)
+    ref_eig = np.asarray(ref.eigenvalues)
+    ref_main = ref_eig[np.searchsorted(union, prob.times)]
+    ref_gd = ref_eig[np.searchsorted(union, gd_times)]
+    steps_done = int(np.sum(ref_main[-1] > 0.5))
+    ctx.log(f"reference: {int(ref.stats.n_steps)} steps, {steps_done}/{d} modes past 1/2 at the end")
+    common = {"source": prob.source, "steps_past_half": steps_done}
+
+    out = []
+    # Baseline: neural-tangents (float64) or its integrator at a float32-reachable tolerance.
+    if dtype == np.float64:
+        base_name, base_fn = NT_NAME, _nt_predict_fn(barlow_twins_loss)
+    else:
+        base_name, base_fn = ODEINT_NAME, _odeint_fn(barlow_twins_loss, 1e-5)
+    tb = ctx.time_jitted(base_fn, K, F0, times, repeats=1 if ctx.size == "full" else None)
+    err_base = _err(tb.output[1], ref_main)
+    out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=base_name, role="baseline", sizes=sizes,
+                               dtype=dtype, extra={"max_abs_err": err_base, **common}))
+    target = err_base
+
+    rtols = RTOLS if dtype == np.float64 else RTOLS_F32
+    for method in ("eigen", "function"):
+        def call(rtol, method=method):
+            return solve(K, n, F0, times, method=method, settings=SolverSettings(rtol=rtol))
+
+        rtol, first, traj, err = _calibrated_solve(ctx, method, call, rtols, ref_main, target)
+        ts = ctx.time(lambda rtol=rtol, call=call: call(rtol), warmup=False,
+                      repeats=1 if (ctx.size == "full" and method == "function") else None)
+        ts.compile_s, ts.compile_method = max(first - ts.median_s, 0.0), CALIBRATION_COMPILE
+        st = ts.output.stats
+        extra = {"rtol": rtol, "max_abs_err": err, "equal_accuracy": bool(err <= target),
+                 "integrator": ts.output.integrator, "n_steps": int(st.n_steps), "n_rhs": int(st.n_rhs),
+                 "n_devices": int(st.n_devices), **common}
+        if method == "eigen":
+            extra["n_modes"] = int(st.n_modes)
+            extra["truncation_bound"] = float(st.truncation_bound)
+        baselines = [base_name, GD_NAME, EIGH_NAME if method == "eigen" else KF_NAME]
+        out.append(ctx.measurement(ts, benchmark=NAME, case=case, name=f"solve[{method}]", role="subject",
+                                   sizes=sizes, dtype=dtype, baselines=baselines, extra=extra))
+
+    # Baseline: parameter-space gradient descent on W (same model, K = X Xᵀ).
+    X, W0 = jnp.asarray(prob.X, dtype), jnp.asarray(prob.W0, dtype)
+    tg = ctx.time(lambda: linear_gd(X, n, W0, lr, gd_times).eigenvalues)
+    err_gd = _err(tg.output, ref_gd)
+    projected = run_steps < total_steps
+    if projected:
+        scale = total_steps / run_steps
+        tg.times = [t * scale for t in tg.times]
+    out.append(ctx.measurement(tg, benchmark=NAME, case=case, name=GD_NAME, role="baseline", sizes=sizes,
+                               dtype=dtype, extra={"learning_rate": lr, "steps_total": total_steps,
+                                                   "steps_timed": run_steps, "projected": projected,
+                                                   "max_abs_err": err_gd,
+                                                   "err_over": "full horizon" if not projected else
+                                                   f"first {run_steps} steps", **common}))
+
+    # Floors.
+    te = ctx.time_jitted(jax.jit(jnp.linalg.eigh), K)
+    out.append(ctx.measurement(te, benchmark=NAME, case=case, name=EIGH_NAME, role="floor", sizes=sizes,
+                               dtype=dtype))
+    tk = ctx.time_jitted(jax.jit(lambda K, F: K @ F), K, F0)
+    out.append(ctx.measurement(tk, benchmark=NAME, case=case, name=KF_NAME, role="floor", sizes=sizes,
+                               dtype=dtype))
+    return out
+
+
+def _loss_case(ctx: Context, dtype: np.dtype, loss: str, n_views: int, d: int, source: str) -> list[Measurement]:
+    import jax.numpy as jnp
+
+    from stepwise_ntk._losses import LOSS_FUNCTIONS
+    from stepwise_ntk._solver import SolverSettings, solve
+
+    prob = linear_kernel_problem(n_views // 2, d, source=source, data_dir=ctx.data_dir, init_scale=INIT_SCALE)
+    n = prob.n_pairs
+    case = f"{loss} 2n={n_views} d={d}"
+    sizes = {"n_views": n_views, "d": d, "m": int(prob.X.shape[1]), "n_times": int(prob.times.size)}
+    # O(1) initial embeddings: SimCLR normalises them (a tiny F makes its gradient, hence the
+    # flow, arbitrarily stiff) and VICReg's variance hinge does not care about small init.
+    F0_64 = prob.F0 / INIT_SCALE
+    K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, F0_64, prob.times))
+    loss_fn = LOSS_FUNCTIONS[loss]
+    ref = solve(jnp.asarray(prob.K), n, jnp.asarray(F0_64), jnp.asarray(prob.times), loss=loss,
+                method="function", settings=SolverSettings(rtol=1e-10))
+    ref_eig = np.asarray(ref.eigenvalues)
+    common = {"source": prob.source}
+    out = []
+    if dtype == np.float64:
+        base_name, base_fn = NT_NAME, _nt_predict_fn(loss_fn)
+    else:
+        base_name, base_fn = ODEINT_NAME, _odeint_fn(loss_fn, 1e-5)
+    tb = ctx.time_jitted(base_fn, K, F0, times)
+    err_base = _err(tb.output[1], ref_eig)
+    out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=base_name, role="baseline", sizes=sizes,
+                               dtype=dtype, extra={"max_abs_err": err_base, **common}))
+
+    def call(rtol):
+        return solve(K, n, F0, times, loss=loss, method="function", settings=SolverSettings(rtol=rtol))
+
+    rtols = RTOLS if dtype == np.float64 else RTOLS_F32
+    rtol, first, traj, err = _calibrated_solve(ctx, loss, call, rtols, ref_eig, err_base)
+    ts = ctx.time(lambda: call(rtol), warmup=False)
+    ts.compile_s, ts.compile_method = max(first - ts.median_s, 0.0), CALIBRATION_COMPILE
+    st = ts.output.stats
+    out.append(ctx.measurement(ts, benchmark=NAME, case=case, name="solve[function]", role="subject", sizes=sizes,
+                               dtype=dtype, baselines=[base_name],
+                               extra={"rtol": rtol, "max_abs_err": err, "equal_accuracy": bool(err <= err_base),
+                                      "n_steps": int(st.n_steps), "n_devices": int(st.n_devices), **common}))
+    return out
+
+
+@register(NAME, "Kernel dynamics: the solver's eigen and function routes (Barlow Twins, CIFAR-10 linear kernel; "
+                "SimCLR on the function route) against neural-tangents' predict.gradient_descent at equal "
+                "accuracy and parameter-space gradient descent, with one eigh(K) and one K·F product as floors.")
+def run(ctx: Context) -> list[Measurement]:
+    dtype = ctx.float_dtype()
+    n_views = int(ctx.param("n_views", PRESETS["n_views"]))
+    d = int(ctx.param("d", PRESETS["d"]))
+    source = str(ctx.param("source", PRESETS["source"]))
+    out = _bt_case(ctx, dtype, n_views, d, int(ctx.param("gd_max_steps", PRESETS["gd_max_steps"])), source)
+    losses = [s for s in str(ctx.param("losses", PRESETS["losses"])).split(",") if s]
+    loss_n = int(ctx.param("loss_n_views", PRESETS["loss_n_views"]))
+    loss_source = str(ctx.param("loss_source", PRESETS["loss_source"]))
+    for loss in losses:
+        out += _loss_case(ctx, dtype, loss, loss_n, d, loss_source)
+    return out
+

@@ -1,0 +1,128 @@
+"""How cost grows: time and peak memory of each route against ``2n`` and ``d``, with fitted exponents.
+
+Problem: :func:`benchmarks._problems.ridge_kernel_problem` — a full-rank synthetic kernel
+``K = X Xᵀ + ρ I`` (cheap to build at any ``2n``), Barlow Twins, a horizon covering the
+first steps, so the number of time steps hardly depends on ``2n``.
+
+For every size (a case ``2n=… d=…``):
+
+* floors ``eigh(K)`` (O((2n)³)) and ``K@F`` (O((2n)² d)), compiled ahead of time;
+* subjects ``solve[eigen]`` (Cholesky + one eigendecomposition + the ``O(d² k)`` mode
+  flow) held against ``eigh(K)``, and ``solve[function]`` (one ``K·F`` per right-hand
+  side) held against ``K@F``; ``extra.per_rhs_s`` = time / right-hand sides.
+
+``scaling`` varies ``2n`` at fixed ``d``; ``scaling_d`` varies ``d`` at fixed ``2n``. Fits
+(least squares in log–log, over all sizes of the preset, chosen large enough that fixed
+overheads do not dominate on a CPU): ``eigh(K)`` ≈ 3 and ``K@F`` ≈ 2 in ``2n`` (± 0.3);
+``K@F`` ≈ 1 and ``eigh(K)`` ≈ 0 in ``d``. The routes' own exponents are reported: the eigen
+route tends to 3 as the eigendecomposition dominates, the function route's time per
+right-hand side to 2. Memory exponents are reported without an expectation (the smallest
+buffers fall below the allocator's mapping threshold).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks._harness import Context, Fit, Measurement, fits_over, register
+from benchmarks._problems import ridge_kernel_problem
+
+__all__ = ["run_d", "run_n"]
+
+EIGH, KF = "eigh(K)", "K@F"
+PRESETS = {
+    "n_views": {"tiny": [32, 64], "small": [250, 500, 1000], "full": [500, 1000, 2000, 4000]},
+    "d": {"tiny": 4, "small": 16, "full": 32},
+    "d_list": {"tiny": [2, 4], "small": [4, 8, 16, 32], "full": [8, 16, 32, 64]},
+    "n_views_d": {"tiny": 64, "small": 500, "full": 1000},
+    "rtol": {"tiny": None, "small": None, "full": None},
+}
+
+
+def _case(ctx: Context, bench: str, n_views: int, d: int, dtype: np.dtype, rtol: float) -> list[Measurement]:
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk._solver import SolverSettings, solve
+
+    prob = ridge_kernel_problem(n_views, d)
+    K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, prob.F0, prob.times))
+    n = prob.n_pairs
+    case = f"2n={n_views} d={d}"
+    sizes = {"n_views": n_views, "d": d}
+    out = []
+    te = ctx.time_jitted(jax.jit(jnp.linalg.eigh), K)
+    out.append(ctx.measurement(te, benchmark=bench, case=case, name=EIGH, role="floor", sizes=sizes, dtype=dtype))
+    tk = ctx.time_jitted(jax.jit(lambda K, F: K @ F), K, F0)
+    out.append(ctx.measurement(tk, benchmark=bench, case=case, name=KF, role="floor", sizes=sizes, dtype=dtype))
+    settings = SolverSettings(rtol=rtol)
+    for method, floor in (("eigen", EIGH), ("function", KF)):
+        if method == "function":
+            # Compiling needs the shapes only: warm up on a 1000× shorter horizon.
+            warm = lambda: solve(K, n, F0, times * 1e-3, method=method, settings=settings)  # noqa: E731
+        else:
+            warm = None  # the number of integrated modes (a compiled shape) depends on the horizon
+        t = ctx.time(lambda method=method: solve(K, n, F0, times, method=method, settings=settings), warmup=warm)
+        st = t.output.stats
+        extra = {"n_steps": int(st.n_steps), "n_rhs": int(st.n_rhs), "per_rhs_s": t.median_s / max(int(st.n_rhs), 1),
+                 "n_devices": int(st.n_devices), "rtol": rtol}
+        if method == "eigen":
+            extra["n_modes"] = int(st.n_modes)
+            extra["integrator"] = t.output.integrator
+        out.append(ctx.measurement(t, benchmark=bench, case=case, name=f"solve[{method}]", role="subject",
+                                   sizes=sizes, dtype=dtype, baselines=[floor], extra=extra))
+    return out
+
+
+def _rtol(ctx: Context, dtype: np.dtype) -> float:
+    r = ctx.param("rtol", PRESETS["rtol"])
+    return float(r) if r is not None else (1e-6 if dtype == np.float64 else 1e-4)
+
+
+def _as_list(v) -> list[int]:
+    if isinstance(v, (int, float)):
+        return [int(v)]
+    if isinstance(v, str):
+        return [int(x) for x in v.split(",") if x]
+    return [int(x) for x in v]
+
+
+def _fits_n(ms: list[Measurement]) -> list[Fit]:
+    expected = {EIGH: 3.0, KF: 2.0, "solve[eigen]": 3.0}
+    fits = fits_over(ms, "n_views", "median_s", expected=expected)
+    fits += fits_over([m for m in ms if m.name == "solve[function]"], "n_views", "per_rhs_s",
+                      expected={"solve[function]": 2.0})
+    fits += fits_over(ms, "n_views", "peak_bytes")
+    return fits
+
+
+def _fits_d(ms: list[Measurement]) -> list[Fit]:
+    fits = fits_over(ms, "d", "median_s", expected={KF: 1.0, EIGH: 0.0})
+    fits += fits_over([m for m in ms if m.name == "solve[function]"], "d", "per_rhs_s")
+    return fits
+
+
+@register("scaling", "Time and peak memory of eigh(K), K·F and the solver's eigen and function routes against 2n "
+                     "(fixed d), with fitted exponents (eigh ≈ 3, K·F ≈ 2).", fits=_fits_n)
+def run_n(ctx: Context) -> list[Measurement]:
+    dtype = ctx.float_dtype()
+    sizes = sorted(_as_list(ctx.param("n_views", PRESETS["n_views"])))
+    d = int(ctx.param("d", PRESETS["d"]))
+    rtol = _rtol(ctx, dtype)
+    out = []
+    for n_views in sizes:  # increasing, so each size raises the device's peak memory
+        out += _case(ctx, "scaling", n_views, d, dtype, rtol)
+    return out
+
+
+@register("scaling_d", "The same against the embedding dimension d at fixed 2n (K·F ≈ 1, eigh ≈ 0).",
+          fits=_fits_d)
+def run_d(ctx: Context) -> list[Measurement]:
+    dtype = ctx.float_dtype()
+    ds = sorted(_as_list(ctx.param("d_list", PRESETS["d_list"])))
+    n_views = int(ctx.param("n_views_d", PRESETS["n_views_d"]))
+    rtol = _rtol(ctx, dtype)
+    out = []
+    for d in ds:
+        out += _case(ctx, "scaling_d", n_views, d, dtype, rtol)
+    return out
