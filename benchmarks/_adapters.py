@@ -107,7 +107,7 @@ def solver(ctx: Context) -> list[Measurement]:
 # ------------------------------------------------------------------------------ width sweep
 
 _WIDTH_ARGS = {
-    "tiny": ["--n-pairs", "16", "--n-test", "16", "--widths", "16,64", "--d", "2", "--max-steps", "400"],
+    "tiny": ["--n-pairs", "16", "--n-test", "16", "--widths", "16,64", "--d", "2", "--max-steps", "2000"],
     "small": ["--n-pairs", "64", "--n-test", "64", "--widths", "64,256,1024"],
     "full": [],
 }

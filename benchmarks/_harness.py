@@ -509,6 +509,34 @@ class Context:
         return Timing(times=times, compile_s=compile_s, compile_method=method, peak_bytes=peak, memory=kind,
                       output=out)
 
+    def time_interleaved(
+        self, fns: dict[str, Callable[[], Any]], *, repeats: int | None = None, memory: bool | None = None
+    ) -> dict[str, Timing]:
+        """Time several calls in rounds (one call of each per round), so that a drifting load
+        hits them alike; each warms up with one call first (``compile_s = first − median``)."""
+        repeats = self.repeats if repeats is None else repeats
+        memory = self.measure_memory if memory is None else memory
+        first = {k: _timed(f)[0] for k, f in fns.items()}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        outs, peaks, kinds = {}, {}, {}
+        for i in range(repeats):
+            for k, f in fns.items():
+                if i == 0 and memory:
+                    with _MemoryProbe() as probe:
+                        t, outs[k] = _timed(f)
+                    peaks[k], kinds[k] = probe.bytes, probe.kind
+                else:
+                    t, outs[k] = _timed(f)
+                times[k].append(t)
+            if sum(sum(v) for v in times.values()) >= self.budget_s * len(fns):
+                break
+        return {
+            k: Timing(times=times[k], compile_s=max(first[k] - float(np.median(times[k])), 0.0),
+                      compile_method="first call − median (interleaved rounds)", peak_bytes=peaks.get(k),
+                      memory=kinds.get(k), output=outs[k])
+            for k in fns
+        }
+
     def time_jitted(self, jitted: Any, *args: Any, repeats: int | None = None, memory: bool | None = None) -> Timing:
         """Time a ``jax.jit`` function ahead-of-time compiled: no warm-up call is needed.
 

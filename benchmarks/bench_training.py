@@ -14,7 +14,8 @@ For each loss (Barlow Twins, SimCLR, VICReg), one case with
 * floor ``optax scan``: the same step ``steps`` times inside one jitted ``lax.scan``
   (no Python per step, no recording).
 
-``extra.overhead`` = train() / optax loop − 1 (the target: ≤ 20 %), ``extra.overhead_vs_scan``
+The three are timed in interleaved rounds (one call of each per round) so that a drifting
+machine load hits them alike. ``extra.overhead`` = train() / optax loop − 1 (the target: ≤ 20 %), ``extra.overhead_vs_scan``
 = train() / optax scan − 1: what recording and bookkeeping cost on top of the bare steps.
 """
 
@@ -112,10 +113,9 @@ def run(ctx: Context) -> list[Measurement]:
         def subject(config=config):
             return train(spec, config, views, key=key, progress=False)
 
-        ts = ctx.time(subject)
+        t = ctx.time_interleaved({"train": subject, "loop": loop, "scan": scan})
+        ts, tl, tc = t["train"], t["loop"], t["scan"]
         res = ts.output
-        tl = ctx.time(loop)
-        tc = ctx.time(scan)
         extra = {
             "overhead": ts.median_s / tl.median_s - 1.0,
             "overhead_vs_scan": ts.median_s / tc.median_s - 1.0,
