@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerates the README's figures (docs/figures/*.png) with the CLI's default experiments.
+# Usage: STEPWISE_NTK_DATA=../shared/cifar10 bash tools/readme_figures.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+uv run stepwise-ntk linear --out runs/readme-linear --overwrite --no-progress
+uv run stepwise-ntk kernel --out runs/readme-kernel --overwrite --no-progress
+mkdir -p docs/figures
+for f in staircase projections modes; do cp "runs/readme-linear/$f.png" "docs/figures/linear_$f.png"; done
+cp runs/readme-kernel/staircase.png docs/figures/kernel_mlp_staircase.png
+cp runs/readme-linear/results.json docs/figures/linear_results.json
+cp runs/readme-kernel/results.json docs/figures/kernel_mlp_results.json
