@@ -30,28 +30,65 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all; see --list)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    p.add_argument("--size", choices=("tiny", "small", "full"), default="small",
-                   help="problem sizes: tiny (smoke test), small, full (README)")
+    p.add_argument(
+        "--size",
+        choices=("tiny", "small", "full"),
+        default="small",
+        help="problem sizes: tiny (smoke test), small, full (README)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (at most)")
-    p.add_argument("--budget", type=float, default=30.0,
-                   help="stop repeating a measurement once its timed calls took this many seconds")
-    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                   help="float dtype (default: float64 on CPU, float32 on GPU/TPU)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset, e.g. n_views=4000 or n_views=[500,1000] (repeatable)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="stop repeating a measurement once its timed calls took this many seconds",
+    )
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=1.0,
+        help="repeat cheap calls (up to 10 × --repeats) until they took this many seconds",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help="float dtype (default: float64 on CPU, float32 on GPU/TPU)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset, e.g. n_views=4000 or n_views=[500,1000] (repeatable)",
+    )
     p.add_argument("--out", default="benchmarks/results", help="output folder")
     p.add_argument("--tag", default=None, help="output file stem (default: <backend>_<size>)")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: STEPWISE_NTK_DATA, cache, "
-                                                     "../shared/cifar10; synthetic data if none)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="CIFAR-10 folder (default: STEPWISE_NTK_DATA, cache, "
+        "../shared/cifar10; synthetic data if none)",
+    )
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--no-xla-workaround", action="store_true",
-                   help=f"do not add {YNN_WORKAROUND} to XLA_FLAGS on jaxlib 0.10 CPUs")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host)")
+    p.add_argument(
+        "--no-xla-workaround",
+        action="store_true",
+        help=f"do not add {YNN_WORKAROUND} to XLA_FLAGS on jaxlib 0.10 CPUs",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host)",
+    )
     p.add_argument("--coordinator", default=None, help="with --distributed: coordinator HOST:PORT")
-    p.add_argument("--num-processes", type=int, default=None, help="with --distributed: number of processes")
-    p.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's index")
+    p.add_argument(
+        "--num-processes", type=int, default=None, help="with --distributed: number of processes"
+    )
+    p.add_argument(
+        "--process-id", type=int, default=None, help="with --distributed: this process's index"
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be ≥ 1")
@@ -88,8 +125,15 @@ def main(argv=None) -> int:
     import jax
 
     if args.distributed:
-        kw = {k: v for k, v in (("coordinator_address", args.coordinator), ("num_processes", args.num_processes),
-                                ("process_id", args.process_id)) if v is not None}
+        kw = {
+            k: v
+            for k, v in (
+                ("coordinator_address", args.coordinator),
+                ("num_processes", args.num_processes),
+                ("process_id", args.process_id),
+            )
+            if v is not None
+        }
         jax.distributed.initialize(**kw)
     jax.config.update("jax_enable_x64", True)  # float64 references; float32 arrays stay float32
 
@@ -112,13 +156,24 @@ def main(argv=None) -> int:
     names = args.names or list(reg)
     unknown = [n for n in names if n not in reg]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; available: {sorted(reg)} (see --list)", file=sys.stderr)
+        print(
+            f"unknown benchmark(s) {unknown}; available: {sorted(reg)} (see --list)",
+            file=sys.stderr,
+        )
         return 2
 
     pinned = pin_malloc_mmap_threshold()
-    ctx = Context(size=args.size, repeats=args.repeats, dtype=args.dtype, overrides=args.overrides,
-                  budget_s=args.budget, measure_memory=not args.no_memory, progress=not args.quiet,
-                  data_dir=args.data_dir)
+    ctx = Context(
+        size=args.size,
+        repeats=args.repeats,
+        dtype=args.dtype,
+        overrides=args.overrides,
+        budget_s=args.budget,
+        min_time_s=args.min_time,
+        measure_memory=not args.no_memory,
+        progress=not args.quiet,
+        data_dir=args.data_dir,
+    )
     env = environment()
     env["malloc_mmap_threshold_pinned"] = pinned
     results = []
@@ -139,16 +194,34 @@ def main(argv=None) -> int:
             status, message = "error", f"{type(e).__name__}: {e}"
             traceback.print_exc()
         load1 = os.getloadavg() if hasattr(os, "getloadavg") else None
-        results.append(BenchmarkResult(name=name, description=b.description, status=status, message=message,
-                                       wall_s=time.perf_counter() - t0, loadavg_before=load0, loadavg_after=load1,
-                                       measurements=ms, fits=fits))
+        results.append(
+            BenchmarkResult(
+                name=name,
+                description=b.description,
+                status=status,
+                message=message,
+                wall_s=time.perf_counter() - t0,
+                loadavg_before=load0,
+                loadavg_after=load1,
+                measurements=ms,
+                fits=fits,
+            )
+        )
         if ctx.progress:
             print(f"[{name}] {status} in {results[-1].wall_s:.1f} s {message}", flush=True)
 
     unused = sorted(set(args.overrides) - ctx._used)
-    settings = {"names": names, "size": args.size, "repeats": args.repeats, "budget_s": args.budget,
-                "dtype": args.dtype, "overrides": args.overrides, "unused_overrides": unused,
-                "measure_memory": not args.no_memory}
+    settings = {
+        "names": names,
+        "size": args.size,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "min_time_s": args.min_time,
+        "dtype": args.dtype,
+        "overrides": args.overrides,
+        "unused_overrides": unused,
+        "measure_memory": not args.no_memory,
+    }
     problems = check_results(results)
     tag = args.tag or f"{env['backend']}_{args.size}"
     if jax.process_index() == 0:

@@ -44,8 +44,12 @@ def _import(module: str, attr: str):
 
 def _stats(times: list[float]) -> dict[str, float]:
     q1, q3 = np.percentile(times, [25, 75])
-    return {"median_s": float(np.median(times)), "iqr_s": float(q3 - q1), "min_s": float(min(times)),
-            "max_s": float(max(times))}
+    return {
+        "median_s": float(np.median(times)),
+        "iqr_s": float(q3 - q1),
+        "min_s": float(min(times)),
+        "max_s": float(max(times)),
+    }
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -63,14 +67,19 @@ def _kernel_cases(kb: Any, size: str):
     if size == "tiny":
         from stepwise_ntk._architectures import MLP, MyrtleCNN
 
-        return [("mlp", MLP(depth=2), 32, (8, 8, 3), np.float32, 16),
-                ("myrtle5", MyrtleCNN(depth=5), 8, (8, 8, 3), np.float32, 4)]
+        return [
+            ("mlp", MLP(depth=2), 32, (8, 8, 3), np.float32, 16),
+            ("myrtle5", MyrtleCNN(depth=5), 8, (8, 8, 3), np.float32, 4),
+        ]
     return kb._cases(quick=size != "full")
 
 
-@register("kernels", "NTK Gram matrices (fully-connected; Myrtle CNN with pooling) through stepwise_ntk's "
-                     "analytic_ntk against direct neural-tangents kernel_fn / nt.batch calls "
-                     "(adapter of benchmarks/kernels_bench.py).")
+@register(
+    "kernels",
+    "NTK Gram matrices (fully-connected; Myrtle CNN with pooling) through stepwise_ntk's "
+    "analytic_ntk against direct neural-tangents kernel_fn / nt.batch calls "
+    "(adapter of benchmarks/kernels_bench.py).",
+)
 def kernels(ctx: Context) -> list[Measurement]:
     kb = _import("benchmarks.kernels_bench", "run_case")
     out = []
@@ -86,17 +95,29 @@ def kernels(ctx: Context) -> list[Measurement]:
                 extra["overhead"] = row["overhead"]
             if key == "project_single":
                 extra["overhead"] = row["overhead_single_block"]
-            m = Measurement(benchmark="kernels", case=case, name=name, role=role, baselines=list(baselines),
-                            sizes=sizes, dtype=np.dtype(dtype).name, repeats=len(times),
-                            compile_s=max(row["first_call_s"][key] - st["median_s"], 0.0),
-                            compile_method="first call − median (kernels_bench.run_case)", peak_bytes=None,
-                            memory=None, extra=extra, **st)
+            m = Measurement(
+                benchmark="kernels",
+                case=case,
+                name=name,
+                role=role,
+                baselines=list(baselines),
+                sizes=sizes,
+                dtype=np.dtype(dtype).name,
+                repeats=len(times),
+                compile_s=max(row["first_call_s"][key] - st["median_s"], 0.0),
+                compile_method="first call − median (kernels_bench.run_case)",
+                peak_bytes=None,
+                memory=None,
+                extra=extra,
+                **st,
+            )
             ctx.log(f"{case:24s} {name:34s} {st['median_s']:.4f} s")
             out.append(m)
     return out
 
 
 # ------------------------------------------------------------------------------ solver
+
 
 @register("solver", "benchmarks/solver_bench.py through its harness_measurements(ctx) (adapter).")
 def solver(ctx: Context) -> list[Measurement]:
@@ -107,14 +128,28 @@ def solver(ctx: Context) -> list[Measurement]:
 # ------------------------------------------------------------------------------ width sweep
 
 _WIDTH_ARGS = {
-    "tiny": ["--n-pairs", "16", "--n-test", "16", "--widths", "16,64", "--d", "2", "--max-steps", "2000"],
+    "tiny": [
+        "--n-pairs",
+        "16",
+        "--n-test",
+        "16",
+        "--widths",
+        "16,64",
+        "--d",
+        "2",
+        "--max-steps",
+        "2000",
+    ],
     "small": ["--n-pairs", "64", "--n-test", "64", "--widths", "64,256,1024"],
     "full": [],
 }
 
 
-@register("width_sweep", "Width sweep of the MLP twin against its NTK theory (adapter of "
-                         "benchmarks/width_sweep.py; an accuracy study recorded as one experiment entry).")
+@register(
+    "width_sweep",
+    "Width sweep of the MLP twin against its NTK theory (adapter of "
+    "benchmarks/width_sweep.py; an accuracy study recorded as one experiment entry).",
+)
 def width_sweep(ctx: Context) -> list[Measurement]:
     import json
     import time
@@ -134,12 +169,29 @@ def width_sweep(ctx: Context) -> list[Measurement]:
             record = json.load(f)
     summary = record.get("sweep", {}).get("summary", {})
     extra = {"args": " ".join(args[:-3]) or "(defaults)"}
-    for kind, s in (summary.items() if isinstance(summary, dict) else []):
+    for kind, s in summary.items() if isinstance(summary, dict) else []:
         if isinstance(s, dict):
             for k, v in s.items():
                 if isinstance(v, (int, float, bool, str)):
                     extra[f"{kind}.{k}"] = v
-    return [Measurement(benchmark="width_sweep", case=f"mlp {ctx.size}", name="width_sweep", role="experiment",
-                        baselines=[], sizes={"size": ctx.size}, dtype="float64", median_s=wall, iqr_s=0.0,
-                        min_s=wall, max_s=wall, repeats=1, compile_s=None, compile_method="not separated",
-                        peak_bytes=None, memory=None, extra=extra)]
+    return [
+        Measurement(
+            benchmark="width_sweep",
+            case=f"mlp {ctx.size}",
+            name="width_sweep",
+            role="experiment",
+            baselines=[],
+            sizes={"size": ctx.size},
+            dtype="float64",
+            median_s=wall,
+            iqr_s=0.0,
+            min_s=wall,
+            max_s=wall,
+            repeats=1,
+            compile_s=None,
+            compile_method="not separated",
+            peak_bytes=None,
+            memory=None,
+            extra=extra,
+        )
+    ]

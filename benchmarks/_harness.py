@@ -14,8 +14,11 @@ Timing (:meth:`Context.time`):
   function (``compile_s = first call − median``), a cheaper warm-up with the same shapes
   (``compile_s = its first call − its second call``), or ahead-of-time compilation of a
   jitted function (``compile_s`` = the time of ``.lower(...).compile()``);
-* ``repeats`` timed calls (fewer once their total passes ``budget_s``; at least one);
-  the report gives the median, the interquartile range, min and max.
+* ``repeats`` timed calls (fewer once their total passes ``budget_s``, at least one; more,
+  up to 10 ×, while cheap calls total under ``min_time_s``); the report gives the median,
+  the interquartile range, min and max. On a shared machine the minimum is the call least
+  disturbed by other processes, so scaling exponents are fitted to it as well as to the
+  median.
 
 Peak memory is taken during the first timed call (never the warm-up, whose compiler
 memory would dominate):
@@ -80,6 +83,7 @@ SCHEMA_VERSION = 1
 
 
 # ------------------------------------------------------------------------------ records
+
 
 @dataclasses.dataclass
 class Measurement:
@@ -222,6 +226,7 @@ def _jsonable(x: Any) -> Any:
 
 # ------------------------------------------------------------------------------ registry
 
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     """A registered benchmark: ``fn(ctx) -> list[Measurement]`` plus its description."""
@@ -239,7 +244,9 @@ class SkipBenchmark(Exception):
     """Raised by a benchmark that cannot run here (e.g. an adapter whose script is absent)."""
 
 
-def register(name: str, description: str, *, fits: Callable[[list[Measurement]], list[Fit]] | None = None):
+def register(
+    name: str, description: str, *, fits: Callable[[list[Measurement]], list[Fit]] | None = None
+):
     """Decorator: register ``fn(ctx) -> list[Measurement]`` under ``name``.
 
     ``fits``, if given, turns the benchmark's measurements into :class:`Fit` s (scaling
@@ -261,6 +268,7 @@ def registry() -> dict[str, Benchmark]:
 
 
 # ------------------------------------------------------------------------------ memory
+
 
 def pin_malloc_mmap_threshold(threshold_bytes: int = 1 << 20) -> bool:
     """Fix glibc's mmap threshold so large freed buffers are returned to the OS at once.
@@ -374,6 +382,7 @@ class _MemoryProbe:
 
 # ------------------------------------------------------------------------------ timing
 
+
 @dataclasses.dataclass
 class Timing:
     """Result of :meth:`Context.time`: the statistics and the last output."""
@@ -419,6 +428,8 @@ class Context:
         CPU where accuracy is compared, float32 on accelerators).
       overrides: ``--set KEY=VALUE`` settings (sizes etc.), read with :meth:`param`.
       budget_s: stop repeating once the timed calls of one measurement took this long.
+      min_time_s: keep repeating cheap calls (up to 10 × ``repeats``) until they took this
+        long, so their median is stable.
       measure_memory: take peak memory during the first timed call.
       progress: print what runs.
       data_dir: CIFAR-10 folder (None: ``STEPWISE_NTK_DATA``, the cache, then
@@ -430,6 +441,7 @@ class Context:
     dtype: str | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     budget_s: float = 30.0
+    min_time_s: float = 1.0
     measure_memory: bool = True
     progress: bool = True
     data_dir: str | None = None
@@ -450,7 +462,9 @@ class Context:
             return self.overrides[key]
         return presets[self.size]
 
-    def float_dtype(self, default_cpu: str = "float64", default_accelerator: str = "float32") -> np.dtype:
+    def float_dtype(
+        self, default_cpu: str = "float64", default_accelerator: str = "float32"
+    ) -> np.dtype:
         """The requested dtype, or the benchmark's default for this backend."""
         import jax
 
@@ -477,7 +491,8 @@ class Context:
           warmup: a cheaper call that compiles the same programs (same shapes/settings);
             ``compile_s`` = its first minus its second call. None: ``fn`` itself warms up
             and ``compile_s = first call − median``. False: no warm-up (already compiled).
-          repeats: timed calls (default ``self.repeats``), fewer past ``budget_s``.
+          repeats: timed calls (default ``self.repeats``), fewer past ``budget_s``, more for
+            cheap calls (see ``min_time_s``).
           memory: take peak memory during the first timed call (default
             ``self.measure_memory``).
         """
@@ -489,28 +504,50 @@ class Context:
         elif warmup is not None:
             first, _ = _timed(warmup)
             second, _ = _timed(warmup)
-            compile_s, method = max(first - second, 0.0), "cheaper warm-up with the same shapes: first − second call"
+            compile_s, method = (
+                max(first - second, 0.0),
+                "cheaper warm-up with the same shapes: first − second call",
+            )
         else:
             first_fn, out = _timed(fn)
             compile_s, method = None, "first call − median"
         times, peak, kind, out = [], None, None, None
-        for i in range(repeats):
-            if i == 0 and memory:
+        while self._more(times, repeats):
+            if not times and memory:
                 with _MemoryProbe() as probe:
                     t, out = _timed(fn)
                 peak, kind = probe.bytes, probe.kind
             else:
                 t, out = _timed(fn)
             times.append(t)
-            if sum(times) >= self.budget_s:
-                break
         if first_fn is not None:
             compile_s = max(first_fn - float(np.median(times)), 0.0)
-        return Timing(times=times, compile_s=compile_s, compile_method=method, peak_bytes=peak, memory=kind,
-                      output=out)
+        return Timing(
+            times=times,
+            compile_s=compile_s,
+            compile_method=method,
+            peak_bytes=peak,
+            memory=kind,
+            output=out,
+        )
+
+    def _more(self, times: list[float], repeats: int) -> bool:
+        """Another timed call? ``repeats`` calls, more (up to 10×) while they total under
+        ``min_time_s`` (cheap calls get enough samples for a stable median), none once they
+        total ``budget_s``; always at least one."""
+        if not times:
+            return True
+        total = sum(times)
+        if total >= self.budget_s:
+            return False
+        return len(times) < repeats or (total < self.min_time_s and len(times) < 10 * repeats)
 
     def time_interleaved(
-        self, fns: dict[str, Callable[[], Any]], *, repeats: int | None = None, memory: bool | None = None
+        self,
+        fns: dict[str, Callable[[], Any]],
+        *,
+        repeats: int | None = None,
+        memory: bool | None = None,
     ) -> dict[str, Timing]:
         """Time several calls in rounds (one call of each per round), so that a drifting load
         hits them alike; each warms up with one call first (``compile_s = first − median``)."""
@@ -531,13 +568,20 @@ class Context:
             if sum(sum(v) for v in times.values()) >= self.budget_s * len(fns):
                 break
         return {
-            k: Timing(times=times[k], compile_s=max(first[k] - float(np.median(times[k])), 0.0),
-                      compile_method="first call − median (interleaved rounds)", peak_bytes=peaks.get(k),
-                      memory=kinds.get(k), output=outs[k])
+            k: Timing(
+                times=times[k],
+                compile_s=max(first[k] - float(np.median(times[k])), 0.0),
+                compile_method="first call − median (interleaved rounds)",
+                peak_bytes=peaks.get(k),
+                memory=kinds.get(k),
+                output=outs[k],
+            )
             for k in fns
         }
 
-    def time_jitted(self, jitted: Any, *args: Any, repeats: int | None = None, memory: bool | None = None) -> Timing:
+    def time_jitted(
+        self, jitted: Any, *args: Any, repeats: int | None = None, memory: bool | None = None
+    ) -> Timing:
         """Time a ``jax.jit`` function ahead-of-time compiled: no warm-up call is needed.
 
         ``compile_s`` is the time of ``jitted.lower(*args).compile()``.
@@ -564,10 +608,22 @@ class Context:
     ) -> Measurement:
         """A :class:`Measurement` from a :class:`Timing`; logs a one-line summary."""
         m = Measurement(
-            benchmark=benchmark, case=case, name=name, role=role, baselines=list(baselines), sizes=dict(sizes),
-            dtype=np.dtype(dtype).name, median_s=timing.median_s, iqr_s=timing.iqr_s, min_s=min(timing.times),
-            max_s=max(timing.times), repeats=len(timing.times), compile_s=timing.compile_s,
-            compile_method=timing.compile_method, peak_bytes=timing.peak_bytes, memory=timing.memory,
+            benchmark=benchmark,
+            case=case,
+            name=name,
+            role=role,
+            baselines=list(baselines),
+            sizes=dict(sizes),
+            dtype=np.dtype(dtype).name,
+            median_s=timing.median_s,
+            iqr_s=timing.iqr_s,
+            min_s=min(timing.times),
+            max_s=max(timing.times),
+            repeats=len(timing.times),
+            compile_s=timing.compile_s,
+            compile_method=timing.compile_method,
+            peak_bytes=timing.peak_bytes,
+            memory=timing.memory,
             extra=_jsonable(extra or {}),
         )
         comp = "" if m.compile_s is None else f"  compile {format_seconds(m.compile_s)}"
@@ -576,6 +632,7 @@ class Context:
 
 
 # ------------------------------------------------------------------------------ fits
+
 
 def fit_exponent(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Least-squares slope of ``log y`` against ``log x`` and its ``R²``.
@@ -596,6 +653,9 @@ def fit_exponent(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(slope), r2
 
 
+_FIELDS = ("median_s", "min_s", "max_s", "peak_bytes")
+
+
 def fits_over(
     measurements: Sequence[Measurement],
     variable: str,
@@ -606,7 +666,7 @@ def fits_over(
 ) -> list[Fit]:
     """One :class:`Fit` per measurement name over the cases that vary ``sizes[variable]``.
 
-    ``quantity`` is ``"median_s"``, ``"peak_bytes"`` or a key of ``extra``; points with a
+    ``quantity`` is ``"median_s"``, ``"min_s"``, ``"peak_bytes"`` or a key of ``extra``; points with a
     missing or non-positive value are left out, as are sizes below ``min_x`` (where fixed
     overheads dominate). A name with fewer than two points gets no fit.
     """
@@ -618,8 +678,13 @@ def fits_over(
             if m.name != name or variable not in m.sizes:
                 continue
             x = m.sizes[variable]
-            y = getattr(m, quantity) if quantity in ("median_s", "peak_bytes") else m.extra.get(quantity)
-            if y is None or not isinstance(y, (int, float)) or y <= 0 or (min_x is not None and x < min_x):
+            y = getattr(m, quantity) if quantity in _FIELDS else m.extra.get(quantity)
+            if (
+                y is None
+                or not isinstance(y, (int, float))
+                or y <= 0
+                or (min_x is not None and x < min_x)
+            ):
                 continue
             pts.append((float(x), float(y)))
         if len({p[0] for p in pts}) < 2:
@@ -627,18 +692,34 @@ def fits_over(
         pts.sort()
         slope, r2 = fit_exponent([p[0] for p in pts], [p[1] for p in pts])
         exp = expected.get(name)
-        out.append(Fit(benchmark=measurements[0].benchmark, name=name, quantity=quantity, variable=variable,
-                       exponent=slope, r2=r2, points=pts, expected=exp,
-                       tolerance=tolerance if exp is not None else None))
+        out.append(
+            Fit(
+                benchmark=measurements[0].benchmark,
+                name=name,
+                quantity=quantity,
+                variable=variable,
+                exponent=slope,
+                r2=r2,
+                points=pts,
+                expected=exp,
+                tolerance=tolerance if exp is not None else None,
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------------------ environment
 
+
 def _git(*args: str) -> str | None:
     try:
-        res = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        res = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
@@ -690,6 +771,7 @@ def environment() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ checks
 
+
 def check_results(results: Sequence[BenchmarkResult]) -> list[str]:
     """Structural problems of a run: a subject without baselines, or naming one that is
     not in its benchmark's same case. Returns the problems (empty when all is well)."""
@@ -708,14 +790,17 @@ def check_results(results: Sequence[BenchmarkResult]) -> list[str]:
                 problems.append(f"{r.name}: subject {m.name!r} ({m.case}) names no baseline")
             for b in m.baselines:
                 if b not in by_case.get(m.case, set()):
-                    problems.append(f"{r.name}: subject {m.name!r} ({m.case}) names baseline {b!r}, "
-                                    f"which was not measured in that case")
+                    problems.append(
+                        f"{r.name}: subject {m.name!r} ({m.case}) names baseline {b!r}, "
+                        f"which was not measured in that case"
+                    )
         if not r.measurements:
             problems.append(f"{r.name}: no measurements")
     return problems
 
 
 # ------------------------------------------------------------------------------ output
+
 
 def format_seconds(s: float | None) -> str:
     if s is None:
@@ -750,7 +835,9 @@ def _sizes_str(sizes: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sizes.items())
 
 
-def render_markdown(env: dict[str, Any], settings: dict[str, Any], results: Sequence[BenchmarkResult]) -> str:
+def render_markdown(
+    env: dict[str, Any], settings: dict[str, Any], results: Sequence[BenchmarkResult]
+) -> str:
     """The Markdown report: environment, then per benchmark a table and its fits."""
     lines = [
         "# stepwise_ntk benchmarks",
@@ -773,16 +860,23 @@ def render_markdown(env: dict[str, Any], settings: dict[str, Any], results: Sequ
     ]
     for r in results:
         lines += [f"## {r.name}", "", r.description, ""]
-        lines.append(f"status **{r.status}**{': ' + r.message if r.message else ''}; wall {r.wall_s:.0f} s; "
-                     f"load {_fmt_load(r.loadavg_before)} → {_fmt_load(r.loadavg_after)}")
+        lines.append(
+            f"status **{r.status}**{': ' + r.message if r.message else ''}; wall {r.wall_s:.0f} s; "
+            f"load {_fmt_load(r.loadavg_before)} → {_fmt_load(r.loadavg_after)}"
+        )
         lines.append("")
         if r.measurements:
             lines += [
-                "| case | name | role | median | IQR | n | compile | peak mem | speed-up vs baselines | × floor | notes |",
-                "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
+                "| case | name | role | median | IQR | min | n | compile | peak mem "
+                "| speed-up vs baselines | × floor | notes |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
             ]
             for m in r.measurements:
-                ref = {b.name: b for b in r.measurements if b.case == m.case and b.role in ("baseline", "floor")}
+                ref = {
+                    b.name: b
+                    for b in r.measurements
+                    if b.case == m.case and b.role in ("baseline", "floor")
+                }
                 speed, floor = [], []
                 for b in m.baselines:
                     if b in ref and m.median_s > 0:
@@ -791,8 +885,9 @@ def render_markdown(env: dict[str, Any], settings: dict[str, Any], results: Sequ
                         else:
                             floor.append(f"{m.median_s / ref[b].median_s:.2f}× {b}")
                 lines.append(
-                    f"| {m.case} | {m.name} | {m.role} | {format_seconds(m.median_s)} | {format_seconds(m.iqr_s)} | "
-                    f"{m.repeats} | {format_seconds(m.compile_s)} | {format_bytes(m.peak_bytes)} | "
+                    f"| {m.case} | {m.name} | {m.role} | {format_seconds(m.median_s)} "
+                    f"| {format_seconds(m.iqr_s)} | {format_seconds(m.min_s)} | {m.repeats} "
+                    f"| {format_seconds(m.compile_s)} | {format_bytes(m.peak_bytes)} | "
                     f"{'; '.join(speed)} | {'; '.join(floor)} | {_format_extra(m.extra)} |"
                 )
             lines.append("")
@@ -802,11 +897,17 @@ def render_markdown(env: dict[str, Any], settings: dict[str, Any], results: Sequ
                 "|---|---|---|---:|---:|---:|---|",
             ]
             for f in r.fits:
-                exp = "—" if f.expected is None else f"{f.expected:g} ± {f.tolerance:g}" + (
-                    " ✓" if f.within_tolerance else " ✗")
+                exp = (
+                    "—"
+                    if f.expected is None
+                    else f"{f.expected:g} ± {f.tolerance:g}"
+                    + (" ✓" if f.within_tolerance else " ✗")
+                )
                 pts = ", ".join(f"{x:g}" for x, _ in f.points)
-                lines.append(f"| {f.name} | {f.quantity} | {f.variable} | {f.exponent:.2f} | {exp} | {f.r2:.3f} | "
-                             f"{pts} |")
+                lines.append(
+                    f"| {f.name} | {f.quantity} | {f.variable} | {f.exponent:.2f} | {exp} | {f.r2:.3f} | "
+                    f"{pts} |"
+                )
             lines.append("")
     return "\n".join(lines) + "\n"
 

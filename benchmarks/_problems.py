@@ -135,7 +135,9 @@ def linear_kernel_problem(
     rng = np.random.default_rng(seed)
     cifar = find_cifar_dir(data_dir) if source != "synthetic" else None
     if source == "cifar10" and cifar is None:
-        raise ValueError("source='cifar10' but no CIFAR-10 folder was found; pass data_dir or set STEPWISE_NTK_DATA.")
+        raise ValueError(
+            "source='cifar10' but no CIFAR-10 folder was found; pass data_dir or set STEPWISE_NTK_DATA."
+        )
     if cifar is not None:
         X, used = _cifar_views(n_pairs, cifar, seed), "cifar10"
     else:
@@ -149,11 +151,23 @@ def linear_kernel_problem(
     ts = np.asarray(step_times(es, jnp.asarray(F0), d), np.float64)
     g1 = float(es.gammas[0])
     times = _log_times(1e-2 / (8.0 * g1), horizon * float(ts.max()), n_times)
-    return KernelProblem(source=used, n_pairs=n_pairs, X=X, K=K, W0=W0, F0=F0, times=times, gamma_1=g1,
-                         step_times=ts, ridge=0.0)
+    return KernelProblem(
+        source=used,
+        n_pairs=n_pairs,
+        X=X,
+        K=K,
+        W0=W0,
+        F0=F0,
+        times=times,
+        gamma_1=g1,
+        step_times=ts,
+        ridge=0.0,
+    )
 
 
-def _gamma_1_estimate(K: np.ndarray, n_pairs: int, rng: np.random.Generator, iters: int = 60) -> float:
+def _gamma_1_estimate(
+    K: np.ndarray, n_pairs: int, rng: np.random.Generator, iters: int = 60
+) -> float:
     """Largest eigenvalue of ``K Z / (2n)`` by power iteration on a block of 4 vectors."""
     V = rng.standard_normal((K.shape[0], 4))
     lam = 0.0
@@ -194,8 +208,18 @@ def ridge_kernel_problem(
     g1 = _gamma_1_estimate(K, n_pairs, rng)
     t_last = horizon_steps * np.log(1e6) / (8.0 * g1)
     times = _log_times(1e-2 / (8.0 * g1), t_last, n_times)
-    return KernelProblem(source="synthetic", n_pairs=n_pairs, X=X, K=K, W0=W0, F0=F0, times=times, gamma_1=g1,
-                         step_times=None, ridge=ridge)
+    return KernelProblem(
+        source="synthetic",
+        n_pairs=n_pairs,
+        X=X,
+        K=K,
+        W0=W0,
+        F0=F0,
+        times=times,
+        gamma_1=g1,
+        step_times=None,
+        ridge=ridge,
+    )
 
 
 def describe(p: KernelProblem) -> dict[str, Any]:

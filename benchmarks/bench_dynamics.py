@@ -51,7 +51,9 @@ KF_NAME = "K@F"
 RTOLS = (1e-6, 1e-7, 1e-8, 1e-9)
 RTOLS_F32 = (1e-4, 1e-5)
 INIT_SCALE = 1e-3
-CALIBRATION_COMPILE = "calibration call − median (≈ 0 when the reference solve compiled the same program)"
+CALIBRATION_COMPILE = (
+    "calibration call − median (≈ 0 when the reference solve compiled the same program)"
+)
 
 PRESETS = {
     "n_views": {"tiny": 64, "small": 500, "full": 2000},
@@ -82,7 +84,9 @@ def _nt_predict_fn(loss_fn):
     from stepwise_ntk._nt_compat import nt
 
     def run(K, F0, times):
-        predict = nt.predict.gradient_descent(lambda f, y: loss_fn(f), K, jnp.zeros_like(F0), learning_rate=1.0)
+        predict = nt.predict.gradient_descent(
+            lambda f, y: loss_fn(f), K, jnp.zeros_like(F0), learning_rate=1.0
+        )
         return _observables(loss_fn, predict(times, F0))
 
     return jax.jit(run)
@@ -120,14 +124,18 @@ def _calibrated_solve(ctx: Context, label: str, call, rtols, ref, target):
         traj = jax.block_until_ready(call(rtol))
         first = time.perf_counter() - t0
         err = _err(traj.eigenvalues, ref)
-        ctx.log(f"calibrate {label}: rtol {rtol:g} -> err {err:.2e} (target {target:.2e}, {first:.1f} s)")
+        ctx.log(
+            f"calibrate {label}: rtol {rtol:g} -> err {err:.2e} (target {target:.2e}, {first:.1f} s)"
+        )
         last = (rtol, first, traj, err)
         if err <= target:
             break
     return last
 
 
-def _bt_case(ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: int, source: str) -> list[Measurement]:
+def _bt_case(
+    ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: int, source: str
+) -> list[Measurement]:
     import jax
     import jax.numpy as jnp
 
@@ -135,7 +143,9 @@ def _bt_case(ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: 
     from stepwise_ntk._losses import barlow_twins_loss
     from stepwise_ntk._solver import SolverSettings, solve
 
-    prob: KernelProblem = linear_kernel_problem(n_views // 2, d, source=source, data_dir=ctx.data_dir)
+    prob: KernelProblem = linear_kernel_problem(
+        n_views // 2, d, source=source, data_dir=ctx.data_dir
+    )
     n = prob.n_pairs
     case = f"bt 2n={n_views} d={d}"
     sizes = {"n_views": n_views, "d": d, "m": int(prob.X.shape[1]), "n_times": int(prob.times.size)}
@@ -150,13 +160,21 @@ def _bt_case(ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: 
     gd_times = gd_steps * lr
     union = np.unique(np.concatenate([prob.times, gd_times]))
     ref_settings = SolverSettings(rtol=1e-10, mode_tol=0.0)
-    ref = solve(jnp.asarray(prob.K), n, jnp.asarray(prob.F0), jnp.asarray(union), method="eigen",
-                settings=ref_settings)
+    ref = solve(
+        jnp.asarray(prob.K),
+        n,
+        jnp.asarray(prob.F0),
+        jnp.asarray(union),
+        method="eigen",
+        settings=ref_settings,
+    )
     ref_eig = np.asarray(ref.eigenvalues)
     ref_main = ref_eig[np.searchsorted(union, prob.times)]
     ref_gd = ref_eig[np.searchsorted(union, gd_times)]
     steps_done = int(np.sum(ref_main[-1] > 0.5))
-    ctx.log(f"reference: {int(ref.stats.n_steps)} steps, {steps_done}/{d} modes past 1/2 at the end")
+    ctx.log(
+        f"reference: {int(ref.stats.n_steps)} steps, {steps_done}/{d} modes past 1/2 at the end"
+    )
     common = {"source": prob.source, "steps_past_half": steps_done}
 
     out = []
@@ -167,29 +185,61 @@ def _bt_case(ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: 
         base_name, base_fn = ODEINT_NAME, _odeint_fn(barlow_twins_loss, 1e-5)
     tb = ctx.time_jitted(base_fn, K, F0, times, repeats=1 if ctx.size == "full" else None)
     err_base = _err(tb.output[1], ref_main)
-    out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=base_name, role="baseline", sizes=sizes,
-                               dtype=dtype, extra={"max_abs_err": err_base, **common}))
+    out.append(
+        ctx.measurement(
+            tb,
+            benchmark=NAME,
+            case=case,
+            name=base_name,
+            role="baseline",
+            sizes=sizes,
+            dtype=dtype,
+            extra={"max_abs_err": err_base, **common},
+        )
+    )
     target = err_base
 
     rtols = RTOLS if dtype == np.float64 else RTOLS_F32
     for method in ("eigen", "function"):
+
         def call(rtol, method=method):
             return solve(K, n, F0, times, method=method, settings=SolverSettings(rtol=rtol))
 
         rtol, first, traj, err = _calibrated_solve(ctx, method, call, rtols, ref_main, target)
-        ts = ctx.time(lambda rtol=rtol, call=call: call(rtol), warmup=False,
-                      repeats=1 if (ctx.size == "full" and method == "function") else None)
+        ts = ctx.time(
+            lambda rtol=rtol, call=call: call(rtol),
+            warmup=False,
+            repeats=1 if (ctx.size == "full" and method == "function") else None,
+        )
         ts.compile_s, ts.compile_method = max(first - ts.median_s, 0.0), CALIBRATION_COMPILE
         st = ts.output.stats
-        extra = {"rtol": rtol, "max_abs_err": err, "equal_accuracy": bool(err <= target),
-                 "integrator": ts.output.integrator, "n_steps": int(st.n_steps), "n_rhs": int(st.n_rhs),
-                 "n_devices": int(st.n_devices), **common}
+        extra = {
+            "rtol": rtol,
+            "max_abs_err": err,
+            "equal_accuracy": bool(err <= target),
+            "integrator": ts.output.integrator,
+            "n_steps": int(st.n_steps),
+            "n_rhs": int(st.n_rhs),
+            "n_devices": int(st.n_devices),
+            **common,
+        }
         if method == "eigen":
             extra["n_modes"] = int(st.n_modes)
             extra["truncation_bound"] = float(st.truncation_bound)
         baselines = [base_name, GD_NAME, EIGH_NAME if method == "eigen" else KF_NAME]
-        out.append(ctx.measurement(ts, benchmark=NAME, case=case, name=f"solve[{method}]", role="subject",
-                                   sizes=sizes, dtype=dtype, baselines=baselines, extra=extra))
+        out.append(
+            ctx.measurement(
+                ts,
+                benchmark=NAME,
+                case=case,
+                name=f"solve[{method}]",
+                role="subject",
+                sizes=sizes,
+                dtype=dtype,
+                baselines=baselines,
+                extra=extra,
+            )
+        )
 
     # Baseline: parameter-space gradient descent on W (same model, K = X Xᵀ).
     X, W0 = jnp.asarray(prob.X, dtype), jnp.asarray(prob.W0, dtype)
@@ -199,30 +249,54 @@ def _bt_case(ctx: Context, dtype: np.dtype, n_views: int, d: int, gd_max_steps: 
     if projected:
         scale = total_steps / run_steps
         tg.times = [t * scale for t in tg.times]
-    out.append(ctx.measurement(tg, benchmark=NAME, case=case, name=GD_NAME, role="baseline", sizes=sizes,
-                               dtype=dtype, extra={"learning_rate": lr, "steps_total": total_steps,
-                                                   "steps_timed": run_steps, "projected": projected,
-                                                   "max_abs_err": err_gd,
-                                                   "err_over": "full horizon" if not projected else
-                                                   f"first {run_steps} steps", **common}))
+    out.append(
+        ctx.measurement(
+            tg,
+            benchmark=NAME,
+            case=case,
+            name=GD_NAME,
+            role="baseline",
+            sizes=sizes,
+            dtype=dtype,
+            extra={
+                "learning_rate": lr,
+                "steps_total": total_steps,
+                "steps_timed": run_steps,
+                "projected": projected,
+                "max_abs_err": err_gd,
+                "err_over": "full horizon" if not projected else f"first {run_steps} steps",
+                **common,
+            },
+        )
+    )
 
     # Floors.
     te = ctx.time_jitted(jax.jit(jnp.linalg.eigh), K)
-    out.append(ctx.measurement(te, benchmark=NAME, case=case, name=EIGH_NAME, role="floor", sizes=sizes,
-                               dtype=dtype))
+    out.append(
+        ctx.measurement(
+            te, benchmark=NAME, case=case, name=EIGH_NAME, role="floor", sizes=sizes, dtype=dtype
+        )
+    )
     tk = ctx.time_jitted(jax.jit(lambda K, F: K @ F), K, F0)
-    out.append(ctx.measurement(tk, benchmark=NAME, case=case, name=KF_NAME, role="floor", sizes=sizes,
-                               dtype=dtype))
+    out.append(
+        ctx.measurement(
+            tk, benchmark=NAME, case=case, name=KF_NAME, role="floor", sizes=sizes, dtype=dtype
+        )
+    )
     return out
 
 
-def _loss_case(ctx: Context, dtype: np.dtype, loss: str, n_views: int, d: int, source: str) -> list[Measurement]:
+def _loss_case(
+    ctx: Context, dtype: np.dtype, loss: str, n_views: int, d: int, source: str
+) -> list[Measurement]:
     import jax.numpy as jnp
 
     from stepwise_ntk._losses import LOSS_FUNCTIONS
     from stepwise_ntk._solver import SolverSettings, solve
 
-    prob = linear_kernel_problem(n_views // 2, d, source=source, data_dir=ctx.data_dir, init_scale=INIT_SCALE)
+    prob = linear_kernel_problem(
+        n_views // 2, d, source=source, data_dir=ctx.data_dir, init_scale=INIT_SCALE
+    )
     n = prob.n_pairs
     case = f"{loss} 2n={n_views} d={d}"
     sizes = {"n_views": n_views, "d": d, "m": int(prob.X.shape[1]), "n_times": int(prob.times.size)}
@@ -231,8 +305,15 @@ def _loss_case(ctx: Context, dtype: np.dtype, loss: str, n_views: int, d: int, s
     F0_64 = prob.F0 / INIT_SCALE
     K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, F0_64, prob.times))
     loss_fn = LOSS_FUNCTIONS[loss]
-    ref = solve(jnp.asarray(prob.K), n, jnp.asarray(F0_64), jnp.asarray(prob.times), loss=loss,
-                method="function", settings=SolverSettings(rtol=1e-10))
+    ref = solve(
+        jnp.asarray(prob.K),
+        n,
+        jnp.asarray(F0_64),
+        jnp.asarray(prob.times),
+        loss=loss,
+        method="function",
+        settings=SolverSettings(rtol=1e-10),
+    )
     ref_eig = np.asarray(ref.eigenvalues)
     common = {"source": prob.source}
     out = []
@@ -242,37 +323,69 @@ def _loss_case(ctx: Context, dtype: np.dtype, loss: str, n_views: int, d: int, s
         base_name, base_fn = ODEINT_NAME, _odeint_fn(loss_fn, 1e-5)
     tb = ctx.time_jitted(base_fn, K, F0, times)
     err_base = _err(tb.output[1], ref_eig)
-    out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=base_name, role="baseline", sizes=sizes,
-                               dtype=dtype, extra={"max_abs_err": err_base, **common}))
+    out.append(
+        ctx.measurement(
+            tb,
+            benchmark=NAME,
+            case=case,
+            name=base_name,
+            role="baseline",
+            sizes=sizes,
+            dtype=dtype,
+            extra={"max_abs_err": err_base, **common},
+        )
+    )
 
     def call(rtol):
-        return solve(K, n, F0, times, loss=loss, method="function", settings=SolverSettings(rtol=rtol))
+        return solve(
+            K, n, F0, times, loss=loss, method="function", settings=SolverSettings(rtol=rtol)
+        )
 
     rtols = RTOLS if dtype == np.float64 else RTOLS_F32
     rtol, first, traj, err = _calibrated_solve(ctx, loss, call, rtols, ref_eig, err_base)
     ts = ctx.time(lambda: call(rtol), warmup=False)
     ts.compile_s, ts.compile_method = max(first - ts.median_s, 0.0), CALIBRATION_COMPILE
     st = ts.output.stats
-    out.append(ctx.measurement(ts, benchmark=NAME, case=case, name="solve[function]", role="subject", sizes=sizes,
-                               dtype=dtype, baselines=[base_name],
-                               extra={"rtol": rtol, "max_abs_err": err, "equal_accuracy": bool(err <= err_base),
-                                      "n_steps": int(st.n_steps), "n_devices": int(st.n_devices), **common}))
+    out.append(
+        ctx.measurement(
+            ts,
+            benchmark=NAME,
+            case=case,
+            name="solve[function]",
+            role="subject",
+            sizes=sizes,
+            dtype=dtype,
+            baselines=[base_name],
+            extra={
+                "rtol": rtol,
+                "max_abs_err": err,
+                "equal_accuracy": bool(err <= err_base),
+                "n_steps": int(st.n_steps),
+                "n_devices": int(st.n_devices),
+                **common,
+            },
+        )
+    )
     return out
 
 
-@register(NAME, "Kernel dynamics: the solver's eigen and function routes (Barlow Twins, CIFAR-10 linear kernel; "
-                "SimCLR on the function route) against neural-tangents' predict.gradient_descent at equal "
-                "accuracy and parameter-space gradient descent, with one eigh(K) and one K·F product as floors.")
+@register(
+    NAME,
+    "Kernel dynamics: the solver's eigen and function routes (Barlow Twins, CIFAR-10 linear kernel; "
+    "SimCLR on the function route) against neural-tangents' predict.gradient_descent at equal "
+    "accuracy and parameter-space gradient descent, with one eigh(K) and one K·F product as floors.",
+)
 def run(ctx: Context) -> list[Measurement]:
     dtype = ctx.float_dtype()
     n_views = int(ctx.param("n_views", PRESETS["n_views"]))
     d = int(ctx.param("d", PRESETS["d"]))
     source = str(ctx.param("source", PRESETS["source"]))
-    out = _bt_case(ctx, dtype, n_views, d, int(ctx.param("gd_max_steps", PRESETS["gd_max_steps"])), source)
+    out = _bt_case(
+        ctx, dtype, n_views, d, int(ctx.param("gd_max_steps", PRESETS["gd_max_steps"])), source
+    )
     losses = [s for s in str(ctx.param("losses", PRESETS["losses"])).split(",") if s]
     loss_n = int(ctx.param("loss_n_views", PRESETS["loss_n_views"]))
     loss_source = str(ctx.param("loss_source", PRESETS["loss_source"]))
     for loss in losses:
         out += _loss_case(ctx, dtype, loss, loss_n, d, loss_source)
     return out
-

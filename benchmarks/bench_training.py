@@ -15,8 +15,9 @@ For each loss (Barlow Twins, SimCLR, VICReg), one case with
   (no Python per step, no recording).
 
 The three are timed in interleaved rounds (one call of each per round) so that a drifting
-machine load hits them alike. ``extra.overhead`` = train() / optax loop − 1 (the target: ≤ 20 %), ``extra.overhead_vs_scan``
-= train() / optax scan − 1: what recording and bookkeeping cost on top of the bare steps.
+machine load hits them alike. ``extra.overhead`` = train() / optax loop − 1 (the target:
+≤ 20 %), ``extra.overhead_vs_scan`` = train() / optax scan − 1: what recording and
+bookkeeping cost on top of the bare steps.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ PRESETS = {
     "d": {"tiny": 4, "small": 16, "full": 32},
     "side": {"tiny": 4, "small": 8, "full": 8},
     "steps": {"tiny": 10, "small": 100, "full": 200},
-    "losses": {"tiny": "barlow_twins,simclr,vicreg", "small": "barlow_twins,simclr,vicreg",
-               "full": "barlow_twins,simclr,vicreg"},
+    "losses": {
+        "tiny": "barlow_twins,simclr,vicreg",
+        "small": "barlow_twins,simclr,vicreg",
+        "full": "barlow_twins,simclr,vicreg",
+    },
 }
 LEARNING_RATE = 1e-3
 
@@ -82,8 +86,11 @@ def _baselines(net, loss_fn, views, steps: int, key):
     return loop, scan
 
 
-@register(NAME, "Flax training engine train() (Barlow Twins, SimCLR, VICReg; records every log-spaced step) "
-                "against a hand-written jitted optax step of the same network, in a Python loop and in lax.scan.")
+@register(
+    NAME,
+    "Flax training engine train() (Barlow Twins, SimCLR, VICReg; records every log-spaced step) "
+    "against a hand-written jitted optax step of the same network, in a Python loop and in lax.scan.",
+)
 def run(ctx: Context) -> list[Measurement]:
     import jax
     import jax.numpy as jnp
@@ -103,7 +110,13 @@ def run(ctx: Context) -> list[Measurement]:
     net = spec.flax(param_dtype=dtype)
     views = jnp.asarray(np.random.default_rng(0).standard_normal((n_views, side, side, 3)), dtype)
     key = jax.random.key(0)
-    sizes = {"n_views": n_views, "width": width, "d": d, "input": f"{side}x{side}x3", "steps": steps}
+    sizes = {
+        "n_views": n_views,
+        "width": width,
+        "d": d,
+        "input": f"{side}x{side}x3",
+        "steps": steps,
+    }
     out = []
     for loss in losses:
         case = f"{loss} 2n={n_views} w={width}"
@@ -124,10 +137,41 @@ def run(ctx: Context) -> list[Measurement]:
             "records": int(res.steps.size),
             "per_step_s": ts.median_s / steps,
         }
-        out.append(ctx.measurement(ts, benchmark=NAME, case=case, name="train()", role="subject", sizes=sizes,
-                                   dtype=dtype, baselines=[LOOP, SCAN], extra=extra))
-        out.append(ctx.measurement(tl, benchmark=NAME, case=case, name=LOOP, role="baseline", sizes=sizes,
-                                   dtype=dtype, extra={"per_step_s": tl.median_s / steps}))
-        out.append(ctx.measurement(tc, benchmark=NAME, case=case, name=SCAN, role="floor", sizes=sizes,
-                                   dtype=dtype, extra={"per_step_s": tc.median_s / steps}))
+        out.append(
+            ctx.measurement(
+                ts,
+                benchmark=NAME,
+                case=case,
+                name="train()",
+                role="subject",
+                sizes=sizes,
+                dtype=dtype,
+                baselines=[LOOP, SCAN],
+                extra=extra,
+            )
+        )
+        out.append(
+            ctx.measurement(
+                tl,
+                benchmark=NAME,
+                case=case,
+                name=LOOP,
+                role="baseline",
+                sizes=sizes,
+                dtype=dtype,
+                extra={"per_step_s": tl.median_s / steps},
+            )
+        )
+        out.append(
+            ctx.measurement(
+                tc,
+                benchmark=NAME,
+                case=case,
+                name=SCAN,
+                role="floor",
+                sizes=sizes,
+                dtype=dtype,
+                extra={"per_step_s": tc.median_s / steps},
+            )
+        )
     return out

@@ -45,26 +45,64 @@ def _env(devices: int) -> dict[str, str]:
 
 
 def _m(name, role="subject", baselines=(), case="c", median=1.0, **kw):
-    base = dict(benchmark="b", case=case, name=name, role=role, baselines=list(baselines), sizes={"n_views": 4},
-                dtype="float64", median_s=median, iqr_s=0.0, min_s=median, max_s=median, repeats=1, compile_s=0.0,
-                compile_method="x", peak_bytes=None, memory=None)
+    base = dict(
+        benchmark="b",
+        case=case,
+        name=name,
+        role=role,
+        baselines=list(baselines),
+        sizes={"n_views": 4},
+        dtype="float64",
+        median_s=median,
+        iqr_s=0.0,
+        min_s=median,
+        max_s=median,
+        repeats=1,
+        compile_s=0.0,
+        compile_method="x",
+        peak_bytes=None,
+        memory=None,
+    )
     base.update(kw)
     return Measurement(**base)
 
 
 # ------------------------------------------------------------------------------ smoke run
 
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     t0 = time.perf_counter()
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--size", "tiny", "--repeats", "1", "--budget", "5", "--quiet",
-         "--out", str(out), "--tag", "smoke"],
-        cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--size",
+            "tiny",
+            "--repeats",
+            "1",
+            "--budget",
+            "5",
+            "--min-time",
+            "0",
+            "--quiet",
+            "--out",
+            str(out),
+            "--tag",
+            "smoke",
+        ],
+        cwd=ROOT,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     wall = time.perf_counter() - t0
-    assert res.returncode == 0, f"benchmarks failed (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    assert res.returncode == 0, (
+        f"benchmarks failed (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    )
     data = json.loads((out / "smoke.json").read_text())
     md = (out / "smoke.md").read_text()
     return data, md, wall
@@ -90,7 +128,9 @@ def test_smoke_every_benchmark_ran(smoke):
 def test_smoke_every_subject_has_its_baselines_in_the_same_case(smoke):
     data, _, _ = smoke
     for name, b in data["benchmarks"].items():
-        refs = {(m["case"], m["name"]) for m in b["measurements"] if m["role"] in ("baseline", "floor")}
+        refs = {
+            (m["case"], m["name"]) for m in b["measurements"] if m["role"] in ("baseline", "floor")
+        }
         for m in b["measurements"]:
             assert m["role"] in ("subject", "baseline", "floor", "experiment"), m
             if m["role"] == "subject":
@@ -131,7 +171,10 @@ def test_smoke_dynamics_accuracy_and_sharding(smoke):
         e = ms[(bt, route)]["extra"]
         assert e["equal_accuracy"] is True and e["max_abs_err"] <= nt_err, (route, e)
     # Every mode stepped within the horizon (it reaches past 1/2), or the problem is wrong.
-    assert ms[(bt, "solve[eigen]")]["extra"]["steps_past_half"] == ms[(bt, "solve[eigen]")]["sizes"]["d"]
+    assert (
+        ms[(bt, "solve[eigen]")]["extra"]["steps_past_half"]
+        == ms[(bt, "solve[eigen]")]["sizes"]["d"]
+    )
     # 2n = 64 is divisible by the 4 simulated devices: the function route shards K.
     assert ms[(bt, "solve[function]")]["extra"]["n_devices"] == 4
     assert ms[(bt, "solve[eigen]")]["extra"]["n_devices"] == 1
@@ -160,6 +203,7 @@ def test_smoke_training_records(smoke):
 
 # ------------------------------------------------------------------------------ multi-host
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -171,14 +215,39 @@ def test_distributed_two_processes(tmp_path):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks", "scaling", "--size", "tiny", "--repeats", "1", "--no-memory",
-             "--quiet", "--distributed", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-             "--process-id", str(i), "--out", str(tmp_path), "--tag", f"p{i}"],
-            cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "benchmarks",
+                "scaling",
+                "--size",
+                "tiny",
+                "--repeats",
+                "1",
+                "--no-memory",
+                "--quiet",
+                "--distributed",
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--out",
+                str(tmp_path),
+                "--tag",
+                f"p{i}",
+            ],
+            cwd=ROOT,
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs, strict=True):
+    for p, (_, e) in zip(procs, outs, strict=True):
         assert p.returncode == 0, e[-3000:]
     # Only process 0 writes; it sees both processes and all 4 (simulated) devices.
     assert sorted(x.name for x in tmp_path.iterdir()) == ["p0.json", "p0.md"]
@@ -189,6 +258,7 @@ def test_distributed_two_processes(tmp_path):
 
 
 # ------------------------------------------------------------------------------ harness parts
+
 
 def test_fit_exponent_recovers_a_power_law():
     x = np.array([500.0, 1000.0, 2000.0, 4000.0])
@@ -202,16 +272,29 @@ def test_fit_exponent_recovers_a_power_law():
     assert slope == pytest.approx(ref, rel=1e-12) and 0.99 < r2 < 1.0
 
 
-@pytest.mark.parametrize("x, y", [([1.0, 1.0], [1.0, 2.0]), ([1.0, 2.0], [1.0, -1.0]), ([0.0, 2.0], [1.0, 2.0]),
-                                  ([1.0, 2.0, 3.0], [1.0, 2.0])])
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        ([1.0, 1.0], [1.0, 2.0]),
+        ([1.0, 2.0], [1.0, -1.0]),
+        ([0.0, 2.0], [1.0, 2.0]),
+        ([1.0, 2.0, 3.0], [1.0, 2.0]),
+    ],
+)
 def test_fit_exponent_bad_input(x, y):
     with pytest.raises(ValueError):
         fit_exponent(x, y)
 
 
 def test_fits_over_groups_by_name_and_skips_missing_points():
-    ms = [_m("a", role="floor", case=f"n{n}", median=1e-9 * n**3, sizes={"n_views": n}) for n in (10, 20, 40)]
-    ms += [_m("b", role="floor", case=f"n{n}", median=1.0, peak_bytes=None, sizes={"n_views": n}) for n in (10, 20)]
+    ms = [
+        _m("a", role="floor", case=f"n{n}", median=1e-9 * n**3, sizes={"n_views": n})
+        for n in (10, 20, 40)
+    ]
+    ms += [
+        _m("b", role="floor", case=f"n{n}", median=1.0, peak_bytes=None, sizes={"n_views": n})
+        for n in (10, 20)
+    ]
     fits = fits_over(ms, "n_views", expected={"a": 3.0})
     assert [f.name for f in fits] == ["a", "b"]
     assert fits[0].exponent == pytest.approx(3.0) and fits[0].within_tolerance is True
@@ -238,14 +321,36 @@ def test_measurement_validates_role():
 
 
 def test_markdown_ratios():
-    ms = [_m("s", baselines=["base", "fl"], median=0.5), _m("base", role="baseline", median=2.0),
-          _m("fl", role="floor", median=0.25)]
-    env = {"command": "python -m benchmarks", "timestamp_utc": "t", "git_commit": "abc", "git_dirty": False,
-           "backend": "cpu", "device_kind": "cpu", "n_local_devices": 1, "process_count": 1, "cpu_count": 2,
-           "platform": "p", "jax": "j", "jaxlib": "j", "neural_tangents": "n", "flax": "f", "optax": "o",
-           "numpy": "n", "python": "p", "loadavg": [1.0, 1.0, 1.0], "XLA_FLAGS": ""}
+    ms = [
+        _m("s", baselines=["base", "fl"], median=0.5),
+        _m("base", role="baseline", median=2.0),
+        _m("fl", role="floor", median=0.25),
+    ]
+    env = {
+        "command": "python -m benchmarks",
+        "timestamp_utc": "t",
+        "git_commit": "abc",
+        "git_dirty": False,
+        "backend": "cpu",
+        "device_kind": "cpu",
+        "n_local_devices": 1,
+        "process_count": 1,
+        "cpu_count": 2,
+        "platform": "p",
+        "jax": "j",
+        "jaxlib": "j",
+        "neural_tangents": "n",
+        "flax": "f",
+        "optax": "o",
+        "numpy": "n",
+        "python": "p",
+        "loadavg": [1.0, 1.0, 1.0],
+        "XLA_FLAGS": "",
+    }
     settings = {"size": "tiny", "repeats": 1, "budget_s": 1.0, "dtype": None}
-    md = render_markdown(env, settings, [BenchmarkResult("b", "desc", "ok", "", 1.0, None, None, ms, [])])
+    md = render_markdown(
+        env, settings, [BenchmarkResult("b", "desc", "ok", "", 1.0, None, None, ms, [])]
+    )
     row = next(line for line in md.splitlines() if line.startswith("| c | s |"))
     assert "4.00× base" in row and "2.00× fl" in row  # 2.0 / 0.5 and 0.5 / 0.25
 
@@ -258,7 +363,9 @@ def test_time_excludes_the_first_call():
         time.sleep(0.3 if len(calls) == 1 else 0.01)
         return np.zeros(())
 
-    t = Context(size="tiny", repeats=3, measure_memory=False, progress=False).time(fn)
+    t = Context(size="tiny", repeats=3, min_time_s=0.0, measure_memory=False, progress=False).time(
+        fn
+    )
     assert len(calls) == 4 and len(t.times) == 3
     # sleep() lasts at least as long as asked: the first call's extra 0.29 s is compile time.
     assert t.median_s < 0.25 and t.compile_s >= 0.25
@@ -275,7 +382,9 @@ def test_time_with_a_cheaper_warmup():
         main.append(1)
         time.sleep(0.01)
 
-    t = Context(size="tiny", repeats=2, measure_memory=False, progress=False).time(f, warmup=w)
+    t = Context(size="tiny", repeats=2, min_time_s=0.0, measure_memory=False, progress=False).time(
+        f, warmup=w
+    )
     assert len(warm) == 2 and len(main) == 2 and t.compile_s >= 0.25
 
 
@@ -308,3 +417,13 @@ def test_context_rejects_bad_settings():
         Context(repeats=0)
     with pytest.raises(ValueError, match="dtype"):
         Context(dtype="float16")
+
+
+def test_cheap_calls_repeat_until_min_time_and_budget_stops_them():
+    def fn():
+        time.sleep(0.01)
+
+    t = Context(repeats=2, min_time_s=0.1, measure_memory=False, progress=False).time(fn)
+    assert 2 <= len(t.times) <= 20 and (sum(t.times) >= 0.1 or len(t.times) == 20)
+    t = Context(repeats=50, budget_s=0.05, measure_memory=False, progress=False).time(fn)
+    assert len(t.times) < 50 and sum(t.times[:-1]) < 0.05 <= sum(t.times)
