@@ -137,7 +137,7 @@ def test_test_patches_apply_with_exact_counts(tmp_path):
 
 
 def test_shipped_test_patches_never_touch_an_assertion_or_tolerance():
-    for rel, patches in nt_suite.TEST_PATCHES.items():
+    for rel, patches in [*nt_suite.TEST_PATCHES.items(), *nt_suite.LARGE_PATCHES.items()]:
         for old, new, count, why in patches:
             for text in (old, new):
                 for word in ("assert", "tol", "skip", "fail", "expect"):
@@ -232,3 +232,15 @@ def test_run_folder_is_only_cleared_if_this_tool_made_it(tmp_path):
     (ours / "stale_test.py").write_text("old")
     nt_suite.prepare_run_dir(ours)
     assert [p.name for p in ours.iterdir()] == [nt_suite.RUN_MARKER]
+
+
+def test_shipped_patches_apply_to_the_cached_sdist(tmp_path):
+    cached = nt_suite.DEFAULT_CACHE / nt_suite.SDIST_NAME
+    if not cached.exists():
+        pytest.skip(f"{cached} not downloaded yet (tools/nt_suite.py fetches it)")
+    _, digest = nt_suite.sdist_pin((ROOT / "uv.lock").read_text())
+    data = nt_suite.verified(cached.read_bytes(), digest, str(cached))
+    nt_suite.unpack_tests(data, tmp_path)
+    nt_suite.apply_test_patches(tmp_path)  # raises unless every count matches
+    nt_suite.apply_test_patches(tmp_path, nt_suite.LARGE_PATCHES)
+    assert "jax.tree_map(" not in (tmp_path / "tests/test_utils.py").read_text()

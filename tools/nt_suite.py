@@ -119,6 +119,18 @@ TEST_PATCHES: dict[str, tuple[tuple[str, str, int, str], ...]] = {
     ),
 }
 
+# With --large: NT skips its large tests on CPU ("Skipping large tests for speed."); run them.
+LARGE_PATCHES: dict[str, tuple[tuple[str, str, int, str], ...]] = {
+    "tests/test_utils.py": (
+        (
+            "    platforms: tuple[str, ...] = ('cpu',)\n",
+            "    platforms: tuple[str, ...] = ()\n",
+            1,
+            "run the tests NT skips on CPU for speed (more tests, same assertions)",
+        ),
+    ),
+}
+
 CONFTEST = '''\
 """Written by tools/nt_suite.py: NT's tests run against stepwise_ntk._nt_compat."""
 
@@ -396,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the downloaded sdist is kept")
     parser.add_argument("--quick", action="store_true",
                         help="1 sampled case per parameterized test instead of NT's 4")
+    parser.add_argument("--large", action="store_true",
+                        help="also run the tests NT skips on CPU for speed (hours on 2 cores)")
     parser.add_argument("--x64", action="store_true",
                         help="JAX_ENABLE_X64=1 (NT's CI ran both; default is JAX's float32)")
     args = parser.parse_args(argv)
@@ -412,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_run_dir(suite)
     all_files = unpack_tests(data, suite)
     apply_test_patches(suite)
+    if args.large:
+        apply_test_patches(suite, LARGE_PATCHES)
     (suite / "conftest.py").write_text(CONFTEST)
     (suite / "pytest.ini").write_text(PYTEST_INI)
     files, excluded = select_files(suite, all_files, args.files)
@@ -433,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(junit.read_text(), files)
     summary.update(
         excluded=excluded, seconds=round(elapsed, 1), jobs=args.jobs, quick=args.quick,
+        large=args.large,
         x64=args.x64, generated_cases=env["NT_NUM_GENERATED_CASES"],
         neural_tangents=NT_VERSION, sdist_sha256=sha256,
     )
