@@ -100,11 +100,10 @@ def _pair_gram_of_factor(L: jax.Array) -> jax.Array:
 @jax.jit
 def _eigensystem(K: jax.Array, jitter_rtol: jax.Array) -> ContrastiveEigensystem:
     N = K.shape[0]
-    K = (K + K.T) / 2
     tau = jitter_rtol * jnp.max(jnp.diagonal(K))
-    L = jnp.linalg.cholesky(K + tau * jnp.eye(N, dtype=K.dtype))
-    H = _pair_gram_of_factor(L) / N
-    w, P = jnp.linalg.eigh(H)
+    L = jnp.linalg.cholesky(K + tau * jnp.eye(N, dtype=K.dtype))  # symmetrises its input
+    H = _pair_gram_of_factor(L) / N  # exactly symmetric by construction
+    w, P = jnp.linalg.eigh(H, symmetrize_input=False)
     return ContrastiveEigensystem(gammas=w[::-1], vectors=P[:, ::-1], factor=L, jitter=tau)
 
 

@@ -217,6 +217,7 @@ class _EigenPrep(NamedTuple):
     es: ContrastiveEigensystem
     M0: jax.Array  # (d, N) mode coordinates of F0
     C0: jax.Array  # (d, d) cross-correlation of F0
+    L_norm: jax.Array  # upper bound on ‖L‖₂ = ‖K + τI‖₂^½ (max absolute row sum of K, plus τ)
 
 
 @jax.jit
@@ -224,7 +225,8 @@ def _eigen_prepare(K, F0, jitter_rtol):
     es = _eigensystem(K, jitter_rtol)
     B0 = jax.scipy.linalg.solve_triangular(es.factor, F0, lower=True)
     M0 = (es.vectors.T @ B0).T
-    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0))
+    L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(K), axis=1)) + es.jitter)
+    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm)
 
 
 def _truncation_terms(gammas, weights, E):
@@ -320,9 +322,8 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test
     frozen = jnp.ones(weights.shape, dtype=bool).at[idx].set(False)
     c, rho = _truncation_terms(es.gammas, jnp.where(frozen, weights, 0.0), res.integral)
     bound_C = jnp.sum(c)
-    # ‖L‖₂² ≤ ‖K + τI‖_∞ (max absolute row sum), so ‖ΔF‖_F ≤ ‖L‖₂ ‖ΔM_frozen‖_F.
-    L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(es.factor @ es.factor.T), axis=1)))
-    bound_F = L_norm * jnp.sqrt(jnp.sum(jnp.where(frozen, weights * rho**2, 0.0)))
+    # ‖L‖₂² = ‖K + τI‖₂ ≤ ‖K‖_∞ + τ, so ‖ΔF‖_F ≤ ‖L‖₂ ‖ΔM_frozen‖_F.
+    bound_F = prep.L_norm * jnp.sqrt(jnp.sum(jnp.where(frozen, weights * rho**2, 0.0)))
     loss, lam = res.observed[0], res.observed[1]
     test = res.observed[2] if cfg.has_test else None
     st = res.stats
