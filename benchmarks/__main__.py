@@ -145,7 +145,6 @@ def main(argv=None) -> int:
         check_results,
         environment,
         pin_malloc_mmap_threshold,
-        write_results,
     )
 
     reg = load_registry()
@@ -176,7 +175,7 @@ def main(argv=None) -> int:
     )
     env = environment()
     env["malloc_mmap_threshold_pinned"] = pinned
-    results = []
+    results, paths = [], None
     for name in names:
         b = reg[name]
         if ctx.progress:
@@ -209,32 +208,47 @@ def main(argv=None) -> int:
         )
         if ctx.progress:
             print(f"[{name}] {status} in {results[-1].wall_s:.1f} s {message}", flush=True)
+        # Results so far, so a long run that is stopped keeps what it measured.
+        pending = names[len(results) :]
+        paths = _write(args, ctx, env, names, results, pending)
 
-    unused = sorted(set(args.overrides) - ctx._used)
-    settings = {
-        "names": names,
-        "size": args.size,
-        "repeats": args.repeats,
-        "budget_s": args.budget,
-        "min_time_s": args.min_time,
-        "dtype": args.dtype,
-        "overrides": args.overrides,
-        "unused_overrides": unused,
-        "measure_memory": not args.no_memory,
-    }
     problems = check_results(results)
-    tag = args.tag or f"{env['backend']}_{args.size}"
-    if jax.process_index() == 0:
-        jpath, mpath = write_results(args.out, tag, env, settings, results)
-        print(f"wrote {jpath} and {mpath}")
+    if paths is not None:
+        print(f"wrote {paths[0]} and {paths[1]}")
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
+    unused = sorted(set(args.overrides) - ctx._used)
     if unused:
         print(f"WARNING: --set keys not used by the benchmarks run: {unused}", file=sys.stderr)
     failed = [r.name for r in results if r.status == "error"]
     if failed:
         print(f"FAILED: {failed}", file=sys.stderr)
     return 1 if failed or problems else 0
+
+
+def _write(args, ctx, env, names, results, pending):
+    """Write the JSON and Markdown of ``results`` (process 0 only); returns their paths."""
+    import jax
+
+    from benchmarks._harness import write_results
+
+    if jax.process_index() != 0:
+        return None
+    settings = {
+        "names": names,
+        "pending": pending,
+        "size": args.size,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "min_time_s": args.min_time,
+        "dtype": args.dtype,
+        "overrides": args.overrides,
+        "unused_overrides": sorted(set(args.overrides) - ctx._used),
+        "measure_memory": not args.no_memory,
+    }
+    env = dict(env, loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+    tag = args.tag or f"{env['backend']}_{args.size}"
+    return write_results(args.out, tag, env, settings, results)
 
 
 if __name__ == "__main__":

@@ -858,6 +858,8 @@ def render_markdown(
         "Peak memory: see `benchmarks/_harness.py`.",
         "",
     ]
+    if settings.get("pending"):
+        lines += [f"**Incomplete run**: not yet run: {', '.join(settings['pending'])}.", ""]
     for r in results:
         lines += [f"## {r.name}", "", r.description, ""]
         lines.append(
