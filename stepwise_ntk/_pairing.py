@@ -81,7 +81,7 @@ def check_n_pairs(n_pairs: Any) -> int:
 
 
 def _float_dtype(x: Any, name: str) -> np.dtype:
-    dtype = np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
+    dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(
             f"{name} must be float32 or float64, got dtype {dtype}. Convert it, e.g. "

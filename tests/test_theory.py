@@ -239,3 +239,16 @@ def test_theory_bad_input():
         step_times(es, F0, 0)
     M = mode_coordinates(es, F0)
     assert M.shape == (d, 2 * n)
+
+
+def test_theory_functions_are_jittable():
+    K, es, F0, n, d = _aligned_problem()
+
+    @jax.jit
+    def predict(K, F0):
+        es = contrastive_eigensystem(K, n)  # value checks are skipped for tracers
+        return step_times(es, F0, d), final_embeddings(es, K, d)
+
+    ts, F = predict(jnp.asarray(K), F0)
+    np.testing.assert_allclose(np.asarray(ts), np.asarray(step_times(es, F0, d)), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(F), np.asarray(final_embeddings(es, K, d)), rtol=1e-7, atol=1e-9)
