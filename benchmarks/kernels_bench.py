@@ -146,7 +146,7 @@ def main(argv=None):
     for case in _cases(args.quick):
         row = run_case(*case, repeats=args.repeats)
         rows.append(row)
-        print(f"{row['arch']:8s} n={row['n']:5d} {str(tuple(row['input_shape'])):13s} "
+        print(f"{row['arch']:8s} n={row['n']:5d} {tuple(row['input_shape'])!s:13s} "
               f"{row['dtype']:7s} direct {row['median_s']['direct']:.4f}s  project "
               f"{row['median_s']['project']:.4f}s ({100 * row['overhead']:+.1f}%)  single "
               f"{row['median_s']['project_single']:.4f}s "

@@ -165,7 +165,7 @@ class ArchSpec:
     def _act(self):
         return stax_activation(self.activation)
 
-    def replace(self, **changes: Any) -> "ArchSpec":
+    def replace(self, **changes: Any) -> ArchSpec:
         """A copy with some fields changed, e.g. ``spec.replace(width=1024)``."""
         return dataclasses.replace(self, **changes)
 

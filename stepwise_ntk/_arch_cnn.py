@@ -10,10 +10,16 @@ import jax
 import jax.numpy as jnp
 
 from stepwise_ntk._arch_base import ArchSpec
-from stepwise_ntk._arch_layers import NTConv, NTDense, activation_fn, avg_pool_2x2, global_avg_pool
+from stepwise_ntk._arch_layers import (
+    NTConv,
+    NTDense,
+    activation_fn,
+    avg_pool_2x2,
+    global_avg_pool,
+)
 from stepwise_ntk._nt_compat import nt
 
-__all__ = ["MyrtleCNN", "MYRTLE_STAGES"]
+__all__ = ["MYRTLE_STAGES", "MyrtleCNN"]
 
 # depth -> number of conv+activation layers in each of the three stages (Myrtle-5/7/10);
 # depth counts conv layers plus the readout.

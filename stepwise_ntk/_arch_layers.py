@@ -36,12 +36,12 @@ from stepwise_ntk._nt_compat import nt
 __all__ = [
     "ACTIVATIONS",
     "PARAMETERIZATIONS",
-    "NTDense",
     "NTConv",
+    "NTDense",
     "activation_fn",
-    "stax_activation",
     "avg_pool_2x2",
     "global_avg_pool",
+    "stax_activation",
 ]
 
 PARAMETERIZATIONS = ("ntk", "standard")

@@ -21,8 +21,15 @@ from stepwise_ntk._arch_cnn import MyrtleCNN
 from stepwise_ntk._arch_mlp import MLP
 from stepwise_ntk._arch_resnet import WideResNet
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "MLP", "MyrtleCNN", "WideResNet", "make_architecture",
-           "from_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "MLP",
+    "ArchSpec",
+    "MyrtleCNN",
+    "WideResNet",
+    "from_config",
+    "make_architecture",
+]
 
 ARCHITECTURES: Mapping[str, type[ArchSpec]] = {
     cls.name: cls for cls in (MLP, MyrtleCNN, WideResNet)

@@ -47,7 +47,7 @@ import numpy as np
 from stepwise_ntk._kernels import BlockFns, blocked_gram, check_dtype, check_inputs
 from stepwise_ntk._nt_compat import check_implementation, nt
 
-__all__ = ["empirical_ntk", "DEFAULT_IMPLEMENTATION"]
+__all__ = ["DEFAULT_IMPLEMENTATION", "empirical_ntk"]
 
 DEFAULT_IMPLEMENTATION = nt.NtkImplementation.STRUCTURED_DERIVATIVES
 

@@ -17,6 +17,10 @@
   estimated bytes and the largest batch size that fits. For CNNs with pooling the per-pair
   cost grows like (H W)^2 (the full spatial covariance); the compiled analysis includes it.
   The assembled result itself (n1 n2 x itemsize per kind) must fit in free host memory.
+* Precision: the whole computation runs in ``dtype`` (float32 or float64) whatever the
+  global ``jax_enable_x64`` flag. float64 kernels of convolutional architectures are refused
+  on AVX-512 CPUs unless ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` was set before JAX started:
+  jaxlib 0.10.2's AVX-512 convolution kernel segfaults on them (e.g. 8x8 or 32x32 images).
 * Cache: with ``cache_dir`` the result is stored under a key built from the architecture's
   kernel config, the kinds, the dtype, the sha256 of both inputs, and library versions
   (``stepwise_ntk._kernel_cache``); any change to the inputs misses.
@@ -41,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -54,9 +57,9 @@ __all__ = [
     "KernelMemoryError",
     "analytic_kernels",
     "analytic_ntk",
-    "kernel_block_bytes",
-    "device_memory_bytes",
     "default_memory_budget",
+    "device_memory_bytes",
+    "kernel_block_bytes",
 ]
 
 KINDS = ("nngp", "ntk")
@@ -271,6 +274,19 @@ def _mirror_upper(k: np.ndarray, step: int = 256) -> np.ndarray:
     return k
 
 
+def _symmetric_copy(k: np.ndarray, step: int = 256) -> np.ndarray:
+    """A new array holding k's upper triangle and its mirror image: one pass over k."""
+    n = len(k)
+    out = np.empty(k.shape, k.dtype)
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        out[i:j, i:] = k[i:j, i:]
+        out[j:, i:j] = k[i:j, j:].T
+        strip = out[i:j, i:j]
+        strip[...] = np.triu(strip) + np.triu(strip, 1).T
+    return out
+
+
 def _pad_rows(x: np.ndarray, length: int) -> np.ndarray:
     # Repeat a real row (not zeros: a zero input has an undefined angle in many kernels).
     if len(x) == length:
@@ -355,7 +371,7 @@ def _blocked_gram(fns, consts, x1, x2, *, batch_size, memory_budget_bytes, devic
     if len(blocks) == 1:  # no assembly: the block itself (trimmed view, or mirrored copy)
         result = launch(blocks[0], devices[0])
         if problem.symmetric:
-            return tuple(_mirror_upper(np.array(k)) for k in result)
+            return tuple(_symmetric_copy(np.asarray(k)) for k in result)
         return tuple(np.asarray(k)[:n1, :n2] for k in result)
 
     outs = None

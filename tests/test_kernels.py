@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.reference_kernels import relu_mlp_kernels
 
 from stepwise_ntk import _kernels
 from stepwise_ntk._architectures import MLP, MyrtleCNN, WideResNet
@@ -23,6 +22,7 @@ from stepwise_ntk._kernels import (
     analytic_ntk,
     kernel_block_bytes,
 )
+from tests.reference_kernels import relu_mlp_kernels
 
 RNG = np.random.default_rng(0)
 X_FLAT = RNG.normal(size=(12, 20))
@@ -241,7 +241,17 @@ def test_blocks_are_spread_over_several_devices():
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, cwd=root,
+                         capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("n", [1, 5, 256, 257, 700])
+def test_exact_symmetrisation_keeps_the_upper_triangle(n):
+    # Diagonal blocks are made exactly symmetric on the host, in row strips of 256.
+    k = np.random.default_rng(n).random((n, n))
+    want = np.triu(k) + np.triu(k, 1).T
+    np.testing.assert_array_equal(_kernels._symmetric_copy(k), want)
+    np.testing.assert_array_equal(_kernels._mirror_upper(k.copy()), want)
