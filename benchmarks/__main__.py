@@ -70,6 +70,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="CIFAR-10 folder (default: STEPWISE_NTK_DATA, cache, "
         "../shared/cifar10; synthetic data if none)",
     )
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=None,
+        help="threads of the BLAS/LAPACK under numpy/scipy and jaxlib's CPU linear algebra "
+        "(sets OPENBLAS/OMP/MKL_NUM_THREADS before they load); 1 avoids the multi-second stalls "
+        "of spinning BLAS threads on an oversubscribed machine",
+    )
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument(
@@ -92,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be ≥ 1")
+    if args.blas_threads is not None and args.blas_threads < 1:
+        p.error("--blas-threads must be ≥ 1")
     overrides = {}
     for item in args.set:
         if "=" not in item:
@@ -121,6 +131,11 @@ def _prepare_xla_flags(disable: bool) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     _prepare_xla_flags(args.no_xla_workaround)
+    if args.blas_threads is not None:
+        if "numpy" in sys.modules:  # too late: the BLAS has read its settings
+            print("WARNING: --blas-threads has no effect once numpy is imported", file=sys.stderr)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
 
     import jax
 

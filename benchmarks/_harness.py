@@ -764,6 +764,7 @@ def environment() -> dict[str, Any]:
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "git_commit": commit,
         "git_dirty": bool(dirty) if dirty is not None else None,
     }
@@ -851,13 +852,15 @@ def render_markdown(
         f"flax {env['flax']}, optax {env['optax']}, numpy {env['numpy']}, python {env['python']}",
         f"- size `{settings['size']}`, repeats ≤ {settings['repeats']} (budget {settings['budget_s']} s per "
         f"measurement), dtype {settings['dtype'] or 'default (float64 on CPU, float32 on accelerators)'}; "
-        f"load average at start {_fmt_load(env.get('loadavg'))}; XLA_FLAGS=`{env.get('XLA_FLAGS', '')}`",
+        f"load average at start {_fmt_load(env.get('loadavg'))}; XLA_FLAGS=`{env.get('XLA_FLAGS', '')}`; "
+        f"OPENBLAS_NUM_THREADS={env.get('OPENBLAS_NUM_THREADS') or 'unset'}",
         "",
         "Times are medians of the timed calls with compilation excluded (`compile` column); "
         "`speed-up` is baseline time / subject time, `× floor` is subject time / floor time. "
         "Peak memory: see `benchmarks/_harness.py`.",
         "",
     ]
+    lines += _summary(results)
     if settings.get("pending"):
         lines += [f"**Incomplete run**: not yet run: {', '.join(settings['pending'])}.", ""]
     for r in results:
@@ -912,6 +915,42 @@ def render_markdown(
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _summary(results: Sequence[BenchmarkResult]) -> list[str]:
+    """One row per subject: its time, speed-up over each baseline, ratio to each floor."""
+    rows = []
+    for r in results:
+        for m in r.measurements:
+            if m.role != "subject":
+                continue
+            ref = {b.name: b for b in r.measurements if b.case == m.case and b.role != "subject"}
+            speed = [
+                f"{ref[b].median_s / m.median_s:.1f}× {b}"
+                for b in m.baselines
+                if b in ref and ref[b].role == "baseline" and m.median_s > 0
+            ]
+            floor = [
+                f"{m.median_s / ref[b].median_s:.2f}× {b}"
+                for b in m.baselines
+                if b in ref and ref[b].role == "floor" and ref[b].median_s > 0
+            ]
+            err = m.extra.get("max_abs_err")
+            acc = "" if not isinstance(err, (int, float)) else f"{err:.1e}"
+            rows.append(
+                f"| {r.name} | {m.case} | {m.name} | {format_seconds(m.median_s)} | "
+                f"{'; '.join(speed)} | {'; '.join(floor)} | {acc} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Summary",
+        "",
+        "| benchmark | case | subject | median | speed-up vs baselines | × floor | max abs err |",
+        "|---|---|---|---:|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _fmt_load(load: Sequence[float] | None) -> str:

@@ -14,7 +14,8 @@ For every size (a case ``2n=… d=…``):
 ``scaling`` varies ``2n`` at fixed ``d``; ``scaling_d`` varies ``d`` at fixed ``2n``. Fits
 (least squares in log–log, over all sizes of the preset, chosen large enough that fixed
 overheads do not dominate on a CPU): ``eigh(K)`` ≈ 3 and ``K@F`` ≈ 2 in ``2n`` (± 0.3);
-``K@F`` ≈ 1 and ``eigh(K)`` ≈ 0 in ``d``. Each is fitted to the fastest call of every size
+``eigh(K)`` ≈ 0 in ``d`` (``K@F`` grows more slowly than ``d`` while reading ``K`` costs as
+much as its flops). Each is fitted to the fastest call of every size
 (``min_s``: on a shared machine the least disturbed by other processes) and to the median.
 The routes' own exponents are reported: the eigen route tends to 3 as the
 eigendecomposition dominates, the function route's time per right-hand side to 2. Memory
@@ -137,7 +138,9 @@ def _fits_n(ms: list[Measurement]) -> list[Fit]:
 def _fits_d(ms: list[Measurement]) -> list[Fit]:
     fits = []
     for q in ("min_s", "median_s"):
-        fits += fits_over(ms, "d", q, expected={KF: 1.0, EIGH: 0.0})
+        # No expectation for K@F in d: at d ≤ 64 reading K (8 (2n)² bytes) costs as much as
+        # its 2 (2n)² d flops, so its time grows more slowly than d.
+        fits += fits_over(ms, "d", q, expected={EIGH: 0.0})
     fits += fits_over([m for m in ms if m.name == "solve[function]"], "d", "min_per_rhs_s")
     return fits
 
@@ -161,7 +164,8 @@ def run_n(ctx: Context) -> list[Measurement]:
 
 @register(
     "scaling_d",
-    "The same against the embedding dimension d at fixed 2n (K·F ≈ 1, eigh ≈ 0).",
+    "The same against the embedding dimension d at fixed 2n (eigh ≈ 0; K·F grows more slowly than d "
+    "while reading K costs as much as its flops).",
     fits=_fits_d,
 )
 def run_d(ctx: Context) -> list[Measurement]:

@@ -35,7 +35,7 @@ PRESETS = {
     "width": {"tiny": 32, "small": 128, "full": 256},
     "d": {"tiny": 4, "small": 16, "full": 32},
     "side": {"tiny": 4, "small": 8, "full": 8},
-    "steps": {"tiny": 10, "small": 100, "full": 200},
+    "steps": {"tiny": 10, "small": 100, "full": 1000},
     "losses": {
         "tiny": "barlow_twins,simclr,vicreg",
         "small": "barlow_twins,simclr,vicreg",

@@ -406,6 +406,8 @@ def test_cli_rejects_unknown_names_and_bad_options(monkeypatch, capsys):
         cli.parse_args(["--set", "novalue"])
     with pytest.raises(SystemExit):
         cli.parse_args(["--repeats", "0"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--blas-threads", "0"])
     args = cli.parse_args(["--set", "n_views=[500,1000]", "--set", "source=synthetic"])
     assert args.overrides == {"n_views": [500, 1000], "source": "synthetic"}
 
