@@ -25,6 +25,8 @@ __all__ = [
     "plot_projections",
     "plot_mode_gallery",
     "plot_width_sweep",
+    "plot_network_vs_theory",
+    "plot_width_curves",
 ]
 
 
@@ -201,4 +203,83 @@ def plot_width_sweep(path, widths: Sequence[int], alignment, step_time_ratio=Non
         ax.set_ylabel("step time ratio network / theory (median)")
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_network_vs_theory(
+    path,
+    times,
+    loss,
+    eigenvalues,
+    theory_times,
+    theory_loss,
+    theory_eigenvalues,
+    *,
+    step_times=None,
+    step_label: str = "predicted step times",
+    title: str = "",
+    time_label: str = "effective time  t = lr x step",
+) -> Path:
+    """A trained network's loss and eigenvalues of ``C`` (solid) over its theory's (dashed).
+
+    Records at ``t <= 0`` (step 0) are left out: the time axis is logarithmic.
+
+    Args:
+      times, loss, eigenvalues: (T,), (T,), (T, d) the network's records, eigenvalues descending.
+      theory_times, theory_loss, theory_eigenvalues: (T',), (T',), (T', d) the kernel model.
+      step_times: (d,) step times drawn as dotted vertical lines (e.g. the closed form).
+    """
+    t, th_t = np.asarray(times, np.float64), np.asarray(theory_times, np.float64)
+    keep, th_keep = t > 0, th_t > 0
+    eig, th_eig = np.asarray(eigenvalues)[keep], np.asarray(theory_eigenvalues)[th_keep]
+    d = eig.shape[1]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, d))
+    fig, (ax_loss, ax_eig) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_loss.plot(t[keep], np.asarray(loss)[keep], color="k", lw=2, label="network")
+    ax_loss.plot(th_t[th_keep], np.asarray(theory_loss)[th_keep], color="C3", ls="--", lw=1.5, label="kernel theory")
+    for j in range(d):
+        ax_eig.plot(t[keep], eig[:, j], color=colors[j], lw=2)
+        ax_eig.plot(th_t[th_keep], th_eig[:, j], color=colors[j], ls="--", lw=1.2)
+    if step_times is not None:
+        for j, st in enumerate(np.asarray(step_times)):
+            if np.isfinite(st):
+                for ax in (ax_loss, ax_eig):
+                    ax.axvline(st, color=colors[min(j, d - 1)], ls=":", lw=1, alpha=0.8)
+        ax_loss.plot([], [], color="gray", ls=":", label=step_label)
+    ax_eig.plot([], [], color="gray", lw=2, label="network")
+    ax_eig.plot([], [], color="gray", ls="--", label="kernel theory")
+    for ax in (ax_loss, ax_eig):
+        ax.set_xscale("log")
+        ax.set_xlabel(time_label)
+    ax_loss.set_ylabel(r"loss")
+    ax_eig.set_ylabel(r"eigenvalues of $C$")
+    ax_loss.legend(loc="lower left")
+    ax_eig.legend(loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_width_curves(path, widths, times, eigenvalues, theory_times, theory_eigenvalues, *, title: str = "") -> Path:
+    """One panel per width: the network's eigenvalues of ``C`` (solid) over its theory's (dashed).
+
+    Args:
+      widths: (W,).
+      times, eigenvalues: W arrays (T_w,), (T_w, d): each network's records (t <= 0 dropped).
+      theory_times, theory_eigenvalues: W arrays (T'_w,), (T'_w, d): each width's kernel model.
+    """
+    W = len(widths)
+    fig, axes = plt.subplots(1, W, figsize=(4 * W, 3.6), squeeze=False, sharey=True)
+    for ax, w, t, lam, tt, tl in zip(axes[0], widths, times, eigenvalues, theory_times, theory_eigenvalues):
+        t, lam, tt, tl = (np.asarray(a, np.float64) for a in (t, lam, tt, tl))
+        colors = plt.cm.viridis(np.linspace(0, 0.9, lam.shape[1]))
+        for j in range(lam.shape[1]):
+            ax.plot(t[t > 0], lam[t > 0, j], color=colors[j], lw=2)
+            ax.plot(tt[tt > 0], tl[tt > 0, j], color=colors[j], ls="--", lw=1.2)
+        ax.set_xscale("log")
+        ax.set_title(f"width {w}")
+        ax.set_xlabel("effective time")
+    axes[0, 0].set_ylabel(r"eigenvalues of $C$")
+    if title:
+        fig.suptitle(title, y=1.04)  # above the panels' own titles
     return _save(fig, path)

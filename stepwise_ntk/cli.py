@@ -35,6 +35,18 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_kernel",
         "the same with the infinite-width NTK of a registered architecture (--arch)",
     ),
+    "network": (
+        "stepwise_ntk._exp_network",
+        "NetworkSettings",
+        "run_network",
+        "train a finite Flax network (small init) on CIFAR-10 pairs and overlay its NTK theory",
+    ),
+    "sweep": (
+        "stepwise_ntk._exp_sweep",
+        "SweepSettings",
+        "run_sweep",
+        "the network at several widths: alignment and step-time ratio with the NTK theory vs width",
+    ),
 }
 
 

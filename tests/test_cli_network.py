@@ -1,0 +1,150 @@
+"""`stepwise-ntk network` and `stepwise-ntk sweep`: outputs checked against the library, one-line errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stepwise_ntk import cli
+from stepwise_ntk._augment import cifar10_pairs
+from stepwise_ntk._eigensystem import contrastive_eigensystem
+from stepwise_ntk._exp_kernel_model import crossing_times, load_problem_data, plateau_losses
+from stepwise_ntk._exp_network import NetworkSettings, rise_times
+from stepwise_ntk._losses import barlow_twins_loss
+from stepwise_ntk._metrics import step_time_ratios, subspace_alignment
+from stepwise_ntk._predict import init_network, network_kernel
+from stepwise_ntk._theory import final_embeddings, step_times
+
+# Tiny network run: 40 pairs of 8x8 images, width 128, d = 3.
+NET = dict(n_pairs=40, n_test=20, d=3, width=128, gallery_pool=50, gallery_modes=2, n_records=60, n_times=80)
+NET_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in NET.items()]
+# Tiny sweep: 12 pairs of 4x4 images (as tests/test_sweep.py), widths 16 and 64, d = 2.
+SWEEP_FLAGS = ["--n-pairs", "12", "--n-test", "6", "--downsample", "8", "--d", "2", "--widths", "16", "64",
+               "--step-size", "0.03", "--n-records", "40"]
+
+
+@pytest.fixture(scope="module")
+def network_run(tmp_path_factory, cifar_dir):
+    out = tmp_path_factory.mktemp("network")
+    assert cli.main(["network", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *NET_FLAGS]) == 0
+    return out
+
+
+def test_network_writes_every_output(network_run):
+    names = {p.name for p in network_run.iterdir()}
+    assert {"config.json", "results.json", "arrays.npz", "staircase.png", "projections.png", "modes.png"} <= names
+    assert "INCOMPLETE" not in names
+    results = json.loads((network_run / "results.json").read_text())
+    assert results["status"] == "complete" and results["d"] == 3 and results["architecture"]["width"] == 128
+    assert results["loss"] == "barlow_twins" and results["kernel"] == "analytic"
+
+
+def test_network_numbers_match_the_library(network_run, cifar_dir):
+    r = json.loads((network_run / "results.json").read_text())
+    a = np.load(network_run / "arrays.npz")
+    s = NetworkSettings(**NET, data_dir=str(cifar_dir))
+    # Second route: the same views, initial network and analytic NTK from the library.
+    problem = load_problem_data(s)
+    views = np.asarray(problem.views)
+    spec = s.base_architecture(128).replace(d=3)
+    init = init_network(spec, views.astype(np.float32), alpha=s.alpha, key=problem.key_init)
+    # float32 network outputs, computed the same way: equal up to float32 rounding.
+    np.testing.assert_allclose(a["F0"], np.asarray(init.F0, np.float64), rtol=1e-6, atol=1e-9)
+    theta = network_kernel(spec, views).ntk
+    es = contrastive_eigensystem(jnp.asarray(s.alpha**2 * theta), s.n_pairs)
+    predicted = np.sort(np.asarray(step_times(es, jnp.asarray(a["F0"]), 3)))
+    np.testing.assert_allclose(r["predicted_step_times"], predicted, rtol=1e-8)  # float64 eigensolves
+    # The closed-form held-out embeddings: the Nyström extension to the test-split views.
+    test_views, _, _ = cifar10_pairs(jax.random.fold_in(jax.random.PRNGKey(0), 1), 20, split="test",
+                                     data_dir=str(cifar_dir), config=s.augment(), downsample=4, dtype=jnp.float64)
+    K_test = s.alpha**2 * network_kernel(spec, views, np.asarray(test_views)).ntk_test  # (m, 2n)
+    np.testing.assert_allclose(a["closed_form_test_embeddings"],
+                               np.asarray(final_embeddings(es, jnp.asarray(K_test), 3)), rtol=1e-8, atol=1e-10)
+    # Reported numbers are the metrics of the saved arrays.
+    assert r["test_alignment"] == pytest.approx(
+        float(subspace_alignment(a["test_embeddings"], a["closed_form_test_embeddings"])), rel=1e-12)
+    t, lam = a["network_times"], a["network_eigenvalues"]
+    np.testing.assert_allclose(r["network_step_times"], crossing_times(t[t > 0], lam[t > 0]), rtol=1e-12)
+    np.testing.assert_allclose(
+        r["step_time_ratio"], step_time_ratios(t, lam, a["theory_times"], a["theory_eigenvalues"]), rtol=1e-12)
+    rel = np.abs(np.asarray(r["network_step_times"]) - predicted) / predicted
+    np.testing.assert_allclose(r["step_time_relative_error"], rel, rtol=1e-8)
+    np.testing.assert_allclose(r["plateau_loss"], plateau_losses(t[t > 0], a["network_loss"][t > 0], predicted),
+                               rtol=1e-8)
+    # The last record is the final network: its loss is the loss of the final embeddings
+    # (float32 network; the loss is near 0, so compare absolutely).
+    assert r["final_loss"] == pytest.approx(float(barlow_twins_loss(jnp.asarray(a["train_embeddings"]))), abs=1e-5)
+    # The run learned all d modes: C ≈ I on the training views (gradient descent to a minimum).
+    np.testing.assert_allclose(r["final_eigenvalues"], 1.0, atol=1e-3)
+
+
+def test_rise_times_relative_levels():
+    t = np.geomspace(0.1, 100, 400)
+    lam = 1 / (1 + np.exp(-8 * 0.5 * (t[:, None] - [[3.0, 20.0]])))  # steps at 3 and 20
+    np.testing.assert_allclose(rise_times(t, lam, relative=False), [3.0, 20.0], rtol=2e-3)
+    # Scaled curves (no fixed point at 1): half of the final value is crossed at the same times.
+    np.testing.assert_allclose(rise_times(t, 7.0 * lam, relative=True), [3.0, 20.0], rtol=2e-3)
+    # Records at t = 0 are ignored (log axis).
+    t0 = np.concatenate([[0.0], t])
+    np.testing.assert_allclose(rise_times(t0, np.vstack([lam[:1], lam]), relative=False), [3.0, 20.0], rtol=2e-3)
+
+
+def test_sweep_numbers_match_the_library(tmp_path, cifar_dir):
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *SWEEP_FLAGS]) == 0
+    assert {"results.json", "arrays.npz", "width_sweep.png", "curves.png", "config.json"} <= {p.name for p in out.iterdir()}
+    r = json.loads((out / "results.json").read_text())
+    a = np.load(out / "arrays.npz")
+    assert r["status"] == "complete" and [run["width"] for run in r["runs"]] == [16, 64] and r["d"] == 2
+    summary = r["summary"]["analytic"]
+    for i, w in enumerate((16, 64)):
+        # Alignment and step-time ratios are the metrics of the saved embeddings and curves.
+        assert summary["test_alignment"][i] == pytest.approx(
+            float(subspace_alignment(a["test_embeddings"][i], a["closed_form_test_embeddings"][i])), rel=1e-12)
+        ratios = step_time_ratios(a[f"network_times_w{w}"], a[f"network_eigenvalues_w{w}"], a["theory_times"][i],
+                                  a["theory_eigenvalues"][i])
+        np.testing.assert_allclose(summary["step_time_ratios"][i], ratios, rtol=1e-12)
+        np.testing.assert_allclose(a["step_time_ratios"][i], ratios, rtol=1e-12)
+        # The run is horizon × the planned last step long, in steps of the configured size.
+        run = r["runs"][i]
+        assert run["steps"] == int(np.ceil(2.0 * run["predicted_last_step"] / run["learning_rate"]))
+        assert run["learning_rate"] == pytest.approx(0.03 / 0.05**2)
+    # The closed-form modes do not depend on the width (the analytic NTK in the "ntk"
+    # parameterisation is width-independent): a property a mixed-up kernel would break.
+    np.testing.assert_allclose(a["closed_form_test_embeddings"][0], a["closed_form_test_embeddings"][1], atol=1e-10)
+
+
+def _error(capsys, argv):
+    rc = cli.main(argv)
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["sweep", "--widths", "64", "16"], "increasing order"),
+        (["sweep", "--kernels", "bogus"], "kernels must be distinct names"),
+        (["network", "--horizon", "0.5"], "--horizon must be >= 1"),
+        (["network", "--arch-options", "depth"], "key=value"),
+        (["network", "--n-pairs", "10", "--d", "50", "--downsample", "8"], "d = 50 embedding dimensions"),
+        (["network", "--n-pairs", "10", "--downsample", "8", "--arch-options", "width=3"], "may not set 'width'"),
+        (["network", "--n-pairs", "10", "--downsample", "8", "--arch-options", "bogus=1"], "bogus"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(tmp_path, capsys, cifar_dir, argv, needle):
+    cmd = argv[0]
+    rc, err = _error(capsys, [*argv, "--out", str(tmp_path / "o"), "--data-dir", str(cifar_dir), "--no-progress"])
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith(f"stepwise-ntk {cmd}: error: ")
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_unknown_architecture_or_loss_is_rejected_by_the_parser(tmp_path, capsys):
+    for flag, value in (("--arch", "transformer"), ("--loss", "byol")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["network", flag, value, "--out", str(tmp_path / "o")])
+        assert exc.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
