@@ -317,7 +317,8 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     title = f"{spec.name} width {s.width}, {s.loss}, CIFAR-10 n={n}, d={d}, α={s.alpha}: network vs {s.kernel} NTK theory"
     plot_network_vs_theory(out.path / "staircase.png", net_t, net_loss, net_eig, th_t, th_loss, th_eig,
                            step_times=closed if is_bt else flow_steps,
-                           step_label="predicted step times" if is_bt else "kernel-flow step times", title=title)
+                           step_label="predicted step times" if is_bt else "kernel-flow step times",
+                           log_eigenvalues=not is_bt, title=title)
     snap_idx = _snapshot_indices(net_t, np.where(np.isfinite(net_steps), net_steps, flow_steps))
     snapshots = np.asarray(res.embeddings, np.float64)[snap_idx]
     if d >= 3:

@@ -217,12 +217,15 @@ def plot_network_vs_theory(
     *,
     step_times=None,
     step_label: str = "predicted step times",
+    log_eigenvalues: bool = False,
     title: str = "",
     time_label: str = "effective time  t = lr x step",
 ) -> Path:
     """A trained network's loss and eigenvalues of ``C`` (solid) over its theory's (dashed).
 
     Records at ``t <= 0`` (step 0) are left out: the time axis is logarithmic.
+    ``log_eigenvalues``: log eigenvalue axis (losses whose eigenvalues do not level off at 1,
+    where the steps show as jumps by orders of magnitude).
 
     Args:
       times, loss, eigenvalues: (T,), (T,), (T, d) the network's records, eigenvalues descending.
@@ -251,6 +254,8 @@ def plot_network_vs_theory(
     for ax in (ax_loss, ax_eig):
         ax.set_xscale("log")
         ax.set_xlabel(time_label)
+    if log_eigenvalues:
+        ax_eig.set_yscale("log")
     ax_loss.set_ylabel(r"loss")
     ax_eig.set_ylabel(r"eigenvalues of $C$")
     ax_loss.legend(loc="lower left")
