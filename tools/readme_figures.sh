@@ -10,3 +10,10 @@ for f in staircase projections modes; do cp "runs/readme-linear/$f.png" "docs/fi
 cp runs/readme-kernel/staircase.png docs/figures/kernel_mlp_staircase.png
 cp runs/readme-linear/results.json docs/figures/linear_results.json
 cp runs/readme-kernel/results.json docs/figures/kernel_mlp_results.json
+uv run stepwise-ntk network --out runs/readme-network --overwrite --no-progress
+uv run stepwise-ntk sweep --out runs/readme-sweep --overwrite --no-progress
+cp runs/readme-network/staircase.png docs/figures/network_mlp_staircase.png
+cp runs/readme-network/results.json docs/figures/network_mlp_results.json
+cp runs/readme-sweep/width_sweep.png docs/figures/sweep_mlp_width_sweep.png
+cp runs/readme-sweep/curves.png docs/figures/sweep_mlp_curves.png
+cp runs/readme-sweep/results.json docs/figures/sweep_mlp_results.json
