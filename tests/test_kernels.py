@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -225,12 +226,18 @@ def test_blocks_are_spread_over_several_devices():
         from stepwise_ntk._architectures import MLP
         assert len(jax.local_devices()) == 2
         used = set()
-        real = jax.device_put
-        def spy(x, device=None, *a, **k):
-            if device is not None:
-                used.add(device)
-            return real(x, device, *a, **k)
-        _kernels.jax.device_put = spy
+        real = _kernels._executable
+        class Spy:  # records the device of every block that runs, and checks its outputs
+            def __init__(self, exe, device):
+                self.exe, self.device = exe, device
+            def __getattr__(self, name):
+                return getattr(self.exe, name)
+            def __call__(self, *args):
+                out = self.exe(*args)
+                assert all(o.devices() == {self.device} for o in out), self.device
+                used.add(self.device)
+                return out
+        _kernels._executable = lambda fn, args, device: Spy(real(fn, args, device), device)
         x = np.random.default_rng(0).normal(size=(9, 5))
         k2 = _kernels.analytic_ntk(MLP(), x, batch_size=2, progress=False)
         k1 = _kernels.analytic_ntk(MLP(), x, batch_size=2, progress=False,
@@ -248,10 +255,58 @@ def test_blocks_are_spread_over_several_devices():
     assert out.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("n", [1, 5, 256, 257, 700])
+def test_repeat_calls_neither_retrace_nor_recompile(monkeypatch):
+    # Each block shape is traced once and compiled once: the memory analysis and the calls
+    # share one executable (a jitted call next to lower().compile() would compile it twice),
+    # and a later call with the same shapes but new values reuses it. Traces are counted
+    # with a side effect of NT's kernel_fn (it only runs while JAX traces), compiles with
+    # JAX's backend-compile event.
+    traces, compiles = [], []
+    real_kernel_fn = MLP.kernel_fn
+
+    def counting_kernel_fn(self):
+        fn = real_kernel_fn(self)
+
+        def traced(*args, **kwargs):
+            traces.append(args[0].shape)
+            return fn(*args, **kwargs)
+        return traced
+
+    def on_event(name, secs, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    monkeypatch.setattr(MLP, "kernel_fn", counting_kernel_fn)
+    spec = MLP(depth=2, width=977, b_std=0.05)  # a spec no other test uses: nothing cached
+    x = RNG.normal(size=(9, 20))
+    calls = [  # (call, block shapes it compiles: one per diagonal / off-diagonal shape)
+        (lambda v: analytic_ntk(spec, v, progress=False), 1),                # one diagonal block
+        (lambda v: analytic_ntk(spec, v[:4], v, progress=False), 1),         # one cross block
+        (lambda v: analytic_ntk(spec, v, batch_size=4, progress=False), 2),  # diagonal + off
+    ]
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        for call, shapes in calls:
+            traces.clear(), compiles.clear()
+            first = call(x)
+            assert (len(traces), len(compiles)) == (shapes, shapes)
+            traces.clear(), compiles.clear()
+            second = call(x + 1.0)  # same shapes, new values
+            assert (traces, compiles) == ([], [])
+            assert not np.array_equal(first, second)  # it did compute the new values
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+
+
+@pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 257, 700])
 def test_exact_symmetrisation_keeps_the_upper_triangle(n):
-    # Diagonal blocks are made exactly symmetric on the host, in row strips of 256.
+    # Diagonal blocks are made exactly symmetric on the host, in row strips of 64 (sizes
+    # around a strip edge included); off-diagonal blocks are mirrored by a strip-wise transpose.
     k = np.random.default_rng(n).random((n, n))
     want = np.triu(k) + np.triu(k, 1).T
     np.testing.assert_array_equal(_kernels._symmetric_copy(k), want)
     np.testing.assert_array_equal(_kernels._mirror_upper(k.copy()), want)
+    rect = k[:, : max(1, n // 3)]
+    out = np.empty(rect.T.shape)
+    _kernels._copy_transposed(out, rect)
+    np.testing.assert_array_equal(out, rect.T)
