@@ -148,3 +148,32 @@ def test_unknown_architecture_or_loss_is_rejected_by_the_parser(tmp_path, capsys
             cli.main(["network", flag, value, "--out", str(tmp_path / "o")])
         assert exc.value.code == 2
         assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_network_with_vicreg_uses_that_loss_on_both_sides(tmp_path, cifar_dir):
+    from stepwise_ntk._exp_network import LOSS_SETTINGS
+    from stepwise_ntk._losses import vicreg_loss
+
+    out = tmp_path / "vicreg"
+    flags = ["--loss", "vicreg", "--n-pairs", "24", "--n-test", "12", "--d", "3", "--width", "128",
+             "--gallery-pool", "30", "--gallery-modes", "2", "--n-records", "60", "--n-times", "60"]
+    assert cli.main(["network", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *flags]) == 0
+    r = json.loads((out / "results.json").read_text())
+    a = np.load(out / "arrays.npz")
+    # Independent route: the VICReg loss (with the settings the CLI documents) of the saved
+    # initial embeddings is the network's loss at step 0 (float32 network).
+    loss0 = float(vicreg_loss(jnp.asarray(a["F0"]), **LOSS_SETTINGS["vicreg"]))
+    assert a["network_loss"][0] == pytest.approx(loss0, rel=1e-5)
+    # The theory is a gradient flow of the same loss: it starts (at t = lr, one step in) just
+    # below loss0 (the Barlow Twins loss there would be about d = 3, VICReg's about 24) and
+    # never increases (dL/dt = -<∇L, K ∇L> <= 0; 1e-9 relative slack for the integrator).
+    th = a["theory_loss"]
+    assert 0.9 * loss0 <= th[0] <= loss0
+    assert np.all(np.diff(th) <= 1e-9 * loss0)
+    # Without a closed form, steps are crossings of half the final value, on both sides.
+    np.testing.assert_allclose(r["theory_step_times"],
+                               rise_times(a["theory_times"], a["theory_eigenvalues"], relative=True), rtol=1e-12)
+    np.testing.assert_allclose(r["network_step_times"],
+                               rise_times(a["network_times"], a["network_eigenvalues"], relative=True), rtol=1e-12)
+    assert r["step_time_relative_error"] is None and r["plateau_loss"] is None
