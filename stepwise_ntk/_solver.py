@@ -17,7 +17,8 @@ contribution ``γ_j m_j m_jᵀ`` to ``C`` moves by at most ``|γ_j| ‖m_j(0)‖
 The modes are ranked by this bound with the a-priori ``E = 1.25 T`` (``‖I − C‖ ≤ 1`` while
 ``0 ⪯ C ⪯ I``); the fewest modes whose neglected bounds sum to ``≤ mode_tol / 2`` are
 integrated (rounded up to a multiple of 64). After the run the bound is re-evaluated
-with the measured ``E`` (trapezoid rule on the accepted steps of the computed trajectory);
+with the measured ``E`` (trapezoid rule on the accepted steps of the computed trajectory,
+of :func:`spectral_norm_bound`, an upper bound on ``‖I − C‖₂`` within 3% at ``d ≤ 32``);
 if it exceeds ``mode_tol``, the number of modes is doubled and the solve repeated. The
 final bound is ``stats.truncation_bound``: a bound on the truncated modes' own
 contribution to ``C`` (hence, by Weyl's inequality, to each eigenvalue); their feedback on
@@ -229,6 +230,27 @@ def _eigen_prepare(K, F0, jitter_rtol):
     return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm)
 
 
+def spectral_norm_bound(A: jax.Array, squarings: int = 6) -> jax.Array:
+    """An upper bound on ``‖A‖₂`` for symmetric ``A: (d, d)``, within a factor ``d^(2^-(p+1))``.
+
+    ``‖A‖₂^(2^p) = ‖A^(2^p)‖₂ ≤ ‖A^(2^p)‖_F ≤ √d ‖A‖₂^(2^p)``, so
+    ``‖A^(2^p)‖_F^(2^-p)`` lies in ``[‖A‖₂, d^(2^-(p+1)) ‖A‖₂]`` (``p = squarings``; at
+    ``p = 6``, ``d = 32`` the factor is ≤ 1.028). ``p`` matrix squarings cost far less than
+    a ``d × d`` eigendecomposition, which matters once per integration step. Each square is
+    renormalised (``B ← B²/‖B²‖_F``) so nothing under- or overflows:
+    ``bound = ‖A‖_F ∏_i ‖B_i²‖_F^(2^-(i+1))``.
+    """
+    c = jnp.sqrt(jnp.sum(jnp.square(A)))
+    B = A / jnp.where(c > 0, c, 1.0)
+    log_bound = jnp.log(jnp.where(c > 0, c, 1.0))
+    for i in range(squarings):
+        B = B @ B
+        n = jnp.sqrt(jnp.sum(jnp.square(B)))
+        log_bound = log_bound + jnp.log(jnp.where(n > 0, n, 1.0)) / 2.0 ** (i + 1)
+        B = B / jnp.where(n > 0, n, 1.0)
+    return jnp.where(c > 0, jnp.exp(log_bound), 0.0)
+
+
 def _truncation_terms(gammas, weights, E):
     """Per-mode bound ``|γ| w ρ (2 + ρ)`` with ``ρ = expm1(4 |γ| E)`` (0 where w = 0)."""
     rho = jnp.expm1(4.0 * jnp.abs(gammas) * E)
@@ -309,8 +331,7 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test
         return out
 
     def integrand(M, args):
-        lam = jnp.linalg.eigvalsh((M * g) @ M.T + Cf)
-        return jnp.maximum(jnp.abs(1.0 - lam[0]), jnp.abs(lam[-1] - 1.0))
+        return spectral_norm_bound((M * g) @ M.T + Cf - eye)
 
     res = integrate(rhs, M0, times, None, observe=observe, settings=cfg.ode, method=cfg.integrator,
                     w_prepare=lambda M, a: _lyapunov_prepare(M, g), w_solve=_lyapunov_solve,

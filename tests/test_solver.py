@@ -15,7 +15,7 @@ import pytest
 from stepwise_ntk._eigensystem import contrastive_eigensystem
 from stepwise_ntk._linear_gd import linear_gd
 from stepwise_ntk._losses import barlow_twins_loss
-from stepwise_ntk._solver import SolverSettings, choose_method, solve
+from stepwise_ntk._solver import SolverSettings, choose_method, solve, spectral_norm_bound
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_theory import paired_features  # noqa: E402
@@ -141,6 +141,31 @@ def test_second_call_does_not_recompile(problem, runs):
         logger.removeHandler(handler)
     compiles = [m for m in messages if m.startswith("Compiling")]
     assert not compiles, compiles
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_spectral_norm_bound_against_eigvalsh(dtype):
+    """The truncation bound's integrand: an upper bound on ‖A‖₂ within d^(1/128) (p = 6).
+
+    Reference: float64 numpy eigvalsh. Cases that break a careless version: a multiple of
+    the identity (the loosest case, where the factor d^(1/128) is attained), rank one,
+    indefinite, scales near under- and overflow of the dtype, and zero.
+    """
+    rng = np.random.default_rng(0)
+    d = 32
+    G = rng.normal(size=(d, d))
+    u = rng.normal(size=(d, 1))
+    tiny, huge = (1e-150, 1e150) if dtype == np.float64 else (1e-15, 1e15)
+    cases = [np.eye(d), -0.3 * np.eye(d), u @ u.T, G + G.T, np.diag(np.linspace(-2.0, 1.0, d)),
+             tiny * (G + G.T), huge * (G + G.T)]
+    factor = d ** (1 / 128)
+    # float32: a few ulps of rounding in six squarings.
+    slack = 1e-12 if dtype == np.float64 else 1e-5
+    for A in cases:
+        true = np.max(np.abs(np.linalg.eigvalsh(A)))
+        bound = float(spectral_norm_bound(jnp.asarray(A, dtype)))
+        assert true * (1 - slack) <= bound <= factor * true * (1 + slack), (A[0, :3], true, bound)
+    assert float(spectral_norm_bound(jnp.zeros((d, d), dtype))) == 0.0
 
 
 def test_auto_method_cost_model():
