@@ -22,8 +22,8 @@ Benchmarks (``benchmarks/bench_*.py``; the harness is ``benchmarks/_harness.py``
   ``d``) with fitted exponents (eigh ≈ 3, K·F ≈ 2 in ``2n``);
 * ``training`` — the Flax training engine (Barlow Twins, SimCLR, VICReg) against a
   hand-written jitted optax step of the same network;
-* ``kernels``, ``solver``, ``width_sweep`` — adapters around helpers' scripts
-  (``kernels_bench.py``, ``solver_bench.py``, ``width_sweep.py``) when they are present.
+* ``kernels``, ``width_sweep`` — adapters around the scripts ``kernels_bench.py`` and
+  ``width_sweep.py`` (each also runs on its own).
 
 Devices: the same command runs on CPU, GPU or TPU and uses every local device: the
 function route of the solver shards ``K`` by rows over ``jax.local_devices()``. To see

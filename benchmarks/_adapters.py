@@ -4,10 +4,6 @@
   and the Myrtle CNN with pooling: ``stepwise_ntk``'s ``analytic_ntk`` against the direct
   neural-tangents ``kernel_fn`` call and ``nt.batch``). Its ``run_case`` does the timing
   (warm-up excluded, interleaved repeats); the adapter turns each case into measurements.
-* ``solver`` — ``benchmarks/solver_bench.py``, and any script with a
-  ``harness_measurements(ctx) -> list[Measurement]`` function (the interface the harness
-  asks of a script: it gets the :class:`~benchmarks._harness.Context` and returns
-  measurements whose subjects name baselines of the same case).
 * ``width_sweep`` — ``benchmarks/width_sweep.py``: an accuracy study (alignment of trained
   networks with the kernel theory as width grows), recorded as one ``experiment`` entry
   with its summary; no timing comparison.
@@ -27,7 +23,7 @@ import numpy as np
 
 from benchmarks._harness import Context, Measurement, SkipBenchmark, register
 
-__all__ = ["kernels", "solver", "width_sweep"]
+__all__ = ["kernels", "width_sweep"]
 
 
 def _import(module: str, attr: str):
@@ -114,15 +110,6 @@ def kernels(ctx: Context) -> list[Measurement]:
             ctx.log(f"{case:24s} {name:34s} {st['median_s']:.4f} s")
             out.append(m)
     return out
-
-
-# ------------------------------------------------------------------------------ solver
-
-
-@register("solver", "benchmarks/solver_bench.py through its harness_measurements(ctx) (adapter).")
-def solver(ctx: Context) -> list[Measurement]:
-    sb = _import("benchmarks.solver_bench", "harness_measurements")
-    return list(sb.harness_measurements(ctx))
 
 
 # ------------------------------------------------------------------------------ width sweep

@@ -9,12 +9,16 @@ Measured in one case (``bt 2n=… d=…``):
 * subjects ``solve[eigen]`` and ``solve[function]`` (``stepwise_ntk`` solver);
 * baseline ``nt.predict.gradient_descent`` — neural-tangents' function-space ODE on the
   same ``K`` and loss (jitted, compiled ahead of time, same observables: the eigenvalues
-  of ``C`` at every time). Its tolerance is fixed (``odeint``'s rtol = atol = 1.4e-8), so
-  *equal accuracy* means: each route runs at the loosest ``rtol`` in
-  ``(1e-6, 1e-7, 1e-8, 1e-9)`` whose error is no larger than the baseline's, both errors
-  measured against a float64 reference (the eigen route, rtol 1e-10, no truncated modes)
-  as ``max_t,j |λ_j(t) − λ_j^ref(t)|``. In float32 ``odeint`` cannot reach that tolerance,
-  so the baseline is ``jax.experimental.ode.odeint`` (which NT calls) at rtol 1e-5;
+  of ``C`` at every time). Errors are ``max_t,j |λ_j(t) − λ_j^ref(t)|`` against a float64
+  reference (the eigen route, rtol 1e-10, no truncated modes). *Equal accuracy* is the
+  issue's: every route within ``ACCURACY = 1e-3`` of the reference. NT's tolerance is
+  fixed (``odeint``'s rtol = atol = 1.4e-8) and lands far below that, so each of our routes
+  runs at the loosest setting (``rtol``; for the eigen route ``(rtol, mode_tol)`` from
+  ``EIGEN_LADDER``) whose error is ≤ 1e-3; the eigen route is timed a second time at the
+  loosest setting whose error is no larger than the baseline's own
+  (``solve[eigen] @ baseline accuracy``), the stricter reading. In float32 ``odeint``
+  cannot reach NT's tolerance, so the baseline is ``jax.experimental.ode.odeint`` (which NT
+  calls) at rtol 1e-5;
 * baseline ``linear_gd`` — parameter-space gradient descent on ``W`` for the same linear
   model at learning rate ``0.5 / (8 γ_1)`` (a quarter of its stability limit). Its error is
   ``O(η)``, far above the others'; when the whole horizon needs more than
@@ -48,8 +52,14 @@ ODEINT_NAME = "jax odeint (rtol 1e-5)"
 GD_NAME = "linear_gd"
 EIGH_NAME = "eigh(K)"
 KF_NAME = "K@F"
+ACCURACY = 1e-3  # the issue's "equal accuracy": max |Δλ| ≤ 1e-3 against the float64 reference
 RTOLS = (1e-6, 1e-7, 1e-8, 1e-9)
 RTOLS_F32 = (1e-4, 1e-5)
+# Eigen route, loosest first: (rtol, mode_tol). The truncation bound (mode_tol) and the
+# integration error (~10-100 x rtol) share the error budget.
+EIGEN_LADDER = ((3e-5, 1e-3), (1e-5, 1e-3), (1e-5, 1e-4), (1e-6, 1e-4), (1e-7, 1e-5), (1e-8, 1e-6),
+                (1e-9, 1e-6))
+EIGEN_LADDER_F32 = ((1e-4, 1e-3), (1e-5, 1e-4))
 INIT_SCALE = 1e-3
 WARMUP_COMPILE = "first − second call at the first tolerance tried (a full call)"
 
@@ -110,10 +120,16 @@ def _err(eig, ref) -> float:
     return float(np.max(np.abs(np.asarray(eig, np.float64) - np.asarray(ref, np.float64))))
 
 
-def _calibrated_solve(ctx: Context, label: str, call, rtols, ref, target, warm=None):
-    """Loosest rtol whose error ≤ target.
+def _fmt(setting) -> str:
+    if isinstance(setting, tuple):
+        return f"rtol {setting[0]:g}, mode_tol {setting[1]:g}"
+    return f"rtol {setting:g}"
 
-    Returns ``[(rtol, Timing of its calibration call, err), ...]`` for every rtol tried
+
+def _calibrated_solve(ctx: Context, label: str, call, rtols, ref, target, warm=None):
+    """Loosest setting (an rtol, or ``(rtol, mode_tol)``) whose error ≤ target.
+
+    Returns ``[(setting, Timing of its calibration call, err), ...]`` for every one tried
     (the last one is chosen). Without ``warm`` the caller has warmed up (or the first call
     compiles). With ``warm(rtol)`` (a short horizon, same shapes) the program is compiled
     first (``compile_s`` = first − second warm-up call) and each calibration call is a
@@ -133,7 +149,7 @@ def _calibrated_solve(ctx: Context, label: str, call, rtols, ref, target, warm=N
             first, traj = _timed(lambda rtol=rtol: call(rtol))
         err = _err(traj.eigenvalues, ref)
         ctx.log(
-            f"calibrate {label}: rtol {rtol:g} -> err {err:.2e} (target {target:.2e}, {first:.1f} s)"
+            f"calibrate {label}: {_fmt(rtol)} -> err {err:.2e} (target {target:.2e}, {first:.1f} s)"
         )
         timing = Timing(
             times=[first],
@@ -213,31 +229,40 @@ def _bt_case(
             extra={"max_abs_err": err_base, **common},
         )
     )
-    target = err_base
+    # Equal accuracy as the issue defines it: every route within ACCURACY of the reference
+    # (the baseline's fixed tolerance lands far below it). The eigen route is also timed at
+    # the baseline's own, much smaller error ("@ baseline accuracy"), the stricter reading.
+    eigen_ladder = EIGEN_LADDER if dtype == np.float64 else EIGEN_LADDER_F32
+    runs = [("eigen", "solve[eigen]", eigen_ladder, ACCURACY),
+            ("eigen", "solve[eigen] @ baseline accuracy", eigen_ladder, min(err_base, ACCURACY)),
+            ("function", "solve[function]", RTOLS if dtype == np.float64 else RTOLS_F32, ACCURACY)]
+    for method, name, ladder, target in runs:
 
-    rtols = RTOLS if dtype == np.float64 else RTOLS_F32
-    for method in ("eigen", "function"):
+        def settings_of(setting, method=method):
+            if isinstance(setting, tuple):
+                return SolverSettings(rtol=setting[0], mode_tol=setting[1])
+            return SolverSettings(rtol=setting)
 
-        def call(rtol, method=method):
-            return solve(K, n, F0, times, method=method, settings=SolverSettings(rtol=rtol))
+        def call(setting, method=method, settings_of=settings_of):
+            return solve(K, n, F0, times, method=method, settings=settings_of(setting))
 
-        def warm(rtol, method=method):
-            return solve(K, n, F0, times * 1e-3, method=method, settings=SolverSettings(rtol=rtol))
+        def warm(setting, method=method, settings_of=settings_of):
+            return solve(K, n, F0, times * 1e-3, method=method, settings=settings_of(setting))
 
         # The function route compiles on a short horizon, so its (costly) calibration call
         # is already a timed sample; the eigen route's integrated modes (a compiled shape)
-        # depend on the horizon, so it warms up with a full call at the first tolerance.
+        # depend on the horizon, so it warms up with a full call at the first setting.
         if method == "eigen":
-            w1, _ = _timed(lambda call=call: call(rtols[0]))
+            w1, _ = _timed(lambda call=call, first=ladder[0]: call(first))
         tried = _calibrated_solve(
-            ctx, method, call, rtols, ref_main, target, warm=warm if method == "function" else None
+            ctx, name, call, ladder, ref_main, target, warm=warm if method == "function" else None
         )
-        rtol, cal, err = tried[-1]
+        setting, cal, err = tried[-1]
         if method == "function" and ctx.size == "full":
             ts = cal
         else:
             ts = ctx.time(
-                lambda rtol=rtol, call=call: call(rtol), warmup=False, memory=method == "eigen"
+                lambda setting=setting, call=call: call(setting), warmup=False, memory=method == "eigen"
             )
             if method == "function":
                 ts.compile_s, ts.compile_method = cal.compile_s, cal.compile_method
@@ -246,10 +271,12 @@ def _bt_case(
                 ts.compile_s = max(w1 - tried[0][1].times[0], 0.0)
                 ts.compile_method = WARMUP_COMPILE
         st = ts.output.stats
+        chosen = settings_of(setting)
         extra = {
-            "rtol": rtol,
+            "rtol": chosen.rtol,
             "max_abs_err": err,
-            "equal_accuracy": bool(err <= target),
+            "accuracy_target": target,
+            "equal_accuracy": bool(err <= target and err_base <= target),
             "integrator": ts.output.integrator,
             "n_steps": int(st.n_steps),
             "n_rhs": int(st.n_rhs),
@@ -257,6 +284,7 @@ def _bt_case(
             **common,
         }
         if method == "eigen":
+            extra["mode_tol"] = chosen.mode_tol
             extra["n_modes"] = int(st.n_modes)
             extra["truncation_bound"] = float(st.truncation_bound)
         baselines = [base_name, GD_NAME, EIGH_NAME if method == "eigen" else KF_NAME]
@@ -265,7 +293,7 @@ def _bt_case(
                 ts,
                 benchmark=NAME,
                 case=case,
-                name=f"solve[{method}]",
+                name=name,
                 role="subject",
                 sizes=sizes,
                 dtype=dtype,
