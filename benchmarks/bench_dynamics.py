@@ -57,7 +57,7 @@ RTOLS = (1e-6, 1e-7, 1e-8, 1e-9)
 RTOLS_F32 = (1e-4, 1e-5)
 # Eigen route, loosest first: (rtol, mode_tol). The truncation bound (mode_tol) and the
 # integration error (~10-100 x rtol) share the error budget.
-EIGEN_LADDER = ((3e-5, 1e-3), (1e-5, 1e-3), (1e-5, 1e-4), (1e-6, 1e-4), (1e-7, 1e-5), (1e-8, 1e-6),
+EIGEN_LADDER = ((3e-5, 1e-3), (2e-5, 1e-3), (1e-5, 1e-3), (1e-5, 1e-4), (1e-6, 1e-4), (1e-7, 1e-5), (1e-8, 1e-6),
                 (1e-9, 1e-6))
 EIGEN_LADDER_F32 = ((1e-4, 1e-3), (1e-5, 1e-4))
 INIT_SCALE = 1e-3
