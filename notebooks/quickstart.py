@@ -99,7 +99,7 @@ plt.show()
 # ## How well did the theory predict the steps?
 
 # %%
-from stepwise_ntk._exp_kernel_model import crossing_times
+from stepwise_ntk.predictor import crossing_times
 
 simulated = crossing_times(np.asarray(times), np.asarray(traj.eigenvalues))
 predicted = np.sort(np.asarray(t_pred))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stepwise_ntk._metrics import crossing_times, plateau_losses
 from stepwise_ntk._augment import AugmentConfig, cifar10_pairs
 from stepwise_ntk._augment import downsample as _downsample
 from stepwise_ntk._cifar10 import CIFAR10Dataset, load_cifar10, normalize
@@ -36,7 +37,7 @@ from stepwise_ntk._theory import (
     step_times,
 )
 
-__all__ = ["ExperimentSettings", "Problem", "crossing_times", "plateau_losses", "load_problem_data", "run_kernel_model"]
+__all__ = ["ExperimentSettings", "Problem", "load_problem_data", "run_kernel_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,37 +82,6 @@ class ExperimentSettings:
             saturation=None,
             gray_prob=None,
         )
-
-
-def crossing_times(times: np.ndarray, eigenvalues: np.ndarray, level: float = 0.5) -> np.ndarray:
-    """First time each eigenvalue column crosses ``level`` (log-time interpolation), NaN if never.
-
-    Args:
-      times: (T,) increasing, positive.
-      eigenvalues: (T, d).
-    """
-    times = np.asarray(times, np.float64)
-    out = np.full(eigenvalues.shape[1], np.nan)
-    for j in range(eigenvalues.shape[1]):
-        lam = np.asarray(eigenvalues[:, j], np.float64)
-        above = np.flatnonzero(lam >= level)
-        if above.size == 0:
-            continue
-        k = above[0]
-        if k == 0:
-            out[j] = times[0]
-            continue
-        lo, hi = lam[k - 1], lam[k]
-        w = (level - lo) / (hi - lo)
-        out[j] = np.exp(np.log(times[k - 1]) + w * (np.log(times[k]) - np.log(times[k - 1])))
-    return out
-
-
-def plateau_losses(times: np.ndarray, loss: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Loss at the log-midpoints between consecutive sorted step times, ``(d − 1,)``."""
-    steps = np.sort(np.asarray(steps, np.float64))
-    mids = np.sqrt(steps[:-1] * steps[1:])
-    return np.interp(np.log(mids), np.log(np.asarray(times, np.float64)), np.asarray(loss, np.float64))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,8 @@ from stepwise_ntk._architectures import ARCHITECTURES, make_architecture
 from stepwise_ntk._augment import cifar10_pairs
 from stepwise_ntk._eigensystem import check_enough_modes, contrastive_eigensystem
 from stepwise_ntk._exp_kernel import parse_options
-from stepwise_ntk._exp_kernel_model import ExperimentSettings, crossing_times, load_problem_data, plateau_losses
+from stepwise_ntk._exp_kernel_model import ExperimentSettings, load_problem_data
+from stepwise_ntk._metrics import crossing_times, plateau_losses
 from stepwise_ntk._losses import LOSS_FUNCTIONS
 from stepwise_ntk._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
 from stepwise_ntk._predict import KERNELS, compare_run, init_network, network_kernel, predict_run

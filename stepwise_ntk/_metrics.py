@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk._exp_kernel_model import crossing_times
 from stepwise_ntk._pairing import is_concrete
 from stepwise_ntk._theory import procrustes_align, procrustes_error
 
 __all__ = [
+    "crossing_times",
+    "plateau_losses",
     "EmbeddingComparison",
     "TrajectoryError",
     "compare_embeddings",
@@ -45,6 +46,37 @@ __all__ = [
     "step_time_ratios",
     "subspace_alignment",
 ]
+
+
+def crossing_times(times: np.ndarray, eigenvalues: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """First time each eigenvalue column crosses ``level`` (log-time interpolation), NaN if never.
+
+    Args:
+      times: (T,) increasing, positive.
+      eigenvalues: (T, d).
+    """
+    times = np.asarray(times, np.float64)
+    out = np.full(eigenvalues.shape[1], np.nan)
+    for j in range(eigenvalues.shape[1]):
+        lam = np.asarray(eigenvalues[:, j], np.float64)
+        above = np.flatnonzero(lam >= level)
+        if above.size == 0:
+            continue
+        k = above[0]
+        if k == 0:
+            out[j] = times[0]
+            continue
+        lo, hi = lam[k - 1], lam[k]
+        w = (level - lo) / (hi - lo)
+        out[j] = np.exp(np.log(times[k - 1]) + w * (np.log(times[k]) - np.log(times[k - 1])))
+    return out
+
+
+def plateau_losses(times: np.ndarray, loss: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Loss at the log-midpoints between consecutive sorted step times, ``(d − 1,)``."""
+    steps = np.sort(np.asarray(steps, np.float64))
+    mids = np.sqrt(steps[:-1] * steps[1:])
+    return np.interp(np.log(mids), np.log(np.asarray(times, np.float64)), np.asarray(loss, np.float64))
 
 
 def _as_embeddings(name: str, A: Any) -> jax.Array:

@@ -33,7 +33,7 @@ import numpy as np
 from stepwise_ntk._arch_base import ArchSpec
 from stepwise_ntk._eigensystem import check_enough_modes, contrastive_eigensystem
 from stepwise_ntk._theory import step_times
-from stepwise_ntk._exp_kernel_model import crossing_times
+from stepwise_ntk._metrics import crossing_times
 from stepwise_ntk._predict import (
     KERNELS,
     NetworkKernel,

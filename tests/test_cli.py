@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stepwise_ntk import cli
-from stepwise_ntk._exp_kernel_model import crossing_times, plateau_losses
+from stepwise_ntk._metrics import crossing_times, plateau_losses
 from stepwise_ntk._exp_linear import LinearSettings, flatten_scaled
 from stepwise_ntk._augment import cifar10_pairs
 from stepwise_ntk._eigensystem import contrastive_eigensystem

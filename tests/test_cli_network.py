@@ -10,7 +10,8 @@ import pytest
 from stepwise_ntk import cli
 from stepwise_ntk._augment import cifar10_pairs
 from stepwise_ntk._eigensystem import contrastive_eigensystem
-from stepwise_ntk._exp_kernel_model import crossing_times, load_problem_data, plateau_losses
+from stepwise_ntk._exp_kernel_model import load_problem_data
+from stepwise_ntk._metrics import crossing_times, plateau_losses
 from stepwise_ntk._exp_network import NetworkSettings, rise_times
 from stepwise_ntk._losses import barlow_twins_loss
 from stepwise_ntk._metrics import step_time_ratios, subspace_alignment
