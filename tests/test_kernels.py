@@ -207,6 +207,25 @@ def test_bad_input_gives_a_clear_error(call, match):
         call()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finiteness_check_is_exact(dtype):
+    # The check sums first (a finite sum proves every entry finite) and falls back to the
+    # elementwise test; np.isfinite(x).all() is the reference. Finite entries whose sum
+    # overflows must pass, and +inf and -inf must not cancel into a pass.
+    big = np.finfo(dtype).max
+    cases = {
+        "normal": RNG.normal(size=(7, 5)),
+        "overflowing sum": np.full((4, 3), big),
+        "nan": np.where(np.eye(4, 3) > 0, np.nan, 1.0),
+        "inf": np.where(np.eye(4, 3) > 0, np.inf, 1.0),
+        "inf and -inf": np.array([[np.inf, -np.inf, 1.0]]),
+        "inf among overflow": np.array([[big, big, np.inf]]),
+    }
+    for name, x in cases.items():
+        x = x.astype(dtype)
+        assert _kernels._all_finite(x) == bool(np.isfinite(x).all()), name
+
+
 def test_float64_cnn_kernel_is_refused_where_it_would_crash(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(_kernels, "_cpu_has_avx512", lambda: True)
