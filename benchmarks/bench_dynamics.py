@@ -27,7 +27,9 @@ Measured in one case (``bt 2n=… d=…``):
   to the full horizon (cost per step is fixed), ``extra.projected = True``;
 * floors ``eigh(K)`` (one ``jnp.linalg.eigh``) and ``K@F`` (one ``(2n×2n)·(2n×d)``
   product): the eigen route cannot beat the first, the function route needs many of the
-  second.
+  second. The eigen route is also timed in ``INTERLEAVED`` back-to-back pairs with
+  ``eigh(K)`` (``extra.x_eigh_interleaved``, the median ratio), which a changing machine
+  load does not skew.
 
 Other losses (case ``simclr …`` at a smaller ``2n``; ``--set losses=simclr,vicreg``): the
 function route against ``nt.predict.gradient_descent`` with the same loss, from O(1)
@@ -63,6 +65,7 @@ EIGEN_LADDER = ((3e-5, 1e-3), (2e-5, 1e-3), (1e-5, 1e-3), (1e-5, 1e-4), (1e-6, 1
 EIGEN_LADDER_F32 = ((1e-4, 1e-3), (1e-5, 1e-4))
 INIT_SCALE = 1e-3
 N_TIMES = 200  # log-spaced output times of the Barlow Twins trajectory
+INTERLEAVED = 5  # eigh(K), solve[eigen] pairs timed back to back
 WARMUP_COMPILE = "first − second call at the first tolerance tried (a full call)"
 
 PRESETS = {
@@ -236,6 +239,8 @@ def _bt_case(
     # Equal accuracy as the issue defines it: every route within ACCURACY of the reference
     # (the baseline's fixed tolerance lands far below it). The eigen route is also timed at
     # the baseline's own, much smaller error ("@ baseline accuracy"), the stricter reading.
+    eigh = jax.jit(jnp.linalg.eigh)
+    _timed(lambda: eigh(K))  # compile
     eigen_ladder = EIGEN_LADDER if dtype == np.float64 else EIGEN_LADDER_F32
     runs = [("eigen", "solve[eigen]", eigen_ladder, ACCURACY),
             ("eigen", "solve[eigen] @ baseline accuracy", eigen_ladder, min(err_base, ACCURACY)),
@@ -291,6 +296,14 @@ def _bt_case(
             extra["mode_tol"] = chosen.mode_tol
             extra["n_modes"] = int(st.n_modes)
             extra["truncation_bound"] = float(st.truncation_bound)
+            # The floor timed back to back with the subject, so that both see the same
+            # machine load: the ratio the issue's "within 1.5× of one eigh(K)" asks about.
+            ratios = []
+            for _ in range(INTERLEAVED):
+                t_eigh, _ = _timed(lambda: eigh(K))
+                t_solve, _ = _timed(lambda setting=setting, call=call: call(setting))
+                ratios.append(t_solve / t_eigh)
+            extra["x_eigh_interleaved"] = float(np.median(ratios))
         baselines = [base_name, GD_NAME, EIGH_NAME if method == "eigen" else KF_NAME]
         out.append(
             ctx.measurement(
@@ -336,7 +349,7 @@ def _bt_case(
     )
 
     # Floors.
-    te = ctx.time_jitted(jax.jit(jnp.linalg.eigh), K)
+    te = ctx.time_jitted(eigh, K)
     out.append(
         ctx.measurement(
             te, benchmark=NAME, case=case, name=EIGH_NAME, role="floor", sizes=sizes, dtype=dtype
