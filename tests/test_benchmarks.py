@@ -70,42 +70,42 @@ def _m(name, role="subject", baselines=(), case="c", median=1.0, **kw):
 # ------------------------------------------------------------------------------ smoke run
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    t0 = time.perf_counter()
+def _run_tiny(out: Path, tag: str, devices: int, *names: str) -> dict:
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--size",
-            "tiny",
-            "--repeats",
-            "1",
-            "--budget",
-            "5",
-            "--min-time",
-            "0",
-            "--quiet",
-            "--out",
-            str(out),
-            "--tag",
-            "smoke",
-        ],
+        [sys.executable, "-m", "benchmarks", *names, "--size", "tiny", "--repeats", "1",
+         "--budget", "5", "--min-time", "0", "--quiet", "--out", str(out), "--tag", tag],
         cwd=ROOT,
-        env=_env(4),
+        env=_env(devices),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    wall = time.perf_counter() - t0
     assert res.returncode == 0, (
         f"benchmarks failed (rc {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     )
-    data = json.loads((out / "smoke.json").read_text())
-    md = (out / "smoke.md").read_text()
-    return data, md, wall
+    return json.loads((out / f"{tag}.json").read_text()), (out / f"{tag}.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Every benchmark at tiny size on one device (the real command, in a subprocess)."""
+    out = tmp_path_factory.mktemp("bench")
+    t0 = time.perf_counter()
+    data, md = _run_tiny(out, "smoke", 1)
+    return data, md, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def smoke_sharded(tmp_path_factory):
+    """The Barlow Twins dynamics case on 4 simulated devices: the function route shards K.
+
+    Only that case: simulated CPU devices share this machine's cores, so every sharded
+    right-hand side waits on a four-way rendezvous (the SimCLR case's float64 reference
+    alone takes minutes that way; it runs on one device in ``smoke``).
+    """
+    out = tmp_path_factory.mktemp("bench4")
+    data, _ = _run_tiny(out, "sharded", 4, "dynamics", "--set", "losses=")
+    return data
 
 
 def test_smoke_every_benchmark_ran(smoke):
@@ -144,23 +144,26 @@ def test_smoke_every_subject_has_its_baselines_in_the_same_case(smoke):
             assert m["compile_s"] is None or m["compile_s"] >= 0
 
 
-def test_smoke_environment_and_settings(smoke):
-    data, _, _ = smoke
-    env = data["environment"]
+def test_smoke_environment_and_settings(smoke, smoke_sharded):
     import jax
 
-    assert env["backend"] == "cpu" and env["n_local_devices"] == 4 and env["process_count"] == 1
-    assert env["jax"] == jax.__version__
-    assert len(env["loadavg"]) == 3 and env["cpu_count"] >= 1
-    assert "xla_force_host_platform_device_count=4" in env["XLA_FLAGS"]
-    assert data["settings"]["size"] == "tiny" and data["settings"]["repeats"] == 1
-    for b in data["benchmarks"].values():
-        if b["status"] == "ok":
-            assert len(b["loadavg_before"]) == 3 and b["wall_s"] > 0
+    for data, devices in ((smoke[0], 1), (smoke_sharded, 4)):
+        env = data["environment"]
+        assert env["backend"] == "cpu" and env["n_local_devices"] == devices
+        assert env["process_count"] == 1 and env["jax"] == jax.__version__
+        assert len(env["loadavg"]) == 3 and env["cpu_count"] >= 1
+        assert f"xla_force_host_platform_device_count={devices}" in env["XLA_FLAGS"]
+        assert data["settings"]["size"] == "tiny" and data["settings"]["repeats"] == 1
+        for b in data["benchmarks"].values():
+            if b["status"] == "ok":
+                assert len(b["loadavg_before"]) == 3 and b["wall_s"] > 0
+    assert set(smoke_sharded["benchmarks"]) == {"dynamics"}
+    assert smoke_sharded["settings"]["overrides"] == {"losses": ""}
 
 
-def test_smoke_dynamics_accuracy_and_sharding(smoke):
-    data, _, _ = smoke
+@pytest.mark.parametrize("devices", [1, 4])
+def test_smoke_dynamics_accuracy_and_sharding(smoke, smoke_sharded, devices):
+    data = smoke[0] if devices == 1 else smoke_sharded
     ms = {(m["case"], m["name"]): m for m in data["benchmarks"]["dynamics"]["measurements"]}
     bt = next(c for c, _ in ms if c.startswith("bt "))
     nt_err = ms[(bt, "nt.predict.gradient_descent")]["extra"]["max_abs_err"]
@@ -179,8 +182,9 @@ def test_smoke_dynamics_accuracy_and_sharding(smoke):
         == ms[(bt, "solve[eigen]")]["sizes"]["d"]
     )
     # 2n = 64 is divisible by the 4 simulated devices: the function route shards K.
-    assert ms[(bt, "solve[function]")]["extra"]["n_devices"] == 4
+    assert ms[(bt, "solve[function]")]["extra"]["n_devices"] == devices
     assert ms[(bt, "solve[eigen]")]["extra"]["n_devices"] == 1
+    assert any(c.startswith("simclr ") for c, _ in ms) == (devices == 1)
 
 
 def test_smoke_scaling_fits_and_markdown(smoke):
