@@ -11,6 +11,8 @@
   for this reason (about 40% less work).
 * Blocks run on all local devices (one block in flight per device); the last, shorter
   block of each axis is padded by repeating a row, so every block has one compiled shape.
+  Each (block shape, device) is traced and compiled once per process: the executable that
+  gives the memory analysis below is the one that runs, and later calls reuse it.
 * Memory: before anything runs, XLA's memory analysis of the compiled block (arguments +
   temporaries + outputs) is compared with the limit min(memory_budget_bytes, device memory).
   A block that does not fit is refused with a ``KernelMemoryError`` (a ValueError) giving the
