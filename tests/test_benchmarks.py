@@ -436,3 +436,22 @@ def test_cheap_calls_repeat_until_min_time_and_budget_stops_them():
     assert 2 <= len(t.times) <= 20 and (sum(t.times) >= 0.1 or len(t.times) == 20)
     t = Context(repeats=50, budget_s=0.05, measure_memory=False, progress=False).time(fn)
     assert len(t.times) < 50 and sum(t.times[:-1]) < 0.05 <= sum(t.times)
+
+
+def test_asymptotic_range_starts_where_k_outgrows_the_cache(tmp_path, monkeypatch):
+    from benchmarks import bench_scaling
+
+    # K of 2n views in float64 is 8 (2n)² bytes: twice a 32 MiB cache from 2n = 2897.
+    assert bench_scaling.asymptotic_n_views(8, "cpu", 32 * 2**20) == 2897
+    assert bench_scaling.asymptotic_n_views(4, "cpu", 32 * 2**20) == 4096
+    # Never below the fixed-cost bound; no cache rule off the CPU or without a reading.
+    assert bench_scaling.asymptotic_n_views(8, "cpu", 2**20) == bench_scaling.ASYMPTOTIC_N_VIEWS
+    assert bench_scaling.asymptotic_n_views(8, "gpu", 32 * 2**20) == bench_scaling.ASYMPTOTIC_N_VIEWS
+    assert bench_scaling.asymptotic_n_views(8, "cpu", None) == bench_scaling.ASYMPTOTIC_N_VIEWS
+    # The sysfs reading: the largest of the cache levels, with its unit.
+    for i, size in enumerate(["48K", "1024K", "32768K"]):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    real_path = bench_scaling.Path
+    monkeypatch.setattr(bench_scaling, "Path", lambda p: tmp_path if "cache" in str(p) else real_path(p))
+    assert bench_scaling.last_level_cache_bytes() == 32 * 2**20
