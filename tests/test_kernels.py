@@ -220,6 +220,8 @@ def test_finiteness_check_is_exact(dtype):
         "inf": np.where(np.eye(4, 3) > 0, np.inf, 1.0),
         "inf and -inf": np.array([[np.inf, -np.inf, 1.0]]),
         "inf among overflow": np.array([[big, big, np.inf]]),
+        "nan in an image": np.where(np.arange(2 * 3 * 3 * 2).reshape(2, 3, 3, 2) == 29, np.nan, 0.5),
+        "finite images": RNG.normal(size=(3, 4, 4, 3)),
     }
     for name, x in cases.items():
         x = x.astype(dtype)
