@@ -141,12 +141,16 @@ def width_sweep(ctx: Context) -> list[Measurement]:
     import json
     import time
 
+    from benchmarks._problems import find_cifar_dir
+
     ws = _import("benchmarks.width_sweep", "main")
+    cifar = find_cifar_dir(ctx.data_dir)
+    if cifar is None:  # an accuracy study on real images: no synthetic stand-in
+        raise SkipBenchmark("CIFAR-10 is not present (--data-dir, STEPWISE_NTK_DATA, the cache, "
+                            "../shared/cifar10); the width sweep needs it")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "width_sweep.json")
-        args = [*_WIDTH_ARGS[ctx.size], "--out", path, "--no-progress"]
-        if ctx.data_dir is not None:
-            args += ["--data-dir", ctx.data_dir]
+        args = [*_WIDTH_ARGS[ctx.size], "--out", path, "--no-progress", "--data-dir", str(cifar)]
         t0 = time.perf_counter()
         rc = ws.main(args)
         wall = time.perf_counter() - t0
@@ -155,7 +159,7 @@ def width_sweep(ctx: Context) -> list[Measurement]:
         with open(path) as f:
             record = json.load(f)
     summary = record.get("sweep", {}).get("summary", {})
-    extra = {"args": " ".join(args[:-3]) or "(defaults)"}
+    extra = {"args": " ".join(_WIDTH_ARGS[ctx.size]) or "(defaults)", "data_dir": str(cifar)}
     for kind, s in summary.items() if isinstance(summary, dict) else []:
         if isinstance(s, dict):
             for k, v in s.items():

@@ -114,7 +114,8 @@ def test_smoke_every_benchmark_ran(smoke):
 
     assert set(data["benchmarks"]) == set(load_registry())
     for name, b in data["benchmarks"].items():
-        # "skipped" only for an adapter whose script is absent; nothing may error.
+        # "skipped" only for an adapter whose script (or, for the width sweep, CIFAR-10) is
+        # absent; nothing may error.
         assert b["status"] in ("ok", "skipped"), (name, b["message"])
         if b["status"] == "skipped":
             assert "not present" in b["message"] or "has no" in b["message"], (name, b["message"])
@@ -122,6 +123,10 @@ def test_smoke_every_benchmark_ran(smoke):
             assert b["measurements"], name
     for core in ("dynamics", "scaling", "scaling_d", "training"):
         assert data["benchmarks"][core]["status"] == "ok", core
+    from benchmarks._problems import find_cifar_dir
+
+    sweep = data["benchmarks"]["width_sweep"]
+    assert (sweep["status"] == "ok") == (find_cifar_dir() is not None), sweep["message"]
     assert data["problems"] == []
 
 
