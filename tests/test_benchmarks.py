@@ -70,7 +70,7 @@ def _m(name, role="subject", baselines=(), case="c", median=1.0, **kw):
 # ------------------------------------------------------------------------------ smoke run
 
 
-def _run_tiny(out: Path, tag: str, devices: int, *names: str) -> dict:
+def _run_tiny(out: Path, tag: str, devices: int, *names: str) -> tuple[dict, str]:
     res = subprocess.run(
         [sys.executable, "-m", "benchmarks", *names, "--size", "tiny", "--repeats", "1",
          "--budget", "5", "--min-time", "0", "--quiet", "--out", str(out), "--tag", tag],
