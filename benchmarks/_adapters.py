@@ -61,7 +61,7 @@ _KERNEL_NAMES = {
 
 def _kernel_cases(kb: Any, size: str):
     if size == "tiny":
-        from stepwise_ntk._architectures import MLP, MyrtleCNN
+        from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
 
         return [
             ("mlp", MLP(depth=2), 32, (8, 8, 3), np.float32, 16),

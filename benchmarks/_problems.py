@@ -127,8 +127,8 @@ def linear_kernel_problem(
     """
     import jax.numpy as jnp
 
-    from stepwise_ntk._eigensystem import contrastive_eigensystem
-    from stepwise_ntk._theory import step_times
+    from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
+    from stepwise_ntk.theory._closed_form import step_times
 
     if source not in ("auto", "cifar10", "synthetic"):
         raise ValueError(f"source must be 'auto', 'cifar10' or 'synthetic', got {source!r}.")

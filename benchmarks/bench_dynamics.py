@@ -83,7 +83,7 @@ def _observables(loss_fn, F_t):
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk._losses import cross_correlation
+    from stepwise_ntk.losses import cross_correlation
 
     C = jax.vmap(cross_correlation)(F_t)
     return jax.vmap(loss_fn)(F_t), jnp.linalg.eigvalsh(C)[:, ::-1]
@@ -94,7 +94,7 @@ def _nt_predict_fn(loss_fn):
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk._nt_compat import nt
+    from stepwise_ntk.kernels._nt_compat import nt
 
     def run(K, F0, times):
         predict = nt.predict.gradient_descent(
@@ -176,9 +176,9 @@ def _bt_case(
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk._linear_gd import linear_gd
-    from stepwise_ntk._losses import barlow_twins_loss
-    from stepwise_ntk._solver import SolverSettings, solve
+    from stepwise_ntk.solver._linear_gd import linear_gd
+    from stepwise_ntk.losses import barlow_twins_loss
+    from stepwise_ntk.solver._solve import SolverSettings, solve
 
     prob: KernelProblem = linear_kernel_problem(
         n_views // 2, d, source=source, data_dir=ctx.data_dir, n_times=N_TIMES
@@ -369,8 +369,8 @@ def _loss_case(
 ) -> list[Measurement]:
     import jax.numpy as jnp
 
-    from stepwise_ntk._losses import LOSS_FUNCTIONS
-    from stepwise_ntk._solver import SolverSettings, solve
+    from stepwise_ntk.losses import LOSS_FUNCTIONS
+    from stepwise_ntk.solver._solve import SolverSettings, solve
 
     prob = linear_kernel_problem(
         n_views // 2, d, source=source, data_dir=ctx.data_dir, init_scale=INIT_SCALE

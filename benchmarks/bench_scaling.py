@@ -57,7 +57,7 @@ def _case(
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk._solver import SolverSettings, solve
+    from stepwise_ntk.solver._solve import SolverSettings, solve
 
     prob = ridge_kernel_problem(n_views, d)
     K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, prob.F0, prob.times))

@@ -95,9 +95,9 @@ def run(ctx: Context) -> list[Measurement]:
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk._architectures import MLP
-    from stepwise_ntk._losses import LOSS_FUNCTIONS
-    from stepwise_ntk._training import TrainConfig, train
+    from stepwise_ntk.kernels.architectures._registry import MLP
+    from stepwise_ntk.losses import LOSS_FUNCTIONS
+    from stepwise_ntk.training._train import TrainSettings, train
 
     dtype = ctx.float_dtype("float32", "float32")
     n_views = int(ctx.param("n_views", PRESETS["n_views"]))
@@ -121,7 +121,7 @@ def run(ctx: Context) -> list[Measurement]:
     for loss in losses:
         case = f"{loss} 2n={n_views} w={width}"
         loop, scan = _baselines(net, LOSS_FUNCTIONS[loss], views, steps, key)
-        config = TrainConfig(loss=loss, steps=steps, learning_rate=LEARNING_RATE, alpha=1.0)
+        config = TrainSettings(loss=loss, steps=steps, learning_rate=LEARNING_RATE, alpha=1.0)
 
         def subject(config=config):
             return train(spec, config, views, key=key, progress=False)

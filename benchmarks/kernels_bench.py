@@ -58,9 +58,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from stepwise_ntk._architectures import MLP, MyrtleCNN
-from stepwise_ntk._kernels import _symmetric_copy, analytic_ntk, check_inputs
-from stepwise_ntk._nt_compat import nt
+from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
+from stepwise_ntk.kernels._analytic import _symmetric_copy, analytic_ntk, check_inputs
+from stepwise_ntk.kernels._nt_compat import nt
 
 ROUTES = ("direct", "project_single", "project", "nt_batch", "project_blocked_full",
           "project_blocked")

@@ -74,7 +74,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.arch == "myrtle" and "--xla_cpu_max_isa" not in os.environ.get("XLA_FLAGS", ""):
-        # float64 CNN kernels crash jaxlib's AVX-512 convolution (stepwise_ntk._kernels); this
+        # float64 CNN kernels crash jaxlib's AVX-512 convolution (stepwise_ntk.kernels._analytic); this
         # must be set before JAX starts its CPU backend.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()
 
@@ -83,12 +83,12 @@ def main(argv=None) -> int:
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    from stepwise_ntk._architectures import make_architecture
-    from stepwise_ntk._augment import cifar10_pairs
-    from stepwise_ntk._eigensystem import contrastive_eigensystem
-    from stepwise_ntk._predict import network_kernel
-    from stepwise_ntk._run_dir import atomic_write_json
-    from stepwise_ntk._sweep import SweepConfig, choose_d, width_sweep
+    from stepwise_ntk.kernels.architectures._registry import make_architecture
+    from stepwise_ntk.data._augment import cifar10_pairs
+    from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
+    from stepwise_ntk.predictor._predict import network_kernel
+    from stepwise_ntk.experiments._run_dir import atomic_write_json
+    from stepwise_ntk.predictor._sweep import WidthSweepSettings, choose_d, width_sweep
 
     t0 = time.perf_counter()
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     d = choose_d(gammas, tuple(int(x) for x in args.d_candidates.split(","))) if args.d == "auto" else int(args.d)
     step_size = args.rate / (8.0 * gammas[0]) if args.step_size == "auto" else float(args.step_size)
     arch = base.replace(d=d)
-    config = SweepConfig(widths=widths, alpha=args.alpha, step_size=float(step_size), horizon=args.horizon,
+    config = WidthSweepSettings(widths=widths, alpha=args.alpha, step_size=float(step_size), horizon=args.horizon,
                          max_steps=args.max_steps, kernels=tuple(args.kernels.split(",")), seed=args.seed)
     print(f"{args.arch}: {views.shape[0]} views {views.shape[1:]}, {test_views.shape[0]} held-out views, d = {d} "
           f"(γ_d/γ_d+1 = {gammas[d - 1] / gammas[d]:.3g}), α = {args.alpha}, step c = {step_size:.4g} "

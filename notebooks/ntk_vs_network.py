@@ -98,7 +98,7 @@ init = predictor.init_network(spec, views.astype(np.float32), test_views.astype(
 es = theory.contrastive_eigensystem(jnp.asarray(alpha**2 * kernel.ntk), n)
 t_closed = np.sort(np.asarray(theory.step_times(es, jnp.asarray(init.F0, jnp.float64), d)))
 steps = math.ceil(3 * t_closed[-1] / lr)
-config = training.TrainConfig(learning_rate=lr, steps=steps, alpha=alpha, n_records=150)
+config = training.TrainSettings(learning_rate=lr, steps=steps, alpha=alpha, n_records=150)
 run = training.train(spec, config, views.astype(np.float32), test_views=test_views.astype(np.float32),
                      init_params=init.params, progress=not SMALL)
 print(f"{steps} steps, final loss {float(run.loss[-1]):.3g}")
@@ -146,7 +146,7 @@ assert np.all(np.isfinite(report.step_time_ratios)) and 0 <= report.test_alignme
 # initialisation and its own kernel-model prediction).
 
 # %%
-sweep = predictor.width_sweep(spec, views, test_views, predictor.SweepConfig(widths=widths, alpha=alpha, step_size=step),
+sweep = predictor.width_sweep(spec, views, test_views, predictor.WidthSweepSettings(widths=widths, alpha=alpha, step_size=step),
                               progress=not SMALL)
 summary = sweep.summary()["analytic"]
 ratios = np.array(summary["step_time_ratios"], dtype=float)

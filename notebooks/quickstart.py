@@ -57,7 +57,7 @@ n, d = (60, 3) if SMALL else (500, 8)
 
 # %%
 key_views, key_w = jax.random.split(jax.random.PRNGKey(0))
-augment = snt.AugmentConfig(crop="pad", flip_prob=0.5, brightness=0.4, contrast=None, saturation=None, gray_prob=None)
+augment = snt.AugmentSettings(crop="pad", flip_prob=0.5, brightness=0.4, contrast=None, saturation=None, gray_prob=None)
 views, labels, _ = snt.cifar10_pairs(key_views, n, config=augment, dtype=jnp.float64, download=True)
 X = views.reshape(2 * n, -1) / np.sqrt(views[0].size)  # scaled so K_ii ≈ 1
 K = X @ X.T

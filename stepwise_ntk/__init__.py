@@ -1,97 +1,107 @@
 """stepwise_ntk: the NTK theory of stepwise self-supervised learning, as a JAX library.
 
-Pipeline: data (CIFAR-10 positive pairs) -> kernels (neural-tangents NTK) -> theory /
-solver (kernel Barlow Twins gradient flow) -> training (Flax twins) -> predictor.
+The subpackages follow the pipeline::
+
+    data -> kernels -> losses -> theory / solver -> training -> predictor
+                                                 (experiments: the CLI application)
+
+Each is imported on first use, so ``import stepwise_ntk.theory`` (or ``.solver``) loads
+neither neural-tangents nor Flax nor optax. The most used names are re-exported here and
+resolve lazily to their subpackage.
+
+Example:
+    >>> import stepwise_ntk as snt
+    >>> snt.theory.contrastive_eigensystem is snt.contrastive_eigensystem
+    True
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# data
-from stepwise_ntk._augment import AugmentConfig, cifar10_pairs, downsample, positive_pairs
-from stepwise_ntk._cifar10 import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR10Dataset,
-    CIFAR10Error,
-    balanced_subset,
-    channel_stats,
-    download_cifar10,
-    load_cifar10,
-    normalize,
-    resolve_cifar10_dir,
-)
-# architectures and kernels
-from stepwise_ntk._architectures import ARCHITECTURES, MLP, ArchSpec, MyrtleCNN, WideResNet, make_architecture
-from stepwise_ntk._empirical import empirical_ntk
-from stepwise_ntk._kernels import KernelMemoryError, analytic_kernels, analytic_ntk
+SUBPACKAGES = ("data", "kernels", "losses", "theory", "solver", "training", "predictor", "experiments")
 
-# theory and solver (also as the namespaces stepwise_ntk.theory / stepwise_ntk.solver)
-from stepwise_ntk import predictor, solver, theory, training
-from stepwise_ntk._eigensystem import ContrastiveEigensystem, contrastive_eigensystem
-from stepwise_ntk._solver import SolverSettings, solve
-from stepwise_ntk._theory import aligned_eigenvalues, final_embeddings, procrustes_align, step_times
-from stepwise_ntk._trajectory import Trajectory
+# name -> subpackage that defines it (resolved on first attribute access).
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AugmentSettings",
+            "CIFAR10_MEAN",
+            "CIFAR10_STD",
+            "CIFAR10Dataset",
+            "CIFAR10Error",
+            "balanced_subset",
+            "channel_stats",
+            "cifar10_pairs",
+            "download_cifar10",
+            "downsample",
+            "load_cifar10",
+            "normalize",
+            "positive_pairs",
+            "resolve_cifar10_dir",
+        ),
+        "data",
+    ),
+    **dict.fromkeys(
+        (
+            "ARCHITECTURES",
+            "ArchSpec",
+            "KernelMemoryError",
+            "MLP",
+            "MyrtleCNN",
+            "WideResNet",
+            "analytic_kernels",
+            "analytic_ntk",
+            "empirical_ntk",
+            "make_architecture",
+        ),
+        "kernels",
+    ),
+    **dict.fromkeys(
+        (
+            "ContrastiveEigensystem",
+            "aligned_eigenvalues",
+            "contrastive_eigensystem",
+            "final_embeddings",
+            "procrustes_align",
+            "step_times",
+        ),
+        "theory",
+    ),
+    **dict.fromkeys(("SolverSettings", "Trajectory", "solve"), "solver"),
+    **dict.fromkeys(
+        (
+            "TrainSettings",
+            "TrainResult",
+            "TrainingDivergedWarning",
+            "cross_correlation_eigenvalues",
+            "record_steps",
+            "train",
+        ),
+        "training",
+    ),
+    **dict.fromkeys(("compare_run", "predict_run", "subspace_alignment"), "predictor"),
+}
 
-# predictor
-from stepwise_ntk._metrics import subspace_alignment
-from stepwise_ntk._predict import compare_run, predict_run
+__all__ = ["__version__", *SUBPACKAGES, *sorted(_EXPORTS)]
 
-# training
-from stepwise_ntk._records import cross_correlation_eigenvalues, record_steps
-from stepwise_ntk._training import TrainConfig, TrainingDivergedWarning, TrainResult, train
 
-__all__ = [
-    "__version__",
-    # data
-    "AugmentConfig",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR10Dataset",
-    "CIFAR10Error",
-    "balanced_subset",
-    "channel_stats",
-    "cifar10_pairs",
-    "download_cifar10",
-    "downsample",
-    "load_cifar10",
-    "normalize",
-    "positive_pairs",
-    "resolve_cifar10_dir",
-    # architectures and kernels
-    "ARCHITECTURES",
-    "ArchSpec",
-    "KernelMemoryError",
-    "MLP",
-    "MyrtleCNN",
-    "WideResNet",
-    "analytic_kernels",
-    "analytic_ntk",
-    "empirical_ntk",
-    "make_architecture",
-    # theory and solver
-    "ContrastiveEigensystem",
-    "SolverSettings",
-    "Trajectory",
-    "aligned_eigenvalues",
-    "contrastive_eigensystem",
-    "final_embeddings",
-    "procrustes_align",
-    "solve",
-    "step_times",
-    # predictor
-    "compare_run",
-    "predict_run",
-    "subspace_alignment",
-    # namespaces
-    "predictor",
-    "solver",
-    "theory",
-    "training",
-    # training
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDivergedWarning",
-    "cross_correlation_eigenvalues",
-    "record_steps",
-    "train",
-]
+def __getattr__(name: str) -> Any:
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers see the eager imports
+    from stepwise_ntk import data, experiments, kernels, losses, predictor, solver, theory, training  # noqa: F401

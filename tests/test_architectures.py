@@ -1,4 +1,4 @@
-"""Architecture registry and Flax twins (stepwise_ntk._architectures and _arch_*).
+"""Architecture registry and Flax twins (stepwise_ntk.kernels.architectures._registry and _arch_*).
 
 The twin is checked against neural-tangents itself by a second route: NT's own finite
 network (``spec.stax()`` init_fn/apply_fn) with the same weights must give the same
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._arch_cnn import MYRTLE_STAGES
-from stepwise_ntk._architectures import (
+from stepwise_ntk.kernels.architectures._cnn import MYRTLE_STAGES
+from stepwise_ntk.kernels.architectures._registry import (
     ARCHITECTURES,
     MLP,
     MyrtleCNN,

@@ -1,4 +1,4 @@
-"""Tests for stepwise_ntk._augment: positive-pair views and the ops that make them.
+"""Tests for stepwise_ntk.data._augment: positive-pair views and the ops that make them.
 
 References: numpy re-implementations (np.pad + slicing, np.fliplr, the BT.601 formula,
 torchvision's blend formulas), scipy.ndimage.zoom for bilinear resizing, exhaustive
@@ -16,10 +16,10 @@ import pytest
 import scipy.ndimage as ndi
 import scipy.stats
 
-from stepwise_ntk import _cifar10
-from stepwise_ntk._augment import (
+from stepwise_ntk.data import _cifar10
+from stepwise_ntk.data._augment import (
     LUMA_WEIGHTS,
-    AugmentConfig,
+    AugmentSettings,
     adjust_brightness,
     adjust_contrast,
     adjust_saturation,
@@ -65,7 +65,7 @@ def assert_rate(hits, trials, p):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_identity_views_are_the_images_in_order(dtype):
     x = noise(5, dtype=dtype)
-    views = positive_pairs(jax.random.key(0), x, AugmentConfig.identity())
+    views = positive_pairs(jax.random.key(0), x, AugmentSettings.identity())
     assert views.shape == (10, 8, 8, 3) and views.dtype == dtype
     np.testing.assert_array_equal(np.asarray(views[:5]), x)
     np.testing.assert_array_equal(np.asarray(views[5:]), x)
@@ -78,7 +78,7 @@ def test_crop_and_flip_views_match_exhaustive_reference():
     """
     n, p = 400, 2
     x = noise(n)
-    cfg = AugmentConfig(crop="pad", crop_padding=p, flip_prob=0.5, jitter_prob=None, gray_prob=None)
+    cfg = AugmentSettings(crop="pad", crop_padding=p, flip_prob=0.5, jitter_prob=None, gray_prob=None)
     views = np.asarray(positive_pairs(jax.random.key(1), x, cfg))
     offsets = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)]
     found_offset, found_flip = [], []
@@ -117,7 +117,7 @@ def test_crop_with_padding_all_offsets():
 def test_flip_is_exact_mirror():
     x = noise(6, 5, 7)
     np.testing.assert_array_equal(np.asarray(hflip(jnp.asarray(x[0]))), x[0][:, ::-1])
-    cfg = AugmentConfig(**{**OFF, "flip_prob": 1.0})
+    cfg = AugmentSettings(**{**OFF, "flip_prob": 1.0})
     views = np.asarray(positive_pairs(jax.random.key(0), x, cfg))
     np.testing.assert_array_equal(views, np.concatenate([x, x])[:, :, ::-1])
 
@@ -135,7 +135,7 @@ def test_grayscale_matches_luma_formula():
     out32 = grayscale(jnp.asarray(x, jnp.float32))
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out32, np.float64), np_gray(x), rtol=0, atol=3e-7)
-    cfg = AugmentConfig(**{**OFF, "gray_prob": 1.0})
+    cfg = AugmentSettings(**{**OFF, "gray_prob": 1.0})
     views = np.asarray(positive_pairs(jax.random.key(0), x, cfg))
     np.testing.assert_allclose(views, np.concatenate([np_gray(x)] * 2), rtol=0, atol=1e-15)
 
@@ -162,7 +162,7 @@ def test_jitter_factors_within_strength():
     """With only brightness on, view / image is one factor per view, in [1 − s, 1 + s]."""
     s, n = 0.3, 500
     x = noise(n, 4, 4, seed=3) * 0.5  # ≤ 0.5, so factors ≤ 1.3 never clip
-    cfg = AugmentConfig(
+    cfg = AugmentSettings(
         **{**OFF, "jitter_prob": 1.0, "brightness": s, "contrast": 0, "saturation": None}
     )
     views = np.asarray(positive_pairs(jax.random.key(2), x, cfg))
@@ -219,7 +219,7 @@ def test_resized_crop_fallback_and_identity():
     box = sample_resized_crop_box(jax.random.key(0), 32, 32, (1.0, 1.0), (2.0, 3.0))
     assert tuple(int(b) for b in box) == (8, 0, 16, 32)
     x = noise(3, 10, 10)
-    cfg = AugmentConfig(
+    cfg = AugmentSettings(
         **{**OFF, "crop": "resized", "crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)}
     )
     views = positive_pairs(jax.random.key(0), x, cfg)
@@ -233,7 +233,7 @@ def test_rates_of_flip_and_grayscale():
     """Each view is exactly one of {x, flip x, gray x, flip gray x}; rates and independence."""
     n, pf, pg = 2000, 0.3, 0.6
     x = noise(n, 4, 4, seed=5)
-    cfg = AugmentConfig(**{**OFF, "flip_prob": pf, "gray_prob": pg})
+    cfg = AugmentSettings(**{**OFF, "flip_prob": pf, "gray_prob": pg})
     views = np.asarray(positive_pairs(jax.random.key(4), x, cfg))
     xx = np.concatenate([x, x])
     gray = np_gray(xx)
@@ -251,7 +251,7 @@ def test_rates_of_flip_and_grayscale():
 def test_jitter_rate():
     n, pj = 2000, 0.7
     x = noise(n, 4, 4, seed=6)
-    cfg = AugmentConfig(**{**OFF, "jitter_prob": pj})
+    cfg = AugmentSettings(**{**OFF, "jitter_prob": pj})
     views = np.asarray(positive_pairs(jax.random.key(5), x, cfg))
     changed = ~(views == np.concatenate([x, x])).all(axis=(1, 2, 3))
     assert_rate(changed.sum(), 2 * n, pj)
@@ -298,7 +298,7 @@ def test_views_depend_only_on_key_and_image_id(default_views):
 def test_dtype_preserved_and_same_draws(crop):
     """float32 and float64 inputs use the same random draws: outputs agree to f32 rounding."""
     x = noise(32, 8, 8, seed=8)
-    cfg = AugmentConfig(crop=crop)
+    cfg = AugmentSettings(crop=crop)
     v64 = positive_pairs(jax.random.key(3), x, cfg)
     v32 = positive_pairs(jax.random.key(3), x.astype(np.float32), cfg)
     assert v64.dtype == jnp.float64 and v32.dtype == jnp.float32
@@ -335,14 +335,14 @@ def test_dtype_preserved_and_same_draws(crop):
     ],
 )
 def test_bad_config_raises_naming_parameter(kwargs, name):
-    with pytest.raises(ValueError, match=rf"AugmentConfig\.{name} "):
-        AugmentConfig(**kwargs)
+    with pytest.raises(ValueError, match=rf"AugmentSettings\.{name} "):
+        AugmentSettings(**kwargs)
 
 
 def test_config_is_hashable_and_lists_become_tuples():
-    a = AugmentConfig(crop_scale=[0.2, 1.0])
-    assert a == AugmentConfig(crop_scale=(0.2, 1.0)) and hash(a) == hash(
-        AugmentConfig(crop_scale=(0.2, 1.0))
+    a = AugmentSettings(crop_scale=[0.2, 1.0])
+    assert a == AugmentSettings(crop_scale=(0.2, 1.0)) and hash(a) == hash(
+        AugmentSettings(crop_scale=(0.2, 1.0))
     )
 
 
@@ -350,23 +350,23 @@ def test_bad_call_arguments():
     x = noise(2, 8, 8)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="crop_padding"):
-        positive_pairs(key, x, AugmentConfig(crop_padding=8))
+        positive_pairs(key, x, AugmentSettings(crop_padding=8))
     with pytest.raises(ValueError, match="C = 1"):
-        positive_pairs(key, x[..., :1], AugmentConfig())
-    positive_pairs(key, x[..., :1], AugmentConfig(jitter_prob=None, gray_prob=None))  # fine
+        positive_pairs(key, x[..., :1], AugmentSettings())
+    positive_pairs(key, x[..., :1], AugmentSettings(jitter_prob=None, gray_prob=None))  # fine
     with pytest.raises(ValueError, match="uint8_to_float"):
-        positive_pairs(key, (x * 255).astype(np.uint8), AugmentConfig())
+        positive_pairs(key, (x * 255).astype(np.uint8), AugmentSettings())
     with pytest.raises(ValueError, match=r"\(n, H, W, C\)"):
-        positive_pairs(key, x[0], AugmentConfig())
+        positive_pairs(key, x[0], AugmentSettings())
     with pytest.raises(ValueError, match="normalise the views afterwards"):
-        positive_pairs(key, x - 0.5, AugmentConfig())
+        positive_pairs(key, x - 0.5, AugmentSettings())
     with pytest.raises(ValueError, match="PRNG key"):
-        positive_pairs(0, x, AugmentConfig())
+        positive_pairs(0, x, AugmentSettings())
     with pytest.raises(ValueError, match="ids must be 2 integers"):
         positive_pairs(key, x, ids=[0, 1, 2])
     with pytest.raises(ValueError, match="ids must lie"):
         positive_pairs(key, x, ids=[0, -1])
-    with pytest.raises(ValueError, match="AugmentConfig"):
+    with pytest.raises(ValueError, match="AugmentSettings"):
         positive_pairs(key, x, {"flip_prob": 0.5})
 
 
@@ -400,7 +400,7 @@ def test_cifar10_pairs_identity_is_the_data(cifar_dir):
         n,
         "test",
         cifar_dir,
-        AugmentConfig.identity(),
+        AugmentSettings.identity(),
         normalize=False,
         dtype=np.float64,
     )

@@ -1,4 +1,4 @@
-"""Tests for stepwise_ntk._checkpoint and checkpoint/resume in training.
+"""Tests for stepwise_ntk.training._checkpoint and checkpoint/resume in training.
 
 References: the saved state itself (bit patterns compared as unsigned integers), and an
 uninterrupted training run, which a paused, crashed or resumed run must reproduce bit for bit.
@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk import _checkpoint, _train_loop
+from stepwise_ntk.training import _checkpoint
+from stepwise_ntk.training import _loop as _train_loop
 from stepwise_ntk.training import (
     CHECKPOINT_FILE,
-    TrainConfig,
+    TrainSettings,
     TrainingDivergedWarning,
     load_checkpoint,
     save_checkpoint,
@@ -122,11 +123,11 @@ def data():
 
 MODES = {
     "full_batch_sgd": (
-        TrainConfig(learning_rate=0.1, steps=90, alpha=0.3, n_records=30, chunk_size=10),
+        TrainSettings(learning_rate=0.1, steps=90, alpha=0.3, n_records=30, chunk_size=10),
         {},
     ),
     "augmented_adam": (
-        TrainConfig(
+        TrainSettings(
             optimizer="adam",
             learning_rate=0.01,
             steps=90,
@@ -226,7 +227,7 @@ def test_resume_refuses_another_run_and_overwriting(tmp_path, data):
         run(cfg, extra, data, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="different run"):
         run(
-            TrainConfig(learning_rate=0.2, steps=90, alpha=0.3, n_records=30, chunk_size=10),
+            TrainSettings(learning_rate=0.2, steps=90, alpha=0.3, n_records=30, chunk_size=10),
             extra,
             data,
             checkpoint_dir=tmp_path,
@@ -245,7 +246,7 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path, data):
 
 
 def test_diverged_run_is_checkpointed_and_resumes_to_the_same_report(tmp_path, data):
-    cfg = TrainConfig(learning_rate=30.0, steps=60, alpha=1.0, chunk_size=7)
+    cfg = TrainSettings(learning_rate=30.0, steps=60, alpha=1.0, chunk_size=7)
     with pytest.warns(TrainingDivergedWarning):
         first = run(cfg, {}, data, checkpoint_dir=tmp_path)
     assert first.diverged_at is not None

@@ -1,4 +1,4 @@
-"""Tests for stepwise_ntk._cifar10: locating, downloading, reading and subsetting CIFAR-10.
+"""Tests for stepwise_ntk.data._cifar10: locating, downloading, reading and subsetting CIFAR-10.
 
 References are independent of the loader: the raw pickles read with plain
 ``pickle.load`` and indexed by the documented byte layout, synthetic batches built here
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk import _cifar10 as c10
-from stepwise_ntk._cifar10 import (
+from stepwise_ntk.data import _cifar10 as c10
+from stepwise_ntk.data._cifar10 import (
     CIFAR10_FOLDER,
     CIFAR10_MEAN,
     CIFAR10_STD,

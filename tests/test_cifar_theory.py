@@ -10,17 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._augment import AugmentConfig, cifar10_pairs
-from stepwise_ntk._eigensystem import contrastive_eigensystem
-from stepwise_ntk._solver import SolverSettings, solve
-from stepwise_ntk._theory import final_embeddings, initial_eigenvalues, procrustes_error, step_times
+from stepwise_ntk.data._augment import AugmentSettings, cifar10_pairs
+from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
+from stepwise_ntk.solver._solve import SolverSettings, solve
+from stepwise_ntk.theory._closed_form import final_embeddings, initial_eigenvalues, procrustes_error, step_times
 
 N_PAIRS, D = 500, 8
 
 
 @pytest.fixture(scope="module")
 def cifar_problem(cifar_dir):
-    config = AugmentConfig(crop="pad", flip_prob=0.5, jitter_prob=1.0, brightness=0.4,
+    config = AugmentSettings(crop="pad", flip_prob=0.5, jitter_prob=1.0, brightness=0.4,
                            contrast=None, saturation=None, gray_prob=None)
     views, _, _ = cifar10_pairs(jax.random.key(0), N_PAIRS, config=config, data_dir=cifar_dir,
                                 dtype=jnp.float64)

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk import cli
-from stepwise_ntk._metrics import crossing_times, plateau_losses
-from stepwise_ntk._exp_linear import LinearSettings, flatten_scaled
-from stepwise_ntk._augment import cifar10_pairs
-from stepwise_ntk._eigensystem import contrastive_eigensystem
-from stepwise_ntk._theory import step_times
+from stepwise_ntk.experiments import cli
+from stepwise_ntk.predictor._metrics import crossing_times, plateau_losses
+from stepwise_ntk.experiments._linear import LinearSettings, flatten_scaled
+from stepwise_ntk.data._augment import cifar10_pairs
+from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
+from stepwise_ntk.theory._closed_form import step_times
 
 TINY = ["--n-pairs", "60", "--d", "3", "--n-times", "60", "--gallery-pool", "40", "--gallery-modes", "2"]
 
@@ -94,7 +94,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, cifar_dir, flags, needl
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("stepwise_ntk._cifar10.CIFAR10_URL", "file:///nonexistent/cifar-10-python.tar.gz", raising=False)
+    monkeypatch.setattr("stepwise_ntk.data._cifar10.CIFAR10_URL", "file:///nonexistent/cifar-10-python.tar.gz", raising=False)
     rc, err = _run_error(capsys, ["linear", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "none"), *TINY])
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     # The failed run is marked, not silently truncated.
@@ -120,9 +120,9 @@ def test_finished_run_is_not_overwritten_by_accident(linear_run, capsys):
 
 
 def test_kernel_subcommand_uses_the_architecture_ntk(tmp_path, cifar_dir):
-    from stepwise_ntk._exp_kernel import KernelSettings, gaussian_embeddings
-    from stepwise_ntk._exp_kernel_model import load_problem_data
-    from stepwise_ntk._kernels import analytic_ntk
+    from stepwise_ntk.experiments._kernel import KernelSettings, gaussian_embeddings
+    from stepwise_ntk.experiments._kernel_model import load_problem_data
+    from stepwise_ntk.kernels._analytic import analytic_ntk
 
     out = tmp_path / "k"
     flags = ["--n-pairs", "30", "--d", "3", "--downsample", "4", "--gallery-pool", "20", "--arch-options", "depth=1"]
@@ -139,7 +139,7 @@ def test_kernel_subcommand_uses_the_architecture_ntk(tmp_path, cifar_dir):
 
 
 def test_gaussian_embeddings_have_covariance_scale2_K():
-    from stepwise_ntk._exp_kernel import gaussian_embeddings
+    from stepwise_ntk.experiments._kernel import gaussian_embeddings
 
     A = np.random.default_rng(0).normal(size=(4, 4))
     K = jnp.asarray(A @ A.T)
@@ -149,7 +149,7 @@ def test_gaussian_embeddings_have_covariance_scale2_K():
 
 
 def test_arch_options_parse_and_reject():
-    from stepwise_ntk._exp_kernel import parse_options
+    from stepwise_ntk.experiments._kernel import parse_options
 
     assert parse_options("depth=3, activation=erf,w_std=1.5") == {"depth": 3, "activation": "erf", "w_std": 1.5}
     with pytest.raises(ValueError, match="key=value"):

@@ -1,7 +1,7 @@
-"""Empirical NTK of the Flax twin (stepwise_ntk._empirical).
+"""Empirical NTK of the Flax twin (stepwise_ntk.kernels._empirical).
 
 References: an explicit float64 Jacobian contraction with jax.jacobian, and, for the
-width-convergence tests, the analytic NTK of the same spec (stepwise_ntk._kernels).
+width-convergence tests, the analytic NTK of the same spec (stepwise_ntk.kernels._analytic).
 """
 
 import jax
@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._architectures import MLP, MyrtleCNN
-from stepwise_ntk._empirical import empirical_ntk
-from stepwise_ntk._kernels import analytic_ntk
-from stepwise_ntk._nt_compat import nt
+from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
+from stepwise_ntk.kernels._empirical import empirical_ntk
+from stepwise_ntk.kernels._analytic import analytic_ntk
+from stepwise_ntk.kernels._nt_compat import nt
 
 IMPLEMENTATIONS = [nt.NtkImplementation.STRUCTURED_DERIVATIVES,
                    nt.NtkImplementation.JACOBIAN_CONTRACTION,

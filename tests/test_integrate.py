@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from stepwise_ntk import _integrate as I
-from stepwise_ntk._integrate import ODESettings, integrate
+from stepwise_ntk.solver import _integrate as I
+from stepwise_ntk.solver._integrate import ODESettings, integrate
 
 
 def _linear_problem(seed=0, stiff=False):

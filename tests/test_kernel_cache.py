@@ -1,14 +1,14 @@
-"""On-disk kernel cache (stepwise_ntk._kernel_cache) and its use by analytic_kernels."""
+"""On-disk kernel cache (stepwise_ntk.kernels._cache) and its use by analytic_kernels."""
 
 import os
 
 import numpy as np
 import pytest
 
-from stepwise_ntk import _kernels
-from stepwise_ntk._architectures import MLP
-from stepwise_ntk._kernel_cache import KernelCache, array_fingerprint, cache_key
-from stepwise_ntk._kernels import analytic_kernels
+from stepwise_ntk.kernels import _analytic as _kernels
+from stepwise_ntk.kernels.architectures._registry import MLP
+from stepwise_ntk.kernels._cache import KernelCache, array_fingerprint, cache_key
+from stepwise_ntk.kernels._analytic import analytic_kernels
 
 
 def test_fingerprint_sees_every_bit_dtype_and_shape():

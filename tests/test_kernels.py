@@ -1,4 +1,4 @@
-"""Analytic NNGP/NTK Grams (stepwise_ntk._kernels) against closed forms and properties.
+"""Analytic NNGP/NTK Grams (stepwise_ntk.kernels._analytic) against closed forms and properties.
 
 CNN kernels are computed in float32 here: on AVX-512 CPUs jaxlib 0.10.2 segfaults on
 float64 CNN kernels unless XLA_FLAGS=--xla_cpu_max_isa=AVX2 was set before JAX started
@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from stepwise_ntk import _kernels
-from stepwise_ntk._architectures import MLP, MyrtleCNN, WideResNet
-from stepwise_ntk._kernels import (
+from stepwise_ntk.kernels import _analytic as _kernels
+from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN, WideResNet
+from stepwise_ntk.kernels._analytic import (
     KernelMemoryError,
     analytic_kernels,
     analytic_ntk,
@@ -243,8 +243,8 @@ def test_blocks_are_spread_over_several_devices():
     # equal the single-device one.
     code = textwrap.dedent("""
         import numpy as np, jax
-        from stepwise_ntk import _kernels
-        from stepwise_ntk._architectures import MLP
+        from stepwise_ntk.kernels import _analytic as _kernels
+        from stepwise_ntk.kernels.architectures._registry import MLP
         assert len(jax.local_devices()) == 2
         used = set()
         real = _kernels._executable

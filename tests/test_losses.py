@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._losses import barlow_twins_loss, cross_correlation, simclr_loss, vicreg_loss
+from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, simclr_loss, vicreg_loss
 
 
 def _F(n, d, seed=0, scale=1.0):

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import scipy.stats
 
-from stepwise_ntk._metrics import (
+from stepwise_ntk.predictor._metrics import (
     compare_embeddings,
     eigenvalue_trajectory_error,
     principal_cosines,

@@ -1,4 +1,4 @@
-"""neural-tangents through stepwise_ntk._nt_compat, checked against independent references.
+"""neural-tangents through stepwise_ntk.kernels._nt_compat, checked against independent references.
 
 Every reference here is float64 numpy/scipy written from the formulas, not from
 neural-tangents; tolerances are float64 round-off scaled by the problem size unless said.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from stepwise_ntk._nt_compat import PATCHES, check_implementation, nt
+from stepwise_ntk.kernels._nt_compat import PATCHES, check_implementation, nt
 from tests.reference_kernels import relu_expectations, relu_mlp_kernels
 
 stax = nt.stax
@@ -30,7 +30,7 @@ def _standard_promotion():
 
 def test_import_never_loads_tensorflow():
     code = (
-        "import sys, stepwise_ntk, stepwise_ntk._nt_compat;"
+        "import sys, stepwise_ntk, stepwise_ntk.kernels._nt_compat;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf2jax')];"
         "assert not bad, bad"
     )

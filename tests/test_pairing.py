@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._pairing import (
+from stepwise_ntk.data._pairing import (
     check_embeddings,
     check_kernel,
     check_n_pairs,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stepwise_ntk import _plots
+from stepwise_ntk.experiments import _plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._architectures import MLP, MyrtleCNN
-from stepwise_ntk._predict import (
+from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
+from stepwise_ntk.predictor._predict import (
     compare_run,
     init_network,
     network_kernel,
     predict_run,
 )
-from stepwise_ntk._training import TrainConfig, TrainingDivergedWarning, train
+from stepwise_ntk.training._train import TrainSettings, TrainingDivergedWarning, train
 from tests.reference_kernels import relu_mlp_kernels
 
 
@@ -60,7 +60,7 @@ def linear_run():
     Xt = paired_features(40, SCALES, seed=1)[:40]
     net = LinearNet(d)
     init = init_network(net, X, Xt, alpha=alpha, key=jax.random.key(0))
-    cfg = TrainConfig(learning_rate=c / alpha**2, steps=1000, alpha=alpha, n_records=120)
+    cfg = TrainSettings(learning_rate=c / alpha**2, steps=1000, alpha=alpha, n_records=120)
     res = train(net, cfg, X, test_views=Xt, init_params=init.params, progress=False)
     pred = predict_run(net, X, Xt, d, init.F0, res.effective_times, alpha=alpha, kernel="empirical_init",
                        params=init.params, F0_test=init.F0_test)
@@ -169,12 +169,12 @@ def test_prediction_for_one_architecture_refuses_a_run_of_another(small_images):
     mlp, cnn = MLP(depth=1, width=8, d=2), MyrtleCNN(depth=5, width=2, d=2)
     init = init_network(mlp, views, test_views, alpha=0.1, key=jax.random.key(0))
     pred = predict_run(mlp, views, test_views, 2, init.F0, [1.0, 2.0], alpha=0.1, F0_test=init.F0_test)
-    cnn_run = train(cnn, TrainConfig(steps=2, alpha=0.1), views, test_views=test_views, progress=False)
+    cnn_run = train(cnn, TrainSettings(steps=2, alpha=0.1), views, test_views=test_views, progress=False)
     with pytest.raises(ValueError, match="computed for .*'mlp'.* but is used with .*'myrtle'"):
         compare_run(pred, cnn_run, arch=cnn)
     with pytest.raises(ValueError, match="the run's params do not belong to .*'mlp'"):
         compare_run(pred, cnn_run, arch=mlp)  # a CNN run claimed to be the MLP
-    deeper = train(mlp.replace(depth=2), TrainConfig(steps=2, alpha=0.1), views, test_views=test_views,
+    deeper = train(mlp.replace(depth=2), TrainSettings(steps=2, alpha=0.1), views, test_views=test_views,
                    progress=False)
     with pytest.raises(ValueError, match="depth: 1 \\(kernel\\) vs 2"):
         compare_run(pred, deeper, arch=mlp.replace(depth=2))
@@ -228,7 +228,7 @@ def test_a_diverged_run_is_reported_not_compared(small_images):
     pred = predict_run(mlp, views, test_views, 2, init.F0, [1.0, 2.0], alpha=0.1, F0_test=init.F0_test)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TrainingDivergedWarning)
-        res = train(mlp, TrainConfig(learning_rate=1e6, steps=50, alpha=0.1, chunk_size=10), views,
+        res = train(mlp, TrainSettings(learning_rate=1e6, steps=50, alpha=0.1, chunk_size=10), views,
                     test_views=test_views, init_params=init.params, progress=False)
     assert res.diverged_at is not None
     with pytest.raises(ValueError, match=f"diverged at step {res.diverged_at}"):

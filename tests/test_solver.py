@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._eigensystem import contrastive_eigensystem
-from stepwise_ntk._linear_gd import linear_gd
-from stepwise_ntk._losses import barlow_twins_loss
-from stepwise_ntk._solver import SolverSettings, choose_method, solve, spectral_norm_bound
+from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
+from stepwise_ntk.solver._linear_gd import linear_gd
+from stepwise_ntk.losses import barlow_twins_loss
+from stepwise_ntk.solver._solve import SolverSettings, choose_method, solve, spectral_norm_bound
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_theory import paired_features  # noqa: E402
@@ -258,7 +258,7 @@ SHARDING_SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 8, jax.devices()
     sys.path.insert(0, sys.argv[1])
     from test_theory import paired_features
-    from stepwise_ntk._solver import solve, SolverSettings
+    from stepwise_ntk.solver._solve import solve, SolverSettings
     n, m, d = 32, 40, 3
     X = jnp.asarray(paired_features(n, m, noise=0.3, seed=5))
     K = X @ X.T

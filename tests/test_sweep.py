@@ -8,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._architectures import MLP
-from stepwise_ntk._augment import cifar10_pairs
-from stepwise_ntk._metrics import (
+from stepwise_ntk.kernels.architectures._registry import MLP
+from stepwise_ntk.data._augment import cifar10_pairs
+from stepwise_ntk.predictor._metrics import (
     eigenvalue_trajectory_error,
     procrustes_relative_error,
     step_time_ratios,
     subspace_alignment,
 )
-from stepwise_ntk._sweep import SweepConfig, choose_d, width_sweep
-from stepwise_ntk._training import TrainingDivergedWarning
+from stepwise_ntk.predictor._sweep import WidthSweepSettings, choose_d, width_sweep
+from stepwise_ntk.training._train import TrainingDivergedWarning
 
 
 def cifar_views(cifar_dir, n, n_test, downsample):
@@ -34,7 +34,7 @@ def tiny(cifar_dir):
 
 def test_tiny_sweep_structure_and_self_consistency(tiny):
     views, test = tiny
-    cfg = SweepConfig(widths=(16, 64), alpha=0.05, step_size=0.03, n_records=40)
+    cfg = WidthSweepSettings(widths=(16, 64), alpha=0.05, step_size=0.03, n_records=40)
     res = width_sweep(MLP(depth=1, width=8, d=2), views, test, cfg, progress=False)
     assert [r.width for r in res.runs] == [16, 64] and res.n_pairs == 12 and res.n_test == 12
     for run in res.runs:
@@ -68,7 +68,7 @@ def test_tiny_sweep_structure_and_self_consistency(tiny):
 def test_a_diverging_learning_rate_is_reported_and_the_sweep_goes_on(tiny):
     views, test = tiny
     # 8 γ_1(Θ) c ≈ 2.8 > 2 (γ_1(Θ) ≈ 0.35 here): gradient descent on the kernel is unstable.
-    cfg = SweepConfig(widths=(8, 16), alpha=0.05, step_size=1.0, n_records=20)
+    cfg = WidthSweepSettings(widths=(8, 16), alpha=0.05, step_size=1.0, n_records=20)
     with pytest.warns(TrainingDivergedWarning, match="diverged at step"):
         res = width_sweep(MLP(depth=1, width=8, d=2), views, test, cfg, progress=False)
     assert len(res.runs) == 2
@@ -90,20 +90,20 @@ def test_bad_input(tiny):
     bad = views.copy()
     bad[5, 0, 0, 1] = np.nan
     with pytest.raises(ValueError, match="views contains 1 NaN/Inf"):
-        width_sweep(arch, bad, test, SweepConfig(widths=(8,)), progress=False)
+        width_sweep(arch, bad, test, WidthSweepSettings(widths=(8,)), progress=False)
     with pytest.raises(ValueError, match="test_views contains 1 NaN/Inf"):
-        width_sweep(arch, views, bad[:12], SweepConfig(widths=(8,)), progress=False)
+        width_sweep(arch, views, bad[:12], WidthSweepSettings(widths=(8,)), progress=False)
     # K Z has the inertia of Z for a positive-definite K: n = 12 positive γ.
     with pytest.raises(ValueError, match="Only 12 contrastive eigenvalues .* d = 13"):
-        width_sweep(MLP(depth=1, width=8, d=13), views, test, SweepConfig(widths=(8,)), progress=False)
+        width_sweep(MLP(depth=1, width=8, d=13), views, test, WidthSweepSettings(widths=(8,)), progress=False)
     with pytest.raises(ValueError, match="increasing"):
-        SweepConfig(widths=(64, 16))
+        WidthSweepSettings(widths=(64, 16))
     with pytest.raises(ValueError, match="kernels"):
-        SweepConfig(kernels=("ntk",))
+        WidthSweepSettings(kernels=("ntk",))
     with pytest.raises(ValueError, match="horizon"):
-        SweepConfig(horizon=0.5)
+        WidthSweepSettings(horizon=0.5)
     with pytest.raises(ValueError, match="max_steps"):  # the plan does not fit in 10 steps
-        width_sweep(arch, views, test, SweepConfig(widths=(8,), max_steps=10), progress=False)
+        width_sweep(arch, views, test, WidthSweepSettings(widths=(8,), max_steps=10), progress=False)
 
 
 def test_choose_d_takes_the_largest_gap():
@@ -121,7 +121,7 @@ def test_alignment_rises_with_width_and_passes_0_9(cifar_dir):
     # The benchmark's claim at its data size (benchmarks/width_sweep.py; ~2 min on 2 cores).
     views, test = cifar_views(cifar_dir, 128, 128, 4)
     res = width_sweep(MLP(depth=1, width=64, d=3), views, test,
-                      SweepConfig(widths=(64, 1024, 4096), alpha=0.05, step_size=0.023), progress=False)
+                      WidthSweepSettings(widths=(64, 1024, 4096), alpha=0.05, step_size=0.023), progress=False)
     s = res.summary()["analytic"]
     assert s["alignment_rises"] and s["widest_alignment"] >= 0.9
     # Step times approach the kernel model's: the worst mode is closer at the widest width.

@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk._eigensystem import (
+from stepwise_ntk.theory._eigensystem import (
     check_enough_modes,
     contrastive_eigensystem,
     mode_coordinates,
     mode_functions,
     mode_functions_new,
 )
-from stepwise_ntk._solver import SolverSettings, solve
-from stepwise_ntk._theory import (
+from stepwise_ntk.solver._solve import SolverSettings, solve
+from stepwise_ntk.theory._closed_form import (
     aligned_eigenvalues,
     final_embeddings,
     initial_eigenvalues,

@@ -20,12 +20,12 @@ import optax
 import pytest
 from scipy.integrate import solve_ivp
 
-from stepwise_ntk import _train_loop
-from stepwise_ntk._linear_gd import linear_gd
-from stepwise_ntk._losses import LOSS_FUNCTIONS
-from stepwise_ntk._solver import SolverSettings, solve
+from stepwise_ntk.training import _loop as _train_loop
+from stepwise_ntk.solver._linear_gd import linear_gd
+from stepwise_ntk.losses import LOSS_FUNCTIONS
+from stepwise_ntk.solver._solve import SolverSettings, solve
 from stepwise_ntk.training import (
-    TrainConfig,
+    TrainSettings,
     TrainingDivergedWarning,
     cross_correlation_eigenvalues,
     record_steps,
@@ -146,7 +146,7 @@ def test_recorded_eigenvalues_are_those_of_dense_swap_cross_correlation():
 def test_linear_network_gd_reproduces_parameter_space_trajectory():
     views, gamma, W0 = linear_problem()
     lr, steps = 0.05, 300
-    cfg = TrainConfig(
+    cfg = TrainSettings(
         loss="barlow_twins",
         learning_rate=lr,
         steps=steps,
@@ -212,7 +212,7 @@ def test_linear_gd_approaches_gradient_flow_linearly_in_learning_rate():
     np.testing.assert_allclose(flow_traj.embeddings, views @ W_T.T, atol=1e-7)  # two ODE routes
     errors_w, errors_f = [], []
     for lr in (0.02, 0.01, 0.005):
-        cfg = TrainConfig(learning_rate=lr, steps=round(T / lr), n_records=3, chunk_size=128)
+        cfg = TrainSettings(learning_rate=lr, steps=round(T / lr), n_records=3, chunk_size=128)
         r = train(Linear(2), cfg, X, init_params=linear_params(W0), progress=False)
         assert r.effective_times[-1] == pytest.approx(T)
         errors_w.append(np.abs(np.asarray(r.params["params"]["Dense_0"]["kernel"]).T - W_T).max())
@@ -264,7 +264,7 @@ def mlp_data():
 def test_momentum_minibatch_matches_python_optax_loop(mlp_data):
     views, _ = mlp_data
     module, n, b = TinyMLP(), 10, 4
-    cfg = TrainConfig(
+    cfg = TrainSettings(
         optimizer="momentum",
         learning_rate=0.02,
         momentum=0.8,
@@ -297,7 +297,7 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
     def augment(key, imgs):
         return jnp.concatenate([imgs, imgs + 0.1 * jax.random.normal(key, imgs.shape, imgs.dtype)])
 
-    cfg = TrainConfig(
+    cfg = TrainSettings(
         optimizer="adam", learning_rate=0.01, steps=40, alpha=0.5, batch_size=b, chunk_size=16
     )
     key = jax.random.key(3)
@@ -335,7 +335,7 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
 def test_named_losses_train_like_a_python_loop(mlp_data, name):
     views, _ = mlp_data
     module, fn = TinyMLP(), LOSS_FUNCTIONS[name]
-    cfg = TrainConfig(loss=name, learning_rate=0.01, steps=25, alpha=1.0, chunk_size=8, n_records=5)
+    cfg = TrainSettings(loss=name, learning_rate=0.01, steps=25, alpha=1.0, chunk_size=8, n_records=5)
     key = jax.random.key(2)
     r = train(module, cfg, views, key=key, progress=False)
     init = module.init(jax.random.split(key)[0], views[:1])
@@ -351,8 +351,8 @@ def test_minibatch_of_all_pairs_equals_full_batch(mlp_data):
     # the same objective: minibatch mode with batch_size = n must follow the full-batch run.
     views, _ = mlp_data
     base = dict(learning_rate=0.05, steps=80, alpha=0.3, n_records=10, chunk_size=32)
-    full = train(TinyMLP(), TrainConfig(**base), views, progress=False)
-    mini = train(TinyMLP(), TrainConfig(**base, batch_size=10), views, progress=False)
+    full = train(TinyMLP(), TrainSettings(**base), views, progress=False)
+    mini = train(TinyMLP(), TrainSettings(**base, batch_size=10), views, progress=False)
     tree_close(full.params, mini.params, atol=1e-11)
     np.testing.assert_allclose(mini.eigenvalues, full.eigenvalues, atol=1e-11)
     np.testing.assert_allclose(mini.loss, full.loss, rtol=1e-11)
@@ -361,11 +361,11 @@ def test_minibatch_of_all_pairs_equals_full_batch(mlp_data):
 def test_alpha_scales_embeddings_and_C(mlp_data):
     views, test_views = mlp_data
     module = TinyMLP()
-    cfg = TrainConfig(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.1)
+    cfg = TrainSettings(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.1)
     r1 = train(module, cfg, views, test_views=test_views, progress=False)
     r2 = train(
         module,
-        TrainConfig(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.2),
+        TrainSettings(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.2),
         views,
         progress=False,
     )
@@ -381,7 +381,7 @@ def test_alpha_scales_embeddings_and_C(mlp_data):
 
 def test_same_key_same_result_other_key_other_init(mlp_data):
     views, _ = mlp_data
-    cfg = TrainConfig(loss=bt_loss, learning_rate=0.05, steps=30, alpha=0.3, chunk_size=8)
+    cfg = TrainSettings(loss=bt_loss, learning_rate=0.05, steps=30, alpha=0.3, chunk_size=8)
     a = train(TinyMLP(), cfg, views, progress=False)
     b = train(TinyMLP(), cfg, views, key=jax.random.key(cfg.seed), progress=False)
     c = train(TinyMLP(), cfg, views, key=jax.random.key(1), progress=False)
@@ -398,7 +398,7 @@ def test_one_compilation_for_all_chunks_and_repeat_calls(mlp_data):
         traces.append(1)  # Python side effect: runs only while JAX traces
         return bt_loss(F)
 
-    cfg = TrainConfig(loss=counting_loss, learning_rate=0.05, steps=95, alpha=0.3, chunk_size=10)
+    cfg = TrainSettings(loss=counting_loss, learning_rate=0.05, steps=95, alpha=0.3, chunk_size=10)
     before = _train_loop.run_chunk._cache_size()
     train(TinyMLP(), cfg, views, progress=False)  # 10 chunks
     first = len(traces)
@@ -423,7 +423,7 @@ def test_divergence_is_reported_at_the_exact_step(chunk_size):
     bad = np.flatnonzero(~np.isfinite(losses) | (losses > thr))
     assert bad.size and bad[0] > 2  # the reference run does diverge, after a few fine steps
     s_star = int(bad[0])
-    cfg = TrainConfig(
+    cfg = TrainSettings(
         learning_rate=lr, steps=60, n_records=60, chunk_size=chunk_size, divergence_threshold=thr
     )
     with pytest.warns(TrainingDivergedWarning, match=f"step {s_star}"):
@@ -442,7 +442,7 @@ def test_nonfinite_loss_without_threshold_and_bad_first_step(mlp_data):
     with pytest.warns(TrainingDivergedWarning):
         r = train(
             Linear(2),
-            TrainConfig(loss=bt_loss, learning_rate=50.0, steps=200, divergence_threshold=None),
+            TrainSettings(loss=bt_loss, learning_rate=50.0, steps=200, divergence_threshold=None),
             views,
             progress=False,
         )
@@ -454,7 +454,7 @@ def test_nonfinite_loss_without_threshold_and_bad_first_step(mlp_data):
     with pytest.warns(TrainingDivergedWarning, match="step 0"):
         r0 = train(
             TinyMLP(),
-            TrainConfig(loss=bt_loss, steps=10, alpha=1e3, divergence_threshold=10.0),
+            TrainSettings(loss=bt_loss, steps=10, alpha=1e3, divergence_threshold=10.0),
             views,
             progress=False,
         )
@@ -486,7 +486,7 @@ def test_nan_in_data_is_rejected_naming_the_array(mlp_data, name, kwargs):
     with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN/inf"):
         train(
             TinyMLP(),
-            TrainConfig(loss=bt_loss, steps=1),
+            TrainSettings(loss=bt_loss, steps=1),
             key=jax.random.key(0),
             progress=False,
             **kwargs(views),
@@ -501,14 +501,14 @@ def test_nan_in_data_is_rejected_naming_the_array(mlp_data, name, kwargs):
         (dict(test_views=np.zeros((2, 4))), "test_views"),
         (dict(images=np.zeros((3, 6))), "augment and images"),
         (dict(augment=lambda k, x: x), "augment and images"),
-        (dict(config=TrainConfig(loss=bt_loss, batch_size=11)), "batch_size=11"),
+        (dict(config=TrainSettings(loss=bt_loss, batch_size=11)), "batch_size=11"),
         (dict(resume=True), "checkpoint_dir"),
-        (dict(config="sgd"), "TrainConfig"),
+        (dict(config="sgd"), "TrainSettings"),
     ],
 )
 def test_bad_train_arguments(mlp_data, kwargs, match):
     views, _ = mlp_data
-    args = dict(config=TrainConfig(loss=bt_loss, steps=2), views=views, progress=False)
+    args = dict(config=TrainSettings(loss=bt_loss, steps=2), views=views, progress=False)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         train(TinyMLP(), **args)
@@ -535,7 +535,7 @@ def test_bad_train_arguments(mlp_data, kwargs, match):
 )
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
-        TrainConfig(**kwargs)
+        TrainSettings(**kwargs)
 
 
 def test_non_embedding_module_and_stateful_module_are_rejected(mlp_data):
@@ -553,23 +553,23 @@ def test_non_embedding_module_and_stateful_module_are_rejected(mlp_data):
             return nn.Dense(2, param_dtype=jnp.float64)(x) - mean.value
 
     with pytest.raises(ValueError, match=r"\(batch, d\)"):
-        train(Scalar(), TrainConfig(loss=bt_loss, steps=1), views, progress=False)
+        train(Scalar(), TrainSettings(loss=bt_loss, steps=1), views, progress=False)
     with pytest.raises(ValueError, match="batch_stats"):
-        train(WithBatchStats(), TrainConfig(loss=bt_loss, steps=1), views, progress=False)
+        train(WithBatchStats(), TrainSettings(loss=bt_loss, steps=1), views, progress=False)
 
 
 # --------------------------------------------------------------------------- float32 vs float64
 
 
 def test_float32_run_tracks_float64_reference():
-    from stepwise_ntk._architectures import MLP
+    from stepwise_ntk.kernels.architectures._registry import MLP
 
     rng = np.random.default_rng(11)
     X = rng.normal(size=(16, 2, 2, 3))
     views64 = np.concatenate([X, X + 0.3 * rng.normal(size=X.shape)])
     spec = MLP(depth=1, width=64, d=2)
     # f = α net has NTK α² Θ: learning rate 8 at α = 0.1 is effective rate 0.08 on Θ.
-    cfg = TrainConfig(
+    cfg = TrainSettings(
         loss=bt_loss, learning_rate=8.0, steps=150, alpha=0.1, n_records=12, chunk_size=50
     )
     r64 = train(spec.flax(jnp.float64), cfg, jnp.asarray(views64), progress=False)
@@ -596,9 +596,9 @@ def test_float32_run_tracks_float64_reference():
 
 
 def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
-    from stepwise_ntk._architectures import MLP
-    from stepwise_ntk._augment import AugmentConfig, downsample, positive_pairs
-    from stepwise_ntk._cifar10 import load_cifar10, normalize, uint8_to_float
+    from stepwise_ntk.kernels.architectures._registry import MLP
+    from stepwise_ntk.data._augment import AugmentSettings, downsample, positive_pairs
+    from stepwise_ntk.data._cifar10 import load_cifar10, normalize, uint8_to_float
 
     data = load_cifar10("train", cifar_dir)
     images = jnp.asarray(uint8_to_float(data.images[:16], jnp.float32))  # [0, 1] pixels
@@ -609,13 +609,13 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
 
         return augment
 
-    fixed = pipeline(AugmentConfig.identity())(jax.random.key(0), images)  # (32, 8, 8, 3)
+    fixed = pipeline(AugmentSettings.identity())(jax.random.key(0), images)  # (32, 8, 8, 3)
     spec = MLP(depth=1, width=64, d=2)
-    cfg = TrainConfig(learning_rate=5.0, steps=60, alpha=0.1, n_records=10, chunk_size=20)
+    cfg = TrainSettings(learning_rate=5.0, steps=60, alpha=0.1, n_records=10, chunk_size=20)
     # Identity "augmentation" of all images every step = full-batch training on fixed views.
     direct = train(spec, cfg, fixed, progress=False)
     via_augment = train(
-        spec, cfg, fixed, augment=pipeline(AugmentConfig.identity()), images=images, progress=False
+        spec, cfg, fixed, augment=pipeline(AugmentSettings.identity()), images=images, progress=False
     )
     np.testing.assert_allclose(
         via_augment.eigenvalues, direct.eigenvalues, rtol=1e-5, atol=1e-7
@@ -625,7 +625,7 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
         spec,
         dataclasses.replace(cfg, batch_size=8),
         fixed,
-        augment=pipeline(AugmentConfig()),
+        augment=pipeline(AugmentSettings()),
         images=images,
         test_views=fixed[:4],
         progress=False,
@@ -639,7 +639,7 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
 
 @pytest.mark.slow  # ~8 s on 2 CPU cores, mostly compiling the CNN's gradient
 def test_myrtle_cnn_spec_trains():
-    from stepwise_ntk._architectures import MyrtleCNN
+    from stepwise_ntk.kernels.architectures._registry import MyrtleCNN
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(6, 8, 8, 3))
@@ -647,7 +647,7 @@ def test_myrtle_cnn_spec_trains():
     spec = MyrtleCNN(depth=5, width=8, d=2)
     r = train(
         spec,
-        TrainConfig(learning_rate=0.5, steps=20, n_records=5, chunk_size=10),
+        TrainSettings(learning_rate=0.5, steps=20, n_records=5, chunk_size=10),
         views,
         progress=False,
     )
@@ -658,4 +658,4 @@ def test_myrtle_cnn_spec_trains():
     )
     assert r.loss[-1] < r.loss[0]
     with pytest.raises(ValueError, match="multiples of"):
-        train(spec, TrainConfig(steps=1), views[:, :6, :6], progress=False)
+        train(spec, TrainSettings(steps=1), views[:, :6, :6], progress=False)

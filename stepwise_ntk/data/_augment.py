@@ -1,0 +1,594 @@
+"""Random image augmentations that turn n images into 2n views (positive pairs).
+
+Each image ``x_i`` is seen through two independent random augmentations, and the views
+are stacked in the project-wide order ``X = [x_1 … x_n, x'_1 … x'_n]`` (first view of
+every image, then the second view of every image), so that the pair-swap matrix ``Z``
+swaps the two halves.
+
+The pipeline per view (each stage switchable in :class:`AugmentSettings`) is the usual
+SimCLR / Barlow Twins one, in this order:
+
+1. crop: random crop of the zero-padded image (``"pad"``), or a random resized crop
+   (``"resized"``, torchvision's ``RandomResizedCrop`` box sampling, bilinear);
+2. horizontal flip with probability ``flip_prob``;
+3. colour jitter with probability ``jitter_prob``: brightness, contrast, saturation in
+   that fixed order, each factor uniform in ``[max(0, 1 − s), 1 + s]``, clipped to [0, 1];
+4. grayscale with probability ``gray_prob`` (ITU-R BT.601 luma, copied to 3 channels).
+
+Randomness: view ``v ∈ {0, 1}`` of the image with id ``i`` uses the key
+``fold_in(fold_in(key, v), i)`` and each stage folds in its own constant, so a view
+depends only on ``(key, v, i, image)``: not on the batch it is computed in, on n, on
+which other stages are switched on, or on the float dtype (all random draws are float32
+or int32, then cast).
+
+Example::
+
+    key = jax.random.key(0)
+    images = jnp.asarray(uint8_to_float(load_cifar10("test").images[:8]))
+    views = positive_pairs(key, images, AugmentSettings())     # (16, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stepwise_ntk.data import _cifar10
+
+__all__ = [
+    "AugmentSettings",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "augment_image",
+    "cifar10_pairs",
+    "crop_with_padding",
+    "downsample",
+    "grayscale",
+    "hflip",
+    "positive_pairs",
+    "resized_crop",
+    "sample_resized_crop_box",
+]
+
+# ITU-R BT.601 luma weights (PIL's "L" conversion); they sum to 1.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Constants folded into a view's key, one per stage, so stages draw independently and
+# switching one stage off leaves the others' draws unchanged.
+_CROP, _FLIP, _JITTER, _GRAY = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"AugmentSettings.{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _check_prob(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not 0.0 <= _check_number(name, value) <= 1.0:
+        raise ValueError(
+            f"AugmentSettings.{name} must be a probability in [0, 1] (0 or None turns the "
+            f"op off), got {value!r}."
+        )
+
+
+def _check_range(name: str, value: Any, lo_ok, hi_ok, what: str) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"AugmentSettings.{name} must be a pair (low, high), got {value!r}.")
+    lo, hi = (_check_number(name, v) for v in value)
+    if not (lo_ok(lo) and hi_ok(hi) and lo <= hi):
+        raise ValueError(f"AugmentSettings.{name} must satisfy {what}, got {value!r}.")
+    return lo, hi
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings:
+    """Which augmentations make a view, and how strong they are.
+
+    ``None`` or 0 switches a stage off. The defaults are a mild SimCLR-style CIFAR
+    pipeline: pad-4 random crop, flip 0.5, colour jitter 0.4/0.4/0.4 with probability
+    0.8, grayscale 0.2. ``AugmentSettings.identity()`` switches everything off.
+
+    Attributes:
+      crop: ``"pad"`` (random crop of the image padded by ``crop_padding`` zero pixels on
+        each side; output keeps the input size), ``"resized"`` (random resized crop with
+        ``crop_scale``, ``crop_ratio``, resized back to the input size) or ``None``.
+      crop_padding: padding in pixels for ``crop="pad"``; must be < the image size.
+      crop_scale: ``(lo, hi)`` with ``0 < lo ≤ hi ≤ 1``: fraction of the image area kept
+        by the resized crop.
+      crop_ratio: ``(lo, hi)`` with ``0 < lo ≤ hi``: width/height range of the crop box
+        (sampled log-uniformly).
+      flip_prob: probability of a horizontal flip.
+      jitter_prob: probability that colour jitter is applied to a view.
+      brightness, contrast, saturation: jitter strengths ``s ≥ 0``; each factor is
+        uniform in ``[max(0, 1 − s), 1 + s]``.
+      gray_prob: probability of converting a view to grayscale.
+
+    Example::
+
+        AugmentSettings(crop="resized", crop_scale=(0.2, 1.0), jitter_prob=None)
+    """
+
+    crop: str | None = "pad"
+    crop_padding: int = 4
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float | None = 0.5
+    jitter_prob: float | None = 0.8
+    brightness: float | None = 0.4
+    contrast: float | None = 0.4
+    saturation: float | None = 0.4
+    gray_prob: float | None = 0.2
+
+    def __post_init__(self):
+        if self.crop not in (None, "pad", "resized"):
+            raise ValueError(
+                f"AugmentSettings.crop must be 'pad', 'resized' or None, got {self.crop!r}."
+            )
+        pad = self.crop_padding
+        if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
+            raise ValueError(
+                f"AugmentSettings.crop_padding must be an int ≥ 0 (pixels), got {pad!r}."
+            )
+        object.__setattr__(self, "crop_padding", int(pad))
+        scale = _check_range(
+            "crop_scale",
+            self.crop_scale,
+            lambda v: v > 0,
+            lambda v: v <= 1,
+            "0 < low ≤ high ≤ 1",
+        )
+        ratio = _check_range(
+            "crop_ratio", self.crop_ratio, lambda v: v > 0, lambda v: True, "0 < low ≤ high"
+        )
+        object.__setattr__(self, "crop_scale", scale)  # tuples keep the config hashable
+        object.__setattr__(self, "crop_ratio", ratio)
+        for name in ("flip_prob", "jitter_prob", "gray_prob"):
+            _check_prob(name, getattr(self, name))
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            if value is not None and _check_number(name, value) < 0:
+                raise ValueError(
+                    f"AugmentSettings.{name} must be a strength ≥ 0 (0 or None turns it "
+                    f"off), got {value!r}."
+                )
+
+    @classmethod
+    def identity(cls) -> AugmentSettings:
+        """All stages off: both views equal the image."""
+        return cls(crop=None, flip_prob=None, jitter_prob=None, gray_prob=None)
+
+    # The stages that actually do something.
+    @property
+    def pads(self) -> bool:
+        return self.crop == "pad" and self.crop_padding > 0
+
+    @property
+    def jitters(self) -> bool:
+        return bool(self.jitter_prob) and any((self.brightness, self.contrast, self.saturation))
+
+
+# --------------------------------------------------------------------------- single ops
+
+
+def _concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def hflip(image: jax.Array) -> jax.Array:
+    """Mirror ``(H, W, C)`` left–right: ``out[y, x] = image[y, W − 1 − x]``."""
+    return image[:, ::-1, :]
+
+
+def crop_with_padding(image: jax.Array, dy: Any, dx: Any, padding: int) -> jax.Array:
+    """The ``H × W`` window at offset ``(dy, dx)`` of the image zero-padded by ``padding``.
+
+    ``out[y, x] = image[y + dy − p, x + dx − p]``, or 0 where that is outside the image.
+    ``dy = dx = p`` gives the image back.
+
+    Args:
+      image: ``(H, W, C)``.
+      dy, dx: int offsets in ``[0, 2p]`` (may be traced).
+      padding: ``p ≥ 0`` (static).
+    """
+    if (
+        _concrete(dy)
+        and _concrete(dx)
+        and not (0 <= int(dy) <= 2 * padding and 0 <= int(dx) <= 2 * padding)
+    ):
+        raise ValueError(f"offsets must lie in [0, {2 * padding}], got dy={dy}, dx={dx}.")
+    h, w, c = image.shape
+    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    return jax.lax.dynamic_slice(padded, (dy, dx, jnp.zeros_like(dy)), (h, w, c))
+
+
+def _interp_matrix(start: jax.Array, length: jax.Array, size: int, dtype: Any) -> jax.Array:
+    # (size, size) weights resampling [start, start + length) onto `size` pixels:
+    # half-pixel centres, coordinates clamped into the box (= edge replication), tent
+    # kernel; bilinear = one such matrix per axis.
+    start = start.astype(dtype)
+    length = length.astype(dtype)
+    centres = start + (jnp.arange(size, dtype=dtype) + 0.5) * (length / size) - 0.5
+    coord = jnp.clip(centres, start, start + length - 1)
+    source = jnp.arange(size, dtype=dtype)
+    return jnp.maximum(0, 1 - jnp.abs(coord[:, None] - source[None, :]))
+
+
+def resized_crop(image: jax.Array, top: Any, left: Any, height: Any, width: Any) -> jax.Array:
+    """Crop the box ``[top, top+height) × [left, left+width)`` and resize it to ``H × W``.
+
+    Bilinear with half-pixel centres and edge replication inside the box, as
+    ``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)`` of the
+    cropped patch (the box is never larger than the image, so no antialiasing is needed).
+    Implemented as ``R_y · crop · R_xᵀ`` with two small interpolation matrices, so box
+    sizes may be traced.
+
+    Args:
+      image: ``(H, W, C)`` float.
+      top, left, height, width: ints, the box inside the image.
+
+    Returns:
+      ``(H, W, C)``, same dtype.
+    """
+    h, w, _ = image.shape
+    if all(map(_concrete, (top, left, height, width))) and not (
+        0 <= int(top)
+        and 0 <= int(left)
+        and 1 <= int(height)
+        and 1 <= int(width)
+        and int(top) + int(height) <= h
+        and int(left) + int(width) <= w
+    ):
+        raise ValueError(
+            f"box (top={top}, left={left}, height={height}, width={width}) is not inside "
+            f"the {h}×{w} image."
+        )
+    ry = _interp_matrix(jnp.asarray(top), jnp.asarray(height), h, image.dtype)
+    rx = _interp_matrix(jnp.asarray(left), jnp.asarray(width), w, image.dtype)
+    # HIGHEST: no reduced-precision (e.g. TF32) matmuls on accelerators.
+    return jnp.einsum("ik,klc,jl->ijc", ry, image, rx, precision=jax.lax.Precision.HIGHEST)
+
+
+def sample_resized_crop_box(
+    key: jax.Array,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A random crop box as in torchvision's ``RandomResizedCrop.get_params``.
+
+    Up to ``attempts`` candidates: area ``A·U(scale)``, aspect ``exp(U(log ratio))``,
+    ``w = round(√(area·aspect))``, ``h = round(√(area/aspect))``; the first that fits is
+    placed uniformly at random. If none fits, the largest centred box whose aspect is
+    clamped into ``ratio`` is used. All candidates are drawn at once (no Python loop).
+
+    Returns:
+      ``(top, left, h, w)``, int32 scalars.
+    """
+    k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+    area = float(height * width)
+    target = area * jax.random.uniform(k_area, (attempts,), jnp.float32, scale[0], scale[1])
+    log_r = jax.random.uniform(
+        k_ratio, (attempts,), jnp.float32, math.log(ratio[0]), math.log(ratio[1])
+    )
+    aspect = jnp.exp(log_r)
+    ws = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+    hs = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+    fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+    first = jnp.argmax(fits)
+    # Fallback, static: a centred box with the aspect clamped into `ratio`.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fb_w, fb_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fb_h, fb_w = height, round(height * ratio[1])
+    else:
+        fb_w, fb_h = width, height
+    ok = jnp.any(fits)
+    h = jnp.where(ok, hs[first], jnp.int32(fb_h))
+    w = jnp.where(ok, ws[first], jnp.int32(fb_w))
+    top = jnp.where(
+        ok,
+        jax.random.randint(k_top, (), 0, height - h + 1, dtype=jnp.int32),
+        jnp.int32((height - fb_h) // 2),
+    )
+    left = jnp.where(
+        ok,
+        jax.random.randint(k_left, (), 0, width - w + 1, dtype=jnp.int32),
+        jnp.int32((width - fb_w) // 2),
+    )
+    return top, left, h, w
+
+
+def grayscale(image: jax.Array) -> jax.Array:
+    """BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, repeated over the 3 channels."""
+    weights = jnp.asarray(LUMA_WEIGHTS, dtype=image.dtype)
+    luma = jnp.einsum("...c,c->...", image, weights, precision=jax.lax.Precision.HIGHEST)
+    return jnp.broadcast_to(luma[..., None], image.shape)
+
+
+def _blend(image: jax.Array, other: jax.Array, factor: jax.Array) -> jax.Array:
+    # factor·image + (1 − factor)·other, kept in [0, 1] as torchvision does.
+    return jnp.clip(factor * image + (1 - factor) * other, 0, 1)
+
+
+def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
+    """``clip(factor · image, 0, 1)`` (blend with black)."""
+    return _blend(image, jnp.zeros_like(image), factor)
+
+
+def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
+    """Blend with the image's mean luma: ``clip(f·x + (1 − f)·mean(luma(x)), 0, 1)``."""
+    mean = jnp.mean(grayscale(image)[..., 0])
+    return _blend(image, mean, factor)
+
+
+def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
+    """Blend with the per-pixel luma: ``clip(f·x + (1 − f)·luma(x), 0, 1)``."""
+    return _blend(image, grayscale(image), factor)
+
+
+# --------------------------------------------------------------------------- one view
+
+
+def _factor(key: jax.Array, strength: float | None, dtype: Any) -> jax.Array | None:
+    if not strength:
+        return None
+    f = jax.random.uniform(key, (), jnp.float32, max(0.0, 1.0 - strength), 1.0 + strength)
+    return f.astype(dtype)
+
+
+def _coin(key: jax.Array, prob: float) -> jax.Array:
+    # Not jax.random.bernoulli: its draw width follows the x64 flag; this does not.
+    return jax.random.uniform(key, (), jnp.float32) < prob
+
+
+def augment_image(key: jax.Array, image: jax.Array, config: AugmentSettings) -> jax.Array:
+    """One random view of one ``(H, W, C)`` image (crop → flip → jitter → grayscale).
+
+    Pure and traceable; :func:`positive_pairs` vmaps it. Assumes pixels in ``[0, 1]``
+    when colour jitter is on (it clips to that range).
+    """
+    h, w, _ = image.shape
+    x = image
+    k_crop = jax.random.fold_in(key, _CROP)
+    if config.pads:
+        p = config.crop_padding
+        dy, dx = jax.random.randint(k_crop, (2,), 0, 2 * p + 1, dtype=jnp.int32)
+        x = crop_with_padding(x, dy, dx, p)
+    elif config.crop == "resized":
+        box = sample_resized_crop_box(k_crop, h, w, config.crop_scale, config.crop_ratio)
+        x = resized_crop(x, *box)
+    if config.flip_prob:
+        x = jnp.where(_coin(jax.random.fold_in(key, _FLIP), config.flip_prob), hflip(x), x)
+    if config.jitters:
+        k_apply, k_b, k_c, k_s = jax.random.split(jax.random.fold_in(key, _JITTER), 4)
+        y = x
+        for k, strength, op in (
+            (k_b, config.brightness, adjust_brightness),
+            (k_c, config.contrast, adjust_contrast),
+            (k_s, config.saturation, adjust_saturation),
+        ):
+            factor = _factor(k, strength, x.dtype)
+            if factor is not None:
+                y = op(y, factor)
+        x = jnp.where(_coin(k_apply, config.jitter_prob), y, x)
+    if config.gray_prob:
+        x = jnp.where(_coin(jax.random.fold_in(key, _GRAY), config.gray_prob), grayscale(x), x)
+    return x
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _pairs(key: jax.Array, images: jax.Array, ids: jax.Array, config: AugmentSettings):
+    def views(v):
+        k_view = jax.random.fold_in(key, v)
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_view, i))(ids)
+        return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, config)
+
+    return jnp.concatenate([views(0), views(1)], axis=0)
+
+
+def _check_key(key: Any) -> jax.Array:
+    if isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
+        return key
+    raise ValueError(
+        f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} "
+        f"{getattr(key, 'dtype', '')}."
+    )
+
+
+def _check_images(images: Any, config: AugmentSettings) -> jax.Array:
+    images = jnp.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (n, H, W, C), got shape {images.shape}.")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be floating point in [0, 1], got {images.dtype}; convert uint8 "
+            "pixels with uint8_to_float (x / 255)."
+        )
+    _, h, w, c = images.shape
+    if config.pads and config.crop_padding >= min(h, w):
+        raise ValueError(
+            f"AugmentSettings.crop_padding={config.crop_padding} must be smaller than the "
+            f"image ({h}×{w}); otherwise a view can be all padding."
+        )
+    if (config.jitters or config.gray_prob) and c != 3:
+        raise ValueError(
+            f"colour jitter and grayscale need RGB images (C = 3), got C = {c}; set "
+            "jitter_prob=None and gray_prob=None for other channel counts."
+        )
+    if (
+        config.jitters
+        and _concrete(images)
+        and images.size
+        and (float(jnp.min(images)) < 0 or float(jnp.max(images)) > 1)
+    ):
+        raise ValueError(
+            "colour jitter clips to [0, 1], but the images range over "
+            f"[{float(jnp.min(images)):.3g}, {float(jnp.max(images)):.3g}]; augment "
+            "[0, 1] pixels and normalise the views afterwards."
+        )
+    return images
+
+
+def positive_pairs(
+    key: jax.Array,
+    images: Any,
+    config: AugmentSettings = AugmentSettings(),
+    *,
+    ids: Any = None,
+) -> jax.Array:
+    """Two random views of every image, stacked as ``[x_1 … x_n, x'_1 … x'_n]``.
+
+    View ``v`` of image ``i`` is ``augment_image(fold_in(fold_in(key, v), ids[i]),
+    images[i], config)``: independent across views and images, and a function of the key
+    and the data only (computing a subset of the images with the same ids gives the same
+    views). Jitted; the config is a static argument (one compilation per config and shape).
+
+    Args:
+      key: JAX PRNG key.
+      images: ``(n, H, W, C)`` float, pixels in ``[0, 1]`` (needed by colour jitter).
+      config: :class:`AugmentSettings`.
+      ids: ``(n,)`` non-negative ints naming the images (default ``0 … n−1``); pass
+        dataset indices to make a view independent of which batch it is drawn in.
+
+    Returns:
+      ``(2n, H, W, C)`` views, same dtype as ``images``.
+
+    Example::
+
+        views = positive_pairs(jax.random.key(0), images)   # images (n, 32, 32, 3)
+        first, second = views[:n], views[n:]                 # pair i: first[i], second[i]
+    """
+    key = _check_key(key)
+    if not isinstance(config, AugmentSettings):
+        raise ValueError(f"config must be an AugmentSettings, got {type(config).__name__}.")
+    images = _check_images(images, config)
+    n = images.shape[0]
+    if ids is None:
+        ids = jnp.arange(n, dtype=jnp.uint32)
+    else:
+        ids_np = np.asarray(ids)
+        if ids_np.shape != (n,) or not np.issubdtype(ids_np.dtype, np.integer):
+            raise ValueError(f"ids must be {n} integers, got {ids_np.dtype} {ids_np.shape}.")
+        if n and (ids_np.min() < 0 or ids_np.max() >= 2**32):
+            raise ValueError("ids must lie in [0, 2**32) (they are folded into the key).")
+        ids = jnp.asarray(ids_np.astype(np.uint32))
+    return _pairs(key, images, ids, config)
+
+
+def _check_factor(factor: Any, h: int, w: int) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+        raise ValueError(f"downsample factor must be an int ≥ 1, got {factor!r}.")
+    if h % factor or w % factor:
+        raise ValueError(
+            f"downsample factor {factor} must divide the image size {h}×{w}; pick one of "
+            f"{[f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0]}."
+        )
+
+
+def downsample(images: Any, factor: int) -> jax.Array:
+    """Average-pool ``(..., H, W, C)`` images by an integer ``factor`` in H and W.
+
+    ``out[..., y, x, c] = mean over the factor × factor block at (y·f, x·f)``; e.g.
+    32 → 16 (factor 2) or 32 → 8 (factor 4). ``factor=1`` returns the input.
+    """
+    images = jnp.asarray(images)
+    if images.ndim < 3:
+        raise ValueError(f"images must be (..., H, W, C), got shape {images.shape}.")
+    *lead, h, w, c = images.shape
+    _check_factor(factor, h, w)
+    if factor == 1:
+        return images
+    blocks = images.reshape(*lead, h // factor, factor, w // factor, factor, c)
+    return blocks.mean(axis=(-4, -2))
+
+
+_downsample = downsample  # cifar10_pairs has an argument of the same name
+
+
+def cifar10_pairs(
+    key: jax.Array,
+    n: int,
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    config: AugmentSettings = AugmentSettings(),
+    normalize: bool = True,
+    downsample: int = 1,
+    *,
+    subset_seed: Any = 0,
+    dtype: Any = jnp.float32,
+    download: bool = False,
+) -> tuple[jax.Array, np.ndarray, np.ndarray]:
+    """Positive pairs of ``n`` class-balanced CIFAR-10 images, ready for a kernel.
+
+    Loads the split, picks ``balanced_subset(labels, n, subset_seed)``, scales pixels to
+    ``[0, 1]``, draws two views per image with :func:`positive_pairs` (keyed by dataset
+    index, so an image's views do not depend on n), then optionally normalises with the
+    CIFAR-10 channel statistics and average-pools by ``downsample``.
+
+    Args:
+      key: JAX PRNG key for the augmentations.
+      n: number of images (``2n`` views).
+      split, data_dir, download: see :func:`load_cifar10`.
+      config: :class:`AugmentSettings`.
+      normalize: standardise channels with ``CIFAR10_MEAN`` / ``CIFAR10_STD`` (after
+        augmentation, so padding and jitter act on [0, 1] pixels).
+      downsample: integer average-pooling factor (1, 2, 4, …).
+      subset_seed: seed of the image subset; fixed by default so that changing ``key``
+        changes only the augmentations.
+      dtype: float dtype of the views (float64 needs ``jax_enable_x64``).
+
+    Returns:
+      ``views (2n, 32/f, 32/f, 3)``, ``labels (n,)`` int32 and ``indices (n,)`` int64 into
+      the split; view ``i`` and ``n + i`` are the pair of image ``indices[i]``.
+
+    Example::
+
+        views, labels, idx = cifar10_pairs(jax.random.key(0), 100, downsample=2)
+        views.shape   # (200, 16, 16, 3)
+    """
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}.")
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype=float64 needs jax.config.update('jax_enable_x64', True) first; "
+            "otherwise JAX would silently use float32."
+        )
+    _check_factor(downsample, *_cifar10.IMAGE_SHAPE[:2])
+    data = _cifar10.load_cifar10(split, data_dir, download=download)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= len(data):
+        raise ValueError(
+            f"n={n!r} images requested but the {split} split at {data.path} has "
+            f"{len(data)}; use 1 ≤ n ≤ {len(data)}."
+        )
+    idx = _cifar10.balanced_subset(data.labels, int(n), subset_seed)
+    images = jnp.asarray(_cifar10.uint8_to_float(data.images[idx], dtype))
+    views = positive_pairs(key, images, config, ids=idx)
+    if normalize:
+        views = _cifar10.normalize(views)
+    views = _downsample(views, downsample)
+    return views, np.asarray(data.labels[idx]), idx

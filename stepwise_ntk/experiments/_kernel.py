@@ -1,0 +1,88 @@
+"""``stepwise-ntk kernel``: the kernel-model staircase with the NTK of a registered architecture.
+
+Same experiment as ``linear`` with ``K`` the infinite-width NTK of ``--arch`` (neural-tangents,
+float64, cached when ``--cache-dir`` is given). The initial embeddings are those of the kernel
+model ``f = W φ(x)`` with small random ``W``: each column of ``F0`` is a Gaussian sample with
+covariance ``init_scale² K`` (for the linear kernel this is exactly ``X W(0)ᵀ``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stepwise_ntk.kernels.architectures._registry import ARCHITECTURES, make_architecture
+from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data, run_kernel_model
+from stepwise_ntk.kernels._analytic import analytic_ntk
+from stepwise_ntk.experiments._run_dir import RunDir
+
+__all__ = ["KernelSettings", "run_kernel", "parse_options", "gaussian_embeddings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSettings(ExperimentSettings):
+    """Settings of ``stepwise-ntk kernel``."""
+
+    arch: str = dataclasses.field(
+        default="mlp", metadata={"help": "registered architecture", "choices": tuple(sorted(ARCHITECTURES))}
+    )
+    arch_options: str = dataclasses.field(
+        default="", metadata={"help": "architecture fields as key=value,... (e.g. depth=3,activation=erf)"}
+    )
+    kernel_batch_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "NTK block size (default: largest that fits the memory budget)"}
+    )
+    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "on-disk NTK cache folder"})
+
+    def architecture(self):
+        return make_architecture(self.arch, d=self.d, **parse_options(self.arch_options))
+
+
+def parse_options(text: str) -> dict:
+    """``"depth=3,activation=erf"`` -> ``{"depth": 3, "activation": "erf"}`` (Python literals or strings)."""
+    options = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--arch-options item {item!r} is not key=value; write e.g. depth=3,activation=erf.")
+        key, value = (p.strip() for p in item.split("=", 1))
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def gaussian_embeddings(key: jax.Array, K: jax.Array, d: int, scale: float) -> jax.Array:
+    """``(2n, d)`` columns i.i.d. ``N(0, scale² K)``: ``scale · V diag(√λ₊) z`` from ``eigh(K)``."""
+    lam, V = jnp.linalg.eigh(K)
+    z = jax.random.normal(key, (K.shape[0], d), K.dtype)
+    return scale * (V * jnp.sqrt(jnp.clip(lam, 0.0))) @ z
+
+
+def run_kernel(settings: KernelSettings, out: RunDir, *, progress: bool = True) -> str:
+    """Run the experiment, write ``results.json``, ``arrays.npz`` and figures into ``out``."""
+    s = settings
+    started = time.perf_counter()
+    arch = s.architecture()
+    problem = load_problem_data(s)
+    views = np.asarray(problem.views)
+    kw = dict(dtype=np.float64, batch_size=s.kernel_batch_size, cache_dir=s.cache_dir, progress=progress)
+    K = jnp.asarray(analytic_ntk(arch, views, None, **kw))
+    K_pool = jnp.asarray(analytic_ntk(arch, problem.pool, views, **kw))
+    F0 = gaussian_embeddings(problem.key_init, K, s.d, s.init_scale)
+    return run_kernel_model(
+        s,
+        out,
+        problem,
+        K,
+        F0,
+        K_pool,
+        title=f"{arch.name} NTK Barlow Twins, CIFAR-10 n={s.n_pairs}, d={s.d}",
+        extra_results={"architecture": arch.to_config()},
+        started=started,
+    )

@@ -1,0 +1,164 @@
+"""Joint-embedding SSL losses as pure functions of the view embeddings ``F: (2n, d)``.
+
+Pairing convention: row ``i`` and row ``n + i`` of ``F`` embed the two views of image ``i``
+(``F = [f(x_1) … f(x_n), f(x'_1) … f(x'_n)]``). Every loss maps ``F`` to a scalar, so the
+same function drives the kernel solver (``dF/dt = −K ∇_F L``) and network training.
+
+* :func:`cross_correlation`: ``C = Fᵀ Z F / (2n)`` (symmetrised; THEORY.md).
+* :func:`barlow_twins_loss`: ``‖C − I‖²_F`` (the paper's simplified Barlow Twins, λ = 1,
+  no batch norm); ``∇_F L = (2/n) Z F (C − I)``.
+* :func:`simclr_loss`: NT-Xent with temperature τ (Chen et al. 2020) over all 2n views.
+* :func:`vicreg_loss`: invariance / variance / covariance with weights 25 / 25 / 1
+  (Bardes et al. 2022, as in their reference implementation).
+
+Example::
+
+    >>> import jax, jax.numpy as jnp
+    >>> F = jax.random.normal(jax.random.key(0), (8, 3))      # n = 4 pairs, d = 3
+    >>> barlow_twins_loss(F).shape, simclr_loss(F).shape, vicreg_loss(F).shape
+    ((), (), ())
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from stepwise_ntk.data._pairing import pair_gram, swap_pairs
+
+__all__ = [
+    "LOSS_FUNCTIONS",
+    "barlow_twins_loss",
+    "cross_correlation",
+    "simclr_loss",
+    "vicreg_loss",
+]
+
+
+def cross_correlation(F: jax.Array) -> jax.Array:
+    """Symmetrised cross-correlation ``C = Fᵀ Z F / (2n)``.
+
+    ``C = (1/2n) Σ_i [f(x_i) f(x'_i)ᵀ + f(x'_i) f(x_i)ᵀ]``, computed from the two halves of
+    ``F`` (``Z`` is never built).
+
+    Args:
+      F: ``(2n, d)`` embeddings in the pairing order.
+
+    Returns:
+      ``(d, d)`` symmetric matrix.
+    """
+    return pair_gram(F) / F.shape[0]
+
+
+def barlow_twins_loss(F: jax.Array) -> jax.Array:
+    """Simplified Barlow Twins loss ``L = ‖C − I_d‖²_F`` with ``C = Fᵀ Z F / (2n)``.
+
+    Its gradient is ``∂L/∂F = (2/n) Z F (C − I)``, so under kernel gradient flow
+    ``dF/dt = −(2/n) K Z F (C − I)`` (THEORY.md).
+
+    Args:
+      F: ``(2n, d)`` embeddings in the pairing order.
+
+    Returns:
+      scalar loss (``d`` at ``F = 0``, 0 when ``C = I``).
+    """
+    C = cross_correlation(F)
+    return jnp.sum(jnp.square(C - jnp.eye(C.shape[0], dtype=C.dtype)))
+
+
+def simclr_loss(F: jax.Array, temperature: float = 0.5, *, normalize: bool = True,
+                eps: float = 1e-12) -> jax.Array:
+    """NT-Xent (SimCLR) loss over the 2n views.
+
+    With ``z_i = f_i / max(‖f_i‖, eps)`` (or ``z_i = f_i`` when ``normalize=False``),
+    ``s_ij = z_iᵀ z_j / τ`` and ``p(i)`` the partner of view ``i`` (``i ± n``)::
+
+        L = (1/2n) Σ_i [ −s_{i,p(i)} + log Σ_{j ≠ i} exp(s_ij) ]
+
+    i.e. every view is classified against the other ``2n − 1`` views, its partner being the
+    positive (Chen et al. 2020, the standard symmetric form).
+
+    Args:
+      F: ``(2n, d)`` embeddings in the pairing order.
+      temperature: ``τ > 0``.
+      normalize: cosine similarity (standard SimCLR) if True, plain dot products if False.
+      eps: floor of the norms when normalising (only matters for an exactly zero row).
+
+    Returns:
+      scalar loss (``log(2n − 1)`` when all similarities are equal).
+    """
+    z = F
+    if normalize:
+        norms = jnp.sqrt(jnp.sum(jnp.square(F), axis=1, keepdims=True))
+        z = F / jnp.maximum(norms, eps)
+    logits = (z @ z.T) / temperature
+    N = F.shape[0]
+    logits = jnp.where(jnp.eye(N, dtype=bool), -jnp.inf, logits)
+    positives = jnp.sum(z * swap_pairs(z), axis=1) / temperature
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positives)
+
+
+def _hinge(x: jax.Array, smooth: float) -> jax.Array:
+    if smooth == 0:
+        return jax.nn.relu(x)
+    return smooth * jax.nn.softplus(x / smooth)
+
+
+def _variance_term(x: jax.Array, gamma: float, eps: float, smooth: float) -> jax.Array:
+    std = jnp.sqrt(jnp.var(x, axis=0, ddof=1) + eps)
+    return jnp.mean(_hinge(gamma - std, smooth))
+
+
+def _covariance_term(x: jax.Array) -> jax.Array:
+    n, d = x.shape
+    xc = x - jnp.mean(x, axis=0)
+    cov = (xc.T @ xc) / (n - 1)
+    off = cov - jnp.diag(jnp.diag(cov))
+    return jnp.sum(jnp.square(off)) / d
+
+
+def vicreg_loss(F: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                cov_coeff: float = 1.0, *, gamma: float = 1.0, eps: float = 1e-4,
+                smooth: float = 0.0) -> jax.Array:
+    """VICReg loss (Bardes, Ponce & LeCun 2022) of the two branches ``F[:n]`` and ``F[n:]``.
+
+    With ``A = F[:n]``, ``B = F[n:]`` (``n × d``)::
+
+        L = sim_coeff · mean((A − B)²)                         (invariance, over n·d entries)
+          + std_coeff · [v(A) + v(B)] / 2,  v(X) = mean_j relu(γ − sqrt(Var(X_j) + ε))
+          + cov_coeff · [c(A) + c(B)],      c(X) = Σ_{i≠j} Cov(X)_ij² / d
+
+    with unbiased (``n − 1``) variances/covariances, exactly as in the authors' reference
+    implementation (which averages the invariance term over all entries and halves the
+    summed variance terms).
+
+    The hinge makes the loss non-smooth: under gradient flow the standard deviations
+    typically get pinned at exactly γ, where the gradient jumps (a sliding mode), and an
+    explicit adaptive integrator then crawls with tiny steps. ``smooth = s > 0`` replaces
+    ``relu(x)`` by ``s · softplus(x / s)`` (within ``s · ln 2`` of it everywhere) for such
+    simulations; the default ``0`` is the standard loss.
+
+    Args:
+      F: ``(2n, d)`` embeddings in the pairing order (n ≥ 2).
+      sim_coeff, std_coeff, cov_coeff: the weights λ, μ, ν (25, 25, 1).
+      gamma: target standard deviation γ.
+      eps: ε inside the square root.
+      smooth: width of the smoothed hinge (0: the exact ``relu``).
+
+    Returns:
+      scalar loss.
+    """
+    n = F.shape[0] // 2
+    a, b = F[:n], F[n:]
+    invariance = jnp.mean(jnp.square(a - b))
+    variance = (_variance_term(a, gamma, eps, smooth) + _variance_term(b, gamma, eps, smooth)) / 2
+    covariance = _covariance_term(a) + _covariance_term(b)
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+#: Name → loss function of ``F`` (default hyper-parameters), as accepted by the solver.
+LOSS_FUNCTIONS = {
+    "barlow_twins": barlow_twins_loss,
+    "simclr": simclr_loss,
+    "vicreg": vicreg_loss,
+}

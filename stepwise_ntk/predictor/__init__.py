@@ -1,0 +1,65 @@
+"""The predictor: hold finite networks trained with Flax against the NTK theory.
+
+A network ``f = α · net`` trained by :func:`stepwise_ntk.training.train` has the kernel model
+``K = α² Θ`` in effective time ``t = learning_rate × step`` (``Θ`` the per-output NTK of
+``net``: analytic, or empirical at initialisation or after training).
+:func:`predict_run` integrates that model from the network's own initial embeddings and
+adds the closed-form theory; :func:`compare_run` measures the agreement (step-time ratios,
+eigenvalue-trajectory error, subspace alignment and Procrustes error on held-out views);
+:func:`width_sweep` does it for one architecture at several widths. The metrics are plain
+functions of arrays (:func:`subspace_alignment`, :func:`compare_embeddings`, ...).
+
+See :mod:`stepwise_ntk.predictor._predict`, :mod:`stepwise_ntk.predictor._metrics`, :mod:`stepwise_ntk.predictor._sweep`.
+"""
+
+from stepwise_ntk.predictor._metrics import (
+    EmbeddingComparison,
+    TrajectoryError,
+    compare_embeddings,
+    crossing_times,
+    eigenvalue_trajectory_error,
+    plateau_losses,
+    principal_cosines,
+    procrustes_relative_error,
+    step_time_ratios,
+    subspace_alignment,
+)
+from stepwise_ntk.predictor._predict import (
+    KERNELS,
+    NetworkInit,
+    NetworkKernel,
+    Prediction,
+    RunComparison,
+    compare_run,
+    init_network,
+    network_kernel,
+    predict_run,
+)
+from stepwise_ntk.predictor._sweep import WidthSweepSettings, SweepResult, WidthResult, choose_d, width_sweep
+
+__all__ = [
+    "KERNELS",
+    "EmbeddingComparison",
+    "NetworkInit",
+    "NetworkKernel",
+    "Prediction",
+    "RunComparison",
+    "WidthSweepSettings",
+    "SweepResult",
+    "TrajectoryError",
+    "WidthResult",
+    "choose_d",
+    "compare_embeddings",
+    "compare_run",
+    "crossing_times",
+    "eigenvalue_trajectory_error",
+    "init_network",
+    "network_kernel",
+    "plateau_losses",
+    "predict_run",
+    "principal_cosines",
+    "procrustes_relative_error",
+    "step_time_ratios",
+    "subspace_alignment",
+    "width_sweep",
+]

@@ -1,0 +1,400 @@
+"""Width sweep: one architecture at several widths, each trained and held against the NTK theory.
+
+For each width ``w`` the Flax twin ``arch.replace(width=w)`` is initialised (its own key),
+trained full batch with plain gradient descent on the fixed views at output scale α and
+``learning_rate = step_size / α²`` (so the step on the kernel ``Θ`` is ``step_size`` at every
+α, see :mod:`stepwise_ntk.training._train`), for ``horizon ×`` the last step time the analytic
+kernel model predicts from that network's own ``F0``. Then the run is compared
+(:func:`stepwise_ntk.predictor._predict.compare_run`) with the prediction of every kernel in
+``kernels``. The infinite-width theory says that, as ``w`` grows, the network's step times
+approach the kernel model's (ratios → 1) and its final embeddings on held-out views span
+the predicted top-``d`` modes (alignment → 1).
+
+A run that diverges is reported (step, loss, records kept) and the sweep goes on.
+
+Example::
+
+    spec = MLP(depth=1, width=64, d=3)
+    result = width_sweep(spec, views, test_views, WidthSweepSettings(widths=(64, 256, 1024)))
+    result.summary()["analytic"]["test_alignment"]      # one number per width
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from stepwise_ntk.kernels.architectures._base import ArchSpec
+from stepwise_ntk.theory._eigensystem import check_enough_modes, contrastive_eigensystem
+from stepwise_ntk.theory._closed_form import step_times
+from stepwise_ntk.predictor._metrics import crossing_times
+from stepwise_ntk.predictor._predict import (
+    KERNELS,
+    NetworkKernel,
+    Prediction,
+    RunComparison,
+    _check_views,
+    compare_run,
+    init_network,
+    network_kernel,
+    predict_run,
+)
+from stepwise_ntk.solver._solve import SolverSettings
+from stepwise_ntk.training._train import TrainSettings, train
+
+__all__ = ["WidthSweepSettings", "SweepResult", "WidthResult", "choose_d", "width_sweep"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthSweepSettings:
+    """Settings of :func:`width_sweep`.
+
+    Attributes:
+      widths: the widths, increasing.
+      alpha: output scale α (small initialisation).
+      step_size: ``c`` in ``learning_rate = c / α²``: the gradient-descent step on ``Θ``;
+        keep ``8 γ_1(Θ) c`` well below 1 so that gradient descent tracks the flow.
+      horizon: train for this many times the predicted last step time (≥ 1).
+      max_steps: refuse (ValueError) a width whose planned run is longer.
+      kernels: predictions to compare with, from :data:`stepwise_ntk.predictor._predict.KERNELS`.
+      n_records: log-spaced records of each run.
+      seed: initialisation keys are ``fold_in(key(seed), width)``.
+      train_dtype: "float32" or "float64", the precision of the networks (the kernel model
+        is always float64).
+      plan_points: points of the log-time grids of the theory (planning, and the prediction
+        from the first step to the end of the run).
+    """
+
+    widths: tuple[int, ...] = (64, 256, 1024, 4096)
+    alpha: float = 0.05
+    step_size: float = 0.03
+    horizon: float = 2.0
+    max_steps: int = 20_000
+    kernels: tuple[str, ...] = ("analytic",)
+    n_records: int = 200
+    seed: int = 0
+    train_dtype: str = "float32"
+    plan_points: int = 400
+
+    def __post_init__(self):
+        w = tuple(self.widths)
+        if not w or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in w) or list(w) != sorted(set(w)):
+            raise ValueError(f"widths must be distinct positive ints in increasing order, got {self.widths!r}.")
+        for name in ("alpha", "step_size", "horizon"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}.")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be ≥ 1 (train at least until the predicted last step), got {self.horizon}.")
+        for name in ("max_steps", "n_records", "plan_points"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise ValueError(f"{name} must be an int ≥ 2, got {v!r}.")
+        if not self.kernels or any(k not in KERNELS for k in self.kernels) or len(set(self.kernels)) != len(self.kernels):
+            raise ValueError(f"kernels must be distinct names from {KERNELS}, got {self.kernels!r}.")
+        if self.train_dtype not in ("float32", "float64"):
+            raise ValueError(f"train_dtype must be 'float32' or 'float64', got {self.train_dtype!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}.")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.step_size / self.alpha**2
+
+
+def choose_d(gammas: Any, candidates: tuple[int, ...] = (3, 4), min_gap: float = 1.2) -> int:
+    """The candidate ``d`` with the largest gap ``γ_d / γ_{d+1}``; ValueError if it is below ``min_gap``.
+
+    The predicted top-``d`` subspace is only well defined when ``γ_d`` stands clear of
+    ``γ_{d+1}`` (close modes mix at finite initialisation, THEORY.md).
+
+    Args:
+      gammas: contrastive eigenvalues, descending (e.g. ``contrastive_eigensystem(K, n).gammas``).
+      candidates: the embedding dimensions to choose from.
+      min_gap: the smallest acceptable ``γ_d / γ_{d+1}``.
+    """
+    g = np.asarray(gammas, np.float64)
+    if not candidates or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in candidates):
+        raise ValueError(f"candidates must be positive ints, got {candidates!r}.")
+    if max(candidates) >= g.size:
+        raise ValueError(f"d = {max(candidates)} needs at least {max(candidates) + 1} γ, got {g.size}.")
+    gaps = {d: (g[d - 1] / g[d] if g[d] > 0 else math.inf) if g[d - 1] > 0 else 0.0 for d in candidates}
+    best = max(candidates, key=lambda d: (gaps[d], -d))
+    if gaps[best] < min_gap:
+        shown = ", ".join(f"d={d}: {gaps[d]:.3g}" for d in candidates)
+        raise ValueError(
+            f"no candidate d has γ_d/γ_(d+1) ≥ {min_gap} ({shown}): the predicted top-d subspace would be "
+            f"ill-defined. Try other candidates, more pairs, or another augmentation."
+        )
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthResult:
+    """One width of a sweep.
+
+    Attributes:
+      width, steps, learning_rate: the run (``steps_planned`` before a divergence).
+      train_seconds: wall time of ``train``.
+      predicted_last_step: the analytic kernel model's last step time (effective time).
+      diverged_at, diverged_loss, records_kept: divergence report (None, None, all records
+        when the run finished).
+      final_eigenvalues: the last recorded eigenvalues of ``C``.
+      comparisons: kernel kind -> :class:`RunComparison` (empty after a divergence).
+      predictions: kernel kind -> :class:`Prediction` (empty after a divergence).
+      test_embeddings: ``(m, d)`` the network's final test embeddings (float64), or None.
+      effective_times, eigenvalues: ``(R,)``, ``(R, d)`` the run's records (those kept).
+    """
+
+    width: int
+    steps: int
+    learning_rate: float
+    train_seconds: float
+    predicted_last_step: float
+    diverged_at: int | None
+    diverged_loss: float | None
+    records_kept: int
+    final_eigenvalues: np.ndarray
+    comparisons: dict[str, RunComparison]
+    predictions: dict[str, Prediction]
+    test_embeddings: np.ndarray | None
+    effective_times: np.ndarray
+    eigenvalues: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        fin = self.final_eigenvalues
+        return {
+            "width": self.width,
+            "steps": self.steps,
+            "learning_rate": self.learning_rate,
+            "train_seconds": self.train_seconds,
+            "predicted_last_step": self.predicted_last_step,
+            "diverged_at": self.diverged_at,
+            "diverged_loss": None if self.diverged_loss is None or not math.isfinite(self.diverged_loss)
+            else self.diverged_loss,
+            "records_kept": self.records_kept,
+            "final_eigenvalues": [float(x) if np.isfinite(x) else None for x in np.asarray(fin, np.float64)],
+            "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()},
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """A width sweep (:func:`width_sweep`).
+
+    Attributes:
+      arch: the architecture (its ``width`` field is replaced per run).
+      config: the :class:`WidthSweepSettings`.
+      n_pairs, n_test: training pairs and held-out views.
+      gammas: the top contrastive eigenvalues of the analytic ``K = α² Θ`` (up to ``d + 4``).
+      gap: ``γ_d / γ_{d+1}`` of the analytic kernel.
+      runs: one :class:`WidthResult` per width.
+      seconds: wall time of the sweep.
+    """
+
+    arch: ArchSpec
+    config: WidthSweepSettings
+    n_pairs: int
+    n_test: int
+    gammas: np.ndarray
+    gap: float
+    runs: tuple[WidthResult, ...]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """Per kernel: the metrics as lists over widths, and the claims of the sweep.
+
+        ``alignment_rises``: the held-out alignment with the predicted top-``d`` modes never
+        falls as the width grows (over the runs that finished); ``widest_alignment``: its
+        value at the widest finished run; ``ratio_spread``: ``max_j |log r_j|`` per width (0
+        when every step time matches).
+        """
+        ok = [r for r in self.runs if r.diverged_at is None]
+        out: dict[str, Any] = {"widths": [r.width for r in ok],
+                               "diverged_widths": [r.width for r in self.runs if r.diverged_at is not None]}
+        for kind in self.config.kernels:
+            comps = [r.comparisons[kind] for r in ok]
+            al = [c.test_alignment for c in comps]
+            al_flow = [c.test_alignment_flow for c in comps]
+            ratios = [np.asarray(c.step_time_ratios, np.float64) for c in comps]
+            out[kind] = {
+                "test_alignment": al,
+                "test_alignment_flow": al_flow,
+                "test_procrustes_error": [c.test_procrustes_error for c in comps],
+                "test_procrustes_error_flow": [c.test_procrustes_error_flow for c in comps],
+                "step_time_ratios": [[None if not np.isfinite(x) else float(x) for x in r] for r in ratios],
+                "ratio_spread": [float(np.max(np.abs(np.log(r)))) if np.all(np.isfinite(r)) else None
+                                 for r in ratios],
+                "eigenvalue_error_rms": [c.eigenvalue_error_rms for c in comps],
+                "eigenvalue_error_max": [c.eigenvalue_error_max for c in comps],
+                "alignment_rises": _non_decreasing(al),
+                "alignment_flow_rises": _non_decreasing(al_flow),
+                "widest_alignment": al[-1] if al else None,
+                "widest_alignment_flow": al_flow[-1] if al_flow else None,
+            }
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record of the sweep (settings, the analytic γ, every width, the summary)."""
+        return {
+            "arch": self.arch.to_config(),
+            "config": dataclasses.asdict(self.config),
+            "n_pairs": self.n_pairs,
+            "n_test": self.n_test,
+            "d": self.arch.d,
+            "gammas": [float(g) for g in np.asarray(self.gammas, np.float64)],
+            "gap": self.gap,
+            "seconds": self.seconds,
+            "runs": [r.to_dict() for r in self.runs],
+            "summary": self.summary(),
+        }
+
+
+def _non_decreasing(values: list[float | None]) -> bool | None:
+    v = [x for x in values if x is not None]
+    if len(v) < 2:
+        return None
+    return bool(all(b >= a for a, b in zip(v[:-1], v[1:])))
+
+
+def _analytic_kernel(arch: ArchSpec, views, test_views, cache: dict[str, NetworkKernel]) -> NetworkKernel:
+    key = json.dumps(arch.kernel_config(), sort_keys=True, default=str)
+    if key not in cache:
+        cache[key] = network_kernel(arch, views, test_views)
+    return cache[key]
+
+
+# One integrator for every solve of a sweep: the planning and the final predictions then share
+# one compilation (the automatic choice depends on the time span).
+_SOLVER = SolverSettings(integrator="dopri5")
+
+
+def _plan_steps(arch, views, test_views, init, kernel, cfg: WidthSweepSettings) -> tuple[int, float]:
+    """Steps to run: ``horizon ×`` the analytic kernel model's last step time, from this ``F0``.
+
+    The flow is integrated up to 4 × the closed-form last step time first (cheap), and the
+    span is extended fourfold until every eigenvalue has crossed 1/2 or ``max_steps`` is hit.
+    """
+    lr = cfg.learning_rate
+    n = views.shape[0] // 2
+    es = contrastive_eigensystem(cfg.alpha**2 * kernel.ntk, n)
+    t_end = min(4.0 * float(np.max(np.asarray(step_times(es, init.F0.astype(np.float64), arch.d)))),
+                lr * cfg.max_steps)
+    while True:
+        grid = np.geomspace(lr, max(t_end, 2 * lr), cfg.plan_points)
+        # With the test views too, so that this solve compiles like the final predictions.
+        plan = predict_run(arch, views, test_views, arch.d, init.F0, grid, alpha=cfg.alpha, kernel=kernel,
+                           F0_test=init.F0_test, solver_settings=_SOLVER)
+        t_last = float(np.max(crossing_times(grid, np.asarray(plan.eigenvalues))))
+        if np.isfinite(t_last) or t_end >= lr * cfg.max_steps:
+            break
+        t_end = min(4.0 * t_end, lr * cfg.max_steps)
+    if not np.isfinite(t_last):
+        raise ValueError(
+            f"width {arch.width}: the kernel model does not take all d = {arch.d} steps within max_steps = "
+            f"{cfg.max_steps} gradient steps of size step_size = {cfg.step_size} (final eigenvalues "
+            f"{np.round(np.asarray(plan.eigenvalues[-1]), 3).tolist()}). Raise max_steps or step_size, or alpha."
+        )
+    steps = math.ceil(cfg.horizon * t_last / lr)
+    if steps > cfg.max_steps:
+        raise ValueError(
+            f"width {arch.width}: the run needs {steps} steps (horizon {cfg.horizon} × the predicted last step "
+            f"{t_last:.4g} / learning rate {lr:.4g}) > max_steps = {cfg.max_steps}; raise max_steps or step_size."
+        )
+    return steps, t_last
+
+
+def width_sweep(
+    arch: ArchSpec,
+    views: Any,
+    test_views: Any,
+    config: WidthSweepSettings = WidthSweepSettings(),
+    *,
+    progress: bool = True,
+) -> SweepResult:
+    """Train ``arch`` at each width in ``config.widths`` and compare with the kernel theory.
+
+    Args:
+      arch: architecture spec (e.g. ``MLP(depth=1, d=3)``); its ``d`` is the embedding
+        dimension; its ``width`` is replaced by each width of the sweep.
+      views: ``(2n, ...)`` float64 training views (pairing order); test_views: ``(m, ...)``
+        held-out views (e.g. pairs from the test split).
+      config: :class:`WidthSweepSettings`.
+      progress: progress bars of training.
+
+    Returns:
+      :class:`SweepResult`; ``result.to_dict()`` is its JSON record.
+
+    Raises:
+      ValueError: NaN/Inf in the data, bad settings, fewer than ``d`` positive γ, a run that
+        would exceed ``max_steps``.
+    """
+    if not isinstance(arch, ArchSpec):
+        raise ValueError(f"arch must be an architecture spec such as MLP(...), got {type(arch).__name__}.")
+    if not isinstance(config, WidthSweepSettings):
+        raise ValueError(f"config must be a WidthSweepSettings, got {type(config).__name__}.")
+    if not jax.config.jax_enable_x64:
+        raise ValueError("width_sweep computes the kernel model in float64: call jax.config.update('jax_enable_x64', True).")
+    t_start = time.perf_counter()
+    views = np.asarray(_check_views("views", views), np.float64)
+    test_views = np.asarray(_check_views("test_views", test_views, like=views), np.float64)
+    arch.check_input_shape(tuple(views.shape[1:]))
+    n = views.shape[0] // 2
+    train_dt = np.dtype(config.train_dtype)
+    views_t, test_t = views.astype(train_dt), test_views.astype(train_dt)
+    cache: dict[str, NetworkKernel] = {}
+
+    k0 = _analytic_kernel(arch, views, test_views, cache)
+    es = contrastive_eigensystem(config.alpha**2 * k0.ntk, n)
+    d = arch.d
+    check_enough_modes(es, d)
+    g = np.asarray(es.gammas, np.float64)
+    gap = float(g[d - 1] / g[d]) if g[d] > 0 else math.inf
+
+    runs = []
+    for width in config.widths:
+        spec = arch.replace(width=width)
+        key = jax.random.fold_in(jax.random.key(config.seed), width)
+        init = init_network(spec, views_t, test_t, alpha=config.alpha, key=key)
+        kernel = _analytic_kernel(spec, views, test_views, cache)
+        steps, t_last = _plan_steps(spec, views, test_views, init, kernel, config)
+        cfg = TrainSettings(learning_rate=config.learning_rate, steps=steps, alpha=config.alpha,
+                          n_records=config.n_records, seed=config.seed)
+        t0 = time.perf_counter()
+        # A divergence stops the run cleanly (TrainingDivergedWarning names the step); it is
+        # recorded below and the sweep goes on with the next width.
+        res = train(spec, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
+        seconds = time.perf_counter() - t0
+        comparisons, predictions = {}, {}
+        if res.diverged_at is None:
+            # The theory on a log grid up to the run's end (one grid length for every width, so
+            # the solver compiles once); the metrics interpolate both sides in log t.
+            times = np.geomspace(config.learning_rate, config.learning_rate * steps, config.plan_points)
+            for kind in config.kernels:
+                if kind == "analytic":
+                    pred = predict_run(spec, views, test_views, d, init.F0, times, alpha=config.alpha,
+                                       kernel=kernel, F0_test=init.F0_test, solver_settings=_SOLVER)
+                else:
+                    params = init.params if kind == "empirical_init" else res.params
+                    pred = predict_run(spec, views, test_views, d, init.F0, times, alpha=config.alpha,
+                                       kernel=kind, params=params, F0_test=init.F0_test,
+                                       solver_settings=_SOLVER)
+                predictions[kind] = pred
+                comparisons[kind] = compare_run(pred, res, arch=spec)
+        runs.append(WidthResult(
+            width=width, steps=steps, learning_rate=config.learning_rate, train_seconds=seconds,
+            predicted_last_step=t_last, diverged_at=res.diverged_at, diverged_loss=res.diverged_loss,
+            records_kept=int(res.steps.size),
+            final_eigenvalues=np.asarray(res.eigenvalues[-1], np.float64) if res.steps.size else np.full(d, np.nan),
+            comparisons=comparisons, predictions=predictions,
+            test_embeddings=None if res.diverged_at is not None else np.asarray(res.test_embeddings, np.float64),
+            effective_times=np.asarray(res.effective_times), eigenvalues=np.asarray(res.eigenvalues, np.float64),
+        ))
+    return SweepResult(arch=arch, config=config, n_pairs=n, n_test=test_views.shape[0], gammas=g[: d + 4], gap=gap,
+                       runs=tuple(runs), seconds=time.perf_counter() - t_start)
