@@ -8,7 +8,9 @@ or computed independently (hashlib).
 import hashlib
 import importlib.util
 import io
+import sys
 import tarfile
+import types
 import urllib.request
 from pathlib import Path
 
@@ -23,33 +25,117 @@ DATA = b"not really a tarball"
 DIGEST = hashlib.sha256(DATA).hexdigest()
 
 
-def _lock_line(name, url_host="files.pythonhosted.org", digest="ab" * 32):
-    return (
-        f'sdist = {{ url = "https://{url_host}/packages/d7/20/x/{name}", '
-        f'hash = "sha256:{digest}", size = 215468 }}'
+INDEX = "https://index.invalid/files"  # a neutral placeholder: .invalid never resolves
+
+
+def _sdist_url(name):
+    return f"{INDEX}/packages/d7/20/x/{name}"
+
+
+def _lock_entry(version, *, sdist=True, digest="ab" * 32, name="neural-tangents", url=None):
+    """One ``[[package]]`` entry of a uv.lock, in uv's own layout."""
+    lines = [
+        "[[package]]",
+        f'name = "{name}"',
+        f'version = "{version}"',
+        'source = { registry = "https://index.invalid/simple" }',
+    ]
+    if sdist:
+        url = url or _sdist_url(f"{name}-{version}.tar.gz")
+        lines.append(f'sdist = {{ url = "{url}", hash = "sha256:{digest}", size = 215468 }}')
+    wheel = f"{INDEX}/packages/f1/01/x/{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    lines += ["wheels = [", f'    {{ url = "{wheel}", hash = "sha256:{"ef" * 32}", size = 248718 }},', "]"]
+    return "\n".join(lines) + "\n"
+
+
+def _lock(*entries):
+    return 'version = 1\nrevision = 5\nrequires-python = ">=3.11"\n\n' + "\n".join(entries)
+
+
+def test_sdist_pin_returns_exactly_the_url_and_hash_of_the_locked_version():
+    url = _sdist_url("neural-tangents-0.6.5.tar.gz")
+    lock = _lock(
+        _lock_entry("0.6.4", digest="cd" * 32),
+        _lock_entry("0.6.5", url=url),
+        _lock_entry("0.6.5", name="other-package", digest="ee" * 32),
     )
+    assert nt_suite.sdist_pin(lock) == (url, "ab" * 32)
 
 
-def test_sdist_pin_reads_the_entry_for_the_named_file_only():
-    lock = "\n".join([
-        _lock_line("neural-tangents-0.6.4.tar.gz", digest="cd" * 32),
-        _lock_line("neural-tangents-0.6.5.tar.gz"),
-    ])
-    url, digest = nt_suite.sdist_pin(lock)
-    assert url.endswith("/neural-tangents-0.6.5.tar.gz")
-    assert digest == "ab" * 32
+def test_sdist_pin_takes_the_url_from_the_lock_whatever_it_points_to():
+    url = "https://mirror.index.invalid/some/other/path/neural-tangents-0.6.5.tar.gz"
+    assert nt_suite.sdist_pin(_lock(_lock_entry("0.6.5", url=url)))[0] == url
 
 
-def test_sdist_pin_of_the_project_lock_is_a_package_index_url():
+def test_sdist_pin_of_the_project_lock():
     url, digest = nt_suite.sdist_pin((ROOT / "uv.lock").read_text())
-    assert url.startswith("https://files.pythonhosted.org/")
-    assert url.endswith("/neural-tangents-0.6.5.tar.gz")
+    assert url.startswith("https://")
+    assert url.endswith("/" + nt_suite.SDIST_NAME)
     assert len(digest) == 64 and int(digest, 16) >= 0
 
 
-def test_sdist_pin_without_entry_says_how_to_fix():
-    with pytest.raises(ValueError, match="uv lock"):
-        nt_suite.sdist_pin(_lock_line("other-1.0.tar.gz"))
+def test_sdist_pin_refuses_a_lock_without_the_sdist():
+    lock = _lock(_lock_entry("0.6.5", sdist=False))
+    with pytest.raises(ValueError, match=r"neural-tangents 0\.6\.5 entry has no sdist.*uv lock"):
+        nt_suite.sdist_pin(lock)
+
+
+@pytest.mark.parametrize(
+    "lock, message",
+    [
+        (_lock(_lock_entry("1.0", name="other")), r"no neural-tangents 0\.6\.5 package; .*uv lock"),
+        (_lock(_lock_entry("0.6.4")), r"no neural-tangents 0\.6\.5 package \(only 0\.6\.4\)"),
+        (_lock(_lock_entry("0.6.5", digest="zz")), r"no sha256 hash"),
+        ("[[package]\nname = ", r"not valid TOML"),
+    ],
+)
+def test_sdist_pin_without_a_usable_entry_says_how_to_fix(lock, message):
+    with pytest.raises(ValueError, match=message):
+        nt_suite.sdist_pin(lock)
+
+
+class _Downloaded(Exception):
+    """Stops main() right after the download."""
+
+
+def _fake_suite_run(tmp_path, monkeypatch, lock_text):
+    """Run main() on ``lock_text`` up to the download; return (exit status, requested URLs)."""
+    lock = tmp_path / "uv.lock"
+    lock.write_text(lock_text)
+    requested = []
+
+    def urlopen(url, timeout):
+        requested.append(url)
+        return _Response(DATA)
+
+    def stop(suite):
+        raise _Downloaded
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(nt_suite, "prepare_run_dir", stop)
+    monkeypatch.setitem(sys.modules, "more_itertools", types.ModuleType("more_itertools"))
+    argv = ["--lock", str(lock), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    try:
+        status = nt_suite.main(argv)
+    except _Downloaded:
+        status = None
+    return status, requested
+
+
+def test_the_tool_downloads_exactly_the_url_in_the_lock(tmp_path, monkeypatch):
+    url = _sdist_url("neural-tangents-0.6.5.tar.gz")
+    status, requested = _fake_suite_run(tmp_path, monkeypatch, _lock(_lock_entry("0.6.5", url=url, digest=DIGEST)))
+    assert status is None  # got past the download to the unpacking
+    assert requested == [url]
+    assert (tmp_path / "cache" / nt_suite.SDIST_NAME).read_bytes() == DATA
+
+
+def test_the_tool_refuses_a_lock_without_the_sdist_before_any_download(tmp_path, monkeypatch, capsys):
+    status, requested = _fake_suite_run(tmp_path, monkeypatch, _lock(_lock_entry("0.6.5", sdist=False)))
+    assert status == 2
+    assert requested == []
+    err = capsys.readouterr().err
+    assert "error:" in err and "has no sdist" in err and "uv lock" in err
 
 
 def test_verified_accepts_the_right_hash_and_rejects_one_flipped_byte():

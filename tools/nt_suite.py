@@ -1,10 +1,11 @@
-"""Run neural-tangents' own test suite against ``stepwise_ntk._nt_compat``.
+"""Run neural-tangents' own test suite against ``stepwise_ntk.kernels._nt_compat``.
 
-The neural-tangents (NT) 0.6.5 source distribution on PyPI ships its ``tests/`` and
-``examples/``. This command fetches that sdist through the package index (URL and sha256
-pinned in ``uv.lock``), checks the hash before unpacking, unpacks only ``tests/`` and
-``examples/`` into a run folder, and runs them with pytest. A ``conftest.py`` written
-into the run folder imports ``stepwise_ntk._nt_compat`` before any test module, so every
+The neural-tangents (NT) 0.6.5 source distribution ships its ``tests/`` and
+``examples/``. This command downloads that sdist from exactly the URL that ``uv.lock``
+pins for it (the lock's ``sdist`` entry of ``neural-tangents`` 0.6.5, with its sha256;
+no index host is written into this tool), checks the hash before unpacking, unpacks only
+``tests/`` and ``examples/`` into a run folder, and runs them with pytest. A ``conftest.py`` written
+into the run folder imports ``stepwise_ntk.kernels._nt_compat`` before any test module, so every
 ``import neural_tangents`` in NT's tests gets the patched package.
 
 Excluded (reported, not run): test files that import TensorFlow, TensorFlow Datasets or
@@ -16,12 +17,13 @@ exact, counted text replacements (``TEST_PATCHES``, each with its reason); none 
 an assertion or a tolerance. NT's library code is only patched by ``_nt_compat``.
 
 Output: a table of passed / failed / skipped / errors per file, with totals, and
-``summary.json`` in ``--out``. Exit status 1 if any test that ran failed or errored.
+``summary.json`` in ``--out``. Exit status 1 if any test that ran failed or errored, 2 if
+the suite could not be run (no usable sdist entry in the lock, or no pytest report).
 
 Usage (the test-only dependency more-itertools is not in the project's lock)::
 
     uv run --with more-itertools python tools/nt_suite.py [--files F ...] [--jobs N]
-        [--out DIR] [--quick] [--x64]
+        [--out DIR] [--quick] [--x64] [--lock PATH]
 """
 
 from __future__ import annotations
@@ -38,16 +40,20 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 REPO = Path(__file__).resolve().parents[1]
+NT_PACKAGE = "neural-tangents"
 NT_VERSION = "0.6.5"
 SDIST_NAME = f"neural-tangents-{NT_VERSION}.tar.gz"
 DEFAULT_CACHE = REPO / ".cache" / f"nt-{NT_VERSION}"
 DEFAULT_OUT = DEFAULT_CACHE / "run"
+DEFAULT_LOCK = REPO / "uv.lock"
 
 # Imports that mean "needs TensorFlow", which this project does not install.
 TF_MODULES = ("tensorflow", "tensorflow_datasets", "tf2jax", "neural_tangents.experimental")
@@ -132,10 +138,10 @@ LARGE_PATCHES: dict[str, tuple[tuple[str, str, int, str], ...]] = {
 }
 
 CONFTEST = '''\
-"""Written by tools/nt_suite.py: NT's tests run against stepwise_ntk._nt_compat."""
+"""Written by tools/nt_suite.py: NT's tests run against stepwise_ntk.kernels._nt_compat."""
 
 # First, before any test module runs `import neural_tangents`: the patched package.
-import stepwise_ntk._nt_compat  # noqa: F401
+import stepwise_ntk.kernels._nt_compat  # noqa: F401
 
 import jax
 
@@ -158,18 +164,47 @@ RUN_MARKER = ".nt_suite_run"
 # ----------------------------------------------------------------------------- fetch
 
 
-def sdist_pin(lock_text: str, name: str = SDIST_NAME) -> tuple[str, str]:
-    """The ``(url, sha256)`` of the sdist ``name`` as pinned in a uv.lock text."""
-    for line in lock_text.splitlines():
-        if line.startswith("sdist = ") and f"/{name}\"" in line:
-            url = re.search(r'url = "([^"]+)"', line)
-            digest = re.search(r'hash = "sha256:([0-9a-f]{64})"', line)
-            if url and digest:
-                return url.group(1), digest.group(1)
-    raise ValueError(
-        f"no `sdist = {{ url = \".../{name}\", hash = \"sha256:...\" }}` entry in uv.lock; "
-        f"the project must pin neural-tangents=={NT_VERSION} (run `uv lock`)."
-    )
+def sdist_pin(lock_text: str, package: str = NT_PACKAGE, version: str = NT_VERSION) -> tuple[str, str]:
+    """The ``(url, sha256)`` of ``package``'s sdist as pinned in the text of a uv.lock.
+
+    The lock is parsed as TOML; the ``[[package]]`` entry with this name and version must
+    carry ``sdist = { url = ..., hash = "sha256:..." }``. The URL is returned exactly as the
+    lock has it (whatever index it points to); ValueError, saying what is missing, when the
+    lock has no such entry, no sdist for it, no URL or no sha256.
+    """
+    fix = f"the project must lock {package}=={version} with its sdist (run `uv lock`)"
+    try:
+        lock = tomllib.loads(lock_text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"uv.lock is not valid TOML ({e}); {fix}.") from None
+    packages = lock.get("package", [])
+    entries = [p for p in packages if isinstance(p, dict) and p.get("name") == package]
+    entry = next((p for p in entries if p.get("version") == version), None)
+    if entry is None:
+        found = sorted({str(p.get("version")) for p in entries})
+        raise ValueError(
+            f"uv.lock has no {package} {version} package"
+            + (f" (only {', '.join(found)})" if found else "")
+            + f"; {fix}."
+        )
+    sdist = entry.get("sdist")
+    if not sdist:
+        raise ValueError(
+            f"uv.lock's {package} {version} entry has no sdist (wheels only?): NT's tests ship "
+            f"only in the source distribution; {fix}."
+        )
+    url = str(sdist.get("url", ""))
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        raise ValueError(
+            f"uv.lock's {package} {version} sdist has no download URL (got {sdist!r}); {fix}."
+        )
+    digest = re.fullmatch(r"sha256:([0-9a-f]{64})", str(sdist.get("hash", "")))
+    if digest is None:
+        raise ValueError(
+            f"uv.lock's {package} {version} sdist has no sha256 hash (got {sdist.get('hash')!r}); "
+            f"{fix}."
+        )
+    return url, digest.group(1)
 
 
 def sha256_of(data: bytes) -> str:
@@ -188,7 +223,7 @@ def verified(data: bytes, sha256: str, source: str) -> bytes:
 
 
 def fetch_sdist(url: str, sha256: str, cache_dir: Path) -> bytes:
-    """The sdist's bytes, from ``cache_dir`` or the package index; always hash-checked."""
+    """The sdist's bytes, from ``cache_dir`` or downloaded from ``url``; always hash-checked."""
     cached = cache_dir / SDIST_NAME
     if cached.exists():
         return verified(cached.read_bytes(), sha256, str(cached))
@@ -406,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"(default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="where the downloaded sdist is kept")
+    parser.add_argument("--lock", type=Path, default=DEFAULT_LOCK,
+                        help="the uv.lock that pins the sdist's URL and sha256 "
+                             f"(default {DEFAULT_LOCK.relative_to(REPO)})")
     parser.add_argument("--quick", action="store_true",
                         help="1 sampled case per parameterized test instead of NT's 4")
     parser.add_argument("--large", action="store_true",
@@ -419,7 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("NT's tests need more-itertools: run `uv run --with more-itertools "
                      "python tools/nt_suite.py ...`")
 
-    url, sha256 = sdist_pin((REPO / "uv.lock").read_text())
+    try:
+        url, sha256 = sdist_pin(args.lock.read_text())
+    except (OSError, ValueError) as e:
+        print(f"nt_suite.py: error: {args.lock}: {e}", file=sys.stderr)
+        return 2
     data = fetch_sdist(url, sha256, args.cache)
     out = args.out.resolve()
     suite = out / "suite"
