@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stepwise_ntk.data._pairing import pair_gram, swap_pairs
+from stepwise_ntk.data import pair_gram, swap_pairs
 
 __all__ = [
     "LOSS_FUNCTIONS",

@@ -20,19 +20,7 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.data import _cifar10 as c10
-from stepwise_ntk.data._cifar10 import (
-    CIFAR10_FOLDER,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR10Error,
-    balanced_subset,
-    channel_stats,
-    download_cifar10,
-    load_cifar10,
-    normalize,
-    resolve_cifar10_dir,
-    uint8_to_float,
-)
+from stepwise_ntk.data import CIFAR10Error, CIFAR10_FOLDER, CIFAR10_MEAN, CIFAR10_STD, balanced_subset, channel_stats, download_cifar10, load_cifar10, normalize, resolve_cifar10_dir, uint8_to_float
 
 N_TRAIN_PER_BATCH, N_TEST = 932, 846  # the offline subset, see /work/shared/cifar10/README.md
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

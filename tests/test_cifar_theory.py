@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.data._augment import AugmentSettings, cifar10_pairs
-from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
-from stepwise_ntk.solver._solve import SolverSettings, solve
-from stepwise_ntk.theory._closed_form import final_embeddings, initial_eigenvalues, procrustes_error, step_times
+from stepwise_ntk.data import AugmentSettings, cifar10_pairs
+from stepwise_ntk.theory import contrastive_eigensystem
+from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.theory import final_embeddings, initial_eigenvalues, procrustes_error, step_times
 
 N_PAIRS, D = 500, 8
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.experiments import cli
-from stepwise_ntk.predictor._metrics import crossing_times, plateau_losses
+from stepwise_ntk.predictor import crossing_times, plateau_losses
 from stepwise_ntk.experiments._linear import LinearSettings, flatten_scaled
-from stepwise_ntk.data._augment import cifar10_pairs
-from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
-from stepwise_ntk.theory._closed_form import step_times
+from stepwise_ntk.data import cifar10_pairs
+from stepwise_ntk.theory import contrastive_eigensystem
+from stepwise_ntk.theory import step_times
 
 TINY = ["--n-pairs", "60", "--d", "3", "--n-times", "60", "--gallery-pool", "40", "--gallery-modes", "2"]
 
@@ -122,7 +122,7 @@ def test_finished_run_is_not_overwritten_by_accident(linear_run, capsys):
 def test_kernel_subcommand_uses_the_architecture_ntk(tmp_path, cifar_dir):
     from stepwise_ntk.experiments._kernel import KernelSettings, gaussian_embeddings
     from stepwise_ntk.experiments._kernel_model import load_problem_data
-    from stepwise_ntk.kernels._analytic import analytic_ntk
+    from stepwise_ntk.kernels import analytic_ntk
 
     out = tmp_path / "k"
     flags = ["--n-pairs", "30", "--d", "3", "--downsample", "4", "--gallery-pool", "20", "--arch-options", "depth=1"]

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.experiments import cli
-from stepwise_ntk.data._augment import cifar10_pairs
-from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
+from stepwise_ntk.data import cifar10_pairs
+from stepwise_ntk.theory import contrastive_eigensystem
 from stepwise_ntk.experiments._kernel_model import load_problem_data
-from stepwise_ntk.predictor._metrics import crossing_times, plateau_losses
+from stepwise_ntk.predictor import crossing_times, plateau_losses
 from stepwise_ntk.experiments._network import NetworkSettings, rise_times
 from stepwise_ntk.losses import barlow_twins_loss
-from stepwise_ntk.predictor._metrics import step_time_ratios, subspace_alignment
-from stepwise_ntk.predictor._predict import init_network, network_kernel
-from stepwise_ntk.theory._closed_form import final_embeddings, step_times
+from stepwise_ntk.predictor import step_time_ratios, subspace_alignment
+from stepwise_ntk.predictor import init_network, network_kernel
+from stepwise_ntk.theory import final_embeddings, step_times
 
 # Tiny network run: 40 pairs of 8x8 images, width 128, d = 3.
 NET = dict(n_pairs=40, n_test=20, d=3, width=128, gallery_pool=50, gallery_modes=2, n_records=60, n_times=80)

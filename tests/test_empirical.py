@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
-from stepwise_ntk.kernels._empirical import empirical_ntk
-from stepwise_ntk.kernels._analytic import analytic_ntk
+from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN
+from stepwise_ntk.kernels import empirical_ntk
+from stepwise_ntk.kernels import analytic_ntk
 from stepwise_ntk.kernels._nt_compat import nt
 
 IMPLEMENTATIONS = [nt.NtkImplementation.STRUCTURED_DERIVATIVES,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.kernels import _analytic as _kernels
-from stepwise_ntk.kernels.architectures._registry import MLP
-from stepwise_ntk.kernels._cache import KernelCache, array_fingerprint, cache_key
-from stepwise_ntk.kernels._analytic import analytic_kernels
+from stepwise_ntk.kernels.architectures import MLP
+from stepwise_ntk.kernels import KernelCache, array_fingerprint, cache_key
+from stepwise_ntk.kernels import analytic_kernels
 
 
 def test_fingerprint_sees_every_bit_dtype_and_shape():

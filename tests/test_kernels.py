@@ -16,13 +16,8 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.kernels import _analytic as _kernels
-from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN, WideResNet
-from stepwise_ntk.kernels._analytic import (
-    KernelMemoryError,
-    analytic_kernels,
-    analytic_ntk,
-    kernel_block_bytes,
-)
+from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN, WideResNet
+from stepwise_ntk.kernels import KernelMemoryError, analytic_kernels, analytic_ntk, kernel_block_bytes
 from tests.reference_kernels import relu_mlp_kernels
 
 RNG = np.random.default_rng(0)

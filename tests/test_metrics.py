@@ -5,14 +5,7 @@ import pytest
 import scipy.linalg
 import scipy.stats
 
-from stepwise_ntk.predictor._metrics import (
-    compare_embeddings,
-    eigenvalue_trajectory_error,
-    principal_cosines,
-    procrustes_relative_error,
-    step_time_ratios,
-    subspace_alignment,
-)
+from stepwise_ntk.predictor import compare_embeddings, eigenvalue_trajectory_error, principal_cosines, procrustes_relative_error, step_time_ratios, subspace_alignment
 
 
 def random_orthogonal(d, rng):

@@ -13,14 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
-from stepwise_ntk.predictor._predict import (
-    compare_run,
-    init_network,
-    network_kernel,
-    predict_run,
-)
-from stepwise_ntk.training._train import TrainSettings, TrainingDivergedWarning, train
+from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN
+from stepwise_ntk.predictor import compare_run, init_network, network_kernel, predict_run
+from stepwise_ntk.training import TrainSettings, TrainingDivergedWarning, train
 from tests.reference_kernels import relu_mlp_kernels
 
 

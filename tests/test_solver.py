@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
-from stepwise_ntk.solver._linear_gd import linear_gd
+from stepwise_ntk.theory import contrastive_eigensystem
+from stepwise_ntk.solver import linear_gd
 from stepwise_ntk.losses import barlow_twins_loss
 from stepwise_ntk.solver._solve import SolverSettings, choose_method, solve, spectral_norm_bound
 

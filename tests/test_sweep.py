@@ -8,16 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.kernels.architectures._registry import MLP
-from stepwise_ntk.data._augment import cifar10_pairs
-from stepwise_ntk.predictor._metrics import (
-    eigenvalue_trajectory_error,
-    procrustes_relative_error,
-    step_time_ratios,
-    subspace_alignment,
-)
-from stepwise_ntk.predictor._sweep import WidthSweepSettings, choose_d, width_sweep
-from stepwise_ntk.training._train import TrainingDivergedWarning
+from stepwise_ntk.kernels.architectures import MLP
+from stepwise_ntk.data import cifar10_pairs
+from stepwise_ntk.predictor import eigenvalue_trajectory_error, procrustes_relative_error, step_time_ratios, subspace_alignment
+from stepwise_ntk.predictor import WidthSweepSettings, choose_d, width_sweep
+from stepwise_ntk.training import TrainingDivergedWarning
 
 
 def cifar_views(cifar_dir, n, n_test, downsample):

@@ -5,24 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.theory._eigensystem import (
-    check_enough_modes,
-    contrastive_eigensystem,
-    mode_coordinates,
-    mode_functions,
-    mode_functions_new,
-)
-from stepwise_ntk.solver._solve import SolverSettings, solve
-from stepwise_ntk.theory._closed_form import (
-    aligned_eigenvalues,
-    final_embeddings,
-    initial_eigenvalues,
-    loss_staircase,
-    plateau_levels,
-    procrustes_align,
-    procrustes_error,
-    step_times,
-)
+from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem, mode_coordinates, mode_functions, mode_functions_new
+from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.theory import aligned_eigenvalues, final_embeddings, initial_eigenvalues, loss_staircase, plateau_levels, procrustes_align, procrustes_error, step_times
 
 
 def paired_features(n, m, noise=0.3, seed=0, decay=1.0):

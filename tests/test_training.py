@@ -21,9 +21,9 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from stepwise_ntk.training import _loop as _train_loop
-from stepwise_ntk.solver._linear_gd import linear_gd
+from stepwise_ntk.solver import linear_gd
 from stepwise_ntk.losses import LOSS_FUNCTIONS
-from stepwise_ntk.solver._solve import SolverSettings, solve
+from stepwise_ntk.solver import SolverSettings, solve
 from stepwise_ntk.training import (
     TrainSettings,
     TrainingDivergedWarning,
@@ -562,7 +562,7 @@ def test_non_embedding_module_and_stateful_module_are_rejected(mlp_data):
 
 
 def test_float32_run_tracks_float64_reference():
-    from stepwise_ntk.kernels.architectures._registry import MLP
+    from stepwise_ntk.kernels.architectures import MLP
 
     rng = np.random.default_rng(11)
     X = rng.normal(size=(16, 2, 2, 3))
@@ -596,9 +596,9 @@ def test_float32_run_tracks_float64_reference():
 
 
 def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
-    from stepwise_ntk.kernels.architectures._registry import MLP
-    from stepwise_ntk.data._augment import AugmentSettings, downsample, positive_pairs
-    from stepwise_ntk.data._cifar10 import load_cifar10, normalize, uint8_to_float
+    from stepwise_ntk.kernels.architectures import MLP
+    from stepwise_ntk.data import AugmentSettings, downsample, positive_pairs
+    from stepwise_ntk.data import load_cifar10, normalize, uint8_to_float
 
     data = load_cifar10("train", cifar_dir)
     images = jnp.asarray(uint8_to_float(data.images[:16], jnp.float32))  # [0, 1] pixels
@@ -639,7 +639,7 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
 
 @pytest.mark.slow  # ~8 s on 2 CPU cores, mostly compiling the CNN's gradient
 def test_myrtle_cnn_spec_trains():
-    from stepwise_ntk.kernels.architectures._registry import MyrtleCNN
+    from stepwise_ntk.kernels.architectures import MyrtleCNN
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(6, 8, 8, 3))

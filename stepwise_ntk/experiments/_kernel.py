@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.kernels.architectures._registry import ARCHITECTURES, make_architecture
+from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data, run_kernel_model
-from stepwise_ntk.kernels._analytic import analytic_ntk
+from stepwise_ntk.kernels import analytic_ntk
 from stepwise_ntk.experiments._run_dir import RunDir
 
 __all__ = ["KernelSettings", "run_kernel", "parse_options", "gaussian_embeddings"]

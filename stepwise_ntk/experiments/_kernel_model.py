@@ -21,21 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.predictor._metrics import crossing_times, plateau_losses
-from stepwise_ntk.data._augment import AugmentSettings, cifar10_pairs
-from stepwise_ntk.data._augment import downsample as _downsample
-from stepwise_ntk.data._cifar10 import CIFAR10Dataset, load_cifar10, normalize
-from stepwise_ntk.theory._eigensystem import contrastive_eigensystem, mode_functions_new
+from stepwise_ntk.predictor import crossing_times, plateau_losses
+from stepwise_ntk.data import AugmentSettings, cifar10_pairs
+from stepwise_ntk.data import downsample as _downsample
+from stepwise_ntk.data import CIFAR10Dataset, load_cifar10, normalize
+from stepwise_ntk.theory import contrastive_eigensystem, mode_functions_new
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_projections, plot_staircase
 from stepwise_ntk.experiments._run_dir import RunDir
-from stepwise_ntk.solver._solve import solve
-from stepwise_ntk.theory._closed_form import (
-    aligned_eigenvalues,
-    final_embeddings,
-    initial_eigenvalues,
-    procrustes_error,
-    step_times,
-)
+from stepwise_ntk.solver import solve
+from stepwise_ntk.theory import aligned_eigenvalues, final_embeddings, initial_eigenvalues, procrustes_error, step_times
 
 __all__ = ["ExperimentSettings", "Problem", "load_problem_data", "run_kernel_model"]
 

@@ -34,19 +34,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.kernels.architectures._registry import ARCHITECTURES, make_architecture
-from stepwise_ntk.data._augment import cifar10_pairs
-from stepwise_ntk.theory._eigensystem import check_enough_modes, contrastive_eigensystem
+from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
+from stepwise_ntk.data import cifar10_pairs
+from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem
 from stepwise_ntk.experiments._kernel import parse_options
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data
-from stepwise_ntk.predictor._metrics import crossing_times, plateau_losses
+from stepwise_ntk.predictor import crossing_times, plateau_losses
 from stepwise_ntk.losses import LOSS_FUNCTIONS
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
-from stepwise_ntk.predictor._predict import KERNELS, compare_run, init_network, network_kernel, predict_run
+from stepwise_ntk.predictor import KERNELS, compare_run, init_network, network_kernel, predict_run
 from stepwise_ntk.experiments._run_dir import RunDir
-from stepwise_ntk.solver._solve import SolverSettings, solve
-from stepwise_ntk.predictor._sweep import WidthSweepSettings, _plan_steps, choose_d
-from stepwise_ntk.theory._closed_form import final_embeddings, procrustes_align
+from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.predictor import WidthSweepSettings, choose_d, plan_steps
+from stepwise_ntk.theory import final_embeddings, procrustes_align
 
 __all__ = [
     "LOSS_SETTINGS",
@@ -225,14 +225,14 @@ def rise_times(times, eigenvalues, *, relative: bool) -> np.ndarray:
 def plan_run(spec, problem: NetworkProblem, init, kernel, s: SharedNetworkSettings, loss: str) -> tuple[int, float]:
     """Gradient steps to run: ``horizon ×`` the kernel model's last step time, from this ``F0``.
 
-    Barlow Twins: :func:`stepwise_ntk.predictor._sweep._plan_steps` (the flow until every eigenvalue
+    Barlow Twins: :func:`stepwise_ntk.predictor._sweep.plan_steps` (the flow until every eigenvalue
     has crossed 1/2). Other losses: their kernel flow up to ``max_steps`` and the last
     :func:`rise_times` (``relative=True``) on it.
     """
     cfg = WidthSweepSettings(widths=(spec.width,), alpha=s.alpha, step_size=problem.step_size, horizon=s.horizon,
                       max_steps=s.max_steps, n_records=max(s.n_records, 2), seed=s.seed, train_dtype=s.train_dtype)
     if loss == "barlow_twins":
-        return _plan_steps(spec, problem.views, problem.test_views, init, kernel, cfg)
+        return plan_steps(spec, problem.views, problem.test_views, init, kernel, cfg)
     lr = cfg.learning_rate
     grid = np.geomspace(lr, lr * s.max_steps, cfg.plan_points)
     traj = solve(s.alpha**2 * jnp.asarray(kernel.ntk), s.n_pairs, jnp.asarray(init.F0, jnp.float64), grid, loss=loss,
@@ -264,7 +264,7 @@ def _snapshot_indices(times: np.ndarray, steps: np.ndarray) -> list[int]:
 
 def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True) -> str:
     """Train the network, build its theory, write ``results.json``, ``arrays.npz`` and figures."""
-    from stepwise_ntk.training._train import TrainSettings, train
+    from stepwise_ntk.training import TrainSettings, train
 
     s = settings
     started = time.perf_counter()

@@ -24,12 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.data._augment import cifar10_pairs
+from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.experiments._network import SharedNetworkSettings, network_problem
 from stepwise_ntk.experiments._plots import plot_width_curves, plot_width_sweep
-from stepwise_ntk.predictor._predict import KERNELS
+from stepwise_ntk.predictor import KERNELS
 from stepwise_ntk.experiments._run_dir import RunDir
-from stepwise_ntk.predictor._sweep import WidthSweepSettings, width_sweep
+from stepwise_ntk.predictor import WidthSweepSettings, width_sweep
 
 __all__ = ["SweepSettings", "run_sweep", "sweep_config"]
 

@@ -35,7 +35,7 @@ from stepwise_ntk.predictor._predict import (
     network_kernel,
     predict_run,
 )
-from stepwise_ntk.predictor._sweep import WidthSweepSettings, SweepResult, WidthResult, choose_d, width_sweep
+from stepwise_ntk.predictor._sweep import SweepResult, WidthResult, WidthSweepSettings, choose_d, plan_steps, width_sweep
 
 __all__ = [
     "KERNELS",
@@ -55,6 +55,7 @@ __all__ = [
     "eigenvalue_trajectory_error",
     "init_network",
     "network_kernel",
+    "plan_steps",
     "plateau_losses",
     "predict_run",
     "principal_cosines",

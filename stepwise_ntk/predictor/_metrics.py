@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.data._pairing import is_concrete
-from stepwise_ntk.theory._closed_form import procrustes_align, procrustes_error
+from stepwise_ntk._checks import is_concrete
+from stepwise_ntk.theory import procrustes_align, procrustes_error
 
 __all__ = [
     "crossing_times",

@@ -49,12 +49,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.kernels.architectures._base import ArchSpec
-from stepwise_ntk.theory._eigensystem import check_enough_modes, contrastive_eigensystem
-from stepwise_ntk.kernels._empirical import empirical_ntk
+from stepwise_ntk.kernels import ArchSpec
+from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem
+from stepwise_ntk.kernels import empirical_ntk
 from stepwise_ntk.predictor._metrics import crossing_times
-from stepwise_ntk.kernels._cache import array_fingerprint
-from stepwise_ntk.kernels._analytic import analytic_ntk
+from stepwise_ntk.kernels import array_fingerprint
+from stepwise_ntk.kernels import analytic_ntk
 from stepwise_ntk.predictor._metrics import (
     eigenvalue_trajectory_error,
     principal_cosines,
@@ -62,9 +62,9 @@ from stepwise_ntk.predictor._metrics import (
     step_time_ratios,
     subspace_alignment,
 )
-from stepwise_ntk.solver._solve import SolverSettings, solve
-from stepwise_ntk.theory._closed_form import final_embeddings, initial_eigenvalues, step_times
-from stepwise_ntk.solver._trajectory import Trajectory
+from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.theory import final_embeddings, initial_eigenvalues, step_times
+from stepwise_ntk.solver import Trajectory
 
 __all__ = [
     "KERNELS",

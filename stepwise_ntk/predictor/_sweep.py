@@ -30,9 +30,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from stepwise_ntk.kernels.architectures._base import ArchSpec
-from stepwise_ntk.theory._eigensystem import check_enough_modes, contrastive_eigensystem
-from stepwise_ntk.theory._closed_form import step_times
+from stepwise_ntk.kernels import ArchSpec
+from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem
+from stepwise_ntk.theory import step_times
 from stepwise_ntk.predictor._metrics import crossing_times
 from stepwise_ntk.predictor._predict import (
     KERNELS,
@@ -45,10 +45,10 @@ from stepwise_ntk.predictor._predict import (
     network_kernel,
     predict_run,
 )
-from stepwise_ntk.solver._solve import SolverSettings
-from stepwise_ntk.training._train import TrainSettings, train
+from stepwise_ntk.solver import SolverSettings
+from stepwise_ntk.training import TrainSettings, train
 
-__all__ = ["WidthSweepSettings", "SweepResult", "WidthResult", "choose_d", "width_sweep"]
+__all__ = ["SweepResult", "WidthResult", "WidthSweepSettings", "choose_d", "plan_steps", "width_sweep"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +275,7 @@ def _analytic_kernel(arch: ArchSpec, views, test_views, cache: dict[str, Network
 _SOLVER = SolverSettings(integrator="dopri5")
 
 
-def _plan_steps(arch, views, test_views, init, kernel, cfg: WidthSweepSettings) -> tuple[int, float]:
+def plan_steps(arch, views, test_views, init, kernel, cfg: WidthSweepSettings) -> tuple[int, float]:
     """Steps to run: ``horizon ×`` the analytic kernel model's last step time, from this ``F0``.
 
     The flow is integrated up to 4 × the closed-form last step time first (cheap), and the
@@ -363,7 +363,7 @@ def width_sweep(
         key = jax.random.fold_in(jax.random.key(config.seed), width)
         init = init_network(spec, views_t, test_t, alpha=config.alpha, key=key)
         kernel = _analytic_kernel(spec, views, test_views, cache)
-        steps, t_last = _plan_steps(spec, views, test_views, init, kernel, config)
+        steps, t_last = plan_steps(spec, views, test_views, init, kernel, config)
         cfg = TrainSettings(learning_rate=config.learning_rate, steps=steps, alpha=config.alpha,
                           n_records=config.n_records, seed=config.seed)
         t0 = time.perf_counter()

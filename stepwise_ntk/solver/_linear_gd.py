@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stepwise_ntk.losses import LOSS_FUNCTIONS, barlow_twins_loss
-from stepwise_ntk.data._pairing import check_n_pairs, is_concrete, pair_gram, swap_pairs
+from stepwise_ntk._checks import check_n_pairs, is_concrete
+from stepwise_ntk.data import pair_gram, swap_pairs
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 
 __all__ = ["linear_gd"]

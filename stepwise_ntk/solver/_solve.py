@@ -69,22 +69,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stepwise_ntk.theory._eigensystem import (
-    ContrastiveEigensystem,
-    _eigensystem,
-    check_enough_modes,
-    check_factorization,
-    default_jitter_rtol,
-)
+from stepwise_ntk.theory import ContrastiveEigensystem, check_enough_modes, check_factorization, contrastive_eigensystem_core, default_jitter_rtol
 from stepwise_ntk.solver._integrate import ODESettings, integrate
 from stepwise_ntk.losses import LOSS_FUNCTIONS, barlow_twins_loss, cross_correlation
-from stepwise_ntk.data._pairing import (
-    check_embeddings,
-    check_kernel,
-    check_n_pairs,
-    check_times,
-    pair_gram,
-)
+from stepwise_ntk._checks import check_embeddings, check_kernel, check_n_pairs, check_times
+from stepwise_ntk.data import pair_gram
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 
 __all__ = ["METHODS", "INTEGRATORS", "SolverSettings", "choose_method", "solve"]
@@ -223,7 +212,7 @@ class _EigenPrep(NamedTuple):
 
 @jax.jit
 def _eigen_prepare(K, F0, jitter_rtol):
-    es = _eigensystem(K, jitter_rtol)
+    es = contrastive_eigensystem_core(K, jitter_rtol)
     B0 = jax.scipy.linalg.solve_triangular(es.factor, F0, lower=True)
     M0 = (es.vectors.T @ B0).T
     L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(K), axis=1)) + es.jitter)

@@ -11,7 +11,11 @@ Example:
 
 from stepwise_ntk.theory._eigensystem import (
     ContrastiveEigensystem,
+    check_enough_modes,
+    check_factorization,
     contrastive_eigensystem,
+    contrastive_eigensystem_core,
+    gamma_tolerance,
     default_jitter_rtol,
     mode_coordinates,
     mode_functions,
@@ -31,7 +35,11 @@ from stepwise_ntk.theory._closed_form import (
 __all__ = [
     "ContrastiveEigensystem",
     "aligned_eigenvalues",
+    "check_enough_modes",
+    "check_factorization",
     "contrastive_eigensystem",
+    "contrastive_eigensystem_core",
+    "gamma_tolerance",
     "default_jitter_rtol",
     "final_embeddings",
     "initial_eigenvalues",

@@ -40,7 +40,7 @@ from stepwise_ntk.theory._eigensystem import (
     mode_functions,
     mode_functions_new,
 )
-from stepwise_ntk.data._pairing import check_embeddings, is_concrete
+from stepwise_ntk._checks import check_embeddings, is_concrete
 
 __all__ = [
     "aligned_eigenvalues",

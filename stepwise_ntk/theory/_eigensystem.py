@@ -42,12 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.data._pairing import check_kernel, check_n_pairs, is_concrete
+from stepwise_ntk._checks import check_kernel, check_n_pairs, is_concrete
 
 __all__ = [
     "ContrastiveEigensystem",
-    "contrastive_eigensystem",
+    "check_enough_modes",
     "check_factorization",
+    "contrastive_eigensystem",
+    "contrastive_eigensystem_core",
+    "gamma_tolerance",
     "default_jitter_rtol",
     "mode_coordinates",
     "mode_functions",
@@ -98,7 +101,12 @@ def _pair_gram_of_factor(L: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _eigensystem(K: jax.Array, jitter_rtol: jax.Array) -> ContrastiveEigensystem:
+def contrastive_eigensystem_core(K: jax.Array, jitter_rtol: jax.Array) -> ContrastiveEigensystem:
+    """:func:`contrastive_eigensystem` without its input checks: jit-able with a traced jitter.
+
+    For callers that checked ``K: (2n, 2n)`` themselves and run inside ``jax.jit``; a failed
+    factorisation shows as non-finite ``gammas`` (see :func:`check_factorization`).
+    """
     N = K.shape[0]
     tau = jitter_rtol * jnp.max(jnp.diagonal(K))
     L = jnp.linalg.cholesky(K + tau * jnp.eye(N, dtype=K.dtype))  # symmetrises its input
@@ -134,7 +142,7 @@ def contrastive_eigensystem(K: Any, n_pairs: int, *, jitter_rtol: float | None =
         jitter_rtol = default_jitter_rtol(K.shape[0], dtype)
     elif not np.isfinite(jitter_rtol) or jitter_rtol < 0:
         raise ValueError(f"jitter_rtol must be a finite number ≥ 0, got {jitter_rtol!r}.")
-    es = _eigensystem(K, jnp.asarray(jitter_rtol, dtype))
+    es = contrastive_eigensystem_core(K, jnp.asarray(jitter_rtol, dtype))
     if is_concrete(es.factor):
         check_factorization(es, K)
     return es

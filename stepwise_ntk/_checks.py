@@ -1,0 +1,239 @@
+"""Shared input checks of the library: one message shape for every entry point.
+
+A wrong *type* raises ``TypeError``, a wrong *value* ``ValueError``; every message names the
+argument, says what was expected and what was given, and how to fix it. Shape checks always
+run; value checks (finite, symmetric, increasing) run on concrete arrays and are skipped for
+tracers (inside an outer ``jax.jit``), where values are unknown.
+
+Example:
+    >>> from stepwise_ntk._checks import check_positive_int
+    >>> check_positive_int("steps", 10)
+    10
+    >>> check_positive_int("steps", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be a positive integer, got 0.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "all_finite",
+    "check_bool",
+    "check_choice",
+    "check_embeddings",
+    "check_int",
+    "check_kernel",
+    "check_n_pairs",
+    "check_number",
+    "check_positive_int",
+    "check_times",
+    "check_type",
+    "float_dtype",
+    "is_concrete",
+]
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values (not a tracer inside ``jax.jit``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False, hint: str = "") -> int:
+    """``value`` as a Python int ``≥ 1`` (``≥ 0`` with ``allow_zero``): TypeError / ValueError."""
+    what = "non-negative" if allow_zero else "positive"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a {what} integer{hint}, got {type(value).__name__} {value!r}.")
+    if value < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be a {what} integer{hint}, got {value!r}.")
+    return int(value)
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None, hint: str = "") -> int:
+    """``value`` as a Python int in ``[low, high]`` (either bound optional): TypeError / ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{hint}, got {type(value).__name__} {value!r}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer {_range_text(low, high)}{hint}, got {value!r}.")
+    return int(value)
+
+
+def _range_text(low: Any, high: Any, *, open_low: bool = False) -> str:
+    lo = None if low is None else (f"> {low}" if open_low else f"≥ {low}")
+    hi = None if high is None else f"≤ {high}"
+    return " and ".join(x for x in (lo, hi) if x) or "(any)"
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    hint: str = "",
+) -> float:
+    """``value`` as a finite Python float in the range: TypeError (not a real number) / ValueError.
+
+    ``open_low`` makes the lower bound strict (``value > low``), e.g. a learning rate.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number{hint}, got {type(value).__name__} {value!r}.")
+    v = float(value)
+    bad_low = low is not None and (v <= low if open_low else v < low)
+    if not np.isfinite(v) or bad_low or (high is not None and v > high):
+        raise ValueError(
+            f"{name} must be a finite number {_range_text(low, high, open_low=open_low)}{hint}, got {value!r}."
+        )
+    return v
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool (True/False only): TypeError otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Any) -> Any:
+    """``value`` if it is one of ``choices``; ValueError naming them otherwise."""
+    choices = tuple(choices)
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable values in a dict-like container
+        ok = False
+    if not ok:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {shown}; got {value!r}.")
+    return value
+
+
+def check_type(name: str, value: Any, types: type | tuple[type, ...], what: str | None = None) -> Any:
+    """``value`` if it is an instance of ``types``; TypeError saying what was expected otherwise."""
+    if not isinstance(value, types):
+        if what is None:
+            ts = types if isinstance(types, tuple) else (types,)
+            what = " or ".join(t.__name__ for t in ts)
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}.")
+    return value
+
+
+def check_n_pairs(n_pairs: Any) -> int:
+    """``n_pairs`` (the number of images; 2n views) as a positive Python int."""
+    return check_positive_int(
+        "n_pairs", n_pairs, hint=" (the number of images; the views are [x_1..x_n, x'_1..x'_n], 2n rows)"
+    )
+
+
+def float_dtype(x: Any, name: str) -> np.dtype:
+    dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(
+            f"{name} must be float32 or float64, got dtype {dtype}. Convert it, e.g. "
+            f"{name}.astype(jnp.float64) (float64 needs jax_enable_x64)."
+        )
+    return dtype
+
+
+def all_finite(x: jax.Array) -> bool:
+    return bool(jnp.all(jnp.isfinite(x)))
+
+
+def check_kernel(K: Any, n_pairs: int, name: str = "K", *, sym_rtol: float | None = None) -> jax.Array:
+    """Validate a Gram matrix on the 2n views: square ``(2n, 2n)``, float, finite, symmetric.
+
+    Symmetry is checked as ``max|K − Kᵀ| ≤ sym_rtol · max|K|`` with default
+    ``sym_rtol = 1000 · eps(dtype)`` (round-off of kernels computed in blocks or in float32
+    passes; a real asymmetry does not). Positive semi-definiteness is checked later by the
+    factorisation (:func:`stepwise_ntk.theory.contrastive_eigensystem`).
+
+    Returns:
+      ``K`` as a JAX array (not symmetrised; callers use ``(K + Kᵀ)/2``).
+    """
+    dtype = float_dtype(K, name)
+    K = jnp.asarray(K)
+    N = 2 * n_pairs
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"{name} must be a square (2n, 2n) matrix, got shape {K.shape}.")
+    if K.shape[0] != N:
+        raise ValueError(
+            f"{name} has shape {K.shape} but n_pairs={n_pairs} needs ({N}, {N}): the views "
+            f"are stacked as [x_1..x_n, x'_1..x'_n]. Pass the Gram matrix of all 2n views or "
+            f"fix n_pairs (= {K.shape[0] // 2} for this K)."
+        )
+    if is_concrete(K):
+        if not all_finite(K):
+            bad = int(jnp.sum(~jnp.isfinite(K)))
+            raise ValueError(
+                f"{name} contains {bad} NaN or Inf entries. Recompute the kernel (in float64, "
+                f"or with a smaller batch / learning rate if it came from training)."
+            )
+        tol = (1000.0 * float(np.finfo(dtype).eps) if sym_rtol is None else float(sym_rtol))
+        scale = float(jnp.max(jnp.abs(K)))
+        asym = float(jnp.max(jnp.abs(K - K.T)))
+        if asym > tol * scale:
+            raise ValueError(
+                f"{name} is not symmetric: max|K − Kᵀ| = {asym:.3g} > {tol:.1g} × max|K| "
+                f"= {tol * scale:.3g}. A kernel Gram matrix K[i, j] = k(x_i, x_j) is symmetric; "
+                f"check the row/column order, or symmetrise it yourself with (K + K.T) / 2 if "
+                f"the asymmetry is round-off."
+            )
+    return K
+
+
+def check_embeddings(F: Any, n_pairs: int, name: str = "F0", *, dtype: Any = None) -> jax.Array:
+    """Validate embeddings of the 2n views: ``(2n, d)``, float, finite, same dtype as K."""
+    got = float_dtype(F, name)
+    F = jnp.asarray(F)
+    N = 2 * n_pairs
+    if F.ndim != 2:
+        raise ValueError(f"{name} must be a (2n, d) matrix (one row per view), got shape {F.shape}.")
+    if F.shape[0] != N:
+        raise ValueError(
+            f"{name} has {F.shape[0]} rows but the kernel has 2n = {N} views; {name} must hold "
+            f"the initial embeddings of the same views in the same order [x_1..x_n, x'_1..x'_n]."
+        )
+    if F.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one embedding dimension, got shape {F.shape}.")
+    if dtype is not None and got != np.dtype(dtype):
+        raise ValueError(
+            f"{name} has dtype {got} but the kernel has dtype {np.dtype(dtype)}; use one dtype "
+            f"for both (e.g. {name}.astype(K.dtype))."
+        )
+    if is_concrete(F) and not all_finite(F):
+        raise ValueError(f"{name} contains NaN or Inf entries; pass finite initial embeddings.")
+    return F
+
+
+def check_times(times: Any, dtype: Any) -> jax.Array:
+    """Validate output times: 1-D, non-empty, finite, ≥ 0 and strictly increasing."""
+    t = jnp.asarray(times)
+    if t.ndim != 1 or t.shape[0] < 1:
+        raise ValueError(
+            f"times must be a non-empty 1-D array of output times, got shape {t.shape}; "
+            f"e.g. jnp.geomspace(1e-2, 1e4, 200)."
+        )
+    if not jnp.issubdtype(t.dtype, jnp.floating) and not jnp.issubdtype(t.dtype, jnp.integer):
+        raise ValueError(f"times must be real numbers, got dtype {t.dtype}.")
+    t = t.astype(dtype)
+    if is_concrete(t):
+        tn = np.asarray(t)
+        if not np.all(np.isfinite(tn)):
+            raise ValueError("times contains NaN or Inf; pass finite output times.")
+        if tn[0] < 0:
+            raise ValueError(f"times must be ≥ 0 (time starts at 0), got times[0] = {tn[0]}.")
+        if tn.shape[0] > 1 and not np.all(np.diff(tn) > 0):
+            i = int(np.argmin(np.diff(tn) > 0))
+            raise ValueError(
+                f"times must be strictly increasing, but times[{i}] = {tn[i]} ≥ "
+                f"times[{i + 1}] = {tn[i + 1]}; sort them and drop duplicates "
+                f"(np.unique does both)."
+            )
+    return t
