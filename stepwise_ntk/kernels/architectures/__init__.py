@@ -2,10 +2,10 @@
 
 An architecture's topology is one tuple of layer records, ``arch.layers()`` (``Dense``,
 ``Conv``, ``Activation``, ``AvgPool2x2``, ``GlobalAvgPool``, ``Flatten``, ``Residual``).
-``arch.stax()`` interprets it as the ``(init_fn, apply_fn, kernel_fn)`` triple of the
-infinite-width network and ``arch.flax()`` as the finite-width Flax module with the same
-parameterisation, variances, activation and readout. ``ARCHITECTURES`` maps the CLI names
-(``"mlp"``, ``"myrtle"``, ``"wrn"``) to the spec classes.
+``arch.stax()`` interprets it (``stax_network``) as the ``(init_fn, apply_fn, kernel_fn)``
+triple of the infinite-width network and ``arch.flax()`` (``FlaxNetwork``) as the
+finite-width Flax module with the same parameterisation, variances, activation and readout.
+``ARCHITECTURES`` maps the CLI names (``"mlp"``, ``"myrtle"``, ``"wrn"``) to the spec classes.
 
 Example:
     >>> from stepwise_ntk.kernels.architectures import make_architecture, from_config
@@ -16,6 +16,7 @@ Example:
     ['Flatten', 'Dense', 'Activation', 'Dense', 'Activation', 'Dense']
 """
 
+from stepwise_ntk.kernels.architectures._cnn import MYRTLE_STAGES
 from stepwise_ntk.kernels.architectures._layers import ACTIVATIONS, PARAMETERIZATIONS
 from stepwise_ntk.kernels.architectures._network import (
     Activation,
@@ -23,8 +24,10 @@ from stepwise_ntk.kernels.architectures._network import (
     Conv,
     Dense,
     Flatten,
+    FlaxNetwork,
     GlobalAvgPool,
     Residual,
+    stax_network,
     weight_layers,
 )
 from stepwise_ntk.kernels.architectures._registry import (
@@ -41,6 +44,7 @@ __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
     "MLP",
+    "MYRTLE_STAGES",
     "PARAMETERIZATIONS",
     "Activation",
     "ArchSpec",
@@ -48,11 +52,13 @@ __all__ = [
     "Conv",
     "Dense",
     "Flatten",
+    "FlaxNetwork",
     "GlobalAvgPool",
     "MyrtleCNN",
     "Residual",
     "WideResNet",
     "from_config",
     "make_architecture",
+    "stax_network",
     "weight_layers",
 ]

@@ -1,14 +1,16 @@
 """The shared part of an architecture spec: one declaration, two networks.
 
-An architecture spec is a frozen dataclass. From it come
+An architecture spec is a frozen dataclass whose one method ``arch.layers()`` declares the
+topology as a tuple of layer records (``stepwise_ntk.kernels.architectures._network``). From
+that single description come
 
-* ``spec.stax()`` -> ``(init_fn, apply_fn, kernel_fn)``: the neural-tangents network, whose
+* ``arch.stax()`` -> ``(init_fn, apply_fn, kernel_fn)``: the neural-tangents network, whose
   ``kernel_fn`` gives the infinite-width NNGP / NTK;
-* ``spec.flax(param_dtype)`` -> a ``flax.linen`` module: the finite-width twin with the
+* ``arch.flax(param_dtype)`` -> a ``flax.linen`` module: the finite-width twin with the
   same layers, parameterisation, variances, activation and readout.
 
 Both map a batch of inputs (n, ...) to embeddings (n, d). ``width`` is a field, so
-``spec.replace(width=w).flax()`` is the twin at width w. In the ``"ntk"`` parameterisation
+``arch.replace(width=w).flax()`` is the twin at width w. In the ``"ntk"`` parameterisation
 the analytic kernels do not depend on ``width`` (nor on ``d``): the NTK returned for an
 architecture is the per-output kernel Theta(x, y), the d x d output block being
 Theta(x, y) I_d. In the ``"standard"`` parameterisation neural-tangents uses the actual
@@ -22,27 +24,38 @@ every alpha.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
-import warnings
-from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from stepwise_ntk.kernels.architectures._layers import ACTIVATIONS, PARAMETERIZATIONS, stax_activation
-from stepwise_ntk.kernels._nt_compat import nt
+from stepwise_ntk._checks import check_positive_int
+from stepwise_ntk.kernels.architectures._layers import ACTIVATIONS, PARAMETERIZATIONS
+from stepwise_ntk.kernels.architectures._network import FlaxNetwork, Layer, stax_network
 
-__all__ = ["ArchSpec"]
+__all__ = ["ArchSpec", "check_image_shape"]
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+def check_image_shape(arch_name: str, shape: tuple[int, ...], multiple: int) -> None:
+    """Raise ValueError unless one input ``shape`` is an (H, W, C) image, H and W % multiple == 0.
+
+    Example:
+      >>> check_image_shape("MyrtleCNN", (8, 8, 3), 4)
+    """
+    if len(shape) != 3:
+        raise ValueError(
+            f"{arch_name} takes NHWC images, i.e. inputs of shape (n, H, W, C); one input has "
+            f"shape {shape}. Reshape flat vectors to images, e.g. x.reshape(n, 32, 32, 3)."
+        )
+    h, w, c = shape
+    if min(shape) < 1 or h % multiple or w % multiple:
+        raise ValueError(
+            f"{arch_name} needs image height and width that are multiples of {multiple} (its "
+            f"downsampling would otherwise drop border pixels); got H={h}, W={w}, C={c}. "
+            "Crop or pad the images."
+        )
 
 
 def _check_std(name: str, value: Any, allow_none: bool) -> None:
@@ -59,7 +72,7 @@ def _check_std(name: str, value: Any, allow_none: bool) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ArchSpec:
-    """Fields every architecture has.
+    """Fields every architecture has; a subclass adds its own and declares ``layers()``.
 
     Attributes:
       width: hidden width (MLP units, CNN channels). Ignored by the analytic kernel in the
@@ -84,8 +97,8 @@ class ArchSpec:
     parameterization: str = "ntk"
 
     def __post_init__(self) -> None:
-        _check_positive_int("width", self.width)
-        _check_positive_int("d", self.d)
+        check_positive_int("width", self.width)
+        check_positive_int("d", self.d)
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"unsupported activation {self.activation!r} for {type(self).__name__}: "
@@ -105,11 +118,11 @@ class ArchSpec:
     def _validate(self) -> None:
         """Extra field checks (raise ValueError)."""
 
-    def _stax_layers(self) -> list:
-        raise NotImplementedError
+    def layers(self) -> tuple[Layer, ...]:
+        """The topology, declared once: a tuple of layer records (see ``_network``).
 
-    def flax(self, param_dtype: Any = jnp.float32) -> nn.Module:
-        """The finite-width Flax twin (``flax.linen`` module, (n, ...) -> (n, d))."""
+        ``stax()`` and ``flax()`` both interpret this tuple, so they cannot drift apart.
+        """
         raise NotImplementedError
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
@@ -117,56 +130,29 @@ class ArchSpec:
         if len(shape) < 1 or min(shape) < 1:
             raise ValueError(f"{type(self).__name__} needs non-empty inputs, got shape {shape}.")
 
-    # NT warnings that are known not to apply to this architecture (regexes).
-    _ignored_nt_warnings: ClassVar[tuple[str, ...]] = ()
-
     # --- shared ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _nt_context(self) -> Iterator[None]:
-        # NT's internals mix numpy ints with floats (e.g. AvgPool divides by np.prod(window)),
-        # which JAX's strict dtype promotion rejects; the inputs' dtype is still respected.
-        with jax.numpy_dtype_promotion("standard"), warnings.catch_warnings():
-            for pattern in self._ignored_nt_warnings:
-                warnings.filterwarnings("ignore", message=pattern)
-            yield
-
-    def _in_nt_context(self, fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            with self._nt_context():
-                return fn(*args, **kwargs)
-
-        return wrapped
-
     def stax(self):
-        """``(init_fn, apply_fn, kernel_fn)`` of the neural-tangents network.
+        """``(init_fn, apply_fn, kernel_fn)`` of the neural-tangents network of ``layers()``.
 
-        ``apply_fn`` and ``kernel_fn`` run with JAX's standard dtype promotion (NT's internals
-        need it) whatever the global setting.
+        ``apply_fn`` maps (n, ...) to (n, d); ``kernel_fn(x1, x2=None, get=...)`` gives the
+        infinite-width kernels (n1, n2). ``apply_fn`` and ``kernel_fn`` run with JAX's
+        standard dtype promotion (NT's internals need it) whatever the global setting.
         """
-        init_fn, apply_fn, kernel_fn = nt.stax.serial(*self._stax_layers())
-        return init_fn, self._in_nt_context(apply_fn), self._in_nt_context(kernel_fn)
+        return stax_network(self.layers())
+
+    def flax(self, param_dtype: Any = jnp.float32) -> nn.Module:
+        """The finite-width Flax twin of ``layers()`` (``flax.linen`` module, (n, ...) -> (n, d)).
+
+        Parameters ``params[name]`` for each weight layer of ``layers()``, in ``param_dtype``.
+        """
+        return FlaxNetwork(layers=self.layers(), param_dtype=param_dtype)
 
     def kernel_fn(self):
         """The neural-tangents ``kernel_fn(x1, x2=None, get=...)`` (infinite width)."""
         return self.stax()[2]
 
-    def _dense(self, features: int, w_std: float):
-        return nt.stax.Dense(
-            features, W_std=w_std, b_std=self.b_std, parameterization=self.parameterization
-        )
-
-    def _conv(self, channels: int, strides: tuple[int, int] = (1, 1)):
-        return nt.stax.Conv(
-            channels, (3, 3), strides=strides, padding="SAME", W_std=self.w_std,
-            b_std=self.b_std, parameterization=self.parameterization,
-        )
-
-    def _act(self):
-        return stax_activation(self.activation)
-
     def replace(self, **changes: Any) -> ArchSpec:
-        """A copy with some fields changed, e.g. ``spec.replace(width=1024)``."""
+        """A copy with some fields changed, e.g. ``arch.replace(width=1024)``."""
         return dataclasses.replace(self, **changes)
 
     def to_config(self) -> dict[str, Any]:

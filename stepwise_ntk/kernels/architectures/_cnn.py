@@ -3,42 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import functools
+from typing import ClassVar
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-from stepwise_ntk.kernels.architectures._base import ArchSpec
-from stepwise_ntk.kernels.architectures._layers import (
-    NTConv,
-    NTDense,
-    activation_fn,
-    avg_pool_2x2,
-    global_avg_pool,
+from stepwise_ntk.kernels.architectures._base import ArchSpec, check_image_shape
+from stepwise_ntk.kernels.architectures._network import (
+    Activation,
+    AvgPool2x2,
+    Conv,
+    Dense,
+    GlobalAvgPool,
+    Layer,
 )
-from stepwise_ntk.kernels._nt_compat import nt
 
 __all__ = ["MYRTLE_STAGES", "MyrtleCNN"]
 
 # depth -> number of conv+activation layers in each of the three stages (Myrtle-5/7/10);
 # depth counts conv layers plus the readout.
 MYRTLE_STAGES: dict[int, tuple[int, int, int]] = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
-
-
-def _check_image_shape(arch: str, shape: tuple[int, ...], multiple: int) -> None:
-    if len(shape) != 3:
-        raise ValueError(
-            f"{arch} takes NHWC images, i.e. inputs of shape (n, H, W, C); one input has shape "
-            f"{shape}. Reshape flat vectors to images, e.g. x.reshape(n, 32, 32, 3)."
-        )
-    h, w, c = shape
-    if min(shape) < 1 or h % multiple or w % multiple:
-        raise ValueError(
-            f"{arch} needs image height and width that are multiples of {multiple} (its "
-            f"downsampling would otherwise drop border pixels); got H={h}, W={w}, C={c}. "
-            "Crop or pad the images."
-        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,10 +34,15 @@ class MyrtleCNN(ArchSpec):
     memory per pair of images grows like (H W)^2.
 
     Inputs: NHWC images (n, H, W, C) with H, W multiples of 4.
+    Flax parameters: ``conv_<i>`` (i < depth - 1, in layer order) and ``readout``.
 
     Example:
-      >>> spec = MyrtleCNN(depth=5, width=128, d=8)
-      >>> net = spec.flax()          # (n, 32, 32, 3) -> (n, 8)
+      >>> import jax, jax.numpy as jnp
+      >>> arch = MyrtleCNN(depth=5, width=4, d=8)
+      >>> net = arch.flax()          # (n, H, W, C) -> (n, 8)
+      >>> params = net.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+      >>> net.apply(params, jnp.ones((2, 8, 8, 3))).shape
+      (2, 8)
     """
 
     name: ClassVar[str] = "myrtle"
@@ -72,44 +59,22 @@ class MyrtleCNN(ArchSpec):
             )
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        _check_image_shape("MyrtleCNN", shape, 4)
+        check_image_shape("MyrtleCNN", shape, 4)
 
-    def _stax_layers(self) -> list:
-        layers = []
+    def layers(self) -> tuple[Layer, ...]:
+        conv = functools.partial(Conv, features=self.width, w_std=self.w_std, b_std=self.b_std,
+                                 parameterization=self.parameterization)
+        layers: list[Layer] = []
+        i = 0
         for stage, repeats in enumerate(MYRTLE_STAGES[self.depth]):
             if stage > 0:
-                layers.append(nt.stax.AvgPool((2, 2), strides=(2, 2)))
+                layers.append(AvgPool2x2())
             for _ in range(repeats):
-                layers += [self._conv(self.width), self._act()]
-        layers += [nt.stax.GlobalAvgPool(), self._dense(self.d, self.readout_w_std)]
-        return layers
-
-    def flax(self, param_dtype: Any = jnp.float32) -> nn.Module:
-        return _MyrtleNet(spec=self, param_dtype=param_dtype)
-
-
-class _MyrtleNet(nn.Module):
-    """Flax twin of ``MyrtleCNN``; parameters ``conv_<i>`` and ``readout``."""
-
-    spec: MyrtleCNN
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        phi = activation_fn(s.activation)
-        i = 0
-        for stage, repeats in enumerate(MYRTLE_STAGES[s.depth]):
-            if stage > 0:
-                x = avg_pool_2x2(x)
-            for _ in range(repeats):
-                x = NTConv(
-                    s.width, (3, 3), s.w_std, s.b_std, parameterization=s.parameterization,
-                    param_dtype=self.param_dtype, name=f"conv_{i}",
-                )(x)
-                x = phi(x)
+                layers += [conv(name=f"conv_{i}"), Activation(self.activation)]
                 i += 1
-        x = global_avg_pool(x)
-        return NTDense(
-            s.d, s.readout_w_std, s.b_std, s.parameterization, self.param_dtype, name="readout"
-        )(x)
+        layers += [
+            GlobalAvgPool(),
+            Dense(features=self.d, w_std=self.readout_w_std, b_std=self.b_std,
+                  parameterization=self.parameterization, name="readout"),
+        ]
+        return tuple(layers)

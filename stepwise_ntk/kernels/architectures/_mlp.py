@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import functools
+from typing import ClassVar
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-from stepwise_ntk.kernels.architectures._base import ArchSpec, _check_positive_int
-from stepwise_ntk.kernels.architectures._layers import NTDense, activation_fn
-from stepwise_ntk.kernels._nt_compat import nt
+from stepwise_ntk._checks import check_positive_int
+from stepwise_ntk.kernels.architectures._base import ArchSpec
+from stepwise_ntk.kernels.architectures._network import (
+    Activation,
+    Dense,
+    Flatten,
+    Layer,
+)
 
 __all__ = ["MLP"]
 
@@ -27,11 +29,16 @@ class MLP(ArchSpec):
     arc-cosine T, Tdot (tests/reference_kernels.py).
 
     Inputs: (n, ...) of any trailing shape (flattened), e.g. NHWC images or (n, m) vectors.
+    Flax parameters: ``hidden_<i>`` (i < depth) and ``readout``.
 
     Example:
-      >>> spec = MLP(depth=2, width=512, d=8)
-      >>> init_fn, apply_fn, kernel_fn = spec.stax()
-      >>> net = spec.flax()          # flax.linen module, (n, ...) -> (n, 8)
+      >>> import jax, jax.numpy as jnp
+      >>> arch = MLP(depth=2, width=64, d=8)
+      >>> init_fn, apply_fn, kernel_fn = arch.stax()
+      >>> net = arch.flax()          # flax.linen module, (n, ...) -> (n, 8)
+      >>> params = net.init(jax.random.key(0), jnp.ones((1, 5)))
+      >>> sorted(params["params"]), net.apply(params, jnp.ones((3, 5))).shape
+      (['hidden_0', 'hidden_1', 'readout'], (3, 8))
     """
 
     name: ClassVar[str] = "mlp"
@@ -39,35 +46,13 @@ class MLP(ArchSpec):
     depth: int = 2
 
     def _validate(self) -> None:
-        _check_positive_int("depth", self.depth)
+        check_positive_int("depth", self.depth)
 
-    def _stax_layers(self) -> list:
-        layers = [nt.stax.Flatten()]
-        for _ in range(self.depth):
-            layers += [self._dense(self.width, self.w_std), self._act()]
-        layers.append(self._dense(self.d, self.readout_w_std))
-        return layers
-
-    def flax(self, param_dtype: Any = jnp.float32) -> nn.Module:
-        return _MLPNet(spec=self, param_dtype=param_dtype)
-
-
-class _MLPNet(nn.Module):
-    """Flax twin of ``MLP``; parameters ``hidden_<i>`` and ``readout``."""
-
-    spec: MLP
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        phi = activation_fn(s.activation)
-        x = x.reshape(x.shape[0], -1)
-        for i in range(s.depth):
-            x = NTDense(
-                s.width, s.w_std, s.b_std, s.parameterization, self.param_dtype, name=f"hidden_{i}"
-            )(x)
-            x = phi(x)
-        return NTDense(
-            s.d, s.readout_w_std, s.b_std, s.parameterization, self.param_dtype, name="readout"
-        )(x)
+    def layers(self) -> tuple[Layer, ...]:
+        dense = functools.partial(Dense, b_std=self.b_std, parameterization=self.parameterization)
+        layers: list[Layer] = [Flatten()]
+        for i in range(self.depth):
+            layers += [dense(features=self.width, w_std=self.w_std, name=f"hidden_{i}"),
+                       Activation(self.activation)]
+        layers.append(dense(features=self.d, w_std=self.readout_w_std, name="readout"))
+        return tuple(layers)

@@ -1,12 +1,13 @@
 """Architecture registry: name -> spec class, so a CLI can say ``--arch mlp``.
 
 Each architecture is declared once as a frozen dataclass (``MLP``, ``MyrtleCNN``,
-``WideResNet``) that yields both the neural-tangents network (``spec.stax()``, infinite-width
-kernels) and its finite-width Flax twin (``spec.flax()``); see ``stepwise_ntk.kernels.architectures._base``.
+``WideResNet``) whose ``arch.layers()`` yields both the neural-tangents network
+(``arch.stax()``, infinite-width kernels) and its finite-width Flax twin (``arch.flax()``);
+see ``stepwise_ntk.kernels.architectures._base``.
 
 Example:
-  >>> spec = make_architecture("mlp", depth=2, width=1024, d=8)
-  >>> spec == from_config(spec.to_config())
+  >>> arch = make_architecture("mlp", depth=2, width=1024, d=8)
+  >>> arch == from_config(arch.to_config())
   True
 """
 
@@ -39,6 +40,10 @@ ARCHITECTURES: Mapping[str, type[ArchSpec]] = {
 def make_architecture(name: str, **fields: Any) -> ArchSpec:
     """The spec registered as ``name`` ("mlp", "myrtle", "wrn") with the given fields.
 
+    Example:
+      >>> make_architecture("wrn", width=16).blocks_per_group
+      1
+
     Raises:
       ValueError: unknown name, or a field the architecture does not have (lists the valid ones).
     """
@@ -58,7 +63,12 @@ def make_architecture(name: str, **fields: Any) -> ArchSpec:
 
 
 def from_config(config: Mapping[str, Any]) -> ArchSpec:
-    """Inverse of ``spec.to_config()``: {"arch": name, field: value, ...} -> spec."""
+    """Inverse of ``arch.to_config()``: {"arch": name, field: value, ...} -> spec.
+
+    Example:
+      >>> from_config({"arch": "mlp", "depth": 3}) == MLP(depth=3)
+      True
+    """
     config = dict(config)
     if "arch" not in config:
         raise ValueError(

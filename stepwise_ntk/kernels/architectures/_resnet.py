@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import functools
+from typing import ClassVar
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-from stepwise_ntk.kernels.architectures._base import ArchSpec, _check_positive_int
-from stepwise_ntk.kernels.architectures._cnn import _check_image_shape
-from stepwise_ntk.kernels.architectures._layers import NTConv, NTDense, activation_fn, global_avg_pool
-from stepwise_ntk.kernels._nt_compat import nt
+from stepwise_ntk._checks import check_positive_int
+from stepwise_ntk.kernels.architectures._base import ArchSpec, check_image_shape
+from stepwise_ntk.kernels.architectures._network import (
+    Activation,
+    Conv,
+    Dense,
+    GlobalAvgPool,
+    Layer,
+    Residual,
+)
 
 __all__ = ["WideResNet"]
 
@@ -30,10 +33,16 @@ class WideResNet(ArchSpec):
     Readout: GlobalAvgPool, Dense(d). All convs use ``w_std`` and ``b_std``.
 
     Inputs: NHWC images (n, H, W, C) with H, W multiples of 4.
+    Flax parameters: ``stem``, ``g<g>b<b>_conv1``, ``g<g>b<b>_conv2``, ``g<g>b0_shortcut``,
+    ``readout``.
 
     Example:
-      >>> spec = WideResNet(blocks_per_group=1, width=64, d=8)
-      >>> net = spec.flax()
+      >>> import jax, jax.numpy as jnp
+      >>> arch = WideResNet(blocks_per_group=1, width=2, d=8)
+      >>> net = arch.flax()          # (n, H, W, C) -> (n, 8)
+      >>> params = net.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+      >>> net.apply(params, jnp.ones((2, 8, 8, 3))).shape
+      (2, 8)
     """
 
     name: ClassVar[str] = "wrn"
@@ -43,67 +52,30 @@ class WideResNet(ArchSpec):
     blocks_per_group: int = 1
 
     def _validate(self) -> None:
-        _check_positive_int("blocks_per_group", self.blocks_per_group)
+        check_positive_int("blocks_per_group", self.blocks_per_group)
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        _check_image_shape("WideResNet", shape, 4)
+        check_image_shape("WideResNet", shape, 4)
 
-    def _block(self, channels: int, strides: tuple[int, int], conv_shortcut: bool):
-        main = nt.stax.serial(
-            self._act(), self._conv(channels, strides), self._act(), self._conv(channels)
-        )
-        shortcut = self._conv(channels, strides) if conv_shortcut else nt.stax.Identity()
-        return nt.stax.serial(
-            nt.stax.FanOut(2), nt.stax.parallel(main, shortcut), nt.stax.FanInSum()
-        )
-
-    # NT warns at every FanInSum that it assumes independent branches. That holds here: the
-    # main branch ends in a conv with fresh zero-mean weights, so at infinite width its output
-    # is uncorrelated with the shortcut's.
-    _ignored_nt_warnings: ClassVar[tuple[str, ...]] = ("`FanIn` layers assume independent",)
-
-    def _stax_layers(self) -> list:
-        layers = [self._conv(self.width)]
-        for g, strides in enumerate(_GROUP_STRIDES):
-            for b in range(self.blocks_per_group):
-                layers.append(
-                    self._block(self.width * 2**g, strides if b == 0 else (1, 1), b == 0)
-                )
-        layers += [nt.stax.GlobalAvgPool(), self._dense(self.d, self.readout_w_std)]
-        return layers
-
-    def flax(self, param_dtype: Any = jnp.float32) -> nn.Module:
-        return _WideResNetNet(spec=self, param_dtype=param_dtype)
-
-
-class _WideResNetNet(nn.Module):
-    """Flax twin of ``WideResNet``; parameters ``stem``, ``g<g>b<b>_{conv1,conv2,shortcut}``,
-    ``readout``."""
-
-    spec: WideResNet
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = self.spec
-        phi = activation_fn(s.activation)
-
-        def conv(channels, strides, name):
-            return NTConv(
-                channels, (3, 3), s.w_std, s.b_std, strides=strides,
-                parameterization=s.parameterization, param_dtype=self.param_dtype, name=name,
-            )
-
-        x = conv(s.width, (1, 1), "stem")(x)
+    def layers(self) -> tuple[Layer, ...]:
+        conv = functools.partial(Conv, w_std=self.w_std, b_std=self.b_std,
+                                 parameterization=self.parameterization)
+        phi = Activation(self.activation)
+        layers: list[Layer] = [conv(features=self.width, name="stem")]
         for g, group_strides in enumerate(_GROUP_STRIDES):
-            channels = s.width * 2**g
-            for b in range(s.blocks_per_group):
+            channels = self.width * 2**g
+            for b in range(self.blocks_per_group):
+                # As in NT's WideResnet example: a conv shortcut on each group's first block
+                # (where, from group 1 on, resolution and width change), identity elsewhere.
                 strides = group_strides if b == 0 else (1, 1)
-                h = conv(channels, strides, f"g{g}b{b}_conv1")(phi(x))
-                h = conv(channels, (1, 1), f"g{g}b{b}_conv2")(phi(h))
-                shortcut = conv(channels, strides, f"g{g}b{b}_shortcut")(x) if b == 0 else x
-                x = h + shortcut
-        x = global_avg_pool(x)
-        return NTDense(
-            s.d, s.readout_w_std, s.b_std, s.parameterization, self.param_dtype, name="readout"
-        )(x)
+                branch = (phi, conv(features=channels, strides=strides, name=f"g{g}b{b}_conv1"),
+                          phi, conv(features=channels, name=f"g{g}b{b}_conv2"))
+                shortcut = ((conv(features=channels, strides=strides, name=f"g{g}b{b}_shortcut"),)
+                            if b == 0 else ())
+                layers.append(Residual(branch=branch, shortcut=shortcut))
+        layers += [
+            GlobalAvgPool(),
+            Dense(features=self.d, w_std=self.readout_w_std, b_std=self.b_std,
+                  parameterization=self.parameterization, name="readout"),
+        ]
+        return tuple(layers)
