@@ -11,9 +11,12 @@ Each run writes ``<out>/<backend>_<size>.json`` and ``.md`` (``--out``, default
 ``benchmarks/results``; ``--tag`` renames them). Options: ``--repeats R`` (timed calls per
 measurement, fewer once ``--budget`` seconds are spent), ``--dtype float32|float64``
 (default: float64 on CPU where accuracies are compared, float32 on GPU/TPU),
-``--set KEY=VALUE`` (override a preset, e.g. ``n_views=4000``, ``d=64``), ``--no-memory``.
+``--set KEY=VALUE`` (override a preset, e.g. ``n_views=4000`` (``2n``), ``d=64``),
+``--no-memory``; ``--help`` lists them all.
 
-Benchmarks (``benchmarks/bench_*.py``; the harness is ``benchmarks/_harness.py``):
+Layout: the harness is the package ``benchmarks/harness/`` (timing, memory, machine,
+report, registration, cli, problems; see :mod:`benchmarks.harness`), the cases are
+``benchmarks/cases/`` (one module per subject; see :mod:`benchmarks.cases`):
 
 * ``dynamics`` — the solver's eigen and function routes against neural-tangents'
   ``predict.gradient_descent`` at equal accuracy, parameter-space gradient descent, and
@@ -22,8 +25,13 @@ Benchmarks (``benchmarks/bench_*.py``; the harness is ``benchmarks/_harness.py``
   ``d``) with fitted exponents (eigh ≈ 3, K·F ≈ 2 in ``2n``);
 * ``training`` — the Flax training engine (Barlow Twins, SimCLR, VICReg) against a
   hand-written jitted optax step of the same network;
-* ``kernels``, ``width_sweep`` — adapters around the scripts ``kernels_bench.py`` and
-  ``width_sweep.py`` (each also runs on its own).
+* ``kernels`` — NTK Grams through ``analytic_ntk`` against direct neural-tangents calls;
+  also a stand-alone script with its own JSON
+  (``uv run python -m benchmarks.cases.kernels``, ``benchmarks/results/kernels.json``);
+* ``width_sweep`` — trained networks against their NTK theory as width grows, on the
+  problem ``stepwise-ntk sweep`` builds (same settings and seed, same numbers); also a
+  stand-alone script (``uv run python -m benchmarks.cases.width_sweep [--arch myrtle]``,
+  ``benchmarks/results/width_sweep_<arch>.json``).
 
 Devices: the same command runs on CPU, GPU or TPU and uses every local device: the
 function route of the solver shards ``K`` by rows over ``jax.local_devices()``. To see
@@ -49,8 +57,9 @@ __all__ = ["load_registry"]
 
 
 def load_registry():
-    """Import every benchmark module and return the registry ``{name: Benchmark}``."""
-    from benchmarks import _adapters, bench_dynamics, bench_scaling, bench_training  # noqa: F401
-    from benchmarks._harness import registry
+    """Import every case module and return the registry ``{name: Benchmark}``."""
+    from benchmarks import cases
+    from benchmarks.harness.registration import registry
 
+    cases.load()
     return registry()

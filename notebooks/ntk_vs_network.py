@@ -78,11 +78,11 @@ print("views:", views.shape, " held-out views:", test_views.shape)
 
 # %%
 alpha = 0.05
-spec = snt.MLP(depth=1, width=width, d=1)
-kernel = predictor.network_kernel(spec, views, test_views)  # Θ on the views and held-out views
-gammas_theta = np.asarray(theory.contrastive_eigensystem(jnp.asarray(kernel.ntk), n).gammas)
+arch = snt.MLP(depth=1, width=width, d=1)
+kernel = predictor.network_kernel(arch, views, test_views)  # Θ on the views and held-out views
+gammas_theta = np.asarray(theory.contrastive_eigensystem(jnp.asarray(kernel.K), n).gammas)
 d = predictor.choose_d(gammas_theta)
-spec = spec.replace(d=d)
+arch = arch.replace(d=d)
 step = 0.1 / (8 * gammas_theta[0])  # gradient step on Θ, well inside the stability limit
 lr = step / alpha**2  # the network's learning rate: its kernel is α² Θ
 print(f"d = {d}, top γ(Θ): {np.round(gammas_theta[: d + 2], 4)}, learning rate {lr:.4g}")
@@ -93,13 +93,13 @@ print(f"d = {d}, top γ(Θ): {np.round(gammas_theta[: d + 2], 4)}, learning rate
 # theory starts from exactly these. We train for 3 × the last closed-form step time.
 
 # %%
-init = predictor.init_network(spec, views.astype(np.float32), test_views.astype(np.float32), alpha=alpha,
+init = predictor.init_network(arch, views.astype(np.float32), test_views.astype(np.float32), alpha=alpha,
                               key=jax.random.key(2))
-es = theory.contrastive_eigensystem(jnp.asarray(alpha**2 * kernel.ntk), n)
-t_closed = np.sort(np.asarray(theory.step_times(es, jnp.asarray(init.F0, jnp.float64), d)))
+es = theory.contrastive_eigensystem(jnp.asarray(alpha**2 * kernel.K), n)
+t_closed = np.sort(np.asarray(theory.step_times(es, jnp.asarray(init.F0, jnp.float64))))
 steps = math.ceil(3 * t_closed[-1] / lr)
 config = training.TrainSettings(learning_rate=lr, steps=steps, alpha=alpha, n_records=150)
-run = training.train(spec, config, views.astype(np.float32), test_views=test_views.astype(np.float32),
+run = training.train(arch, config, views.astype(np.float32), test_views=test_views.astype(np.float32),
                      init_params=init.params, progress=not SMALL)
 print(f"{steps} steps, final loss {float(run.loss[-1]):.3g}")
 
@@ -110,7 +110,7 @@ print(f"{steps} steps, final loss {float(run.loss[-1]):.3g}")
 
 # %%
 times = np.geomspace(lr, lr * steps, 300)
-pred = predictor.predict_run(spec, views, test_views, d, init.F0, times, alpha=alpha, kernel=kernel,
+pred = predictor.predict_run(arch, views, test_views, init.F0, times, alpha=alpha, kernel=kernel,
                              F0_test=init.F0_test)
 keep = run.effective_times > 0
 colors = plt.cm.viridis(np.linspace(0, 0.9, d))
@@ -134,7 +134,7 @@ plt.show()
 # cosine of the principal angles: 1 for the same subspace).
 
 # %%
-report = predictor.compare_run(pred, run, arch=spec)
+report = predictor.compare_run(pred, run, arch=arch)
 print("step-time ratios network / theory:", np.round(report.step_time_ratios, 3))
 print(f"held-out alignment with the predicted modes: {report.test_alignment:.4f} "
       f"(with the kernel flow: {report.test_alignment_flow:.4f})")
@@ -146,7 +146,8 @@ assert np.all(np.isfinite(report.step_time_ratios)) and 0 <= report.test_alignme
 # initialisation and its own kernel-model prediction).
 
 # %%
-sweep = predictor.width_sweep(spec, views, test_views, predictor.WidthSweepSettings(widths=widths, alpha=alpha, step_size=step),
+sweep = predictor.width_sweep(arch, views, test_views,
+                              predictor.WidthSweepSettings(widths=widths, alpha=alpha, step_size=step),
                               progress=not SMALL)
 summary = sweep.summary()["analytic"]
 ratios = np.array(summary["step_time_ratios"], dtype=float)
@@ -157,5 +158,5 @@ b.semilogx(widths, np.median(ratios, axis=1), "o-", base=2)
 b.axhline(1, color="gray", ls="--")
 b.set(xlabel="width", ylabel="median step-time ratio network / theory")
 plt.show()
-for w, al, r in zip(widths, summary["test_alignment"], ratios):
+for w, al, r in zip(widths, summary["test_alignment"], ratios, strict=False):
     print(f"width {w:>5}: alignment {al:.4f}, step-time ratios {np.round(r, 3)}")

@@ -58,7 +58,7 @@ n, d = (60, 3) if SMALL else (500, 8)
 # %%
 key_views, key_w = jax.random.split(jax.random.PRNGKey(0))
 augment = snt.AugmentSettings(crop="pad", flip_prob=0.5, brightness=0.4, contrast=None, saturation=None, gray_prob=None)
-views, labels, _ = snt.cifar10_pairs(key_views, n, config=augment, dtype=jnp.float64, download=True)
+views, labels, _ = snt.cifar10_pairs(key_views, n, settings=augment, dtype=jnp.float64, download=True)
 X = views.reshape(2 * n, -1) / np.sqrt(views[0].size)  # scaled so K_ii ≈ 1
 K = X @ X.T
 print("views:", views.shape, " K:", K.shape)
@@ -68,12 +68,12 @@ print("views:", views.shape, " K:", K.shape)
 # `t_j = ln(1/λ_j(0) − 1) / (8 γ_j)`, with `λ_j(0)` the initial embedding's weight on mode j.
 
 # %%
-eigsys = theory.contrastive_eigensystem(K, n)
+es = theory.contrastive_eigensystem(K, n)
 W0 = 1e-3 * jax.random.normal(key_w, (d, X.shape[1]), jnp.float64)
 F0 = X @ W0.T
-lam0 = theory.initial_eigenvalues(eigsys, F0, d)
-t_pred = theory.step_times(eigsys, F0, d)
-print("gamma_j:", np.round(np.asarray(eigsys.gammas[:d]), 4))
+lam0 = theory.initial_eigenvalues(es, F0)
+t_pred = theory.step_times(es, F0)
+print("gamma_j:", np.round(np.asarray(es.gammas[:d]), 4))
 print("predicted step times:", np.round(np.asarray(t_pred), 2))
 
 # %% [markdown]
@@ -83,7 +83,7 @@ print("predicted step times:", np.round(np.asarray(t_pred), 2))
 times = jnp.geomspace(float(jnp.min(t_pred)) / 100, 3 * float(jnp.max(t_pred)), 200)
 traj = solver.solve(K, n, F0, times)
 print("solver:", traj.method, traj.integrator, "|", traj.reason)
-theory_curves = theory.aligned_eigenvalues(eigsys.gammas[:d], lam0, times)
+theory_curves = theory.aligned_eigenvalues(es.gammas[:d], lam0, times)
 
 fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
 a.semilogx(times, traj.loss, "k")
@@ -99,7 +99,7 @@ plt.show()
 # ## How well did the theory predict the steps?
 
 # %%
-from stepwise_ntk.predictor import crossing_times
+from stepwise_ntk.predictor import crossing_times  # noqa: E402
 
 simulated = crossing_times(np.asarray(times), np.asarray(traj.eigenvalues))
 predicted = np.sort(np.asarray(t_pred))

@@ -56,8 +56,8 @@ views, labels, _ = snt.cifar10_pairs(key_views, n, dtype=jnp.float64, downsample
 X = views.reshape(2 * n, -1) / np.sqrt(views[0].size)
 K = X @ X.T
 F0 = X @ (1e-3 * jax.random.normal(key_w, (d, X.shape[1]), jnp.float64)).T
-eigsys = theory.contrastive_eigensystem(K, n)
-t_bt = theory.step_times(eigsys, F0, d)
+es = theory.contrastive_eigensystem(K, n)
+t_bt = theory.step_times(es, F0)
 times = jnp.geomspace(float(jnp.min(t_bt)) / 100, 5 * float(jnp.max(t_bt)), 120)
 
 # %% [markdown]
@@ -65,7 +65,7 @@ times = jnp.geomspace(float(jnp.min(t_bt)) / 100, 5 * float(jnp.max(t_bt)), 120)
 # Same kernel, initial embeddings and time grid for all three. SimCLR is used in its
 # dot-product form: the cosine form is scale invariant, so its flow from a small
 # initialisation is singular (rates grow like 1/|f|²). VICReg uses a slightly smoothed
-# variance hinge (see `stepwise_ntk.solver.vicreg_loss`).
+# variance hinge (see `stepwise_ntk.losses.vicreg_loss`).
 
 # %%
 settings = {
@@ -78,7 +78,7 @@ runs = {
     for name, kw in settings.items()
 }
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-for ax, (name, traj) in zip(axes, runs.items()):
+for ax, (name, traj) in zip(axes, runs.items(), strict=True):
     eig = np.asarray(traj.eigenvalues)
     ax.loglog(traj.times, eig / eig[-1])
     ax.set(title=name, xlabel="effective time", ylabel="eigenvalues of C / final")
@@ -90,7 +90,7 @@ plt.show()
 # (1: the same subspace; about d/2n for unrelated ones).
 
 # %%
-from stepwise_ntk.predictor import subspace_alignment
+from stepwise_ntk.predictor import subspace_alignment  # noqa: E402
 
 names = list(runs)
 for i, a in enumerate(names):

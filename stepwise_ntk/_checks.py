@@ -26,16 +26,22 @@ import numpy as np
 
 __all__ = [
     "all_finite",
+    "check_array",
     "check_bool",
     "check_choice",
     "check_embeddings",
+    "check_float_dtype",
     "check_int",
     "check_kernel",
+    "check_key",
     "check_n_pairs",
     "check_number",
     "check_positive_int",
+    "check_test_embeddings",
+    "check_test_kernel",
     "check_times",
     "check_type",
+    "check_views",
     "float_dtype",
     "is_concrete",
 ]
@@ -65,9 +71,9 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     return int(value)
 
 
-def _range_text(low: Any, high: Any, *, open_low: bool = False) -> str:
+def _range_text(low: Any, high: Any, *, open_low: bool = False, open_high: bool = False) -> str:
     lo = None if low is None else (f"> {low}" if open_low else f"≥ {low}")
-    hi = None if high is None else f"≤ {high}"
+    hi = None if high is None else (f"< {high}" if open_high else f"≤ {high}")
     return " and ".join(x for x in (lo, hi) if x) or "(any)"
 
 
@@ -78,20 +84,22 @@ def check_number(
     low: float | None = None,
     high: float | None = None,
     open_low: bool = False,
+    open_high: bool = False,
     hint: str = "",
 ) -> float:
     """``value`` as a finite Python float in the range: TypeError (not a real number) / ValueError.
 
-    ``open_low`` makes the lower bound strict (``value > low``), e.g. a learning rate.
+    ``open_low`` / ``open_high`` make a bound strict (``value > low``, e.g. a learning rate;
+    ``value < high``, e.g. a momentum coefficient).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number{hint}, got {type(value).__name__} {value!r}.")
     v = float(value)
     bad_low = low is not None and (v <= low if open_low else v < low)
-    if not np.isfinite(v) or bad_low or (high is not None and v > high):
-        raise ValueError(
-            f"{name} must be a finite number {_range_text(low, high, open_low=open_low)}{hint}, got {value!r}."
-        )
+    bad_high = high is not None and (v >= high if open_high else v > high)
+    if not np.isfinite(v) or bad_low or bad_high:
+        rng = _range_text(low, high, open_low=open_low, open_high=open_high)
+        raise ValueError(f"{name} must be a finite number {rng}{hint}, got {value!r}.")
     return v
 
 
@@ -125,6 +133,134 @@ def check_type(name: str, value: Any, types: type | tuple[type, ...], what: str 
     return value
 
 
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """``key`` if it is a JAX PRNG key: a typed key (``jax.random.key``) or a legacy ``uint32[2]``.
+
+    TypeError for anything else (an int seed included: make it a key with
+    ``jax.random.key(seed)``).
+
+    Example:
+        >>> import jax
+        >>> check_key(jax.random.key(0)).shape
+        ()
+        >>> check_key(0)
+        Traceback (most recent call last):
+        ...
+        TypeError: key must be a JAX PRNG key (jax.random.key(seed)), got int 0.
+    """
+    if isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
+        return key
+    shown = f"{key.dtype}{list(key.shape)}" if isinstance(key, jax.Array) else repr(key)
+    raise TypeError(f"{name} must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} {shown}.")
+
+
+def _dtype_ok(dtype: np.dtype, kinds: str) -> bool:
+    # "f" means any floating dtype, the extension ones (bfloat16: numpy kind "V") included.
+    return ("f" in kinds and bool(jnp.issubdtype(dtype, jnp.floating))) or dtype.kind in kinds.replace("f", "")
+
+
+_KIND_TEXT = {"f": "floating-point", "fiu": "real numeric", "iu": "integer", "b": "boolean"}
+
+
+def check_array(
+    name: str,
+    x: Any,
+    *,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    min_rows: int | None = None,
+    dtype_kind: str | None = "f",
+    finite: bool = True,
+    what: str | None = None,
+    hint: str = "",
+) -> Any:
+    """``x`` as an array after checking its rank, rows, dtype kind and (concrete) finiteness.
+
+    Args:
+      name: the argument's name, for the messages.
+      x: array-like. A JAX array (or tracer) is returned as it is; anything else as
+        ``np.asarray(x)`` (no copy, no change of dtype: the caller converts).
+      ndim: the exact number of axes; min_ndim: the least number of axes.
+      min_rows: the least length of the first axis.
+      dtype_kind: numpy dtype kinds allowed (``"f"`` floating, bfloat16 included; ``"fiu"``
+        real numbers), or None for any dtype.
+      finite: refuse NaN and ±Inf (floating arrays with values; skipped for tracers).
+      what: the expected shape in words for the shape message, e.g. ``"a (m, d) matrix"``.
+      hint: how to fix non-finite values, appended to that message.
+
+    Raises:
+      ValueError: wrong rank, too few rows, wrong dtype, NaN or Inf.
+
+    Example:
+        >>> import numpy as np
+        >>> check_array("F", np.ones((3, 2)), ndim=2).shape
+        (3, 2)
+        >>> check_array("F", np.array([[1.0, np.nan]]), ndim=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: F contains 1 NaN or Inf entries; pass finite values.
+    """
+    arr = x if isinstance(x, (jax.Array, jax.core.Tracer)) else np.asarray(x)
+    shape = tuple(arr.shape)
+    if (
+        (ndim is not None and len(shape) != ndim)
+        or (min_ndim is not None and len(shape) < min_ndim)
+        or (min_rows is not None and (not shape or shape[0] < min_rows))
+    ):
+        if what is None:
+            parts = [f"{ndim}-D" if ndim is not None else (f"at least {min_ndim}-D" if min_ndim else "")]
+            parts.append("array" + (f" with at least {min_rows} rows" if min_rows else ""))
+            what = "a " + " ".join(p for p in parts if p)
+        raise ValueError(f"{name} must be {what}, got shape {shape}.")
+    dtype = np.dtype(arr.dtype)
+    if dtype_kind is not None and not _dtype_ok(dtype, dtype_kind):
+        kind = _KIND_TEXT.get(dtype_kind, f"dtype kind {dtype_kind!r}")
+        raise ValueError(f"{name} must be a {kind} array, got dtype {dtype}.")
+    if finite and is_concrete(arr) and dtype.kind not in "biu":
+        if isinstance(arr, jax.Array):
+            bad = int(jnp.sum(~jnp.isfinite(arr)))
+        else:
+            bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN or Inf entries; {hint or 'pass finite values.'}")
+    return arr
+
+
+_DATA_HINT = "clean or re-generate the data (check the normalisation and the source images)."
+
+
+def check_views(name: str, x: Any, *, like: Any = None, same_dtype: bool = False) -> Any:
+    """Float, finite views: ``(2n, ...)`` in pairing order, or ``(m, ...)`` shaped like ``like``.
+
+    Without ``like``: the 2n views ``[x_1..x_n, x'_1..x'_n]`` (an even number ≥ 2 of rows,
+    at least 2 axes). With ``like`` (the views): held-out views, ``m ≥ 1`` rows with the
+    same trailing shape (and, with ``same_dtype``, the same dtype). Returns
+    :func:`check_array`'s array.
+
+    Example:
+        >>> import numpy as np
+        >>> check_views("views", np.zeros((3, 4)))
+        Traceback (most recent call last):
+        ...
+        ValueError: views must be (2n, ...) with n ≥ 1 pairs stacked as [x_1..x_n, x'_1..x'_n], got shape (3, 4).
+    """
+    if like is None:
+        what = "(2n, ...) with n ≥ 1 pairs stacked as [x_1..x_n, x'_1..x'_n]"
+        arr = check_array(name, x, min_ndim=2, min_rows=2, what=what, hint=_DATA_HINT)
+        if arr.shape[0] % 2:
+            raise ValueError(f"{name} must be {what}, got shape {tuple(arr.shape)}.")
+        return arr
+    trailing = tuple(like.shape[1:])
+    dt = f" {np.dtype(like.dtype)}" if same_dtype else ""
+    what = f"(m, {', '.join(map(str, trailing))}){dt} like the views"
+    arr = check_array(name, x, min_ndim=2, min_rows=1, what=what, hint=_DATA_HINT)
+    if tuple(arr.shape[1:]) != trailing or (same_dtype and np.dtype(arr.dtype) != np.dtype(like.dtype)):
+        raise ValueError(f"{name} must be {what}, got {tuple(arr.shape)} {np.dtype(arr.dtype)}.")
+    return arr
+
+
 def check_n_pairs(n_pairs: Any) -> int:
     """``n_pairs`` (the number of images; 2n views) as a positive Python int."""
     return check_positive_int(
@@ -140,6 +276,26 @@ def float_dtype(x: Any, name: str) -> np.dtype:
             f"{name}.astype(jnp.float64) (float64 needs jax_enable_x64)."
         )
     return dtype
+
+
+def check_float_dtype(name: str, dtype: Any) -> np.dtype:
+    """``dtype`` (a dtype, type or name) as ``np.dtype`` float32 or float64.
+
+    TypeError when it names no dtype at all, ValueError for another dtype.
+
+    Example:
+        >>> check_float_dtype("dtype", "float32")
+        dtype('float32')
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(
+            f"{name} must be float32 or float64 (a dtype or its name), got {type(dtype).__name__} {dtype!r}."
+        ) from err
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"{name} must be float32 or float64, got {dt}.")
+    return dt
 
 
 def all_finite(x: jax.Array) -> bool:
@@ -210,6 +366,38 @@ def check_embeddings(F: Any, n_pairs: int, name: str = "F0", *, dtype: Any = Non
     if is_concrete(F) and not all_finite(F):
         raise ValueError(f"{name} contains NaN or Inf entries; pass finite initial embeddings.")
     return F
+
+
+def check_test_kernel(K_test: Any, n_pairs: int, name: str = "K_test", *, dtype: Any = None) -> jax.Array:
+    """Validate a kernel between ``m`` test inputs and the 2n views: ``(m, 2n)``, float, finite.
+
+    With ``dtype`` (the dtype of ``K``) the dtypes must agree. The finiteness check runs on
+    concrete arrays only.
+    """
+    got = float_dtype(K_test, name)
+    K_test = jnp.asarray(K_test)
+    N = 2 * n_pairs
+    if K_test.ndim != 2 or K_test.shape[1] != N:
+        raise ValueError(
+            f"{name} must be (m, 2n) = (m, {N}) (rows: test inputs, columns: the views in the "
+            f"pairing order), got shape {K_test.shape}."
+        )
+    if dtype is not None and got != np.dtype(dtype):
+        raise ValueError(f"{name} has dtype {got} but K has {np.dtype(dtype)}; use one dtype.")
+    if is_concrete(K_test) and not all_finite(K_test):
+        raise ValueError(f"{name} contains NaN or Inf entries; recompute it.")
+    return K_test
+
+
+def check_test_embeddings(F_test: Any, m: int, d: int, name: str = "F0_test", *, dtype: Any = None) -> jax.Array:
+    """Validate embeddings of ``m`` test inputs: ``(m, d)``, finite, of ``dtype`` if given."""
+    F_test = jnp.asarray(F_test)
+    if F_test.shape != (m, d) or (dtype is not None and F_test.dtype != np.dtype(dtype)):
+        want = "" if dtype is None else f" with dtype {np.dtype(dtype)}"
+        raise ValueError(f"{name} must be (m, d) = ({m}, {d}){want}, got {F_test.shape} {F_test.dtype}.")
+    if is_concrete(F_test) and not all_finite(F_test):
+        raise ValueError(f"{name} contains NaN or Inf entries.")
+    return F_test
 
 
 def check_times(times: Any, dtype: Any) -> jax.Array:

@@ -4,12 +4,18 @@ Pairing convention: row ``i`` and row ``n + i`` of ``F`` embed the two views of 
 (``F = [f(x_1) … f(x_n), f(x'_1) … f(x'_n)]``). Every loss maps ``F`` to a scalar, so the
 same function drives the kernel solver (``dF/dt = −K ∇_F L``) and network training.
 
-* :func:`cross_correlation`: ``C = Fᵀ Z F / (2n)`` (symmetrised; THEORY.md).
+* :func:`cross_correlation`: ``C = Fᵀ Z F / (2n)`` (symmetrised; docs/theory.md).
 * :func:`barlow_twins_loss`: ``‖C − I‖²_F`` (the paper's simplified Barlow Twins, λ = 1,
   no batch norm); ``∇_F L = (2/n) Z F (C − I)``.
 * :func:`simclr_loss`: NT-Xent with temperature τ (Chen et al. 2020) over all 2n views.
 * :func:`vicreg_loss`: invariance / variance / covariance with weights 25 / 25 / 1
   (Bardes et al. 2022, as in their reference implementation).
+* :data:`LOSSES`: the one registry, name -> loss function (default hyper-parameters), and
+  :func:`resolve_loss`, which turns a name (with optional keyword arguments) or a callable
+  into the loss function; the solver and training both use them.
+
+The shapes and hyper-parameters are checked when a loss is called (or traced), not the
+values, so the losses stay cheap inside ``jax.jit`` and ``jax.grad``.
 
 Example::
 
@@ -17,22 +23,49 @@ Example::
     >>> F = jax.random.normal(jax.random.key(0), (8, 3))      # n = 4 pairs, d = 3
     >>> barlow_twins_loss(F).shape, simclr_loss(F).shape, vicreg_loss(F).shape
     ((), (), ())
+    >>> sorted(LOSSES)
+    ['barlow_twins', 'simclr', 'vicreg']
+    >>> resolve_loss("simclr") is simclr_loss
+    True
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
+from stepwise_ntk._checks import check_array, check_bool, check_choice, check_number, check_type
 from stepwise_ntk.data import pair_gram, swap_pairs
 
 __all__ = [
-    "LOSS_FUNCTIONS",
+    "LOSSES",
     "barlow_twins_loss",
     "cross_correlation",
+    "resolve_loss",
     "simclr_loss",
     "vicreg_loss",
 ]
+
+_F_SHAPE = "a (2n, d) matrix of view embeddings in the pairing order [f(x_1)..f(x_n), f(x'_1)..f(x'_n)]"
+
+
+def _check_F(F: Any, *, min_pairs: int = 1) -> Any:
+    """``F`` after checking its shape and dtype kind (not its values: it may be traced)."""
+    F = check_array("F", F, ndim=2, min_rows=2 * min_pairs, finite=False, what=_F_SHAPE)
+    if F.shape[0] % 2 or F.shape[1] < 1:
+        raise ValueError(f"F must be {_F_SHAPE}, got shape {tuple(F.shape)}.")
+    return F
+
+
+def _check_hyper(name: str, value: Any, **bounds: Any) -> Any:
+    """A loss hyper-parameter, unchanged (JAX arrays, e.g. traced ones, are not checked)."""
+    if not isinstance(value, jax.Array):
+        check_number(name, value, **bounds)
+    return value
 
 
 def cross_correlation(F: jax.Array) -> jax.Array:
@@ -47,6 +80,7 @@ def cross_correlation(F: jax.Array) -> jax.Array:
     Returns:
       ``(d, d)`` symmetric matrix.
     """
+    F = _check_F(F)
     return pair_gram(F) / F.shape[0]
 
 
@@ -54,7 +88,7 @@ def barlow_twins_loss(F: jax.Array) -> jax.Array:
     """Simplified Barlow Twins loss ``L = ‖C − I_d‖²_F`` with ``C = Fᵀ Z F / (2n)``.
 
     Its gradient is ``∂L/∂F = (2/n) Z F (C − I)``, so under kernel gradient flow
-    ``dF/dt = −(2/n) K Z F (C − I)`` (THEORY.md).
+    ``dF/dt = −(2/n) K Z F (C − I)`` (docs/theory.md).
 
     Args:
       F: ``(2n, d)`` embeddings in the pairing order.
@@ -87,6 +121,10 @@ def simclr_loss(F: jax.Array, temperature: float = 0.5, *, normalize: bool = Tru
     Returns:
       scalar loss (``log(2n − 1)`` when all similarities are equal).
     """
+    F = _check_F(F)
+    _check_hyper("temperature", temperature, low=0.0, open_low=True)
+    check_bool("normalize", normalize)
+    _check_hyper("eps", eps, low=0.0)
     z = F
     if normalize:
         norms = jnp.sqrt(jnp.sum(jnp.square(F), axis=1, keepdims=True))
@@ -148,6 +186,10 @@ def vicreg_loss(F: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
     Returns:
       scalar loss.
     """
+    F = _check_F(F, min_pairs=2)
+    for name, value in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff),
+                        ("gamma", gamma), ("eps", eps), ("smooth", smooth)):
+        _check_hyper(name, value, low=0.0)
     n = F.shape[0] // 2
     a, b = F[:n], F[n:]
     invariance = jnp.mean(jnp.square(a - b))
@@ -156,9 +198,55 @@ def vicreg_loss(F: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
     return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
 
 
-#: Name → loss function of ``F`` (default hyper-parameters), as accepted by the solver.
-LOSS_FUNCTIONS = {
+#: The loss registry: name -> loss function of ``F`` (default hyper-parameters), read-only.
+#: The names ``solver.solve(loss=...)``, ``TrainSettings.loss`` and the CLI's ``--loss`` accept.
+LOSSES: Mapping[str, Callable[..., jax.Array]] = types.MappingProxyType({
     "barlow_twins": barlow_twins_loss,
     "simclr": simclr_loss,
     "vicreg": vicreg_loss,
-}
+})
+
+
+class _BoundLoss(NamedTuple):
+    """A named loss with keyword arguments; hashable by value, so that equal arguments reuse
+    the compilations of a jitted caller that takes the loss as a static argument."""
+
+    fn: Callable[..., jax.Array]
+    kwargs: tuple
+
+    def __call__(self, F: jax.Array) -> jax.Array:
+        return self.fn(F, **dict(self.kwargs))
+
+
+def resolve_loss(loss: str | Callable[[jax.Array], jax.Array], *,
+                 loss_kwargs: Mapping[str, Any] | None = None) -> Callable[[jax.Array], jax.Array]:
+    """The loss function ``F: (2n, d) -> scalar`` for a name in :data:`LOSSES` or a callable.
+
+    Args:
+      loss: ``"barlow_twins"``, ``"simclr"``, ``"vicreg"``, or a callable ``F -> scalar``
+        (returned as it is).
+      loss_kwargs: keyword arguments of a named loss (e.g. ``{"temperature": 0.2}``), bound into
+        a hashable callable; None or empty for the defaults (then the registry's function
+        itself is returned).
+
+    Raises:
+      TypeError: ``loss`` is neither a string nor a callable; ``loss_kwargs`` is not a mapping.
+      ValueError: an unknown name; ``loss_kwargs`` with a callable (bind them into it instead).
+
+    Example:
+        >>> f = resolve_loss("simclr", loss_kwargs={"temperature": 0.2})
+        >>> f == resolve_loss("simclr", loss_kwargs={"temperature": 0.2})
+        True
+    """
+    if loss_kwargs is not None:
+        check_type("loss_kwargs", loss_kwargs, Mapping, "a mapping of keyword arguments (a dict) or None")
+    if isinstance(loss, str):
+        fn = LOSSES[check_choice("loss", loss, LOSSES)]
+        return _BoundLoss(fn, tuple(sorted(loss_kwargs.items()))) if loss_kwargs else fn
+    if not callable(loss):
+        raise TypeError(
+            f"loss must be one of {tuple(LOSSES)} or a callable F -> scalar, got {type(loss).__name__} {loss!r}."
+        )
+    if loss_kwargs:
+        raise ValueError("loss_kwargs only go with a loss name; bind them into your callable instead.")
+    return loss

@@ -309,33 +309,36 @@ def test_dtype_preserved_and_same_draws(crop):
 # --------------------------------------------------------------------------- bad input
 
 
+# A wrong value is a ValueError, a wrong type (not a number, not an int) a TypeError.
 @pytest.mark.parametrize(
-    "kwargs, name",
+    "kwargs, name, error",
     [
-        ({"crop": "random"}, "crop"),
-        ({"crop_padding": -1}, "crop_padding"),
-        ({"crop_padding": 1.5}, "crop_padding"),
-        ({"crop_padding": True}, "crop_padding"),
-        ({"crop_scale": (0.0, 1.0)}, "crop_scale"),
-        ({"crop_scale": (0.6, 0.2)}, "crop_scale"),
-        ({"crop_scale": (0.5, 1.5)}, "crop_scale"),
-        ({"crop_scale": (0.5,)}, "crop_scale"),
-        ({"crop_ratio": (0.0, 1.0)}, "crop_ratio"),
-        ({"crop_ratio": (2.0, 1.0)}, "crop_ratio"),
-        ({"crop_ratio": (1.0, float("inf"))}, "crop_ratio"),
-        ({"flip_prob": 1.5}, "flip_prob"),
-        ({"flip_prob": -0.1}, "flip_prob"),
-        ({"flip_prob": float("nan")}, "flip_prob"),
-        ({"flip_prob": "0.5"}, "flip_prob"),
-        ({"jitter_prob": 2}, "jitter_prob"),
-        ({"gray_prob": -1}, "gray_prob"),
-        ({"brightness": -0.1}, "brightness"),
-        ({"contrast": float("inf")}, "contrast"),
-        ({"saturation": -1}, "saturation"),
+        ({"crop": "random"}, "crop", ValueError),
+        ({"crop_padding": -1}, "crop_padding", ValueError),
+        ({"crop_padding": 1.5}, "crop_padding", TypeError),
+        ({"crop_padding": True}, "crop_padding", TypeError),
+        ({"crop_scale": (0.0, 1.0)}, "crop_scale", ValueError),
+        ({"crop_scale": (0.6, 0.2)}, "crop_scale", ValueError),
+        ({"crop_scale": (0.5, 1.5)}, "crop_scale", ValueError),
+        ({"crop_scale": (0.5,)}, "crop_scale", ValueError),
+        ({"crop_scale": 0.5}, "crop_scale", TypeError),
+        ({"crop_scale": (0.5, "1")}, "crop_scale", TypeError),
+        ({"crop_ratio": (0.0, 1.0)}, "crop_ratio", ValueError),
+        ({"crop_ratio": (2.0, 1.0)}, "crop_ratio", ValueError),
+        ({"crop_ratio": (1.0, float("inf"))}, "crop_ratio", ValueError),
+        ({"flip_prob": 1.5}, "flip_prob", ValueError),
+        ({"flip_prob": -0.1}, "flip_prob", ValueError),
+        ({"flip_prob": float("nan")}, "flip_prob", ValueError),
+        ({"flip_prob": "0.5"}, "flip_prob", TypeError),
+        ({"jitter_prob": 2}, "jitter_prob", ValueError),
+        ({"gray_prob": -1}, "gray_prob", ValueError),
+        ({"brightness": -0.1}, "brightness", ValueError),
+        ({"contrast": float("inf")}, "contrast", ValueError),
+        ({"saturation": -1}, "saturation", ValueError),
     ],
 )
-def test_bad_config_raises_naming_parameter(kwargs, name):
-    with pytest.raises(ValueError, match=rf"AugmentSettings\.{name} "):
+def test_bad_config_raises_naming_parameter(kwargs, name, error):
+    with pytest.raises(error, match=rf"AugmentSettings\.{name} "):
         AugmentSettings(**kwargs)
 
 
@@ -360,13 +363,13 @@ def test_bad_call_arguments():
         positive_pairs(key, x[0], AugmentSettings())
     with pytest.raises(ValueError, match="normalise the views afterwards"):
         positive_pairs(key, x - 0.5, AugmentSettings())
-    with pytest.raises(ValueError, match="PRNG key"):
+    with pytest.raises(TypeError, match="PRNG key"):
         positive_pairs(0, x, AugmentSettings())
     with pytest.raises(ValueError, match="ids must be 2 integers"):
         positive_pairs(key, x, ids=[0, 1, 2])
     with pytest.raises(ValueError, match="ids must lie"):
         positive_pairs(key, x, ids=[0, -1])
-    with pytest.raises(ValueError, match="AugmentSettings"):
+    with pytest.raises(TypeError, match="settings must be AugmentSettings"):
         positive_pairs(key, x, {"flip_prob": 0.5})
 
 
@@ -384,9 +387,9 @@ def test_downsample_matches_loop(factor):
             np.testing.assert_allclose(out[:, i, j], block.mean(axis=(1, 2)), rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("factor", [3, 0, 2.0, True])
-def test_downsample_bad_factor(factor):
-    with pytest.raises(ValueError, match="downsample factor"):
+@pytest.mark.parametrize("factor, error", [(3, ValueError), (0, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_downsample_bad_factor(factor, error):
+    with pytest.raises(error, match="downsample factor"):
         downsample(noise(1, 8, 12), factor)
 
 
@@ -445,8 +448,12 @@ def test_cifar10_pairs_bad_input(cifar_dir):
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="has 846"):
         cifar10_pairs(key, 847, "test", cifar_dir)
-    with pytest.raises(ValueError, match="n=0"):
+    with pytest.raises(ValueError, match="n_pairs must be a positive integer"):
         cifar10_pairs(key, 0, "test", cifar_dir)
+    with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
+        cifar10_pairs(key, 4.0, "test", cifar_dir)
+    with pytest.raises(TypeError, match="settings must be AugmentSettings"):
+        cifar10_pairs(key, 4, "test", cifar_dir, settings={"flip_prob": 0.5})
     with pytest.raises(ValueError, match="downsample factor 3"):
         cifar10_pairs(key, 4, "test", cifar_dir, downsample=3)
     with pytest.raises(ValueError, match="floating"):

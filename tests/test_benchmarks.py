@@ -21,18 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import __main__ as cli
-from benchmarks._harness import (
-    BenchmarkResult,
-    Context,
-    Measurement,
-    _MemoryProbe,
-    check_results,
-    fit_exponent,
-    fits_over,
-    pin_malloc_mmap_threshold,
-    render_markdown,
-)
+from benchmarks.harness import cli
+from benchmarks.harness.fits import fit_exponent, fits_over
+from benchmarks.harness.memory import MemoryProbe, pin_malloc_mmap_threshold
+from benchmarks.harness.problems import find_cifar_dir
+from benchmarks.harness.records import BenchmarkResult, Measurement, check_results
+from benchmarks.harness.report import render_markdown
+from benchmarks.harness.timing import Context
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,8 +109,7 @@ def test_smoke_every_benchmark_ran(smoke):
 
     assert set(data["benchmarks"]) == set(load_registry())
     for name, b in data["benchmarks"].items():
-        # "skipped" only for an adapter whose script (or, for the width sweep, CIFAR-10) is
-        # absent; nothing may error.
+        # "skipped" only for the width sweep without CIFAR-10; nothing may error.
         assert b["status"] in ("ok", "skipped"), (name, b["message"])
         if b["status"] == "skipped":
             assert "not present" in b["message"] or "has no" in b["message"], (name, b["message"])
@@ -123,8 +117,6 @@ def test_smoke_every_benchmark_ran(smoke):
             assert b["measurements"], name
     for core in ("dynamics", "scaling", "scaling_d", "training"):
         assert data["benchmarks"][core]["status"] == "ok", core
-    from benchmarks._problems import find_cifar_dir
-
     sweep = data["benchmarks"]["width_sweep"]
     assert (sweep["status"] == "ok") == (find_cifar_dir() is not None), sweep["message"]
     assert data["problems"] == []
@@ -175,7 +167,7 @@ def test_smoke_dynamics_accuracy_and_sharding(smoke, smoke_sharded, devices):
     # Three independent integrations (NT's odeint, the eigen and function routes) agree with
     # the float64 reference; the eigenvalues are O(1), so 1e-4 would catch a wrong flow.
     assert nt_err < 1e-4
-    # Equal accuracy: within the issue's 1e-3 for every route, and the "@ baseline accuracy"
+    # Equal accuracy: within 1e-3 for every route, and the "@ baseline accuracy"
     # run of the eigen route within the baseline's own error.
     for route in ("solve[eigen]", "solve[function]", "solve[eigen] @ baseline accuracy"):
         e = ms[(bt, route)]["extra"]
@@ -403,7 +395,7 @@ def test_time_with_a_cheaper_warmup():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS sampling reads /proc")
 def test_memory_probe_sees_a_64_mib_buffer():
     assert pin_malloc_mmap_threshold()
-    with _MemoryProbe() as probe:
+    with MemoryProbe() as probe:
         a = np.ones(8 << 20)  # 64 MiB, every page touched
         time.sleep(0.01)
         del a
@@ -444,7 +436,7 @@ def test_cheap_calls_repeat_until_min_time_and_budget_stops_them():
 
 
 def test_asymptotic_range_starts_where_k_outgrows_the_cache(tmp_path, monkeypatch):
-    from benchmarks import bench_scaling
+    from benchmarks.cases import scaling as bench_scaling
 
     # K of 2n views in float64 is 8 (2n)² bytes: twice a 32 MiB cache from 2n = 2897.
     assert bench_scaling.asymptotic_n_views(8, "cpu", 32 * 2**20) == 2897
@@ -460,3 +452,56 @@ def test_asymptotic_range_starts_where_k_outgrows_the_cache(tmp_path, monkeypatc
     real_path = bench_scaling.Path
     monkeypatch.setattr(bench_scaling, "Path", lambda p: tmp_path if "cache" in str(p) else real_path(p))
     assert bench_scaling.last_level_cache_bytes() == 32 * 2**20
+
+
+# ------------------------------------------------------------------------------ width sweep = CLI sweep
+
+
+def _cifar_or_skip() -> Path:
+    cifar = find_cifar_dir()
+    if cifar is None:
+        pytest.skip("CIFAR-10 is not present (STEPWISE_NTK_DATA, the cache, ../shared/cifar10)")
+    return cifar
+
+
+def test_width_sweep_defaults_are_the_cli_sweeps():
+    """``python -m benchmarks.cases.width_sweep`` with no flags is ``stepwise-ntk sweep`` with none."""
+    from benchmarks.cases import width_sweep
+    from stepwise_ntk.experiments import SweepSettings
+
+    settings = width_sweep.sweep_settings(width_sweep.parse_args(["--data-dir", "somewhere"]))
+    assert settings == SweepSettings(data_dir="somewhere")
+
+
+def test_width_sweep_builds_the_cli_sweeps_problem(monkeypatch, tmp_path):
+    """Views, held-out views, d, the step and the sweep settings equal ``stepwise-ntk sweep``'s."""
+    from benchmarks.cases import width_sweep
+    from stepwise_ntk.experiments import _sweep
+
+    cifar = _cifar_or_skip()
+    args = width_sweep.parse_args(
+        ["--n-pairs", "16", "--n-test", "8", "--widths", "16,32", "--seed", "3", "--data-dir", str(cifar),
+         "--out", str(tmp_path / "sweep.json")]
+    )
+    settings = width_sweep.sweep_settings(args)
+    problem, arch, sweep_settings = width_sweep.sweep_problem(settings)
+
+    class Captured(Exception):
+        pass
+
+    seen = {}
+
+    def capture(arch, views, test_views, *args, **kwargs):  # the CLI's call of width_sweep
+        seen.update(arch=arch, views=views, test_views=test_views,
+                    settings=args[0] if args else kwargs.get("settings", kwargs.get("config")))
+        raise Captured
+
+    monkeypatch.setattr(_sweep, "width_sweep", capture)
+    with pytest.raises(Captured):
+        _sweep.run_sweep(settings, tmp_path, progress=False)
+    np.testing.assert_array_equal(problem.views, seen["views"])
+    np.testing.assert_array_equal(problem.test_views, seen["test_views"])
+    assert problem.views.shape == (32, 8, 8, 3) and problem.test_views.shape == (16, 8, 8, 3)
+    assert arch == seen["arch"] and arch.d == problem.d
+    assert sweep_settings == seen["settings"]
+    assert sweep_settings.step_size == problem.step_size

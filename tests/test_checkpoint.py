@@ -12,16 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.training import _checkpoint
-from stepwise_ntk.training import _loop as _train_loop
 from stepwise_ntk.training import (
     CHECKPOINT_FILE,
-    TrainSettings,
     TrainingDivergedWarning,
+    TrainSettings,
+    _checkpoint,
     load_checkpoint,
     save_checkpoint,
     train,
 )
+from stepwise_ntk.training import _loop as _train_loop
 
 
 def bits(x):

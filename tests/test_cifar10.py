@@ -19,8 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from stepwise_ntk.data import (
+    CIFAR10_FOLDER,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR10Error,
+    balanced_subset,
+    channel_stats,
+    download_cifar10,
+    load_cifar10,
+    normalize,
+    resolve_cifar10_dir,
+    uint8_to_float,
+)
 from stepwise_ntk.data import _cifar10 as c10
-from stepwise_ntk.data import CIFAR10Error, CIFAR10_FOLDER, CIFAR10_MEAN, CIFAR10_STD, balanced_subset, channel_stats, download_cifar10, load_cifar10, normalize, resolve_cifar10_dir, uint8_to_float
 
 N_TRAIN_PER_BATCH, N_TEST = 932, 846  # the offline subset, see /work/shared/cifar10/README.md
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -130,8 +142,10 @@ def test_accepts_batches_folder_itself(cifar_dir):
 
 
 def test_bad_split():
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ValueError, match="split must be one of 'train', 'test'"):
         load_cifar10("validation")
+    with pytest.raises(TypeError, match="download must be True or False"):
+        load_cifar10("test", download="no")
 
 
 # --------------------------------------------------------------------------- resolution
@@ -406,10 +420,12 @@ def test_balanced_subset_bad_input():
     labels = np.arange(10) % 3
     with pytest.raises(ValueError, match="only 10 are available"):
         balanced_subset(labels, 11)
-    with pytest.raises(ValueError, match="n="):
+    with pytest.raises(ValueError, match="n must be an integer ≥ 0"):
         balanced_subset(labels, -1)
-    with pytest.raises(ValueError, match="n must be an int"):
+    with pytest.raises(TypeError, match="n must be an int"):
         balanced_subset(labels, 2.0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        balanced_subset(labels, 2, seed=True)
     with pytest.raises(ValueError, match="1-D"):
         balanced_subset(labels.reshape(2, 5), 2)
     with pytest.raises(ValueError, match="integer"):

@@ -7,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.experiments import cli
-from stepwise_ntk.predictor import crossing_times, plateau_losses
-from stepwise_ntk.experiments._linear import LinearSettings, flatten_scaled
 from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.theory import contrastive_eigensystem
-from stepwise_ntk.theory import step_times
+from stepwise_ntk.experiments import KernelSettings, LinearSettings, cli
+from stepwise_ntk.experiments._linear import flatten_scaled
+from stepwise_ntk.predictor import crossing_times, plateau_losses
+from stepwise_ntk.theory import contrastive_eigensystem, step_times
 
 TINY = ["--n-pairs", "60", "--d", "3", "--n-times", "60", "--gallery-pool", "40", "--gallery-modes", "2"]
 
@@ -42,11 +41,11 @@ def test_linear_numbers_match_the_library(linear_run, cifar_dir):
     s = LinearSettings(n_pairs=60, d=3, data_dir=str(cifar_dir))
     key_views, key_w = jax.random.split(jax.random.PRNGKey(s.seed))
     views, _, _ = cifar10_pairs(
-        key_views, 60, data_dir=s.data_dir, config=s.augment(), dtype=jnp.float64, subset_seed=s.seed
+        key_views, 60, data_dir=s.data_dir, settings=s.augment(), dtype=jnp.float64, subset_seed=s.seed
     )
     X = flatten_scaled(views)
     F0 = X @ (s.init_scale * jax.random.normal(key_w, (3, X.shape[1]), jnp.float64)).T
-    predicted = np.sort(np.asarray(step_times(contrastive_eigensystem(X @ X.T, 60), F0, 3)))
+    predicted = np.sort(np.asarray(step_times(contrastive_eigensystem(X @ X.T, 60), F0)))
     np.testing.assert_allclose(results["predicted_step_times"], predicted, rtol=1e-10)
     # Simulated steps and plateaus are what the saved trajectory says.
     np.testing.assert_allclose(
@@ -79,9 +78,9 @@ def _run_error(capsys, argv):
 @pytest.mark.parametrize(
     "flags,needle",
     [
-        (["--d", "0"], "--d must be >= 1"),
+        (["--d", "0"], "--d must be an integer ≥ 1"),
         (["--init-scale", "-1"], "--init-scale"),
-        (["--n-pairs", "999999"], "images requested"),
+        (["--n-pairs", "999999"], "images), got 999999"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, cifar_dir, flags, needle):
@@ -94,7 +93,8 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, cifar_dir, flags, needl
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("stepwise_ntk.data._cifar10.CIFAR10_URL", "file:///nonexistent/cifar-10-python.tar.gz", raising=False)
+    monkeypatch.setattr("stepwise_ntk.data._cifar10.CIFAR10_URL", "file:///nonexistent/cifar-10-python.tar.gz",
+                        raising=False)
     rc, err = _run_error(capsys, ["linear", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "none"), *TINY])
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
     # The failed run is marked, not silently truncated.
@@ -106,8 +106,13 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys, monkeypatch):
 def test_config_file_and_flag_precedence(tmp_path, capsys, cifar_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text('d = 0\nn_pairs = 60\n')
-    rc, err = _run_error(capsys, ["linear", "--config", str(cfg), "--out", str(tmp_path / "o"), "--data-dir", str(cifar_dir)])
-    assert rc == 2 and "--d must be >= 1" in err  # the file's value was used
+    rc, err = _run_error(capsys, ["linear", "--config", str(cfg), "--out", str(tmp_path / "o"),
+                                  "--data-dir", str(cifar_dir)])
+    assert rc == 2 and "--d must be an integer ≥ 1" in err  # the file's value was used
+    cfg.write_text('d = "3"\nn_pairs = 60\n')  # a TypeError of the settings class: one line too
+    rc, err = _run_error(capsys, ["linear", "--config", str(cfg), "--out", str(tmp_path / "o"),
+                                  "--data-dir", str(cifar_dir)])
+    assert rc == 2 and err.count("\n") == 1 and "--d must be an integer, got str '3'" in err
     cfg.write_text('bogus = 1\n')
     rc, err = _run_error(capsys, ["linear", "--config", str(cfg), "--out", str(tmp_path / "o")])
     assert rc == 2 and "unknown setting 'bogus'" in err
@@ -120,7 +125,7 @@ def test_finished_run_is_not_overwritten_by_accident(linear_run, capsys):
 
 
 def test_kernel_subcommand_uses_the_architecture_ntk(tmp_path, cifar_dir):
-    from stepwise_ntk.experiments._kernel import KernelSettings, gaussian_embeddings
+    from stepwise_ntk.experiments._kernel import gaussian_embeddings
     from stepwise_ntk.experiments._kernel_model import load_problem_data
     from stepwise_ntk.kernels import analytic_ntk
 
@@ -134,7 +139,7 @@ def test_kernel_subcommand_uses_the_architecture_ntk(tmp_path, cifar_dir):
     problem = load_problem_data(s)
     K = jnp.asarray(analytic_ntk(s.architecture(), np.asarray(problem.views), None, dtype=np.float64, progress=False))
     F0 = gaussian_embeddings(problem.key_init, K, 3, s.init_scale)
-    predicted = np.sort(np.asarray(step_times(contrastive_eigensystem(K, 30), F0, 3)))
+    predicted = np.sort(np.asarray(step_times(contrastive_eigensystem(K, 30), F0)))
     np.testing.assert_allclose(results["predicted_step_times"], predicted, rtol=1e-8)
 
 

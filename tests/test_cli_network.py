@@ -7,16 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.experiments import cli
 from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.theory import contrastive_eigensystem
+from stepwise_ntk.experiments import NetworkSettings, cli
 from stepwise_ntk.experiments._kernel_model import load_problem_data
-from stepwise_ntk.predictor import crossing_times, plateau_losses
-from stepwise_ntk.experiments._network import NetworkSettings, rise_times
+from stepwise_ntk.experiments._network import rise_times
 from stepwise_ntk.losses import barlow_twins_loss
-from stepwise_ntk.predictor import step_time_ratios, subspace_alignment
-from stepwise_ntk.predictor import init_network, network_kernel
-from stepwise_ntk.theory import final_embeddings, step_times
+from stepwise_ntk.predictor import (
+    crossing_times,
+    init_network,
+    network_kernel,
+    plateau_losses,
+    step_time_ratios,
+    subspace_alignment,
+)
+from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, step_times
 
 # Tiny network run: 40 pairs of 8x8 images, width 128, d = 3.
 NET = dict(n_pairs=40, n_test=20, d=3, width=128, gallery_pool=50, gallery_modes=2, n_records=60, n_times=80)
@@ -49,22 +53,22 @@ def test_network_numbers_match_the_library(network_run, cifar_dir):
     # Second route: the same views, initial network and analytic NTK from the library.
     problem = load_problem_data(s)
     views = np.asarray(problem.views)
-    spec = s.base_architecture(128).replace(d=3)
-    init = init_network(spec, views.astype(np.float32), alpha=s.alpha, key=problem.key_init)
+    arch = s.base_architecture(128).replace(d=3)
+    init = init_network(arch, views.astype(np.float32), alpha=s.alpha, key=problem.key_init)
     # float32 network outputs. The CLI evaluates the views together with the test views, so
     # XLA blocks the float32 products differently: equal up to float32 rounding of sums over
     # 192 inputs and 128 hidden units, i.e. relative to the outputs' scale (a wrong network,
     # key or alpha differs at O(1) of it).
     F0_ref = np.asarray(init.F0, np.float64)
     np.testing.assert_allclose(a["F0"], F0_ref, rtol=0, atol=1e-5 * np.abs(F0_ref).max())
-    theta = network_kernel(spec, views).ntk
+    theta = network_kernel(arch, views).K
     es = contrastive_eigensystem(jnp.asarray(s.alpha**2 * theta), s.n_pairs)
-    predicted = np.sort(np.asarray(step_times(es, jnp.asarray(a["F0"]), 3)))
+    predicted = np.sort(np.asarray(step_times(es, jnp.asarray(a["F0"]))))
     np.testing.assert_allclose(r["predicted_step_times"], predicted, rtol=1e-8)  # float64 eigensolves
     # The closed-form held-out embeddings: the Nyström extension to the test-split views.
     test_views, _, _ = cifar10_pairs(jax.random.fold_in(jax.random.PRNGKey(0), 1), 20, split="test",
-                                     data_dir=str(cifar_dir), config=s.augment(), downsample=4, dtype=jnp.float64)
-    K_test = s.alpha**2 * network_kernel(spec, views, np.asarray(test_views)).ntk_test  # (m, 2n)
+                                     data_dir=str(cifar_dir), settings=s.augment(), downsample=4, dtype=jnp.float64)
+    K_test = s.alpha**2 * network_kernel(arch, views, np.asarray(test_views)).K_test  # (m, 2n)
     np.testing.assert_allclose(a["closed_form_test_embeddings"],
                                np.asarray(final_embeddings(es, jnp.asarray(K_test), 3)), rtol=1e-8, atol=1e-10)
     # Reported numbers are the metrics of the saved arrays.
@@ -99,7 +103,8 @@ def test_rise_times_relative_levels():
 def test_sweep_numbers_match_the_library(tmp_path, cifar_dir):
     out = tmp_path / "sweep"
     assert cli.main(["sweep", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *SWEEP_FLAGS]) == 0
-    assert {"results.json", "arrays.npz", "width_sweep.png", "curves.png", "config.json"} <= {p.name for p in out.iterdir()}
+    assert ({"results.json", "arrays.npz", "width_sweep.png", "curves.png", "config.json"}
+            <= {p.name for p in out.iterdir()})
     r = json.loads((out / "results.json").read_text())
     a = np.load(out / "arrays.npz")
     assert r["status"] == "complete" and [run["width"] for run in r["runs"]] == [16, 64] and r["d"] == 2
@@ -130,8 +135,8 @@ def _error(capsys, argv):
     "argv,needle",
     [
         (["sweep", "--widths", "64", "16"], "increasing order"),
-        (["sweep", "--kernels", "bogus"], "kernels must be distinct names"),
-        (["network", "--horizon", "0.5"], "--horizon must be >= 1"),
+        (["sweep", "--kernels", "bogus"], "kernels must be one of"),
+        (["network", "--horizon", "0.5"], "--horizon must be a finite number ≥ 1"),
         (["network", "--arch-options", "depth"], "key=value"),
         (["network", "--n-pairs", "10", "--d", "50", "--downsample", "8"], "d = 50 embedding dimensions"),
         (["network", "--n-pairs", "10", "--downsample", "8", "--arch-options", "width=3"], "may not set 'width'"),

@@ -1,7 +1,7 @@
 """Empirical NTK of the Flax twin (stepwise_ntk.kernels._empirical).
 
 References: an explicit float64 Jacobian contraction with jax.jacobian, and, for the
-width-convergence tests, the analytic NTK of the same spec (stepwise_ntk.kernels._analytic).
+width-convergence tests, the analytic NTK of the same architecture (stepwise_ntk.kernels._analytic).
 """
 
 import jax
@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN
-from stepwise_ntk.kernels import empirical_ntk
-from stepwise_ntk.kernels import analytic_ntk
+from stepwise_ntk.kernels import analytic_ntk, empirical_ntk
 from stepwise_ntk.kernels._nt_compat import nt
+from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN
 
 IMPLEMENTATIONS = [nt.NtkImplementation.STRUCTURED_DERIVATIVES,
                    nt.NtkImplementation.JACOBIAN_CONTRACTION,
@@ -36,20 +35,20 @@ def _perturbed(params, key):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     return jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape, p.dtype)
-                                     for p, k in zip(leaves, keys)])
+                                     for p, k in zip(leaves, keys, strict=True)])
 
 
 @pytest.mark.parametrize(
-    "spec, implementations",
+    "arch, implementations",
     [(MLP(depth=2, width=6, d=3, b_std=0.2, activation="gelu"), IMPLEMENTATIONS),
      (MLP(depth=1, width=5, d=2, parameterization="standard", b_std=0.1), IMPLEMENTATIONS[:1]),
      (MyrtleCNN(width=3, d=2, b_std=0.1), IMPLEMENTATIONS[:1])],
     ids=["mlp-gelu", "mlp-standard", "myrtle"],
 )
-def test_matches_explicit_jacobian_contraction(spec, implementations):
+def test_matches_explicit_jacobian_contraction(arch, implementations):
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 3), jnp.float64)
     x1, x2 = x[:5], x[5:]
-    net = spec.flax(jnp.float64)
+    net = arch.flax(jnp.float64)
     params = _perturbed(jax.jit(net.init)(jax.random.PRNGKey(2), x1[:1]), jax.random.PRNGKey(3))
     want = jacobian_ntk(net.apply, params, x, x)
     want_11, want_12 = want[:5, :5], want[:5, 5:]
@@ -114,9 +113,9 @@ def test_bad_input_gives_a_clear_error():
 # with 12 seeds and 0.05 for the CNN with 24, around means of -0.50 and -0.46; so
 # [-0.7, -0.3] is about a 3 sigma window. The seeds are fixed: the test is deterministic.
 CONVERGENCE_CASES = {
-    "mlp": dict(spec=MLP(depth=2, width=1, d=1), shape=(8, 8, 8, 3), widths=(64, 256, 1024),
+    "mlp": dict(arch=MLP(depth=2, width=1, d=1), shape=(8, 8, 8, 3), widths=(64, 256, 1024),
                 seeds=12),
-    "myrtle": dict(spec=MyrtleCNN(depth=5, width=1, d=1), shape=(8, 8, 8, 3),
+    "myrtle": dict(arch=MyrtleCNN(depth=5, width=1, d=1), shape=(8, 8, 8, 3),
                    widths=(16, 64, 256), seeds=24),
 }
 
@@ -125,13 +124,13 @@ CONVERGENCE_CASES = {
 def convergence(request):
     case = CONVERGENCE_CASES[request.param]
     x = np.random.default_rng(0).normal(size=case["shape"]).astype(np.float32)
-    spec = case["spec"]
-    analytic = analytic_ntk(spec, x, dtype=np.float32, progress=False)
-    mismatched = analytic_ntk(spec.replace(w_std=1.1 * spec.w_std), x, dtype=np.float32,
+    arch = case["arch"]
+    analytic = analytic_ntk(arch, x, dtype=np.float32, progress=False)
+    mismatched = analytic_ntk(arch.replace(w_std=1.1 * arch.w_std), x, dtype=np.float32,
                               progress=False)
     empirical = {}
     for width in case["widths"]:
-        net = spec.replace(width=width).flax(jnp.float32)
+        net = arch.replace(width=width).flax(jnp.float32)
         # One compile per width; "rbg" keys compile ~3x faster than threefry ones.
         init = jax.jit(net.init)
         empirical[width] = [
@@ -172,17 +171,17 @@ def test_a_variance_mismatch_makes_the_error_plateau(convergence):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "spec, widths, seeds",
+    "arch, widths, seeds",
     [(MLP(depth=3, width=1, d=4, b_std=0.1, activation="erf"), (64, 256, 1024, 4096), 16),
      (MyrtleCNN(depth=5, width=1, d=1, activation="gelu"), (16, 32, 64, 128, 256, 512), 32)],
     ids=["mlp-erf", "myrtle-gelu"],
 )
-def test_width_convergence_over_a_wider_range(spec, widths, seeds):
+def test_width_convergence_over_a_wider_range(arch, widths, seeds):
     x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype(np.float32)
-    analytic = analytic_ntk(spec, x, dtype=np.float32, progress=False)
+    analytic = analytic_ntk(arch, x, dtype=np.float32, progress=False)
     empirical = {}
     for width in widths:
-        net = spec.replace(width=width).flax(jnp.float32)
+        net = arch.replace(width=width).flax(jnp.float32)
         init = jax.jit(net.init)
         empirical[width] = [
             empirical_ntk(net, init(jax.random.key(seed, impl="rbg"), x[:1]), x, progress=False)

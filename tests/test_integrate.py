@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from stepwise_ntk.solver import ODESettings, integrate
 from stepwise_ntk.solver import _integrate as I
-from stepwise_ntk.solver._integrate import ODESettings, integrate
 
 
 def _linear_problem(seed=0, stiff=False):
@@ -64,14 +64,16 @@ def test_dense_output_orders_and_endpoints():
     y0 = jnp.array([0.01, 0.2])
     rhs = lambda t, y, a: 8 * g * y * (1 - y)  # noqa: E731
     exact = lambda t: 1 / (1 + (1 / y0 - 1) * jnp.exp(-8 * g * t))  # noqa: E731
-    for step, dense, order in [(lambda h: I._rosw_step(rhs, lambda p, t, b: b, None, 0.0, y0, rhs(0, y0, None), h, None),
+    f0 = rhs(0, y0, None)
+    for step, dense, order in [(lambda h: I._rosw_step(rhs, lambda p, t, b: b, None, 0.0, y0, f0, h, None),
                                 I._rosw_dense, 3),  # cubic Hermite
                                (lambda h: I._dopri5_step(rhs, None, 0.0, y0, rhs(0, y0, None), h, None),
                                 I._dopri5_dense, 4)]:
         errs = []
         for h in (0.02, 0.01):
             st = step(h)
-            errs.append(max(float(jnp.max(jnp.abs(dense(y0, h, st.dense, th) - exact(th * h)))) for th in (0.25, 0.5, 0.8)))
+            errs.append(max(float(jnp.max(jnp.abs(dense(y0, h, st.dense, th) - exact(th * h))))
+                            for th in (0.25, 0.5, 0.8)))
             # theta = 1 reproduces the step's solution (continuity of the extension).
             np.testing.assert_allclose(np.asarray(dense(y0, h, st.dense, 1.0)), np.asarray(st.y_new), rtol=1e-13)
         # Local error of an order-p continuous extension is O(h^(p+1)).
@@ -134,6 +136,12 @@ def test_settings_validation():
         ODESettings(max_steps=0)
     with pytest.raises(ValueError, match="first_step"):
         ODESettings(first_step=0.0)
+    with pytest.raises(ValueError, match="needs rtol > 0 or atol > 0"):
+        ODESettings(rtol=0.0)
+    with pytest.raises(TypeError, match="ODESettings.rtol must be a real number"):
+        ODESettings(rtol="1e-6")
+    with pytest.raises(TypeError, match="ODESettings.max_steps must be a positive integer"):
+        ODESettings(max_steps=10.0)
     with pytest.raises(ValueError, match="method must be one of"):
         integrate(lambda t, y, a: y, jnp.ones(1), jnp.ones(1), observe=lambda y, a: y, method="euler")
     with pytest.raises(ValueError, match="needs w_prepare and w_solve"):

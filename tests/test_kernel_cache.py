@@ -5,10 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from stepwise_ntk.kernels import KernelCache, analytic_kernels, array_fingerprint, cache_key
 from stepwise_ntk.kernels import _analytic as _kernels
 from stepwise_ntk.kernels.architectures import MLP
-from stepwise_ntk.kernels import KernelCache, array_fingerprint, cache_key
-from stepwise_ntk.kernels import analytic_kernels
 
 
 def test_fingerprint_sees_every_bit_dtype_and_shape():
@@ -75,31 +74,31 @@ def _count_computations(monkeypatch):
 
 def test_analytic_cache_hit_is_identical_and_any_change_misses(tmp_path, monkeypatch):
     calls = _count_computations(monkeypatch)
-    spec = MLP(depth=2, width=64, d=4, b_std=0.1)
+    arch = MLP(depth=2, width=64, d=4, b_std=0.1)
     x = np.random.default_rng(0).normal(size=(6, 4, 4, 3))
     kw = dict(get=("nngp", "ntk"), cache_dir=tmp_path, progress=False)
 
-    first = analytic_kernels(spec, x, **kw)
-    again = analytic_kernels(spec, x, **kw)
+    first = analytic_kernels(arch, x, **kw)
+    again = analytic_kernels(arch, x, **kw)
     assert len(calls) == 1  # second call served from disk
     for k in first:
         assert again[k].dtype == first[k].dtype
         np.testing.assert_array_equal(again[k], first[k])
     # Same kernel, other width and d (ntk parameterisation): the same entry.
-    analytic_kernels(spec.replace(width=512, d=16), x, **kw)
+    analytic_kernels(arch.replace(width=512, d=16), x, **kw)
     assert len(calls) == 1
 
     changed = x.copy()
     changed[3, 1, 2, 0] += 1e-9
-    moved = analytic_kernels(spec, changed, **kw)
+    moved = analytic_kernels(arch, changed, **kw)
     assert len(calls) == 2
-    fresh = analytic_kernels(spec, changed, get=("nngp", "ntk"), progress=False)  # no cache
+    fresh = analytic_kernels(arch, changed, get=("nngp", "ntk"), progress=False)  # no cache
     assert len(calls) == 3
     np.testing.assert_array_equal(moved["ntk"], fresh["ntk"])
 
-    analytic_kernels(spec, x, **{**kw, "dtype": np.float32})
-    analytic_kernels(spec.replace(b_std=0.2), x, **kw)
-    analytic_kernels(spec, x, x[:2], **kw)
-    analytic_kernels(spec, x, get="ntk", cache_dir=tmp_path, progress=False)
+    analytic_kernels(arch, x, **{**kw, "dtype": np.float32})
+    analytic_kernels(arch.replace(b_std=0.2), x, **kw)
+    analytic_kernels(arch, x, x[:2], **kw)
+    analytic_kernels(arch, x, get="ntk", cache_dir=tmp_path, progress=False)
     assert len(calls) == 7  # each a miss
     assert len(list(tmp_path.glob("*.npz"))) == 6

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from stepwise_ntk.kernels import KernelMemoryError, analytic_kernels, analytic_ntk, kernel_block_bytes
 from stepwise_ntk.kernels import _analytic as _kernels
 from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN, WideResNet
-from stepwise_ntk.kernels import KernelMemoryError, analytic_kernels, analytic_ntk, kernel_block_bytes
 from tests.reference_kernels import relu_mlp_kernels
 
 RNG = np.random.default_rng(0)
@@ -27,10 +27,10 @@ IMAGES = RNG.normal(size=(10, 8, 8, 3))
 
 @pytest.mark.parametrize("depth, w_std, b_std", [(1, 1.0, 0.0), (1, 1.5, 0.3), (3, 1.4, 0.1)])
 def test_relu_mlp_matches_the_closed_form(depth, w_std, b_std):
-    spec = MLP(depth=depth, width=7, d=3, w_std=w_std, readout_w_std=w_std, b_std=b_std)
+    arch = MLP(depth=depth, width=7, d=3, w_std=w_std, readout_w_std=w_std, b_std=b_std)
     x2 = RNG.normal(size=(5, 20))
     for a, b in ((X_FLAT, None), (X_FLAT, x2)):
-        got = analytic_kernels(spec, a, b, get=("nngp", "ntk"), progress=False)
+        got = analytic_kernels(arch, a, b, get=("nngp", "ntk"), progress=False)
         nngp, ntk = relu_mlp_kernels(a, a if b is None else b, depth=depth, w_std=w_std,
                                      b_std=b_std)
         # NNGP: float64 rounding only. NTK: near-parallel pairs (the diagonal) go through
@@ -57,7 +57,7 @@ def test_one_hidden_layer_relu_ntk_explicit_formula():
 
 
 @pytest.mark.parametrize(
-    "spec, x, dtype, tol",
+    "arch, x, dtype, tol",
     [
         (MLP(depth=2, activation="erf", b_std=0.2), X_FLAT, np.float64, 1e-12),
         (MLP(depth=2, activation="gelu"), X_FLAT, np.float64, 1e-12),
@@ -67,9 +67,9 @@ def test_one_hidden_layer_relu_ntk_explicit_formula():
     ],
     ids=["mlp-erf", "mlp-gelu", "myrtle", "wrn"],
 )
-def test_grams_are_symmetric_psd_and_match_the_cross_kernel(spec, x, dtype, tol):
-    out = analytic_kernels(spec, x, get=("nngp", "ntk"), dtype=dtype, progress=False)
-    cross = analytic_kernels(spec, x[:3], x, get=("nngp", "ntk"), dtype=dtype, progress=False)
+def test_grams_are_symmetric_psd_and_match_the_cross_kernel(arch, x, dtype, tol):
+    out = analytic_kernels(arch, x, get=("nngp", "ntk"), dtype=dtype, progress=False)
+    cross = analytic_kernels(arch, x[:3], x, get=("nngp", "ntk"), dtype=dtype, progress=False)
     for kind, k in out.items():
         assert k.dtype == dtype and k.shape == (len(x), len(x))
         np.testing.assert_array_equal(k, k.T)  # mirrored blocks: exactly symmetric
@@ -90,30 +90,30 @@ def assert_same_ntk(got, want):
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 7])
 def test_batched_equals_unbatched(batch_size):
-    spec = MLP(depth=2, b_std=0.1)
-    full = analytic_ntk(spec, X_FLAT, progress=False)
+    arch = MLP(depth=2, b_std=0.1)
+    full = analytic_ntk(arch, X_FLAT, progress=False)
     x2 = np.concatenate([RNG.normal(size=(5, 20)), X_FLAT[:2]])  # two pairs on the "diagonal"
-    full_cross = analytic_ntk(spec, x2, X_FLAT, progress=False)
+    full_cross = analytic_ntk(arch, x2, X_FLAT, progress=False)
     # Blocks see different shapes (and padded rows), so XLA may sum in another order.
-    assert_same_ntk(analytic_ntk(spec, X_FLAT, batch_size=batch_size, progress=False), full)
-    got_cross = analytic_ntk(spec, x2, X_FLAT, batch_size=batch_size, progress=False)
+    assert_same_ntk(analytic_ntk(arch, X_FLAT, batch_size=batch_size, progress=False), full)
+    got_cross = analytic_ntk(arch, x2, X_FLAT, batch_size=batch_size, progress=False)
     assert_same_ntk(got_cross[5:, :2], full_cross[5:, :2])
     np.testing.assert_allclose(got_cross[:5], full_cross[:5], rtol=1e-12)
 
 
 def test_batched_cnn_equals_unbatched_in_float32():
-    spec = MyrtleCNN()
+    arch = MyrtleCNN()
     kw = dict(get=("nngp", "ntk"), dtype=np.float32, progress=False)  # compiles shared above
-    full = analytic_kernels(spec, IMAGES, **kw)
-    blocked = analytic_kernels(spec, IMAGES, batch_size=4, **kw)
+    full = analytic_kernels(arch, IMAGES, **kw)
+    blocked = analytic_kernels(arch, IMAGES, batch_size=4, **kw)
     for kind in full:
         np.testing.assert_allclose(blocked[kind], full[kind], rtol=1e-5)  # float32 rounding
 
 
 def test_float32_is_float32_and_close_to_float64():
-    spec = MLP(depth=3, b_std=0.1)
-    k64 = analytic_ntk(spec, X_FLAT, progress=False)
-    k32 = analytic_ntk(spec, X_FLAT, dtype="float32", progress=False)
+    arch = MLP(depth=3, b_std=0.1)
+    k64 = analytic_ntk(arch, X_FLAT, progress=False)
+    k32 = analytic_ntk(arch, X_FLAT, dtype="float32", progress=False)
     assert k32.dtype == np.float32
     # float32 rounding (1e-7) amplified by the arccos near the diagonal (sqrt: ~3e-4).
     np.testing.assert_allclose(k32, k64, rtol=1e-3, atol=1e-3 * abs(k64).max())
@@ -127,23 +127,23 @@ def test_progress_bar_is_shown_for_multi_block_grams(capsys):
 
 
 def test_cnn_memory_estimate_grows_like_pixels_squared_and_batch_squared():
-    spec = MyrtleCNN()
-    small = kernel_block_bytes(spec, (8, 8, 3), 4, dtype=np.float32)
-    large = kernel_block_bytes(spec, (16, 16, 3), 4, dtype=np.float32)
+    arch = MyrtleCNN()
+    small = kernel_block_bytes(arch, (8, 8, 3), 4, dtype=np.float32)
+    large = kernel_block_bytes(arch, (16, 16, 3), 4, dtype=np.float32)
     # 4x the pixels: the full spatial covariance is 16x larger per pair of images.
     assert 12 < large / small < 17
-    double = kernel_block_bytes(spec, (8, 8, 3), 8, dtype=np.float32)
+    double = kernel_block_bytes(arch, (8, 8, 3), 8, dtype=np.float32)
     assert 3.5 < double / small < 4.1
     mlp = kernel_block_bytes(MLP(), (8, 8, 3), 4, dtype=np.float32)
     assert mlp < small / 10
 
 
 def test_over_budget_gram_is_refused_up_front_with_a_batch_size_that_fits():
-    spec = MyrtleCNN()
-    per_block = kernel_block_bytes(spec, (8, 8, 3), 10, dtype=np.float32)
+    arch = MyrtleCNN()
+    per_block = kernel_block_bytes(arch, (8, 8, 3), 10, dtype=np.float32)
     budget = per_block // 5
     with pytest.raises(KernelMemoryError, match=r"batch_size=\d+ fits") as info:
-        analytic_ntk(spec, IMAGES, dtype=np.float32, batch_size=10, memory_budget_bytes=budget,
+        analytic_ntk(arch, IMAGES, dtype=np.float32, batch_size=10, memory_budget_bytes=budget,
                      progress=False)
     err = info.value
     assert isinstance(err, ValueError)
@@ -151,14 +151,14 @@ def test_over_budget_gram_is_refused_up_front_with_a_batch_size_that_fits():
     assert "GiB" in str(err) and "memory_budget_bytes" in str(err)
     fit = err.fitting_batch_size
     assert 1 <= fit < 10
-    assert kernel_block_bytes(spec, (8, 8, 3), fit, dtype=np.float32) <= budget
+    assert kernel_block_bytes(arch, (8, 8, 3), fit, dtype=np.float32) <= budget
     # The advice works, and gives the same Gram.
-    k = analytic_ntk(spec, IMAGES, dtype=np.float32, batch_size=fit, memory_budget_bytes=budget,
+    k = analytic_ntk(arch, IMAGES, dtype=np.float32, batch_size=fit, memory_budget_bytes=budget,
                      progress=False)
-    np.testing.assert_allclose(k, analytic_ntk(spec, IMAGES, dtype=np.float32, progress=False),
+    np.testing.assert_allclose(k, analytic_ntk(arch, IMAGES, dtype=np.float32, progress=False),
                                rtol=1e-5)
     # Leaving batch_size to the library picks a fitting one instead of refusing.
-    k_auto = analytic_ntk(spec, IMAGES, dtype=np.float32, memory_budget_bytes=budget,
+    k_auto = analytic_ntk(arch, IMAGES, dtype=np.float32, memory_budget_bytes=budget,
                           progress=False)
     np.testing.assert_allclose(k_auto, k, rtol=1e-5)
 
@@ -193,12 +193,24 @@ def test_result_larger_than_host_memory_is_refused(monkeypatch):
         (lambda: analytic_ntk(MLP(), X_FLAT, dtype=np.int32), "float32 or float64"),
         (lambda: analytic_ntk(MLP(), X_FLAT, batch_size=0), "positive int"),
         (lambda: analytic_ntk(MLP(), X_FLAT, memory_budget_bytes=-1), "positive"),
-        (lambda: analytic_ntk("mlp", X_FLAT), "architecture spec"),
         (lambda: analytic_ntk(MLP(), X_FLAT, devices=[]), "devices is empty"),
     ],
 )
 def test_bad_input_gives_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: analytic_ntk("mlp", X_FLAT), "architecture spec"),
+        (lambda: analytic_ntk(MLP(), X_FLAT, dtype="no such dtype"), "float32 or float64"),
+        (lambda: analytic_ntk(MLP(), X_FLAT, batch_size=2.5), "positive integer"),
+    ],
+)
+def test_a_wrong_type_is_a_type_error(call, match):
+    with pytest.raises(TypeError, match=match):
         call()
 
 
@@ -293,12 +305,12 @@ def test_repeat_calls_neither_retrace_nor_recompile(monkeypatch):
             compiles.append(name)
 
     monkeypatch.setattr(MLP, "kernel_fn", counting_kernel_fn)
-    spec = MLP(depth=2, width=977, b_std=0.05)  # a spec no other test uses: nothing cached
+    arch = MLP(depth=2, width=977, b_std=0.05)  # an architecture no other test uses: nothing cached
     x = RNG.normal(size=(9, 20))
     calls = [  # (call, block shapes it compiles: one per diagonal / off-diagonal shape)
-        (lambda v: analytic_ntk(spec, v, progress=False), 1),                # one diagonal block
-        (lambda v: analytic_ntk(spec, v[:4], v, progress=False), 1),         # one cross block
-        (lambda v: analytic_ntk(spec, v, batch_size=4, progress=False), 2),  # diagonal + off
+        (lambda v: analytic_ntk(arch, v, progress=False), 1),                # one diagonal block
+        (lambda v: analytic_ntk(arch, v[:4], v, progress=False), 1),         # one cross block
+        (lambda v: analytic_ntk(arch, v, batch_size=4, progress=False), 2),  # diagonal + off
     ]
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:

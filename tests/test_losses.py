@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, simclr_loss, vicreg_loss
+from stepwise_ntk.losses import LOSSES, barlow_twins_loss, cross_correlation, resolve_loss, simclr_loss, vicreg_loss
 
 
 def _F(n, d, seed=0, scale=1.0):
@@ -50,7 +50,8 @@ def np_vicreg(F, lam=25.0, mu=25.0, nu=1.0):
 
 def test_cross_correlation_matches_pair_sum():
     F = _F(6, 4)
-    np.testing.assert_allclose(np.asarray(cross_correlation(jnp.asarray(F))), np_cross_correlation(F), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(cross_correlation(jnp.asarray(F))), np_cross_correlation(F),
+                               rtol=1e-13, atol=1e-14)
 
 
 def test_barlow_twins_value_and_gradient_closed_form():
@@ -100,7 +101,8 @@ def test_vicreg_matches_numpy_reference():
         F = _F(7, 4, seed=seed, scale=scale)
         np.testing.assert_allclose(float(vicreg_loss(jnp.asarray(F))), np_vicreg(F), rtol=1e-12)
     F = _F(7, 4, seed=9)
-    np.testing.assert_allclose(float(vicreg_loss(jnp.asarray(F), 1.0, 2.0, 3.0)), np_vicreg(F, 1.0, 2.0, 3.0), rtol=1e-12)
+    np.testing.assert_allclose(float(vicreg_loss(jnp.asarray(F), 1.0, 2.0, 3.0)), np_vicreg(F, 1.0, 2.0, 3.0),
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("loss", [barlow_twins_loss, simclr_loss, vicreg_loss])
@@ -126,3 +128,50 @@ def test_gradients_match_finite_differences(loss):
         fd = (float(loss(jnp.asarray(F + E))) - float(loss(jnp.asarray(F - E)))) / (2 * h)
         # Central differences in float64: truncation O(h^2) ~ 1e-12, round-off ~ 1e-10 / h.
         np.testing.assert_allclose(g[idx], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_registry_and_resolve_loss():
+    assert dict(LOSSES) == {"barlow_twins": barlow_twins_loss, "simclr": simclr_loss, "vicreg": vicreg_loss}
+    with pytest.raises(TypeError):
+        LOSSES["mine"] = barlow_twins_loss  # read-only: one registry for the solver and training
+    for name, fn in LOSSES.items():
+        assert resolve_loss(name) is fn
+    mine = lambda F: jnp.sum(F**2)  # noqa: E731
+    assert resolve_loss(mine) is mine
+    F = jnp.asarray(_F(5, 3, seed=12))
+    bound = resolve_loss("simclr", loss_kwargs={"temperature": 0.2})
+    assert float(bound(F)) == float(simclr_loss(F, temperature=0.2))
+    # Equal arguments give equal, hashable callables (a jitted caller reuses its compilation).
+    assert bound == resolve_loss("simclr", loss_kwargs={"temperature": 0.2}) and hash(bound) == hash(
+        resolve_loss("simclr", loss_kwargs={"temperature": 0.2}))
+    assert resolve_loss("vicreg", loss_kwargs={}) is vicreg_loss
+    with pytest.raises(ValueError, match="loss must be one of 'barlow_twins', 'simclr', 'vicreg'"):
+        resolve_loss("byol")
+    with pytest.raises(TypeError, match="loss must be one of .* or a callable"):
+        resolve_loss(3)
+    with pytest.raises(ValueError, match="only go with a loss name"):
+        resolve_loss(mine, loss_kwargs={"temperature": 0.2})
+    with pytest.raises(TypeError, match="loss_kwargs must be a mapping"):
+        resolve_loss("simclr", loss_kwargs=[("temperature", 0.2)])
+
+
+def test_losses_check_shapes_and_hyperparameters():
+    F = jnp.asarray(_F(4, 3, seed=13))
+    for loss in (barlow_twins_loss, simclr_loss, vicreg_loss, cross_correlation):
+        with pytest.raises(ValueError, match=r"F must be a \(2n, d\) matrix"):
+            loss(F[:-1])  # an odd number of views
+        with pytest.raises(ValueError, match=r"F must be a \(2n, d\) matrix"):
+            loss(F[:, 0])
+    with pytest.raises(ValueError, match=r"F must be a \(2n, d\) matrix"):
+        vicreg_loss(F[:2])  # one pair: no unbiased variance
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        simclr_loss(F, temperature=0.0)
+    with pytest.raises(TypeError, match="temperature must be a real number"):
+        simclr_loss(F, temperature="0.5")
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        simclr_loss(F, normalize="yes")
+    with pytest.raises(ValueError, match="smooth must be a finite number ≥ 0"):
+        vicreg_loss(F, smooth=-0.1)
+    # Traced hyper-parameters pass through unchecked (their values are unknown).
+    t = jax.jit(lambda F, tau: simclr_loss(F, tau))(F, jnp.asarray(0.5))
+    assert float(t) == pytest.approx(float(simclr_loss(F, 0.5)), rel=1e-14)

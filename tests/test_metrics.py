@@ -5,7 +5,14 @@ import pytest
 import scipy.linalg
 import scipy.stats
 
-from stepwise_ntk.predictor import compare_embeddings, eigenvalue_trajectory_error, principal_cosines, procrustes_relative_error, step_time_ratios, subspace_alignment
+from stepwise_ntk.predictor import (
+    compare_embeddings,
+    eigenvalue_trajectory_error,
+    principal_cosines,
+    step_time_ratios,
+    subspace_alignment,
+)
+from stepwise_ntk.theory import procrustes_error
 
 
 def random_orthogonal(d, rng):
@@ -96,23 +103,23 @@ def test_alignment_bad_input():
 # ------------------------------------------------------------------------------ Procrustes
 
 
-def test_procrustes_relative_error_against_scipy_and_closed_forms():
+def test_procrustes_error_against_scipy_and_closed_forms():
     rng = np.random.default_rng(6)
     B = rng.normal(size=(50, 3))
     R = random_orthogonal(3, rng)
     A = B @ R.T  # a rotation of B
-    assert float(procrustes_relative_error(A, B)) == pytest.approx(0.0, abs=1e-12)
+    assert float(procrustes_error(A, B)) == pytest.approx(0.0, abs=1e-12)
     # 3·(rotation of B): best rotation leaves 3B - B = 2B, so the unscaled error is exactly 2.
-    assert float(procrustes_relative_error(3.0 * A, B)) == pytest.approx(2.0, abs=1e-12)
-    assert float(procrustes_relative_error(3.0 * A, B, scale=True)) == pytest.approx(0.0, abs=1e-12)
+    assert float(procrustes_error(3.0 * A, B)) == pytest.approx(2.0, abs=1e-12)
+    assert float(procrustes_error(3.0 * A, B, scale=True)) == pytest.approx(0.0, abs=1e-12)
     # Generic pair against scipy.linalg.orthogonal_procrustes (+ the least-squares scale).
     A = rng.normal(size=(50, 3)) + B
     R_ref, _ = scipy.linalg.orthogonal_procrustes(A, B)
     ref = np.linalg.norm(A @ R_ref - B) / np.linalg.norm(B)
-    assert float(procrustes_relative_error(A, B)) == pytest.approx(ref, rel=1e-12)
+    assert float(procrustes_error(A, B)) == pytest.approx(ref, rel=1e-12)
     s = np.sum((A @ R_ref) * B) / np.sum(A * A)
     ref_s = np.linalg.norm(s * A @ R_ref - B) / np.linalg.norm(B)
-    assert float(procrustes_relative_error(A, B, scale=True)) == pytest.approx(ref_s, rel=1e-12)
+    assert float(procrustes_error(A, B, scale=True)) == pytest.approx(ref_s, rel=1e-12)
     assert ref_s <= ref  # the scale can only help
 
 
@@ -120,9 +127,9 @@ def test_procrustes_bad_input():
     rng = np.random.default_rng(7)
     A = rng.normal(size=(10, 3))
     with pytest.raises(ValueError, match="same \\(m, d\\) shape"):
-        procrustes_relative_error(A, A[:, :2])
+        procrustes_error(A, A[:, :2])
     with pytest.raises(ValueError, match="all zeros"):
-        procrustes_relative_error(A, np.zeros_like(A))
+        procrustes_error(A, np.zeros_like(A))
 
 
 def test_compare_embeddings_bundles_the_metrics():
@@ -131,7 +138,7 @@ def test_compare_embeddings_bundles_the_metrics():
     B = 0.2 * A @ random_orthogonal(3, rng) + 0.01 * rng.normal(size=(40, 3))
     c = compare_embeddings(A, B)
     assert float(c.alignment) == pytest.approx(scipy_alignment(A, B), abs=1e-12)
-    assert float(c.procrustes_error) == pytest.approx(float(procrustes_relative_error(A, B)), abs=0)
+    assert float(c.procrustes_error) == pytest.approx(float(procrustes_error(A, B)), abs=0)
     # Different overall size (as between two losses): only the scaled error is small.
     assert float(c.scaled_procrustes_error) < 0.1 < float(c.procrustes_error)
     assert np.all(np.diff(np.asarray(c.cosines)) <= 0)
@@ -176,7 +183,7 @@ def test_step_time_ratios_bad_input():
     lam = np.full((5, 2), 0.1)
     with pytest.raises(ValueError, match="same d"):
         step_time_ratios(t, lam, t, lam[:, :1])
-    with pytest.raises(ValueError, match="NaN/Inf"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         step_time_ratios(t, np.where(lam > 0, np.nan, lam), t, lam)
     with pytest.raises(ValueError, match="strictly increasing"):
         step_time_ratios(t[::-1], lam, t, lam)

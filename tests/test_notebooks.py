@@ -23,7 +23,8 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_at_small_size(path, cifar_dir, tmp_path):
     env = dict(os.environ, STEPWISE_NTK_NOTEBOOK_SMALL="1", STEPWISE_NTK_DATA=str(cifar_dir), MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 

@@ -52,4 +52,5 @@ def test_plots_write_pngs(tmp_path):
     for p in (p1, p2, p3, p4):
         assert _is_png(p)
     # atomic writes leave only the finished files
-    assert sorted(x.name for x in tmp_path.rglob("*") if x.is_file()) == ["gal.png", "proj.png", "stair.png", "sweep.png"]
+    assert (sorted(x.name for x in tmp_path.rglob("*") if x.is_file())
+            == ["gal.png", "proj.png", "stair.png", "sweep.png"])

@@ -15,7 +15,7 @@ import pytest
 
 from stepwise_ntk.kernels.architectures import MLP, MyrtleCNN
 from stepwise_ntk.predictor import compare_run, init_network, network_kernel, predict_run
-from stepwise_ntk.training import TrainSettings, TrainingDivergedWarning, train
+from stepwise_ntk.training import TrainingDivergedWarning, TrainSettings, train
 from tests.reference_kernels import relu_mlp_kernels
 
 
@@ -57,7 +57,7 @@ def linear_run():
     init = init_network(net, X, Xt, alpha=alpha, key=jax.random.key(0))
     cfg = TrainSettings(learning_rate=c / alpha**2, steps=1000, alpha=alpha, n_records=120)
     res = train(net, cfg, X, test_views=Xt, init_params=init.params, progress=False)
-    pred = predict_run(net, X, Xt, d, init.F0, res.effective_times, alpha=alpha, kernel="empirical_init",
+    pred = predict_run(net, X, Xt, init.F0, res.effective_times, alpha=alpha, kernel="empirical_init",
                        params=init.params, F0_test=init.F0_test)
     return dict(X=X, Xt=Xt, net=net, init=init, res=res, pred=pred, n=n, d=d, alpha=alpha, c=c)
 
@@ -75,8 +75,8 @@ def test_linear_network_kernel_and_contrastive_eigenvalues_are_exact(linear_run)
     np.testing.assert_allclose(np.asarray(pred.gammas[:6]), ref[:6], rtol=1e-9)
     assert pred.gap > 2.0  # the setup really has a well-defined top-3 subspace
     # The trained kernel is the same kernel (the NTK of a linear map does not move).
-    after = network_kernel(r["net"], X, Xt, kind="empirical_final", params=r["res"].params)
-    np.testing.assert_allclose(after.ntk, X @ X.T / m, rtol=1e-12, atol=1e-14)
+    after = network_kernel(r["net"], X, Xt, kernel="empirical_final", params=r["res"].params)
+    np.testing.assert_allclose(after.K, X @ X.T / m, rtol=1e-12, atol=1e-14)
 
 
 def test_linear_network_follows_the_predicted_kernel_flow(linear_run):
@@ -101,14 +101,14 @@ def test_linear_network_follows_the_predicted_kernel_flow(linear_run):
     # the third mode here, whose λ_j(0) is smallest and most affected by the modes before it).
     np.testing.assert_allclose(np.sort(np.asarray(pred.step_times)), cmp.theory_step_times, rtol=0.08)
     d = cmp.to_dict()
-    assert d["kind"] == "empirical_init" and len(d["step_time_ratios"]) == r["d"]
+    assert d["kernel"] == "empirical_init" and len(d["step_time_ratios"]) == r["d"]
 
 
 def test_nystrom_on_the_views_reproduces_the_views(linear_run):
     # Evaluating the held-out route on the training views themselves must give the views' own
     # closed form (mode_functions_new vs mode_functions) and the flow's own embeddings.
     r = linear_run
-    pred = predict_run(r["net"], r["X"], r["X"], r["d"], r["init"].F0, r["res"].effective_times[-5:],
+    pred = predict_run(r["net"], r["X"], r["X"], r["init"].F0, r["res"].effective_times[-5:],
                        alpha=r["alpha"], kernel="empirical_init", params=r["init"].params, F0_test=r["init"].F0)
     np.testing.assert_allclose(np.asarray(pred.test_embeddings), np.asarray(pred.closed_form_embeddings),
                                rtol=1e-8, atol=1e-10)
@@ -119,19 +119,19 @@ def test_nystrom_on_the_views_reproduces_the_views(linear_run):
 def test_analytic_kernel_is_alpha_squared_times_the_reference_ntk():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 6))
-    spec = MLP(depth=1, width=32, d=2, w_std=1.0, readout_w_std=1.0)
+    arch = MLP(depth=1, width=32, d=2, w_std=1.0, readout_w_std=1.0)
     F0 = 1e-4 * rng.normal(size=(20, 2))
     times = np.geomspace(1.0, 1e4, 20)
     _, ntk_ref = relu_mlp_kernels(x, x, depth=1, w_std=1.0)
     for alpha in (0.1, 0.03):
-        pred = predict_run(spec, x, x[:5], 2, F0, times, alpha=alpha, F0_test=F0[:5])
+        pred = predict_run(arch, x, x[:5], F0, times, alpha=alpha, F0_test=F0[:5])
         # neural-tangents' closed form vs the arc-cosine recursion in float64; 1e-7 on the
         # diagonal, where arccos near cos = 1 loses half the digits (as in test_kernels).
         np.testing.assert_allclose(np.asarray(pred.K), alpha**2 * ntk_ref, rtol=1e-7)
         np.testing.assert_allclose(np.asarray(pred.K_test), alpha**2 * ntk_ref[:5], rtol=1e-7)
     # "ntk" parameterisation: the analytic kernel is the same at every width.
-    wide = network_kernel(spec.replace(width=4096), x)
-    np.testing.assert_allclose(wide.ntk, ntk_ref, rtol=1e-7)
+    wide = network_kernel(arch.replace(width=4096), x)
+    np.testing.assert_allclose(wide.K, ntk_ref, rtol=1e-7)
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -149,21 +149,21 @@ def test_kernel_of_another_architecture_is_refused(small_images):
     k_mlp = network_kernel(mlp, views, test_views)
     F0 = np.full((8, 2), 1e-3)
     with pytest.raises(ValueError, match="computed for .*'arch': 'mlp'.* but is used with .*'myrtle'"):
-        predict_run(cnn, views, test_views, 2, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
+        predict_run(cnn, views, test_views, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
     with pytest.raises(ValueError, match="activation: 'relu' \\(kernel\\) vs 'erf'"):
-        predict_run(mlp.replace(activation="erf"), views, test_views, 2, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
+        predict_run(mlp.replace(activation="erf"), views, test_views, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
     with pytest.raises(ValueError, match="other views"):
-        predict_run(mlp, views + 1.0, test_views, 2, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
+        predict_run(mlp, views + 1.0, test_views, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
     # Same architecture at another width: the analytic kernel (ntk parameterisation) still applies.
-    pred = predict_run(mlp.replace(width=64), views, test_views, 2, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
-    assert pred.kind == "analytic"
+    pred = predict_run(mlp.replace(width=64), views, test_views, F0, [1.0, 2.0], alpha=0.1, kernel=k_mlp)
+    assert pred.kernel == "analytic"
 
 
 def test_prediction_for_one_architecture_refuses_a_run_of_another(small_images):
     views, test_views = small_images
     mlp, cnn = MLP(depth=1, width=8, d=2), MyrtleCNN(depth=5, width=2, d=2)
     init = init_network(mlp, views, test_views, alpha=0.1, key=jax.random.key(0))
-    pred = predict_run(mlp, views, test_views, 2, init.F0, [1.0, 2.0], alpha=0.1, F0_test=init.F0_test)
+    pred = predict_run(mlp, views, test_views, init.F0, [1.0, 2.0], alpha=0.1, F0_test=init.F0_test)
     cnn_run = train(cnn, TrainSettings(steps=2, alpha=0.1), views, test_views=test_views, progress=False)
     with pytest.raises(ValueError, match="computed for .*'mlp'.* but is used with .*'myrtle'"):
         compare_run(pred, cnn_run, arch=cnn)
@@ -181,7 +181,7 @@ def test_d_larger_than_the_positive_gammas_is_refused():
     net = LinearNet(3)
     init = init_network(net, X, alpha=0.1, key=jax.random.key(0))
     with pytest.raises(ValueError, match="Only 2 contrastive eigenvalues .* d = 3"):
-        predict_run(net, X, None, 3, init.F0, [1.0, 2.0], alpha=0.1, kernel="empirical_init", params=init.params)
+        predict_run(net, X, None, init.F0, [1.0, 2.0], alpha=0.1, kernel="empirical_init", params=init.params)
 
 
 def test_nan_and_inconsistent_inputs_are_refused(small_images):
@@ -190,37 +190,37 @@ def test_nan_and_inconsistent_inputs_are_refused(small_images):
     F0 = np.full((8, 2), 1e-3)
     bad = views.copy()
     bad[3, 1, 2, 0] = np.nan
-    with pytest.raises(ValueError, match="views contains 1 NaN/Inf"):
-        predict_run(mlp, bad, test_views, 2, F0, [1.0], alpha=0.1)
-    with pytest.raises(ValueError, match="test_views contains 1 NaN/Inf"):
-        predict_run(mlp, views, bad[:4], 2, F0, [1.0], alpha=0.1)
-    with pytest.raises(ValueError, match="views contains 1 NaN/Inf"):
+    with pytest.raises(ValueError, match="views contains 1 NaN or Inf"):
+        predict_run(mlp, bad, test_views, F0, [1.0], alpha=0.1)
+    with pytest.raises(ValueError, match="test_views contains 1 NaN or Inf"):
+        predict_run(mlp, views, bad[:4], F0, [1.0], alpha=0.1)
+    with pytest.raises(ValueError, match="views contains 1 NaN or Inf"):
         init_network(mlp, bad, alpha=0.1, key=jax.random.key(0))
     with pytest.raises(ValueError, match="F0 contains NaN"):
-        predict_run(mlp, views, test_views, 2, np.where(F0 > 0, np.nan, F0), [1.0], alpha=0.1)
+        predict_run(mlp, views, test_views, np.where(F0 > 0, np.nan, F0), [1.0], alpha=0.1)
     with pytest.raises(ValueError, match="architecture has d = 2"):
-        predict_run(mlp, views, test_views, 3, np.full((8, 3), 1e-3), [1.0], alpha=0.1)
-    with pytest.raises(ValueError, match=r"F0 must be \(2n, d\) = \(8, 2\)"):
-        predict_run(mlp, views, test_views, 2, F0[:6], [1.0], alpha=0.1)
+        predict_run(mlp, views, test_views, np.full((8, 3), 1e-3), [1.0], alpha=0.1)
+    with pytest.raises(ValueError, match=r"F0 has 6 rows but .* 2n = 8"):
+        predict_run(mlp, views, test_views, F0[:6], [1.0], alpha=0.1)
     with pytest.raises(ValueError, match="alpha must be"):
-        predict_run(mlp, views, test_views, 2, F0, [1.0], alpha=0.0)
+        predict_run(mlp, views, test_views, F0, [1.0], alpha=0.0)
     with pytest.raises(ValueError, match="pass params="):
-        predict_run(mlp, views, test_views, 2, F0, [1.0], alpha=0.1, kernel="empirical_init")
+        predict_run(mlp, views, test_views, F0, [1.0], alpha=0.1, kernel="empirical_init")
     with pytest.raises(ValueError, match="not used by the analytic kernel"):
         network_kernel(mlp, views, params={"params": {}})
-    with pytest.raises(ValueError, match="kind must be one of"):
-        network_kernel(mlp, views, kind="nngp")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        network_kernel(mlp, views, kernel="nngp")
     with pytest.raises(ValueError, match="bare Flax module"):
         network_kernel(LinearNet(2), views)
     with pytest.raises(ValueError, match="not small"):  # λ_j(0) ≥ 1: no step to predict
-        predict_run(mlp, views, test_views, 2, 100.0 * np.eye(8, 2), [1.0], alpha=1.0)
+        predict_run(mlp, views, test_views, 100.0 * np.eye(8, 2), [1.0], alpha=1.0)
 
 
 def test_a_diverged_run_is_reported_not_compared(small_images):
     views, test_views = small_images
     mlp = MLP(depth=1, width=8, d=2)
     init = init_network(mlp, views, test_views, alpha=0.1, key=jax.random.key(0))
-    pred = predict_run(mlp, views, test_views, 2, init.F0, [1.0, 2.0], alpha=0.1, F0_test=init.F0_test)
+    pred = predict_run(mlp, views, test_views, init.F0, [1.0, 2.0], alpha=0.1, F0_test=init.F0_test)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TrainingDivergedWarning)
         res = train(mlp, TrainSettings(learning_rate=1e6, steps=50, alpha=0.1, chunk_size=10), views,

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.theory import contrastive_eigensystem
-from stepwise_ntk.solver import linear_gd
 from stepwise_ntk.losses import barlow_twins_loss
-from stepwise_ntk.solver._solve import SolverSettings, choose_method, solve, spectral_norm_bound
+from stepwise_ntk.solver import SolverSettings, choose_method, linear_gd, solve
+from stepwise_ntk.solver._solve import spectral_norm_bound
+from stepwise_ntk.theory import contrastive_eigensystem
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_theory import paired_features  # noqa: E402
@@ -72,12 +72,12 @@ def test_eigen_function_and_gradient_descent_agree(problem, runs):
     assert float(jnp.min(ref.eigenvalues[-1])) > 0.95
     # Gradient descent in parameter space (f = W x, K = X Xᵀ): Euler's method, error O(lr).
     errors = []
-    for lr, gd in runs["gd"].items():
+    for gd in runs["gd"].values():
         np.testing.assert_allclose(np.asarray(gd.times), np.asarray(p["times"]), rtol=1e-12)
         errors.append(float(jnp.max(jnp.abs(gd.eigenvalues - ref.eigenvalues))))
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     assert np.all((ratios > 1.7) & (ratios < 2.4)), (errors, ratios)  # linear in lr
-    assert errors[-1] < 1e-3, errors  # the issue's bar
+    assert errors[-1] < 1e-3, errors
 
 
 def test_test_embeddings_both_routes(problem, runs):
@@ -169,10 +169,13 @@ def test_spectral_norm_bound_against_eigvalsh(dtype):
 
 
 def test_auto_method_cost_model():
-    assert choose_method(200_000, 8, True)[0] == "function"  # an N³ eigendecomposition is too big
-    assert choose_method(2000, 32, True)[0] == "eigen"
-    method, reason = choose_method(2000, 32, False)
+    assert choose_method(100_000, 8, True)[0] == "function"  # an N³ eigendecomposition is too big
+    method, reason = choose_method(1000, 32, True)
+    assert method == "eigen" and "N=2000" in reason  # n_pairs = 1000: N = 2000 views
+    method, reason = choose_method(1000, 32, False)
     assert method == "function" and "only the function route" in reason
+    with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
+        choose_method(1000.0, 32, True)
 
 
 def _step_order(times, lam, final):
@@ -243,11 +246,40 @@ def test_bad_input(problem, runs):
         solve(K, n, F0, times, method="function", **runs["kw"], settings=SolverSettings(max_steps=3))
     with pytest.raises(ValueError, match="integrator must be one of"):
         SolverSettings(integrator="euler")
+    with pytest.raises(ValueError, match="loss_kwargs only go with a loss name"):
+        solve(K, n, F0, times, loss=barlow_twins_loss, loss_kwargs={"x": 1})
+    # Wrong types are TypeErrors.
+    with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
+        solve(K, float(n), F0, times)
+    with pytest.raises(TypeError, match="settings must be SolverSettings"):
+        solve(K, n, F0, times, settings={"rtol": 1e-6})
+    with pytest.raises(TypeError, match="loss must be one of"):
+        solve(K, n, F0, times, loss=3)
+    with pytest.raises(TypeError, match="loss_kwargs"):
+        solve(K, n, F0, times, loss="simclr", loss_kwargs=[("temperature", 0.2)])
+    with pytest.raises(TypeError, match="SolverSettings.rtol must be a real number"):
+        SolverSettings(rtol="1e-6")
+    with pytest.raises(TypeError, match="SolverSettings.max_steps must be a positive integer"):
+        SolverSettings(max_steps=1e6)
+    with pytest.raises(TypeError, match="SolverSettings.shard must be True or False"):
+        SolverSettings(shard="yes")
+    with pytest.raises(ValueError, match="SolverSettings.mode_tol must be a finite number ≥ 0"):
+        SolverSettings(mode_tol=-1.0)
     # The GD reference checks its inputs too.
     with pytest.raises(ValueError, match="round to the same step"):
         linear_gd(p["X"], n, p["W0"], 10.0, times)
     with pytest.raises(ValueError, match="W0 must be"):
         linear_gd(p["X"], n, p["W0"][:, :-1], 0.01, times)
+    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+        linear_gd(p["X"], n, p["W0"], 0.0, times)
+    with pytest.raises(TypeError, match="learning_rate must be a real number"):
+        linear_gd(p["X"], n, p["W0"], "0.01", times)
+    with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
+        linear_gd(p["X"], 2.5, p["W0"], 0.01, times)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        linear_gd(p["X"], n, p["W0"], 0.01, times[::-1])
+    with pytest.raises(ValueError, match="loss must be one of"):
+        linear_gd(p["X"], n, p["W0"], 0.01, times, loss="byol")
 
 
 SHARDING_SCRIPT = textwrap.dedent("""
@@ -258,7 +290,7 @@ SHARDING_SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 8, jax.devices()
     sys.path.insert(0, sys.argv[1])
     from test_theory import paired_features
-    from stepwise_ntk.solver._solve import solve, SolverSettings
+    from stepwise_ntk.solver import solve, SolverSettings
     n, m, d = 32, 40, 3
     X = jnp.asarray(paired_features(n, m, noise=0.3, seed=5))
     K = X @ X.T

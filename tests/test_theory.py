@@ -5,9 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem, mode_coordinates, mode_functions, mode_functions_new
 from stepwise_ntk.solver import SolverSettings, solve
-from stepwise_ntk.theory import aligned_eigenvalues, final_embeddings, initial_eigenvalues, loss_staircase, plateau_levels, procrustes_align, procrustes_error, step_times
+from stepwise_ntk.theory import (
+    aligned_eigenvalues,
+    check_enough_modes,
+    contrastive_eigensystem,
+    default_jitter_rtol,
+    final_embeddings,
+    initial_eigenvalues,
+    loss_staircase,
+    mode_coordinates,
+    mode_functions,
+    mode_functions_new,
+    plateau_levels,
+    procrustes_align,
+    procrustes_error,
+    step_times,
+)
 
 
 def paired_features(n, m, noise=0.3, seed=0, decay=1.0):
@@ -167,14 +181,14 @@ def _aligned_problem(n=30, m=60, d=3, seed=8, scale=(1e-7, 1e-6, 1e-5)):
 @pytest.mark.parametrize("method", ["eigen", "function"])
 def test_closed_form_aligned_solution_matches_solver(method):
     K, es, F0, n, d = _aligned_problem()
-    lam0 = initial_eigenvalues(es, F0, d)
+    lam0 = initial_eigenvalues(es, F0)
     np.testing.assert_allclose(np.asarray(lam0), [1e-7, 1e-6, 1e-5], rtol=1e-9)
-    ts = step_times(es, F0, d)
+    ts = step_times(es, F0)
     times = jnp.geomspace(1e-3 * float(ts[0]), 3 * float(jnp.max(ts)), 80)
     traj = solve(K, n, F0, times, method=method,
                  settings=SolverSettings(rtol=1e-10, mode_tol=0.0, integrator="dopri5"))
     exact = np.sort(np.asarray(aligned_eigenvalues(es.gammas[:d], lam0, times)), axis=1)[:, ::-1]
-    # The bar: closed form vs solver to 1e-6 in float64.
+    # Closed form vs solver to 1e-6 in float64.
     assert np.max(np.abs(np.asarray(traj.eigenvalues) - exact)) < 1e-6
     np.testing.assert_allclose(np.asarray(traj.loss),
                                np.asarray(loss_staircase(es.gammas[:d], lam0, times)), atol=3e-6)
@@ -182,7 +196,7 @@ def test_closed_form_aligned_solution_matches_solver(method):
 
 def test_step_times_and_final_embeddings_for_aligned_start():
     K, es, F0, n, d = _aligned_problem()
-    ts = np.asarray(step_times(es, F0, d))
+    ts = np.asarray(step_times(es, F0))
     g = np.asarray(es.gammas)[:d]
     np.testing.assert_allclose(ts, np.log(1 / np.array([1e-7, 1e-6, 1e-5]) - 1) / (8 * g), rtol=1e-9)
     assert np.all(np.diff(ts) > 0)  # learned one at a time, in order of γ
@@ -214,16 +228,80 @@ def test_procrustes_recovers_rotation():
         procrustes_align(jnp.zeros((3, 2)), jnp.zeros((3, 3)))
 
 
+def test_procrustes_error_with_and_without_scale():
+    rng = np.random.default_rng(19)
+    B = rng.normal(size=(30, 3))
+    R, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    A = B @ R.T
+    assert float(procrustes_error(A, B)) == pytest.approx(0.0, abs=1e-12)
+    # 3·(rotation of B): the best rotation leaves 3B − B = 2B; the best scale removes it.
+    assert float(procrustes_error(3.0 * A, B)) == pytest.approx(2.0, abs=1e-12)
+    assert float(procrustes_error(3.0 * A, B, scale=True)) == pytest.approx(0.0, abs=1e-12)
+    # A generic pair: the closed forms s = tr(Rᵀ Aᵀ B)/‖A‖², min ‖s A R − B‖/‖B‖ (numpy SVD).
+    A = B + rng.normal(size=B.shape)
+    U, _, Vt = np.linalg.svd(A.T @ B)
+    AR = A @ U @ Vt
+    s = np.sum(AR * B) / np.sum(A * A)
+    assert float(procrustes_error(A, B)) == pytest.approx(np.linalg.norm(AR - B) / np.linalg.norm(B), rel=1e-12)
+    assert float(procrustes_error(A, B, scale=True)) == pytest.approx(np.linalg.norm(s * AR - B) / np.linalg.norm(B),
+                                                                       rel=1e-12)
+    # Jit-able: the value checks are skipped for tracers.
+    np.testing.assert_allclose(float(jax.jit(procrustes_error)(A, B)), float(procrustes_error(A, B)), rtol=1e-14)
+
+
+def test_procrustes_error_bad_input():
+    A = np.random.default_rng(20).normal(size=(10, 3))
+    with pytest.raises(ValueError, match=r"same \(m, d\) shape"):
+        procrustes_error(A, A[:, :2])
+    with pytest.raises(ValueError, match="same number of rows"):
+        procrustes_error(A, A[:-1])
+    with pytest.raises(ValueError, match="all zeros"):
+        procrustes_error(A, np.zeros_like(A))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        procrustes_error(np.full_like(A, np.nan), A)
+    with pytest.raises(ValueError, match="dtype"):
+        procrustes_error(A.astype(np.float32), A)
+    with pytest.raises(ValueError, match="non-empty"):
+        procrustes_error(A[:, 0], A[:, 0])
+    with pytest.raises(TypeError, match="scale must be True or False"):
+        procrustes_error(A, A, scale="yes")
+
+
 def test_theory_bad_input():
     K, es, F0, n, d = _aligned_problem()
     with pytest.raises(ValueError, match="not small"):
-        step_times(es, F0 * 1e4, d)
+        step_times(es, F0 * 1e4)
     with pytest.raises(ValueError, match="rows but the kernel has"):
-        step_times(es, F0[:-2], d)
+        step_times(es, F0[:-2])
     with pytest.raises(ValueError, match="d must be a positive integer"):
-        step_times(es, F0, 0)
+        final_embeddings(es, None, 0)
+    with pytest.raises(TypeError, match="d must be a positive integer"):
+        final_embeddings(es, None, 2.0)
+    with pytest.raises(TypeError, match="es must be a ContrastiveEigensystem"):
+        step_times((es.gammas, es.vectors), F0)
+    with pytest.raises(ValueError, match=r"K_test must be \(m, 2n\) = \(m, 60\)"):
+        final_embeddings(es, K[:, :-1], d)
+    with pytest.raises(ValueError, match="modes must be an integer ≥ 1"):
+        mode_functions(es, 0)
     M = mode_coordinates(es, F0)
     assert M.shape == (d, 2 * n)
+
+
+def test_contrastive_eigensystem_argument_types():
+    X = paired_features(5, 8, seed=10)
+    K = X @ X.T
+    with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
+        contrastive_eigensystem(K, 5.0)
+    with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
+        contrastive_eigensystem(K, "5")
+    with pytest.raises(TypeError, match="jitter_rtol must be a real number"):
+        contrastive_eigensystem(K, 5, jitter_rtol="1e-12")
+    with pytest.raises(ValueError, match="jitter_rtol must be a finite number ≥ 0"):
+        contrastive_eigensystem(K, 5, jitter_rtol=-1e-12)
+    # The default jitter is 2n · eps, as a function of the number of pairs n.
+    assert default_jitter_rtol(5, np.float64) == 10 * np.finfo(np.float64).eps
+    es = contrastive_eigensystem(K, 5)
+    assert float(es.jitter) == default_jitter_rtol(5, np.float64) * float(np.max(np.diag(K)))
 
 
 def test_theory_functions_are_jittable():
@@ -232,8 +310,8 @@ def test_theory_functions_are_jittable():
     @jax.jit
     def predict(K, F0):
         es = contrastive_eigensystem(K, n)  # value checks are skipped for tracers
-        return step_times(es, F0, d), final_embeddings(es, K, d)
+        return step_times(es, F0), final_embeddings(es, K, d)
 
     ts, F = predict(jnp.asarray(K), F0)
-    np.testing.assert_allclose(np.asarray(ts), np.asarray(step_times(es, F0, d)), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(ts), np.asarray(step_times(es, F0)), rtol=1e-9)
     np.testing.assert_allclose(np.asarray(F), np.asarray(final_embeddings(es, K, d)), rtol=1e-7, atol=1e-9)

@@ -20,17 +20,16 @@ import optax
 import pytest
 from scipy.integrate import solve_ivp
 
-from stepwise_ntk.training import _loop as _train_loop
-from stepwise_ntk.solver import linear_gd
-from stepwise_ntk.losses import LOSS_FUNCTIONS
-from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.losses import LOSSES
+from stepwise_ntk.solver import SolverSettings, linear_gd, solve
 from stepwise_ntk.training import (
-    TrainSettings,
     TrainingDivergedWarning,
+    TrainSettings,
     cross_correlation_eigenvalues,
     record_steps,
     train,
 )
+from stepwise_ntk.training import _loop as _train_loop
 
 
 def bt_loss(F):
@@ -228,13 +227,13 @@ def test_linear_gd_approaches_gradient_flow_linearly_in_learning_rate():
 # --------------------------------------------------------------------------- optimisers, modes
 
 
-def optax_reference(module, tx, variables, views, loss, steps, key, alpha, batch=None):
+def optax_reference(net, tx, variables, views, loss, steps, key, alpha, batch=None):
     """Python loop of single jitted steps (no scan, no cond); key schedule as documented in
     _train_loop: the key is split once per step, the first half carried on."""
 
     @jax.jit
     def step(variables, opt_state, x):
-        grads = jax.grad(lambda v: loss(alpha * module.apply(v, x)))(variables)
+        grads = jax.grad(lambda v: loss(alpha * net.apply(v, x)))(variables)
         with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int32 and floats
             updates, opt_state = tx.update(grads, opt_state, variables)
         return optax.apply_updates(variables, updates), opt_state
@@ -263,7 +262,7 @@ def mlp_data():
 
 def test_momentum_minibatch_matches_python_optax_loop(mlp_data):
     views, _ = mlp_data
-    module, n, b = TinyMLP(), 10, 4
+    net, n, b = TinyMLP(), 10, 4
     cfg = TrainSettings(
         optimizer="momentum",
         learning_rate=0.02,
@@ -274,25 +273,25 @@ def test_momentum_minibatch_matches_python_optax_loop(mlp_data):
         chunk_size=16,
     )
     key = jax.random.key(7)
-    r = train(module, cfg, views, key=key, progress=False)
-    init = module.init(jax.random.split(key)[0], views[:1])
+    r = train(net, cfg, views, key=key, progress=False)
+    init = net.init(jax.random.split(key)[0], views[:1])
 
     def batch(sub):
         idx = jax.random.choice(sub, n, (b,), replace=False)
         return jnp.concatenate([views[idx], views[idx + n]])
 
     ref = optax_reference(
-        module, optax.sgd(0.02, momentum=0.8), init, views, bt_loss, 60, key, 0.5, batch
+        net, optax.sgd(0.02, momentum=0.8), init, views, bt_loss, 60, key, 0.5, batch
     )
     tree_close(r.params, ref, atol=1e-12)  # float64, same operations: rounding-level agreement
     # Records are on the fixed views, not the minibatch: check the last one independently.
-    np.testing.assert_allclose(r.loss[-1], bt_loss(0.5 * module.apply(ref, views)), rtol=1e-10)
+    np.testing.assert_allclose(r.loss[-1], bt_loss(0.5 * net.apply(ref, views)), rtol=1e-10)
 
 
 def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
     views, _ = mlp_data
     images = views[:10]
-    module, b = TinyMLP(), 6
+    net, b = TinyMLP(), 6
 
     def augment(key, imgs):
         return jnp.concatenate([imgs, imgs + 0.1 * jax.random.normal(key, imgs.shape, imgs.dtype)])
@@ -301,18 +300,18 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
         optimizer="adam", learning_rate=0.01, steps=40, alpha=0.5, batch_size=b, chunk_size=16
     )
     key = jax.random.key(3)
-    r = train(module, cfg, views, key=key, augment=augment, images=images, progress=False)
-    init = module.init(jax.random.split(key)[0], views[:1])
+    r = train(net, cfg, views, key=key, augment=augment, images=images, progress=False)
+    init = net.init(jax.random.split(key)[0], views[:1])
 
     def batch(sub):
         pick, aug = jax.random.split(sub)
         return augment(aug, images[jax.random.choice(pick, 10, (b,), replace=False)])
 
-    ref = optax_reference(module, optax.adam(0.01), init, views, bt_loss, 40, key, 0.5, batch)
+    ref = optax_reference(net, optax.adam(0.01), init, views, bt_loss, 40, key, 0.5, batch)
     tree_close(r.params, ref, atol=1e-12)
     # Fresh noise each step matters: training on one fixed augmentation gives other parameters.
     fixed = optax_reference(
-        module,
+        net,
         optax.adam(0.01),
         init,
         views,
@@ -334,15 +333,15 @@ def test_adam_with_fresh_augmentations_matches_python_loop(mlp_data):
 @pytest.mark.parametrize("name", ["barlow_twins", "simclr", "vicreg"])
 def test_named_losses_train_like_a_python_loop(mlp_data, name):
     views, _ = mlp_data
-    module, fn = TinyMLP(), LOSS_FUNCTIONS[name]
+    net, fn = TinyMLP(), LOSSES[name]
     cfg = TrainSettings(loss=name, learning_rate=0.01, steps=25, alpha=1.0, chunk_size=8, n_records=5)
     key = jax.random.key(2)
-    r = train(module, cfg, views, key=key, progress=False)
-    init = module.init(jax.random.split(key)[0], views[:1])
-    ref = optax_reference(module, optax.sgd(0.01), init, views, fn, 25, key, 1.0)
+    r = train(net, cfg, views, key=key, progress=False)
+    init = net.init(jax.random.split(key)[0], views[:1])
+    ref = optax_reference(net, optax.sgd(0.01), init, views, fn, 25, key, 1.0)
     tree_close(r.params, ref, atol=1e-12)  # float64, same operations in another loop
-    np.testing.assert_allclose(r.loss[0], fn(module.apply(init, views)), rtol=1e-12)
-    np.testing.assert_allclose(r.loss[-1], fn(module.apply(ref, views)), rtol=1e-10)
+    np.testing.assert_allclose(r.loss[0], fn(net.apply(init, views)), rtol=1e-12)
+    np.testing.assert_allclose(r.loss[-1], fn(net.apply(ref, views)), rtol=1e-10)
     assert r.loss[-1] < r.loss[0]
 
 
@@ -360,21 +359,21 @@ def test_minibatch_of_all_pairs_equals_full_batch(mlp_data):
 
 def test_alpha_scales_embeddings_and_C(mlp_data):
     views, test_views = mlp_data
-    module = TinyMLP()
+    net = TinyMLP()
     cfg = TrainSettings(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.1)
-    r1 = train(module, cfg, views, test_views=test_views, progress=False)
+    r1 = train(net, cfg, views, test_views=test_views, progress=False)
     r2 = train(
-        module,
+        net,
         TrainSettings(loss=bt_loss, learning_rate=0.01, steps=0, alpha=0.2),
         views,
         progress=False,
     )
     # Same key -> same θ_0; f = α net so C scales by α² exactly (up to rounding).
     np.testing.assert_allclose(r2.eigenvalues[0], 4 * r1.eigenvalues[0], rtol=1e-12)
-    F = 0.1 * np.asarray(module.apply(r1.params, views))
+    F = 0.1 * np.asarray(net.apply(r1.params, views))
     np.testing.assert_allclose(r1.train_embeddings, F, rtol=1e-14)
     np.testing.assert_allclose(
-        r1.test_embeddings, 0.1 * np.asarray(module.apply(r1.params, test_views)), rtol=1e-14
+        r1.test_embeddings, 0.1 * np.asarray(net.apply(r1.params, test_views)), rtol=1e-14
     )
     np.testing.assert_allclose(r1.loss[0], np.asarray(bt_loss(jnp.asarray(F))), rtol=1e-13)
 
@@ -483,7 +482,7 @@ def test_nonfinite_loss_without_threshold_and_bad_first_step(mlp_data):
 )
 def test_nan_in_data_is_rejected_naming_the_array(mlp_data, name, kwargs):
     views, _ = mlp_data
-    with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN/inf"):
+    with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN or Inf"):
         train(
             TinyMLP(),
             TrainSettings(loss=bt_loss, steps=1),
@@ -494,47 +493,49 @@ def test_nan_in_data_is_rejected_naming_the_array(mlp_data, name, kwargs):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        (dict(views=np.zeros((5, 3))), "2n"),
-        (dict(views=np.zeros((4, 3), np.int32)), "floating"),
-        (dict(test_views=np.zeros((2, 4))), "test_views"),
-        (dict(images=np.zeros((3, 6))), "augment and images"),
-        (dict(augment=lambda k, x: x), "augment and images"),
-        (dict(config=TrainSettings(loss=bt_loss, batch_size=11)), "batch_size=11"),
-        (dict(resume=True), "checkpoint_dir"),
-        (dict(config="sgd"), "TrainSettings"),
+        (dict(views=np.zeros((5, 3))), ValueError, "2n"),
+        (dict(views=np.zeros((4, 3), np.int32)), ValueError, "floating"),
+        (dict(test_views=np.zeros((2, 4))), ValueError, "test_views"),
+        (dict(images=np.zeros((3, 6))), ValueError, "augment and images"),
+        (dict(augment=lambda k, x: x), ValueError, "augment and images"),
+        (dict(settings=TrainSettings(loss=bt_loss, batch_size=11)), ValueError, "batch_size=11"),
+        (dict(resume=True), ValueError, "checkpoint_dir"),
+        (dict(settings="sgd"), TypeError, "TrainSettings"),
     ],
 )
-def test_bad_train_arguments(mlp_data, kwargs, match):
+def test_bad_train_arguments(mlp_data, kwargs, error, match):
     views, _ = mlp_data
-    args = dict(config=TrainSettings(loss=bt_loss, steps=2), views=views, progress=False)
+    args = dict(settings=TrainSettings(loss=bt_loss, steps=2), views=views, progress=False)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         train(TinyMLP(), **args)
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, error",
     [
-        dict(loss="mse"),
-        dict(loss=3),
-        dict(optimizer="lbfgs"),
-        dict(learning_rate=0.0),
-        dict(learning_rate=float("nan")),
-        dict(alpha=-1.0),
-        dict(momentum=1.0),
-        dict(steps=-1),
-        dict(steps=2.5),
-        dict(batch_size=0),
-        dict(n_records=0),
-        dict(chunk_size=0),
-        dict(divergence_threshold=0.0),
-        dict(record_embeddings=1),
+        (dict(loss="mse"), ValueError),
+        (dict(loss=3), TypeError),
+        (dict(optimizer="lbfgs"), ValueError),
+        (dict(optimizer=3), TypeError),
+        (dict(learning_rate=0.0), ValueError),
+        (dict(learning_rate=float("nan")), ValueError),
+        (dict(learning_rate="0.1"), TypeError),
+        (dict(alpha=-1.0), ValueError),
+        (dict(momentum=1.0), ValueError),
+        (dict(steps=-1), ValueError),
+        (dict(steps=2.5), TypeError),
+        (dict(batch_size=0), ValueError),
+        (dict(n_records=0), ValueError),
+        (dict(chunk_size=0), ValueError),
+        (dict(divergence_threshold=0.0), ValueError),
+        (dict(record_embeddings=1), TypeError),
     ],
 )
-def test_bad_config(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_config(kwargs, error):
+    with pytest.raises(error):
         TrainSettings(**kwargs)
 
 
@@ -567,20 +568,20 @@ def test_float32_run_tracks_float64_reference():
     rng = np.random.default_rng(11)
     X = rng.normal(size=(16, 2, 2, 3))
     views64 = np.concatenate([X, X + 0.3 * rng.normal(size=X.shape)])
-    spec = MLP(depth=1, width=64, d=2)
+    arch = MLP(depth=1, width=64, d=2)
     # f = α net has NTK α² Θ: learning rate 8 at α = 0.1 is effective rate 0.08 on Θ.
     cfg = TrainSettings(
         loss=bt_loss, learning_rate=8.0, steps=150, alpha=0.1, n_records=12, chunk_size=50
     )
-    r64 = train(spec.flax(jnp.float64), cfg, jnp.asarray(views64), progress=False)
+    r64 = train(arch.flax(jnp.float64), cfg, jnp.asarray(views64), progress=False)
     init32 = jax.tree.map(
         lambda p: p.astype(jnp.float32),
-        spec.flax(jnp.float64).init(
+        arch.flax(jnp.float64).init(
             jax.random.split(jax.random.key(0))[0], jnp.asarray(views64[:1])
         ),
     )
     r32 = train(
-        spec.flax(jnp.float32),
+        arch.flax(jnp.float32),
         cfg,
         jnp.asarray(views64, jnp.float32),
         init_params=init32,
@@ -596,9 +597,8 @@ def test_float32_run_tracks_float64_reference():
 
 
 def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
+    from stepwise_ntk.data import AugmentSettings, downsample, load_cifar10, normalize, positive_pairs, uint8_to_float
     from stepwise_ntk.kernels.architectures import MLP
-    from stepwise_ntk.data import AugmentSettings, downsample, positive_pairs
-    from stepwise_ntk.data import load_cifar10, normalize, uint8_to_float
 
     data = load_cifar10("train", cifar_dir)
     images = jnp.asarray(uint8_to_float(data.images[:16], jnp.float32))  # [0, 1] pixels
@@ -610,19 +610,19 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
         return augment
 
     fixed = pipeline(AugmentSettings.identity())(jax.random.key(0), images)  # (32, 8, 8, 3)
-    spec = MLP(depth=1, width=64, d=2)
+    arch = MLP(depth=1, width=64, d=2)
     cfg = TrainSettings(learning_rate=5.0, steps=60, alpha=0.1, n_records=10, chunk_size=20)
     # Identity "augmentation" of all images every step = full-batch training on fixed views.
-    direct = train(spec, cfg, fixed, progress=False)
+    direct = train(arch, cfg, fixed, progress=False)
     via_augment = train(
-        spec, cfg, fixed, augment=pipeline(AugmentSettings.identity()), images=images, progress=False
+        arch, cfg, fixed, augment=pipeline(AugmentSettings.identity()), images=images, progress=False
     )
     np.testing.assert_allclose(
         via_augment.eigenvalues, direct.eigenvalues, rtol=1e-5, atol=1e-7
     )  # float32
     # Real augmentations, minibatches of 8 images: the eigenvalues of C on the fixed views rise.
     aug = train(
-        spec,
+        arch,
         dataclasses.replace(cfg, batch_size=8),
         fixed,
         augment=pipeline(AugmentSettings()),
@@ -638,24 +638,24 @@ def test_cifar10_minibatch_with_fresh_augmentations(cifar_dir):
 
 
 @pytest.mark.slow  # ~8 s on 2 CPU cores, mostly compiling the CNN's gradient
-def test_myrtle_cnn_spec_trains():
+def test_myrtle_cnn_arch_trains():
     from stepwise_ntk.kernels.architectures import MyrtleCNN
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(6, 8, 8, 3))
     views = jnp.asarray(np.concatenate([X, X + 0.2 * rng.normal(size=X.shape)]))
-    spec = MyrtleCNN(depth=5, width=8, d=2)
+    arch = MyrtleCNN(depth=5, width=8, d=2)
     r = train(
-        spec,
+        arch,
         TrainSettings(learning_rate=0.5, steps=20, n_records=5, chunk_size=10),
         views,
         progress=False,
     )
-    module = spec.flax(jnp.float64)
-    np.testing.assert_allclose(r.train_embeddings, module.apply(r.params, views), rtol=1e-12)
+    net = arch.flax(jnp.float64)
+    np.testing.assert_allclose(r.train_embeddings, net.apply(r.params, views), rtol=1e-12)
     np.testing.assert_allclose(
-        r.loss[-1], LOSS_FUNCTIONS["barlow_twins"](module.apply(r.params, views)), rtol=1e-12
+        r.loss[-1], LOSSES["barlow_twins"](net.apply(r.params, views)), rtol=1e-12
     )
     assert r.loss[-1] < r.loss[0]
     with pytest.raises(ValueError, match="multiples of"):
-        train(spec, TrainSettings(steps=1), views[:, :6, :6], progress=False)
+        train(arch, TrainSettings(steps=1), views[:, :6, :6], progress=False)

@@ -23,9 +23,17 @@ or int32, then cast).
 
 Example::
 
-    key = jax.random.key(0)
-    images = jnp.asarray(uint8_to_float(load_cifar10("test").images[:8]))
-    views = positive_pairs(key, images, AugmentSettings())     # (16, 32, 32, 3)
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from stepwise_ntk.data import AugmentSettings, positive_pairs, uint8_to_float
+    >>> pixels = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    >>> images = jnp.asarray(uint8_to_float(pixels))          # (4, 32, 32, 3) float32 in [0, 1]
+    >>> views = positive_pairs(jax.random.key(0), images, AugmentSettings())
+    >>> views.shape, views.dtype                               # [x_1 … x_4, x'_1 … x'_4]
+    ((8, 32, 32, 3), dtype('float32'))
+    >>> bool(jnp.all(views == positive_pairs(jax.random.key(0), images)))   # same key, same views
+    True
+    >>> bool(jnp.all(views[:4] == views[4:]))                  # two independent views per image
+    False
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 import os
 from typing import Any
 
@@ -41,6 +48,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stepwise_ntk._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_key,
+    check_number,
+    check_positive_int,
+    check_type,
+    is_concrete,
+)
 from stepwise_ntk.data import _cifar10
 
 __all__ = [
@@ -67,31 +84,18 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _CROP, _FLIP, _JITTER, _GRAY = 0, 1, 2, 3
 
 
-# --------------------------------------------------------------------------- config
+# --------------------------------------------------------------------------- settings
 
 
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"AugmentSettings.{name} must be a finite number, got {value!r}.")
-    return float(value)
-
-
-def _check_prob(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if not 0.0 <= _check_number(name, value) <= 1.0:
-        raise ValueError(
-            f"AugmentSettings.{name} must be a probability in [0, 1] (0 or None turns the "
-            f"op off), got {value!r}."
-        )
-
-
-def _check_range(name: str, value: Any, lo_ok, hi_ok, what: str) -> tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"AugmentSettings.{name} must be a pair (low, high), got {value!r}.")
-    lo, hi = (_check_number(name, v) for v in value)
-    if not (lo_ok(lo) and hi_ok(hi) and lo <= hi):
-        raise ValueError(f"AugmentSettings.{name} must satisfy {what}, got {value!r}.")
+def _check_range(name: str, value: Any, *, high: float | None, what: str) -> tuple[float, float]:
+    """A pair ``(low, high)`` with ``0 < low ≤ high`` (``≤ high`` bound if given), as floats."""
+    name = f"AugmentSettings.{name}"
+    check_type(name, value, (tuple, list), "a pair (low, high)")
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}.")
+    lo, hi = (check_number(name, v, low=0, open_low=True, high=high, hint=f" ({what})") for v in value)
+    if lo > hi:
+        raise ValueError(f"{name} must satisfy {what}, got {value!r}.")
     return lo, hi
 
 
@@ -120,7 +124,16 @@ class AugmentSettings:
 
     Example::
 
-        AugmentSettings(crop="resized", crop_scale=(0.2, 1.0), jitter_prob=None)
+        >>> from stepwise_ntk.data import AugmentSettings
+        >>> s = AugmentSettings(crop="resized", crop_scale=(0.2, 1.0), jitter_prob=None)
+        >>> s.crop, s.crop_scale, s.flip_prob, s.gray_prob, s.jitters
+        ('resized', (0.2, 1.0), 0.5, 0.2, False)
+        >>> AugmentSettings.identity().crop, AugmentSettings.identity().flip_prob
+        (None, None)
+        >>> AugmentSettings(crop_scale=(0.5, 0.2))
+        Traceback (most recent call last):
+        ...
+        ValueError: AugmentSettings.crop_scale must satisfy 0 < low ≤ high ≤ 1, got (0.5, 0.2).
     """
 
     crop: str | None = "pad"
@@ -135,37 +148,21 @@ class AugmentSettings:
     gray_prob: float | None = 0.2
 
     def __post_init__(self):
-        if self.crop not in (None, "pad", "resized"):
-            raise ValueError(
-                f"AugmentSettings.crop must be 'pad', 'resized' or None, got {self.crop!r}."
-            )
-        pad = self.crop_padding
-        if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
-            raise ValueError(
-                f"AugmentSettings.crop_padding must be an int ≥ 0 (pixels), got {pad!r}."
-            )
-        object.__setattr__(self, "crop_padding", int(pad))
-        scale = _check_range(
-            "crop_scale",
-            self.crop_scale,
-            lambda v: v > 0,
-            lambda v: v <= 1,
-            "0 < low ≤ high ≤ 1",
-        )
-        ratio = _check_range(
-            "crop_ratio", self.crop_ratio, lambda v: v > 0, lambda v: True, "0 < low ≤ high"
-        )
-        object.__setattr__(self, "crop_scale", scale)  # tuples keep the config hashable
+        check_choice("AugmentSettings.crop", self.crop, ("pad", "resized", None))
+        pad = check_positive_int("AugmentSettings.crop_padding", self.crop_padding, allow_zero=True, hint=" (pixels)")
+        object.__setattr__(self, "crop_padding", pad)
+        scale = _check_range("crop_scale", self.crop_scale, high=1, what="0 < low ≤ high ≤ 1")
+        ratio = _check_range("crop_ratio", self.crop_ratio, high=None, what="0 < low ≤ high")
+        object.__setattr__(self, "crop_scale", scale)  # tuples keep the settings hashable
         object.__setattr__(self, "crop_ratio", ratio)
         for name in ("flip_prob", "jitter_prob", "gray_prob"):
-            _check_prob(name, getattr(self, name))
+            if getattr(self, name) is not None:
+                check_number(f"AugmentSettings.{name}", getattr(self, name), low=0, high=1,
+                             hint=" (a probability; 0 or None turns the op off)")
         for name in ("brightness", "contrast", "saturation"):
-            value = getattr(self, name)
-            if value is not None and _check_number(name, value) < 0:
-                raise ValueError(
-                    f"AugmentSettings.{name} must be a strength ≥ 0 (0 or None turns it "
-                    f"off), got {value!r}."
-                )
+            if getattr(self, name) is not None:
+                check_number(f"AugmentSettings.{name}", getattr(self, name), low=0,
+                             hint=" (a strength; 0 or None turns it off)")
 
     @classmethod
     def identity(cls) -> AugmentSettings:
@@ -185,10 +182,6 @@ class AugmentSettings:
 # --------------------------------------------------------------------------- single ops
 
 
-def _concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def hflip(image: jax.Array) -> jax.Array:
     """Mirror ``(H, W, C)`` left–right: ``out[y, x] = image[y, W − 1 − x]``."""
     return image[:, ::-1, :]
@@ -206,8 +199,8 @@ def crop_with_padding(image: jax.Array, dy: Any, dx: Any, padding: int) -> jax.A
       padding: ``p ≥ 0`` (static).
     """
     if (
-        _concrete(dy)
-        and _concrete(dx)
+        is_concrete(dy)
+        and is_concrete(dx)
         and not (0 <= int(dy) <= 2 * padding and 0 <= int(dx) <= 2 * padding)
     ):
         raise ValueError(f"offsets must lie in [0, {2 * padding}], got dy={dy}, dx={dx}.")
@@ -245,7 +238,7 @@ def resized_crop(image: jax.Array, top: Any, left: Any, height: Any, width: Any)
       ``(H, W, C)``, same dtype.
     """
     h, w, _ = image.shape
-    if all(map(_concrete, (top, left, height, width))) and not (
+    if all(map(is_concrete, (top, left, height, width))) and not (
         0 <= int(top)
         and 0 <= int(left)
         and 1 <= int(height)
@@ -359,7 +352,7 @@ def _coin(key: jax.Array, prob: float) -> jax.Array:
     return jax.random.uniform(key, (), jnp.float32) < prob
 
 
-def augment_image(key: jax.Array, image: jax.Array, config: AugmentSettings) -> jax.Array:
+def augment_image(key: jax.Array, image: jax.Array, settings: AugmentSettings) -> jax.Array:
     """One random view of one ``(H, W, C)`` image (crop → flip → jitter → grayscale).
 
     Pure and traceable; :func:`positive_pairs` vmaps it. Assumes pixels in ``[0, 1]``
@@ -368,58 +361,46 @@ def augment_image(key: jax.Array, image: jax.Array, config: AugmentSettings) -> 
     h, w, _ = image.shape
     x = image
     k_crop = jax.random.fold_in(key, _CROP)
-    if config.pads:
-        p = config.crop_padding
+    if settings.pads:
+        p = settings.crop_padding
         dy, dx = jax.random.randint(k_crop, (2,), 0, 2 * p + 1, dtype=jnp.int32)
         x = crop_with_padding(x, dy, dx, p)
-    elif config.crop == "resized":
-        box = sample_resized_crop_box(k_crop, h, w, config.crop_scale, config.crop_ratio)
+    elif settings.crop == "resized":
+        box = sample_resized_crop_box(k_crop, h, w, settings.crop_scale, settings.crop_ratio)
         x = resized_crop(x, *box)
-    if config.flip_prob:
-        x = jnp.where(_coin(jax.random.fold_in(key, _FLIP), config.flip_prob), hflip(x), x)
-    if config.jitters:
+    if settings.flip_prob:
+        x = jnp.where(_coin(jax.random.fold_in(key, _FLIP), settings.flip_prob), hflip(x), x)
+    if settings.jitters:
         k_apply, k_b, k_c, k_s = jax.random.split(jax.random.fold_in(key, _JITTER), 4)
         y = x
         for k, strength, op in (
-            (k_b, config.brightness, adjust_brightness),
-            (k_c, config.contrast, adjust_contrast),
-            (k_s, config.saturation, adjust_saturation),
+            (k_b, settings.brightness, adjust_brightness),
+            (k_c, settings.contrast, adjust_contrast),
+            (k_s, settings.saturation, adjust_saturation),
         ):
             factor = _factor(k, strength, x.dtype)
             if factor is not None:
                 y = op(y, factor)
-        x = jnp.where(_coin(k_apply, config.jitter_prob), y, x)
-    if config.gray_prob:
-        x = jnp.where(_coin(jax.random.fold_in(key, _GRAY), config.gray_prob), grayscale(x), x)
+        x = jnp.where(_coin(k_apply, settings.jitter_prob), y, x)
+    if settings.gray_prob:
+        x = jnp.where(_coin(jax.random.fold_in(key, _GRAY), settings.gray_prob), grayscale(x), x)
     return x
 
 
 # --------------------------------------------------------------------------- pairs
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _pairs(key: jax.Array, images: jax.Array, ids: jax.Array, config: AugmentSettings):
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _pairs(key: jax.Array, images: jax.Array, ids: jax.Array, settings: AugmentSettings):
     def views(v):
         k_view = jax.random.fold_in(key, v)
         keys = jax.vmap(lambda i: jax.random.fold_in(k_view, i))(ids)
-        return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, config)
+        return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, settings)
 
     return jnp.concatenate([views(0), views(1)], axis=0)
 
 
-def _check_key(key: Any) -> jax.Array:
-    if isinstance(key, jax.Array) and (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.dtype == jnp.uint32 and key.shape == (2,))
-    ):
-        return key
-    raise ValueError(
-        f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} "
-        f"{getattr(key, 'dtype', '')}."
-    )
-
-
-def _check_images(images: Any, config: AugmentSettings) -> jax.Array:
+def _check_images(images: Any, settings: AugmentSettings) -> jax.Array:
     images = jnp.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be (n, H, W, C), got shape {images.shape}.")
@@ -429,19 +410,19 @@ def _check_images(images: Any, config: AugmentSettings) -> jax.Array:
             "pixels with uint8_to_float (x / 255)."
         )
     _, h, w, c = images.shape
-    if config.pads and config.crop_padding >= min(h, w):
+    if settings.pads and settings.crop_padding >= min(h, w):
         raise ValueError(
-            f"AugmentSettings.crop_padding={config.crop_padding} must be smaller than the "
+            f"AugmentSettings.crop_padding={settings.crop_padding} must be smaller than the "
             f"image ({h}×{w}); otherwise a view can be all padding."
         )
-    if (config.jitters or config.gray_prob) and c != 3:
+    if (settings.jitters or settings.gray_prob) and c != 3:
         raise ValueError(
             f"colour jitter and grayscale need RGB images (C = 3), got C = {c}; set "
             "jitter_prob=None and gray_prob=None for other channel counts."
         )
     if (
-        config.jitters
-        and _concrete(images)
+        settings.jitters
+        and is_concrete(images)
         and images.size
         and (float(jnp.min(images)) < 0 or float(jnp.max(images)) > 1)
     ):
@@ -456,21 +437,22 @@ def _check_images(images: Any, config: AugmentSettings) -> jax.Array:
 def positive_pairs(
     key: jax.Array,
     images: Any,
-    config: AugmentSettings = AugmentSettings(),
+    settings: AugmentSettings = AugmentSettings(),
     *,
     ids: Any = None,
 ) -> jax.Array:
     """Two random views of every image, stacked as ``[x_1 … x_n, x'_1 … x'_n]``.
 
     View ``v`` of image ``i`` is ``augment_image(fold_in(fold_in(key, v), ids[i]),
-    images[i], config)``: independent across views and images, and a function of the key
+    images[i], settings)``: independent across views and images, and a function of the key
     and the data only (computing a subset of the images with the same ids gives the same
-    views). Jitted; the config is a static argument (one compilation per config and shape).
+    views). Jitted; the settings are a static argument (one compilation per settings and
+    shape).
 
     Args:
       key: JAX PRNG key.
       images: ``(n, H, W, C)`` float, pixels in ``[0, 1]`` (needed by colour jitter).
-      config: :class:`AugmentSettings`.
+      settings: :class:`AugmentSettings`.
       ids: ``(n,)`` non-negative ints naming the images (default ``0 … n−1``); pass
         dataset indices to make a view independent of which batch it is drawn in.
 
@@ -479,13 +461,26 @@ def positive_pairs(
 
     Example::
 
-        views = positive_pairs(jax.random.key(0), images)   # images (n, 32, 32, 3)
-        first, second = views[:n], views[n:]                 # pair i: first[i], second[i]
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from stepwise_ntk.data import AugmentSettings, positive_pairs, uint8_to_float
+        >>> n = 4
+        >>> pixels = np.random.default_rng(0).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        >>> images = jnp.asarray(uint8_to_float(pixels))      # (n, 32, 32, 3) float32
+        >>> views = positive_pairs(jax.random.key(0), images)
+        >>> first, second = views[:n], views[n:]               # pair i: first[i], second[i]
+        >>> views.shape
+        (8, 32, 32, 3)
+        >>> ids = np.arange(n)[::-1]                           # the same images in reverse order
+        >>> rev = positive_pairs(jax.random.key(0), images[::-1], ids=ids)
+        >>> bool(jnp.all(rev[:n] == first[::-1])) and bool(jnp.all(rev[n:] == second[::-1]))
+        True
+        >>> same = positive_pairs(jax.random.key(0), images, AugmentSettings.identity())
+        >>> bool(jnp.all(same[:n] == images)) and bool(jnp.all(same[n:] == images))
+        True
     """
-    key = _check_key(key)
-    if not isinstance(config, AugmentSettings):
-        raise ValueError(f"config must be an AugmentSettings, got {type(config).__name__}.")
-    images = _check_images(images, config)
+    key = check_key(key)
+    check_type("settings", settings, AugmentSettings)
+    images = _check_images(images, settings)
     n = images.shape[0]
     if ids is None:
         ids = jnp.arange(n, dtype=jnp.uint32)
@@ -496,12 +491,11 @@ def positive_pairs(
         if n and (ids_np.min() < 0 or ids_np.max() >= 2**32):
             raise ValueError("ids must lie in [0, 2**32) (they are folded into the key).")
         ids = jnp.asarray(ids_np.astype(np.uint32))
-    return _pairs(key, images, ids, config)
+    return _pairs(key, images, ids, settings)
 
 
 def _check_factor(factor: Any, h: int, w: int) -> None:
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
-        raise ValueError(f"downsample factor must be an int ≥ 1, got {factor!r}.")
+    factor = check_positive_int("downsample factor", factor)
     if h % factor or w % factor:
         raise ValueError(
             f"downsample factor {factor} must divide the image size {h}×{w}; pick one of "
@@ -531,10 +525,10 @@ _downsample = downsample  # cifar10_pairs has an argument of the same name
 
 def cifar10_pairs(
     key: jax.Array,
-    n: int,
+    n_pairs: int,
     split: str = "train",
     data_dir: str | os.PathLike[str] | None = None,
-    config: AugmentSettings = AugmentSettings(),
+    settings: AugmentSettings = AugmentSettings(),
     normalize: bool = True,
     downsample: int = 1,
     *,
@@ -544,16 +538,16 @@ def cifar10_pairs(
 ) -> tuple[jax.Array, np.ndarray, np.ndarray]:
     """Positive pairs of ``n`` class-balanced CIFAR-10 images, ready for a kernel.
 
-    Loads the split, picks ``balanced_subset(labels, n, subset_seed)``, scales pixels to
+    Loads the split, picks ``balanced_subset(labels, n_pairs, subset_seed)``, scales pixels to
     ``[0, 1]``, draws two views per image with :func:`positive_pairs` (keyed by dataset
     index, so an image's views do not depend on n), then optionally normalises with the
     CIFAR-10 channel statistics and average-pools by ``downsample``.
 
     Args:
       key: JAX PRNG key for the augmentations.
-      n: number of images (``2n`` views).
+      n_pairs: ``n``, the number of images (``2n`` views).
       split, data_dir, download: see :func:`load_cifar10`.
-      config: :class:`AugmentSettings`.
+      settings: :class:`AugmentSettings`.
       normalize: standardise channels with ``CIFAR10_MEAN`` / ``CIFAR10_STD`` (after
         augmentation, so padding and jitter act on [0, 1] pixels).
       downsample: integer average-pooling factor (1, 2, 4, …).
@@ -565,11 +559,27 @@ def cifar10_pairs(
       ``views (2n, 32/f, 32/f, 3)``, ``labels (n,)`` int32 and ``indices (n,)`` int64 into
       the split; view ``i`` and ``n + i`` are the pair of image ``indices[i]``.
 
-    Example::
+    Usage (needs the CIFAR-10 files)::
 
-        views, labels, idx = cifar10_pairs(jax.random.key(0), 100, downsample=2)
+        views, labels, idx = cifar10_pairs(jax.random.key(0), n_pairs=100, downsample=2)
         views.shape   # (200, 16, 16, 3)
+
+    Example (the same steps on synthetic images)::
+
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from stepwise_ntk.data import balanced_subset, downsample, normalize, positive_pairs, uint8_to_float
+        >>> pixels = np.random.default_rng(0).integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+        >>> labels = np.repeat(np.arange(10, dtype=np.int32), 2)   # a stand-in for the split
+        >>> idx = balanced_subset(labels, 4, seed=0)               # n_pairs=4, subset_seed=0
+        >>> images = jnp.asarray(uint8_to_float(pixels[idx]))
+        >>> views = downsample(normalize(positive_pairs(jax.random.key(0), images, ids=idx)), 2)
+        >>> views.shape, views.dtype, len(set(labels[idx].tolist()))
+        ((8, 16, 16, 3), dtype('float32'), 4)
     """
+    key = check_key(key)
+    n_pairs = check_positive_int("n_pairs", n_pairs, hint=" (the number of images)")
+    check_type("settings", settings, AugmentSettings)
+    check_bool("normalize", normalize)
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}.")
@@ -580,14 +590,11 @@ def cifar10_pairs(
         )
     _check_factor(downsample, *_cifar10.IMAGE_SHAPE[:2])
     data = _cifar10.load_cifar10(split, data_dir, download=download)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= len(data):
-        raise ValueError(
-            f"n={n!r} images requested but the {split} split at {data.path} has "
-            f"{len(data)}; use 1 ≤ n ≤ {len(data)}."
-        )
-    idx = _cifar10.balanced_subset(data.labels, int(n), subset_seed)
+    check_int("n_pairs", n_pairs, low=1, high=len(data),
+              hint=f" (the {split} split at {data.path} has {len(data)} images)")
+    idx = _cifar10.balanced_subset(data.labels, n_pairs, subset_seed)
     images = jnp.asarray(_cifar10.uint8_to_float(data.images[idx], dtype))
-    views = positive_pairs(key, images, config, ids=idx)
+    views = positive_pairs(key, images, settings, ids=idx)
     if normalize:
         views = _cifar10.normalize(views)
     views = _downsample(views, downsample)

@@ -11,11 +11,26 @@ official archive when asked (:func:`download_cifar10`), reads and validates the 
 (:func:`load_cifar10`), draws class-balanced subsets (:func:`balanced_subset`) and
 normalises pixels per channel (:func:`normalize`).
 
-Example::
+Usage (needs the CIFAR-10 files)::
 
     data = load_cifar10("test")            # CIFAR10Dataset, images (N, 32, 32, 3) uint8
     idx = balanced_subset(data.labels, 100, seed=0)
     x = normalize(data.images[idx])        # float32, per-channel standardised
+
+Example (the same steps on synthetic images)::
+
+    >>> import numpy as np
+    >>> from stepwise_ntk.data import balanced_subset, channel_stats, normalize
+    >>> pixels = np.random.default_rng(0).integers(0, 256, size=(30, 32, 32, 3), dtype=np.uint8)
+    >>> labels = np.repeat(np.arange(10, dtype=np.int32), 3)   # stand-ins for data.images, .labels
+    >>> idx = balanced_subset(labels, 10, seed=0)
+    >>> sorted(labels[idx].tolist())                            # one image of every class
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    >>> x = normalize(pixels[idx], *channel_stats(pixels[idx]))   # float32, per-channel standardised
+    >>> x.shape, x.dtype
+    ((10, 32, 32, 3), dtype('float32'))
+    >>> bool(np.allclose(x.mean(axis=(0, 1, 2)), 0, atol=1e-5)), bool(np.allclose(x.std(axis=(0, 1, 2)), 1))
+    (True, True)
 """
 
 from __future__ import annotations
@@ -38,6 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
+
+from stepwise_ntk._checks import check_bool, check_choice, check_int, check_positive_int, check_type
 
 __all__ = [
     "CIFAR10_FOLDER",
@@ -234,8 +251,10 @@ def download_cifar10(
     Raises:
       CIFAR10Error: the download failed, the MD5 differs or the archive is malformed.
     """
-    url = CIFAR10_URL if url is None else url
-    md5 = CIFAR10_MD5 if md5 is None else md5.lower()
+    check_bool("force", force)
+    check_bool("progress", progress)
+    url = CIFAR10_URL if url is None else check_type("url", url, str, "a URL string or None")
+    md5 = CIFAR10_MD5 if md5 is None else check_type("md5", md5, str, "a hex digest string or None").lower()
     folder = resolve_cifar10_dir(data_dir)
     if _is_complete(folder) and not force:
         return folder
@@ -428,13 +447,21 @@ def load_cifar10(
       CIFAR10Error (a ValueError): a file is missing, truncated or malformed; the message
         names the file and says how to get a good copy.
 
-    Example::
+    Usage (needs the CIFAR-10 files)::
 
         data = load_cifar10("train")
         data.images.shape   # (50000, 32, 32, 3) for the full dataset
+
+    Example (without the files it says where they are missing; nothing is downloaded)::
+
+        >>> import tempfile
+        >>> load_cifar10("test", data_dir=tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        stepwise_ntk.data._cifar10.CIFAR10Error: CIFAR-10 file(s) not found: .../cifar-10-batches-py/test_batch, ...
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    check_choice("split", split, ("train", "test"))
+    check_bool("download", download)
     folder = resolve_cifar10_dir(data_dir)
     files = TRAIN_FILES if split == "train" else TEST_FILES
     missing = [n for n in (*files, META_FILE) if not (folder / n).is_file()]
@@ -464,7 +491,7 @@ def _rng_from(seed: Any) -> np.random.Generator:
             seed = jax.random.key_data(seed)
         return np.random.default_rng(np.asarray(seed, dtype=np.uint32).ravel().tolist())
     if isinstance(seed, bool):
-        raise ValueError("seed must be an int, a numpy Generator or a JAX PRNG key.")
+        raise TypeError(f"seed must be an int, a numpy Generator or a JAX PRNG key, got bool {seed!r}.")
     return np.random.default_rng(seed)
 
 
@@ -500,13 +527,10 @@ def balanced_subset(labels: Sequence[int] | np.ndarray, n: int, seed: Any = 0) -
         raise ValueError(
             f"labels must be a 1-D array of integer class ids, got {labels.dtype} {labels.shape}."
         )
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"n must be an int, got {type(n).__name__}.")
-    if not 0 <= n <= labels.shape[0]:
-        raise ValueError(
-            f"n={n} examples requested but only {labels.shape[0]} are available; "
-            f"use n ≤ {labels.shape[0]} (or the full dataset instead of a subset)."
-        )
+    n = check_int(
+        "n", n, low=0, high=labels.shape[0],
+        hint=f" (only {labels.shape[0]} are available; use the full dataset instead of a subset for more)",
+    )
     rng = _rng_from(seed)
     classes = np.unique(labels)
     priority = rng.permutation(classes.shape[0])
@@ -545,6 +569,7 @@ def channel_stats(images: Any, *, chunk: int = 4096) -> tuple[np.ndarray, np.nda
     Returns:
       ``(mean, std)``, each ``(C,)`` float64.
     """
+    chunk = check_positive_int("chunk", chunk)
     x = np.asarray(images)
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     flat = x.reshape(-1, x.shape[-1])
@@ -578,9 +603,21 @@ def normalize(
     Returns:
       ``(..., C)`` float array.
 
-    Example::
+    Usage (needs the CIFAR-10 files)::
 
         x = normalize(load_cifar10("test").images)   # float32, ≈ zero mean, unit std
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> pixels = np.array([[[0, 51, 255]]], dtype=np.uint8)     # (1, 1, 3): one RGB pixel
+        >>> normalize(pixels, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])   # (x/255 - 0.5) / 0.25
+        array([[[-2. , -1.2,  2. ]]], dtype=float32)
+        >>> normalize(pixels).dtype, normalize(pixels, dtype=np.float64).dtype   # CIFAR-10 statistics
+        (dtype('float32'), dtype('float64'))
+        >>> x = jnp.asarray(pixels, dtype=jnp.float32) / jnp.float32(255)          # floats in [0, 1]
+        >>> isinstance(normalize(x), jax.Array), normalize(x).dtype                # JAX in, JAX out
+        (True, dtype('float32'))
     """
     mean_np = np.asarray(mean, dtype=np.float64)
     std_np = np.asarray(std, dtype=np.float64)

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
+from stepwise_ntk._checks import check_type
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data, run_kernel_model
-from stepwise_ntk.kernels import analytic_ntk
 from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.kernels import ARCHITECTURES, analytic_ntk, make_architecture
 
 __all__ = ["KernelSettings", "run_kernel", "parse_options", "gaussian_embeddings"]
 
@@ -35,21 +35,41 @@ class KernelSettings(ExperimentSettings):
         default="", metadata={"help": "architecture fields as key=value,... (e.g. depth=3,activation=erf)"}
     )
     kernel_batch_size: int | None = dataclasses.field(
-        default=None, metadata={"help": "NTK block size (default: largest that fits the memory budget)"}
+        default=None, metadata={"help": "NTK block size (default: largest that fits the memory budget)", "min": 1}
     )
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "on-disk NTK cache folder"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        self.architecture()  # bad --arch-options fail here, before any data is loaded
+
     def architecture(self):
-        return make_architecture(self.arch, d=self.d, **parse_options(self.arch_options))
+        """The architecture of ``--arch`` with ``--arch-options`` and ``d = --d``."""
+        options = parse_options(self.arch_options)
+        if "d" in options:
+            raise ValueError("--arch-options may not set 'd'; use --d.")
+        return make_architecture(self.arch, d=self.d, **options)
 
 
 def parse_options(text: str) -> dict:
-    """``"depth=3,activation=erf"`` -> ``{"depth": 3, "activation": "erf"}`` (Python literals or strings)."""
+    """``"depth=3,activation=erf"`` -> ``{"depth": 3, "activation": "erf"}`` (Python literals or strings).
+
+    Example:
+        >>> parse_options("depth=3, activation=erf,w_std=1.5")
+        {'depth': 3, 'activation': 'erf', 'w_std': 1.5}
+
+    Raises:
+      TypeError: ``text`` is not a string.
+      ValueError: an item is not ``key=value`` or has an empty key.
+    """
+    check_type("--arch-options", text, str)
     options = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in item:
             raise ValueError(f"--arch-options item {item!r} is not key=value; write e.g. depth=3,activation=erf.")
         key, value = (p.strip() for p in item.split("=", 1))
+        if not key:
+            raise ValueError(f"--arch-options item {item!r} has no key; write e.g. depth=3,activation=erf.")
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

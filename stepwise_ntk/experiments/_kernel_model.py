@@ -21,15 +21,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.predictor import crossing_times, plateau_losses
-from stepwise_ntk.data import AugmentSettings, cifar10_pairs
+from stepwise_ntk.data import AugmentSettings, CIFAR10Dataset, cifar10_pairs, load_cifar10, normalize
 from stepwise_ntk.data import downsample as _downsample
-from stepwise_ntk.data import CIFAR10Dataset, load_cifar10, normalize
-from stepwise_ntk.theory import contrastive_eigensystem, mode_functions_new
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_projections, plot_staircase
 from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.predictor import crossing_times, plateau_losses
 from stepwise_ntk.solver import solve
-from stepwise_ntk.theory import aligned_eigenvalues, final_embeddings, initial_eigenvalues, procrustes_error, step_times
+from stepwise_ntk.theory import (
+    aligned_eigenvalues,
+    contrastive_eigensystem,
+    final_embeddings,
+    initial_eigenvalues,
+    mode_functions_new,
+    procrustes_error,
+    step_times,
+)
 
 __all__ = ["ExperimentSettings", "Problem", "load_problem_data", "run_kernel_model"]
 
@@ -38,32 +45,40 @@ __all__ = ["ExperimentSettings", "Problem", "load_problem_data", "run_kernel_mod
 class ExperimentSettings:
     """Settings shared by the kernel-model experiments (each is a flag: ``--n-pairs 500``)."""
 
-    n_pairs: int = dataclasses.field(default=500, metadata={"help": "images n (2n augmented views)"})
-    d: int = dataclasses.field(default=8, metadata={"help": "embedding dimension"})
-    init_scale: float = dataclasses.field(default=1e-3, metadata={"help": "std of the entries of W(0)"})
-    n_times: int = dataclasses.field(default=200, metadata={"help": "log-spaced output times"})
+    n_pairs: int = dataclasses.field(default=500, metadata={"help": "images n (2n augmented views)", "min": 1})
+    d: int = dataclasses.field(default=8, metadata={"help": "embedding dimension", "min": 1})
+    init_scale: float = dataclasses.field(default=1e-3, metadata={"help": "std of the entries of W(0)", "above": 0})
+    n_times: int = dataclasses.field(
+        default=200, metadata={"help": "log-spaced output times", "min": 10, "hint": " (to resolve the steps)"}
+    )
     seed: int = dataclasses.field(default=0, metadata={"help": "PRNG seed (views and W(0))"})
-    data_dir: str | None = dataclasses.field(default=None, metadata={"help": "CIFAR-10 folder (else $STEPWISE_NTK_DATA)"})
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "CIFAR-10 folder (else $STEPWISE_NTK_DATA)"}
+    )
     split: str = dataclasses.field(default="train", metadata={"help": "CIFAR-10 split", "choices": ("train", "test")})
-    downsample: int = dataclasses.field(default=1, metadata={"help": "average-pool images by this factor"})
-    crop_padding: int = dataclasses.field(default=4, metadata={"help": "random crop with this padding (0: off)"})
-    flip_prob: float = dataclasses.field(default=0.5, metadata={"help": "horizontal flip probability"})
-    brightness: float = dataclasses.field(default=0.4, metadata={"help": "brightness jitter strength (0: off)"})
-    jitter_prob: float = dataclasses.field(default=0.8, metadata={"help": "probability of applying the jitter"})
+    downsample: int = dataclasses.field(default=1, metadata={"help": "average-pool images by this factor", "min": 1})
+    crop_padding: int = dataclasses.field(
+        default=4, metadata={"help": "random crop with this padding (0: off)", "min": 0}
+    )
+    flip_prob: float = dataclasses.field(
+        default=0.5, metadata={"help": "horizontal flip probability", "min": 0, "max": 1}
+    )
+    brightness: float = dataclasses.field(
+        default=0.4, metadata={"help": "brightness jitter strength (0: off)", "min": 0}
+    )
+    jitter_prob: float = dataclasses.field(
+        default=0.8, metadata={"help": "probability of applying the jitter", "min": 0, "max": 1}
+    )
     method: str = dataclasses.field(
         default="auto", metadata={"help": "solver route", "choices": ("auto", "eigen", "function")}
     )
-    gallery_modes: int = dataclasses.field(default=6, metadata={"help": "modes shown in modes.png"})
-    gallery_pool: int = dataclasses.field(default=2000, metadata={"help": "clean images the gallery picks from"})
+    gallery_modes: int = dataclasses.field(default=6, metadata={"help": "modes shown in modes.png", "min": 1})
+    gallery_pool: int = dataclasses.field(
+        default=2000, metadata={"help": "clean images the gallery picks from", "min": 1}
+    )
 
     def __post_init__(self):
-        for name in ("n_pairs", "d", "n_times", "downsample", "gallery_pool"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.init_scale <= 0:
-            raise ValueError(f"--init-scale must be > 0, got {self.init_scale}.")
-        if self.n_times < 10:
-            raise ValueError(f"--n-times must be >= 10 to resolve the steps, got {self.n_times}.")
+        check_settings(self)
 
     def augment(self) -> AugmentSettings:
         return AugmentSettings(
@@ -99,7 +114,7 @@ def load_problem_data(s: ExperimentSettings) -> Problem:
         s.n_pairs,
         split=s.split,
         data_dir=s.data_dir,
-        config=s.augment(),
+        settings=s.augment(),
         downsample=s.downsample,
         dtype=jnp.float64,
         download=True,
@@ -141,8 +156,8 @@ def run_kernel_model(
             f"lower --d or raise --n-pairs."
         )
     gammas = np.asarray(es.gammas[: s.d + 4])
-    lam0 = initial_eigenvalues(es, F0, s.d)
-    predicted = np.asarray(step_times(es, F0, s.d))
+    lam0 = initial_eigenvalues(es, F0)
+    predicted = np.asarray(step_times(es, F0))
     g = gammas[: s.d]
     t_end = float(np.max(predicted + np.log(99.0) / (8 * g))) * 1.5
     t_begin = float(np.min(predicted)) / 100
@@ -174,7 +189,7 @@ def run_kernel_model(
     # Before the first step, then between steps 1|2, 2|3 and 3|4: a point, a line, a plane,
     # a solid (Figure 1 of the paper). The last snapshot fixes the projection directions.
     edges = list(pred_sorted[:4]) + ([float(times[-1])] if s.d < 4 else [])
-    snap_t = [pred_sorted[0] / 3] + [float(np.sqrt(a * b)) for a, b in zip(edges[:-1], edges[1:])][:3]
+    snap_t = [pred_sorted[0] / 3] + [float(np.sqrt(a * b)) for a, b in zip(edges[:-1], edges[1:], strict=True)][:3]
     snap_idx = [int(np.argmin(np.abs(np.log(np.asarray(times)) - np.log(t)))) for t in snap_t]
     snapshots = np.asarray(traj.test_embeddings)[snap_idx]
     if s.d >= 3:

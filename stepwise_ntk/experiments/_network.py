@@ -34,19 +34,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
 from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem
 from stepwise_ntk.experiments._kernel import parse_options
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data
-from stepwise_ntk.predictor import crossing_times, plateau_losses
-from stepwise_ntk.losses import LOSS_FUNCTIONS
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
-from stepwise_ntk.predictor import KERNELS, compare_run, init_network, network_kernel, predict_run
-from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
+from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
+from stepwise_ntk.losses import LOSSES
+from stepwise_ntk.predictor import (
+    KERNELS,
+    WidthSweepSettings,
+    choose_d,
+    compare_run,
+    crossing_times,
+    init_network,
+    network_kernel,
+    plan_steps,
+    plateau_losses,
+    predict_run,
+)
 from stepwise_ntk.solver import SolverSettings, solve
-from stepwise_ntk.predictor import WidthSweepSettings, choose_d, plan_steps
-from stepwise_ntk.theory import final_embeddings, procrustes_align
+from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem, final_embeddings, procrustes_align
 
 __all__ = [
     "LOSS_SETTINGS",
@@ -76,10 +85,16 @@ _SOLVER = SolverSettings(integrator="dopri5")
 class SharedNetworkSettings:
     """Settings shared by ``stepwise-ntk network`` and ``stepwise-ntk sweep``."""
 
-    n_pairs: int = dataclasses.field(default=256, metadata={"help": "training images n (2n augmented views)"})
-    n_test: int = dataclasses.field(default=128, metadata={"help": "held-out images (2 views each, other split)"})
+    n_pairs: int = dataclasses.field(
+        default=256, metadata={"help": "training images n (2n augmented views)", "min": 1}
+    )
+    n_test: int = dataclasses.field(
+        default=128, metadata={"help": "held-out images (2 views each, other split)", "min": 1}
+    )
     d: int | None = dataclasses.field(
-        default=None, metadata={"help": "embedding dimension (none: 3 or 4, whichever has the larger γ_d/γ_d+1)"}
+        default=None,
+        metadata={"help": "embedding dimension (none: 3 or 4, whichever has the larger γ_d/γ_d+1)", "min": 1,
+                  "hint": " (or none for automatic)"},
     )
     arch: str = dataclasses.field(
         default="mlp", metadata={"help": "registered architecture", "choices": tuple(sorted(ARCHITECTURES))}
@@ -87,41 +102,49 @@ class SharedNetworkSettings:
     arch_options: str = dataclasses.field(
         default="depth=1", metadata={"help": "architecture fields as key=value,... (e.g. depth=2,activation=erf)"}
     )
-    alpha: float = dataclasses.field(default=0.05, metadata={"help": "output scale α of f = α·net (small init)"})
-    step_size: float | None = dataclasses.field(
-        default=None, metadata={"help": "gradient step c on Θ, learning rate c/α² (none: from --rate)"}
+    alpha: float = dataclasses.field(
+        default=0.05, metadata={"help": "output scale α of f = α·net (small init)", "above": 0}
     )
-    rate: float = dataclasses.field(default=0.1, metadata={"help": "with --step-size none: c = rate / (8 γ_1(Θ))"})
-    horizon: float = dataclasses.field(default=2.0, metadata={"help": "train for this × the predicted last step time"})
-    max_steps: int = dataclasses.field(default=20_000, metadata={"help": "refuse runs longer than this"})
-    n_records: int = dataclasses.field(default=200, metadata={"help": "log-spaced training records"})
+    step_size: float | None = dataclasses.field(
+        default=None, metadata={"help": "gradient step c on Θ, learning rate c/α² (none: from --rate)", "above": 0}
+    )
+    rate: float = dataclasses.field(
+        default=0.1, metadata={"help": "with --step-size none: c = rate / (8 γ_1(Θ))", "above": 0}
+    )
+    horizon: float = dataclasses.field(
+        default=2.0,
+        metadata={"help": "train for this × the predicted last step time", "min": 1,
+                  "hint": " (train at least until the predicted last step)"},
+    )
+    max_steps: int = dataclasses.field(default=20_000, metadata={"help": "refuse runs longer than this", "min": 1})
+    n_records: int = dataclasses.field(default=200, metadata={"help": "log-spaced training records", "min": 1})
     train_dtype: str = dataclasses.field(
         default="float32", metadata={"help": "precision of the network", "choices": ("float32", "float64")}
     )
     seed: int = dataclasses.field(default=0, metadata={"help": "PRNG seed (views and initialisation)"})
-    data_dir: str | None = dataclasses.field(default=None, metadata={"help": "CIFAR-10 folder (else $STEPWISE_NTK_DATA)"})
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "CIFAR-10 folder (else $STEPWISE_NTK_DATA)"}
+    )
     split: str = dataclasses.field(
         default="train", metadata={"help": "CIFAR-10 split of the training pairs (held-out: the other)",
                                    "choices": ("train", "test")}
     )
-    downsample: int = dataclasses.field(default=4, metadata={"help": "average-pool images by this factor"})
-    crop_padding: int = dataclasses.field(default=4, metadata={"help": "random crop with this padding (0: off)"})
-    flip_prob: float = dataclasses.field(default=0.5, metadata={"help": "horizontal flip probability"})
-    brightness: float = dataclasses.field(default=0.4, metadata={"help": "brightness jitter strength (0: off)"})
-    jitter_prob: float = dataclasses.field(default=0.8, metadata={"help": "probability of applying the jitter"})
+    downsample: int = dataclasses.field(default=4, metadata={"help": "average-pool images by this factor", "min": 1})
+    crop_padding: int = dataclasses.field(
+        default=4, metadata={"help": "random crop with this padding (0: off)", "min": 0}
+    )
+    flip_prob: float = dataclasses.field(
+        default=0.5, metadata={"help": "horizontal flip probability", "min": 0, "max": 1}
+    )
+    brightness: float = dataclasses.field(
+        default=0.4, metadata={"help": "brightness jitter strength (0: off)", "min": 0}
+    )
+    jitter_prob: float = dataclasses.field(
+        default=0.8, metadata={"help": "probability of applying the jitter", "min": 0, "max": 1}
+    )
 
     def __post_init__(self):
-        for name in ("n_pairs", "n_test", "downsample", "n_records", "max_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.d is not None and self.d < 1:
-            raise ValueError(f"--d must be >= 1 (or none for automatic), got {self.d}.")
-        for name in ("alpha", "rate", "horizon") + (("step_size",) if self.step_size is not None else ()):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}.")
-        if self.horizon < 1:
-            raise ValueError(f"--horizon must be >= 1 (train at least until the predicted last step), got {self.horizon}.")
+        check_settings(self)
         parse_options(self.arch_options)  # a malformed option fails before any data is loaded
 
     # The same augmentation flags (and meaning) as the kernel-model experiments.
@@ -140,7 +163,7 @@ class SharedNetworkSettings:
 class NetworkSettings(SharedNetworkSettings):
     """Settings of ``stepwise-ntk network`` (each is a flag: ``--width 2048``)."""
 
-    width: int = dataclasses.field(default=1024, metadata={"help": "hidden width of the network"})
+    width: int = dataclasses.field(default=1024, metadata={"help": "hidden width of the network", "min": 1})
     loss: str = dataclasses.field(
         default="barlow_twins", metadata={"help": "SSL loss (network and theory)", "choices": tuple(LOSS_SETTINGS)}
     )
@@ -149,17 +172,18 @@ class NetworkSettings(SharedNetworkSettings):
         metadata={"help": "NTK of the theory: infinite width, or the network's at init / after training",
                   "choices": KERNELS},
     )
-    n_times: int = dataclasses.field(default=400, metadata={"help": "log-spaced times of the theory curves"})
-    gallery_modes: int = dataclasses.field(default=4, metadata={"help": "modes shown in modes.png (<= d)"})
-    gallery_pool: int = dataclasses.field(default=1000, metadata={"help": "clean images the gallery picks from"})
+    n_times: int = dataclasses.field(
+        default=400,
+        metadata={"help": "log-spaced times of the theory curves", "min": 10, "hint": " (to resolve the steps)"},
+    )
+    gallery_modes: int = dataclasses.field(default=4, metadata={"help": "modes shown in modes.png (<= d)", "min": 1})
+    gallery_pool: int = dataclasses.field(
+        default=1000, metadata={"help": "clean images the gallery picks from", "min": 1}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("width", "gallery_modes", "gallery_pool"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.n_times < 10:
-            raise ValueError(f"--n-times must be >= 10 to resolve the steps, got {self.n_times}.")
+        self.base_architecture(self.width)  # bad --arch-options fail here, before any data is loaded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +202,7 @@ class NetworkProblem:
 
 def _held_out_views(s: SharedNetworkSettings, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     other = "test" if s.split == "train" else "train"
-    views, labels, _ = cifar10_pairs(key, s.n_test, split=other, data_dir=s.data_dir, config=s.augment(),
+    views, labels, _ = cifar10_pairs(key, s.n_test, split=other, data_dir=s.data_dir, settings=s.augment(),
                                      downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
     return np.asarray(views), labels
 
@@ -194,7 +218,7 @@ def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, prog
     test_views, test_labels = _held_out_views(s, jax.random.fold_in(jax.random.PRNGKey(s.seed), 1))
     # d = 1 here: the analytic NTK does not depend on d, so this kernel serves every d.
     kernel = network_kernel(s.base_architecture(width), views, test_views, progress=progress)
-    es = contrastive_eigensystem(jnp.asarray(kernel.ntk), s.n_pairs)
+    es = contrastive_eigensystem(jnp.asarray(kernel.K), s.n_pairs)
     if s.d is None:
         d = choose_d(es.gammas)
     else:
@@ -222,20 +246,20 @@ def rise_times(times, eigenvalues, *, relative: bool) -> np.ndarray:
     return crossing_times(t, lam)
 
 
-def plan_run(spec, problem: NetworkProblem, init, kernel, s: SharedNetworkSettings, loss: str) -> tuple[int, float]:
+def plan_run(arch, problem: NetworkProblem, init, kernel, s: SharedNetworkSettings, loss: str) -> tuple[int, float]:
     """Gradient steps to run: ``horizon ×`` the kernel model's last step time, from this ``F0``.
 
     Barlow Twins: :func:`stepwise_ntk.predictor._sweep.plan_steps` (the flow until every eigenvalue
     has crossed 1/2). Other losses: their kernel flow up to ``max_steps`` and the last
     :func:`rise_times` (``relative=True``) on it.
     """
-    cfg = WidthSweepSettings(widths=(spec.width,), alpha=s.alpha, step_size=problem.step_size, horizon=s.horizon,
+    cfg = WidthSweepSettings(widths=(arch.width,), alpha=s.alpha, step_size=problem.step_size, horizon=s.horizon,
                       max_steps=s.max_steps, n_records=max(s.n_records, 2), seed=s.seed, train_dtype=s.train_dtype)
     if loss == "barlow_twins":
-        return plan_steps(spec, problem.views, problem.test_views, init, kernel, cfg)
+        return plan_steps(arch, problem.views, problem.test_views, init, kernel, cfg)
     lr = cfg.learning_rate
     grid = np.geomspace(lr, lr * s.max_steps, cfg.plan_points)
-    traj = solve(s.alpha**2 * jnp.asarray(kernel.ntk), s.n_pairs, jnp.asarray(init.F0, jnp.float64), grid, loss=loss,
+    traj = solve(s.alpha**2 * jnp.asarray(kernel.K), s.n_pairs, jnp.asarray(init.F0, jnp.float64), grid, loss=loss,
                  loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", settings=_SOLVER)
     t_last = float(np.max(rise_times(grid, traj.eigenvalues, relative=True)))
     steps = math.ceil(s.horizon * t_last / lr)
@@ -249,7 +273,7 @@ def plan_run(spec, problem: NetworkProblem, init, kernel, s: SharedNetworkSettin
 
 def _train_loss(loss: str):
     kw = LOSS_SETTINGS[loss]
-    return functools.partial(LOSS_FUNCTIONS[loss], **kw) if kw else loss
+    return functools.partial(LOSSES[loss], **kw) if kw else loss
 
 
 def _snapshot_indices(times: np.ndarray, steps: np.ndarray) -> list[int]:
@@ -257,7 +281,7 @@ def _snapshot_indices(times: np.ndarray, steps: np.ndarray) -> list[int]:
     steps = np.sort(steps[np.isfinite(steps)])
     pos = times > 0
     edges = list(steps[:4]) + ([float(times[-1])] if steps.size < 4 else [])
-    snap_t = [steps[0] / 3] + [float(np.sqrt(a * b)) for a, b in zip(edges[:-1], edges[1:])][:3]
+    snap_t = [steps[0] / 3] + [float(np.sqrt(a * b)) for a, b in zip(edges[:-1], edges[1:], strict=True)][:3]
     logt = np.log(np.where(pos, times, np.nan))
     return [int(np.nanargmin(np.abs(logt - np.log(t)))) for t in snap_t]
 
@@ -271,20 +295,20 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     data = load_problem_data(s)  # the views and clean pool of the kernel-model experiments
     problem = network_problem(s, data.views, data.labels, s.width, progress=progress)
     d, n = problem.d, s.n_pairs
-    spec = s.base_architecture(s.width).replace(d=d)
+    arch = s.base_architecture(s.width).replace(d=d)
     train_dt = np.dtype(s.train_dtype)
     views_t, test_t = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
-    init = init_network(spec, views_t, test_t, alpha=s.alpha, key=data.key_init)
+    init = init_network(arch, views_t, test_t, alpha=s.alpha, key=data.key_init)
     analytic = problem.kernel
-    steps, t_plan = plan_run(spec, problem, init, analytic, s, s.loss)
+    steps, t_plan = plan_run(arch, problem, init, analytic, s, s.loss)
     lr = problem.step_size / s.alpha**2
     cfg = TrainSettings(loss=_train_loss(s.loss), learning_rate=lr, steps=steps, alpha=s.alpha,
                       n_records=s.n_records, record_embeddings=True, seed=s.seed)
     t0 = time.perf_counter()
-    res = train(spec, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
+    res = train(arch, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
     train_seconds = time.perf_counter() - t0
     if res.diverged_at is not None:
-        raise ValueError(
+        raise RunFailedError(
             f"training diverged at step {res.diverged_at} (loss {res.diverged_loss:.3g}); lower --rate (or "
             f"--step-size) or --alpha."
         )
@@ -293,7 +317,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     times = np.geomspace(lr, lr * steps, s.n_times)
     kernel = analytic if s.kernel == "analytic" else s.kernel
     params = {"analytic": None, "empirical_init": init.params, "empirical_final": res.params}[s.kernel]
-    pred = predict_run(spec, problem.views, problem.test_views, d, init.F0, times, alpha=s.alpha, kernel=kernel,
+    pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=kernel,
                        params=params, F0_test=init.F0_test, solver_settings=_SOLVER, progress=progress)
     is_bt = s.loss == "barlow_twins"
     if not is_bt:  # the flow of this loss replaces the Barlow Twins flow (closed forms stay BT's)
@@ -303,9 +327,11 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         pred = dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
                                    embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
                                    trajectory=traj)
-    cmp = compare_run(pred, res, arch=spec)
+    cmp = compare_run(pred, res, arch=arch)
 
-    net_t, net_loss, net_eig = res.effective_times, np.asarray(res.loss, np.float64), np.asarray(res.eigenvalues, np.float64)
+    net_t, net_loss, net_eig = (
+        res.effective_times, np.asarray(res.loss, np.float64), np.asarray(res.eigenvalues, np.float64)
+    )
     th_t, th_loss, th_eig = np.asarray(pred.times), np.asarray(pred.loss), np.asarray(pred.eigenvalues)
     net_steps = rise_times(net_t, net_eig, relative=not is_bt)
     flow_steps = rise_times(th_t, th_eig, relative=not is_bt)
@@ -315,7 +341,8 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     rel_flow = np.abs(net_steps - flow_steps) / flow_steps
     g = np.asarray(pred.gammas, np.float64)
 
-    title = f"{spec.name} width {s.width}, {s.loss}, CIFAR-10 n={n}, d={d}, α={s.alpha}: network vs {s.kernel} NTK theory"
+    title = (f"{arch.name} width {s.width}, {s.loss}, CIFAR-10 n={n}, d={d}, α={s.alpha}: "
+             f"network vs {s.kernel} NTK theory")
     plot_network_vs_theory(out.path / "staircase.png", net_t, net_loss, net_eig, th_t, th_loss, th_eig,
                            step_times=closed if is_bt else flow_steps,
                            step_label="predicted step times" if is_bt else "kernel-flow step times",
@@ -328,11 +355,11 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
                          title="the network's view embeddings on the top-3 principal directions")
     # The network's learned modes on clean images, rotated (orthogonal Procrustes) onto the
     # predicted top-d modes, so that column j is comparable with the theory's mode j.
-    pool_kernel = network_kernel(spec, problem.views, data.pool, kind=s.kernel, params=params, progress=progress)
+    pool_kernel = network_kernel(arch, problem.views, data.pool, kernel=s.kernel, params=params, progress=progress)
     es = contrastive_eigensystem(pred.K, n)
-    theory_pool = np.asarray(final_embeddings(es, jnp.asarray(s.alpha**2 * pool_kernel.ntk_test), d))
-    module = spec.flax(param_dtype=train_dt)
-    net_pool = s.alpha * np.asarray(jax.jit(module.apply)(res.params, jnp.asarray(data.pool.astype(train_dt))), np.float64)
+    theory_pool = np.asarray(final_embeddings(es, jnp.asarray(s.alpha**2 * pool_kernel.K_test), d))
+    net = arch.flax(param_dtype=train_dt)
+    net_pool = s.alpha * np.asarray(jax.jit(net.apply)(res.params, jnp.asarray(data.pool.astype(train_dt))), np.float64)
     net_modes, _ = procrustes_align(jnp.asarray(net_pool), jnp.asarray(theory_pool))
     k = min(s.gallery_modes, d)
     plot_mode_gallery(out.path / "modes.png", data.dataset.images[data.pool_index], np.asarray(net_modes)[:, :k],
@@ -346,12 +373,13 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         F0=np.asarray(init.F0, np.float64), F0_test=np.asarray(init.F0_test, np.float64),
         train_embeddings=np.asarray(res.train_embeddings, np.float64),
         test_embeddings=np.asarray(res.test_embeddings, np.float64),
-        closed_form_test_embeddings=np.asarray(pred.test_embeddings), flow_test_embeddings=np.asarray(pred.flow_test_embeddings),
+        closed_form_test_embeddings=np.asarray(pred.test_embeddings),
+        flow_test_embeddings=np.asarray(pred.flow_test_embeddings),
         snapshot_times=net_t[snap_idx], snapshots=snapshots, labels=problem.labels, test_labels=problem.test_labels,
         gallery_network_modes=np.asarray(net_modes), gallery_theory_modes=theory_pool,
     )
     results: dict[str, Any] = {
-        "architecture": spec.to_config(),
+        "architecture": arch.to_config(),
         "loss": s.loss,
         "kernel": s.kernel,
         "n_pairs": n,

@@ -8,7 +8,6 @@ a projection uses) is a separate pure function so tests can check it without pix
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: the CLI and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from stepwise_ntk._io import atomic_open  # noqa: E402
 
 __all__ = [
     "gallery_indices",
@@ -31,18 +32,13 @@ __all__ = [
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Write ``fig`` as a PNG to ``path`` atomically and close it."""
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def plot_staircase(
@@ -275,7 +271,8 @@ def plot_width_curves(path, widths, times, eigenvalues, theory_times, theory_eig
     """
     W = len(widths)
     fig, axes = plt.subplots(1, W, figsize=(4 * W, 3.6), squeeze=False, sharey=True)
-    for ax, w, t, lam, tt, tl in zip(axes[0], widths, times, eigenvalues, theory_times, theory_eigenvalues):
+    for ax, w, t, lam, tt, tl in zip(axes[0], widths, times, eigenvalues, theory_times, theory_eigenvalues,
+                                     strict=True):
         t, lam, tt, tl = (np.asarray(a, np.float64) for a in (t, lam, tt, tl))
         colors = plt.cm.viridis(np.linspace(0, 0.9, lam.shape[1]))
         for j in range(lam.shape[1]):

@@ -3,8 +3,11 @@
 One settings dataclass per CLI subcommand is the single source of its options: each field
 becomes a ``--flag`` (underscores -> dashes) with the field's default and its help text
 from ``field(metadata={"help": ...})``; a JSON or TOML config file supplies values, and
-flags given on the command line override the file. Unknown keys and values of the wrong
-type are rejected with a message naming the key.
+flags given on the command line override the file. Unknown keys are rejected with a message
+naming the key; :func:`check_settings` (called by each settings class's ``__post_init__``)
+checks every field against its annotation and its metadata bounds (``"min"``, ``"above"``,
+``"max"``, ``"choices"``), naming the flag: TypeError for a wrong type, ValueError for a
+wrong value.
 
 Example:
     >>> import dataclasses
@@ -14,20 +17,45 @@ Example:
     >>> parser = argparse.ArgumentParser(); add_settings_arguments(parser, S)
     >>> resolve_settings(S, parser.parse_args(["--n", "5"]))
     S(n=5)
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class T:
+    ...     n: int = dataclasses.field(default=3, metadata={"min": 1})
+    ...     def __post_init__(self):
+    ...         check_settings(self)
+    >>> T(n=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: --n must be an integer ≥ 1, got 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_settings_arguments", "resolve_settings", "load_config_file", "settings_to_dict"]
+from stepwise_ntk._checks import check_bool, check_choice, check_int, check_number, check_type
+
+__all__ = [
+    "add_settings_arguments",
+    "check_settings",
+    "flag",
+    "load_config_file",
+    "resolve_settings",
+    "settings_to_dict",
+]
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a settings field: ``"n_pairs"`` -> ``"--n-pairs"``."""
+    return "--" + name.replace("_", "-")
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
@@ -66,13 +94,59 @@ def _parse_optional(parse):
     return inner
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(name: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> None:
+    base, optional = _base_type(tp)
+    if value is None and optional:
+        return
+    if base is tuple:
+        check_type(name, value, tuple, "a tuple (a list in a config file)")
+        for i, item in enumerate(value):
+            _check_value(f"{name}[{i}]", _tuple_item_type(tp), item, meta)
+        return
+    hint = meta.get("hint", "")
+    if base is bool:
+        check_bool(name, value)
+    elif base is int:
+        check_int(name, value, low=meta.get("min"), high=meta.get("max"), hint=hint)
+    elif base is float:
+        above = meta.get("above")
+        low = meta.get("min") if above is None else above
+        check_number(name, value, low=low, high=meta.get("max"), open_low=above is not None, hint=hint)
+    else:
+        check_type(name, value, base)
+        if "choices" in meta:
+            check_choice(name, value, meta["choices"])
+
+
+def check_settings(settings: Any) -> None:
+    """Check every field of the settings dataclass ``settings``, naming it by its ``--flag``.
+
+    The annotation gives the type: ``int`` (:func:`~stepwise_ntk._checks.check_int`),
+    ``float`` (:func:`~stepwise_ntk._checks.check_number`: a finite real number), ``bool``,
+    ``str``, ``X | None`` (None allowed), ``tuple[X, ...]`` (each item an ``X``). The field's
+    metadata gives the values: ``"min"`` (``≥``) or ``"above"`` (``>``), ``"max"``,
+    ``"choices"``, and a ``"hint"`` added to the message.
+
+    Raises:
+      TypeError: a field of the wrong type (e.g. a string for an integer).
+      ValueError: a value out of its bounds or not one of its choices.
+    """
+    hints = _hints(type(settings))
+    for f in dataclasses.fields(settings):
+        _check_value(flag(f.name), hints[f.name], getattr(settings, f.name), f.metadata)
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--flag`` per field of the frozen dataclass ``cls`` (default: not given)."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         base, optional = _base_type(tp)
-        flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})"
@@ -87,7 +161,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = _parse_optional(base) if optional else base
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag(f.name), **kwargs)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -95,38 +169,41 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist; pass an existing .json or .toml file.")
+    if path.suffix not in (".json", ".toml"):
+        raise ValueError(f"config file {path} must end in .json or .toml.")
     text = path.read_text()
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix == ".json":
-            return json.loads(text)
+        config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
-    raise ValueError(f"config file {path} must end in .json or .toml.")
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"config file {path} must hold one object of settings (name: value), got {type(config).__name__}."
+        )
+    return config
 
 
-def _coerce(cls_name: str, name: str, tp: Any, value: Any) -> Any:
-    base, optional = _base_type(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f"{cls_name}.{name} may not be null.")
-    if base is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"setting {name!r} must be a list, got {value!r}.")
-        item = _tuple_item_type(tp)
-        return tuple(_coerce(cls_name, name, item, v) for v in value)
+def _coerce(tp: Any, value: Any) -> Any:
+    """A config-file value in the field's Python form: lists as tuples, integers as floats.
+
+    Anything else is passed on unchanged; the settings class checks it.
+    """
+    base, _ = _base_type(tp)
+    if base is tuple and isinstance(value, list):
+        return tuple(_coerce(_tuple_item_type(tp), v) for v in value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if base in (int, float, str, bool) and not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ValueError(f"setting {name!r} must be {base.__name__}, got {value!r}.")
     return value
 
 
 def resolve_settings(cls: type, args: argparse.Namespace | None = None, config: dict | None = None):
-    """Build ``cls`` from defaults, then ``config`` (file values), then flags in ``args``."""
-    hints = typing.get_type_hints(cls)
+    """Build ``cls`` from defaults, then ``config`` (file values), then flags in ``args``.
+
+    Raises:
+      ValueError: an unknown key in ``config``; what ``cls`` raises for a bad value.
+      TypeError: what ``cls`` raises for a value of the wrong type.
+    """
+    hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in (config or {}).items():
@@ -135,7 +212,7 @@ def resolve_settings(cls: type, args: argparse.Namespace | None = None, config: 
             raise ValueError(
                 f"unknown setting {key!r} in the config file; known settings: {', '.join(sorted(names))}."
             )
-        values[key_] = _coerce(cls.__name__, key_, hints[key_], value)
+        values[key_] = _coerce(hints[key_], value)
     for key, value in vars(args or argparse.Namespace()).items():
         if key in names:
             values[key] = tuple(value) if isinstance(value, list) else value

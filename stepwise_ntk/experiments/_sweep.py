@@ -27,9 +27,8 @@ import numpy as np
 from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.experiments._network import SharedNetworkSettings, network_problem
 from stepwise_ntk.experiments._plots import plot_width_curves, plot_width_sweep
-from stepwise_ntk.predictor import KERNELS
-from stepwise_ntk.experiments._run_dir import RunDir
-from stepwise_ntk.predictor import WidthSweepSettings, width_sweep
+from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
+from stepwise_ntk.predictor import KERNELS, WidthSweepSettings, width_sweep
 
 __all__ = ["SweepSettings", "run_sweep", "sweep_config"]
 
@@ -38,7 +37,9 @@ __all__ = ["SweepSettings", "run_sweep", "sweep_config"]
 class SweepSettings(SharedNetworkSettings):
     """Settings of ``stepwise-ntk sweep`` (each is a flag: ``--widths 64 256 1024``)."""
 
-    n_pairs: int = dataclasses.field(default=128, metadata={"help": "training images n (2n augmented views)"})
+    n_pairs: int = dataclasses.field(
+        default=128, metadata={"help": "training images n (2n augmented views)", "min": 1}
+    )
     widths: tuple[int, ...] = dataclasses.field(
         default=(64, 256, 1024, 4096), metadata={"help": "hidden widths, increasing"}
     )
@@ -51,6 +52,7 @@ class SweepSettings(SharedNetworkSettings):
         # WidthSweepSettings checks widths and kernels; the step size is only known after the
         # kernel is computed, so a stand-in value takes its place here.
         sweep_config(self, self.step_size or 1.0)
+        self.base_architecture(self.widths[0])  # bad --arch-options fail before any data is loaded
 
 
 def sweep_config(s: SweepSettings, step_size: float) -> WidthSweepSettings:
@@ -66,7 +68,7 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
     started = time.perf_counter()
     # The same views as the other experiments with this seed (load_problem_data's key).
     key_views, _ = jax.random.split(jax.random.PRNGKey(s.seed))
-    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, config=s.augment(),
+    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=s.augment(),
                                      downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
     problem = network_problem(s, views, labels, s.widths[0], progress=progress)
     arch = s.base_architecture(s.widths[0]).replace(d=problem.d)
@@ -77,14 +79,15 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
     ok = [r for r in result.runs if r.diverged_at is None]
     widths = [r.width for r in ok]
     if not ok:
-        raise ValueError(
+        raise RunFailedError(
             f"every width diverged ({[r.width for r in result.runs]}); lower --rate (or --step-size) or --alpha."
         )
     ratios = np.array([[np.nan if x is None else x for x in r] for r in summary[kind]["step_time_ratios"]], np.float64)
     alignment = np.array(summary[kind]["test_alignment"], np.float64)
 
     plot_width_sweep(out.path / "width_sweep.png", widths, alignment, ratios,
-                     title=f"{arch.name} on CIFAR-10 pairs (n={s.n_pairs}, d={problem.d}, α={s.alpha}) vs {kind} NTK theory")
+                     title=f"{arch.name} on CIFAR-10 pairs (n={s.n_pairs}, d={problem.d}, α={s.alpha}) "
+                           f"vs {kind} NTK theory")
     preds = [r.predictions[kind] for r in ok]
     plot_width_curves(out.path / "curves.png", widths, [r.effective_times for r in ok], [r.eigenvalues for r in ok],
                       [np.asarray(p.times) for p in preds], [np.asarray(p.eigenvalues) for p in preds],
@@ -113,7 +116,8 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
         "wall_time_s": time.perf_counter() - started,
     })
     per_width = "; ".join(
-        f"w={w}: alignment {a:.4f}, median step ratio {np.nanmedian(r):.3f}" for w, a, r in zip(widths, alignment, ratios)
+        f"w={w}: alignment {a:.4f}, median step ratio {np.nanmedian(r):.3f}"
+        for w, a, r in zip(widths, alignment, ratios, strict=True)
     )
     diverged = summary["diverged_widths"]
     return f"d={problem.d}, {kind} theory. {per_width}" + (f"; diverged widths {diverged}" if diverged else "")

@@ -2,7 +2,10 @@
 
 Each subcommand's options are the fields of its settings dataclass (``--help`` lists them),
 optionally read from ``--config FILE`` (.json or .toml), flags overriding the file. Bad
-input ends with a one-line ``stepwise-ntk CMD: error: ...`` on stderr and exit status 2.
+input (a TypeError or ValueError of the settings, a ValueError of the run such as a kernel
+too large for memory, a missing file) and a run that failed in a way its message explains
+(``RunFailedError``: diverged training) end with a one-line ``stepwise-ntk CMD: error: ...``
+on stderr and exit status 2.
 
 Example:
     $ stepwise-ntk linear --out runs/linear          # the paper's linear-model staircase
@@ -16,7 +19,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from stepwise_ntk.experiments._settings import add_settings_arguments, load_config_file, resolve_settings, settings_to_dict
+from stepwise_ntk.experiments._settings import (
+    add_settings_arguments,
+    load_config_file,
+    resolve_settings,
+    settings_to_dict,
+)
 
 __all__ = ["main", "SUBCOMMANDS"]
 
@@ -73,7 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(prefix: str, err: BaseException) -> int:
+    message = " ".join(str(err).split())
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``stepwise-ntk`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0: the run finished; 2: bad input or an explained failure (one line on stderr); 130:
+    interrupted (the output folder is marked INCOMPLETE).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     import jax
@@ -82,17 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)
     settings_cls, run = _load(args.command)
     prefix = f"stepwise-ntk {args.command}"
-    from stepwise_ntk.experiments._run_dir import run_directory
+    from stepwise_ntk.experiments._run_dir import RunFailedError, run_directory
 
     try:
         config = load_config_file(args.config) if args.config else {}
         settings = resolve_settings(settings_cls, args, config)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        return _error(prefix, err)
+    try:
         with run_directory(args.out, args.command, settings_to_dict(settings), overwrite=args.overwrite) as out:
             summary = run(settings, out, progress=args.progress)
-    except (ValueError, FileNotFoundError) as err:
-        message = " ".join(str(err).split())
-        print(f"{prefix}: error: {message}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, RunFailedError) as err:
+        return _error(prefix, err)
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted; {args.out} is marked INCOMPLETE", file=sys.stderr)
         return 130

@@ -28,10 +28,16 @@
   (``stepwise_ntk.kernels._cache``); any change to the inputs misses.
 
 Example:
-  >>> spec = MLP(depth=2, width=512, d=8)
+  >>> import numpy as np
+  >>> from stepwise_ntk.kernels import MLP, analytic_ntk
+  >>> arch = MLP(depth=2, width=512, d=8)
   >>> x = np.random.default_rng(0).normal(size=(10, 8, 8, 3))
-  >>> K = analytic_ntk(spec, x)                         # (10, 10), float64
-  >>> K_test = analytic_ntk(spec, x[:3], x)             # cross-kernel (3, 10)
+  >>> K = analytic_ntk(arch, x, progress=False)               # float64 whatever jax_enable_x64
+  >>> K_test = analytic_ntk(arch, x[:3], x, progress=False)   # cross-kernel
+  >>> K.shape, K_test.shape, K.dtype
+  ((10, 10), (3, 10), dtype('float64'))
+  >>> bool(np.all(K == K.T)) and np.allclose(K_test, K[:3])
+  True
 """
 
 from __future__ import annotations
@@ -50,9 +56,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from stepwise_ntk.kernels.architectures._base import ArchSpec
+from stepwise_ntk._checks import check_float_dtype, check_positive_int, check_type
 from stepwise_ntk.kernels._cache import KernelCache, cache_key
 from stepwise_ntk.kernels._nt_compat import NT_VERSION
+from stepwise_ntk.kernels.architectures import ArchSpec
 
 __all__ = [
     "KINDS",
@@ -65,7 +72,6 @@ __all__ = [
 ]
 
 KINDS = ("nngp", "ntk")
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class KernelMemoryError(ValueError):
@@ -243,7 +249,7 @@ def _largest_fitting(problem: _Problem, limit: int, start: int) -> tuple[int | N
 # A symmetric Gram whose blocks are this big is split into at least _SPLIT_BLOCKS blocks per
 # axis: only the blocks on and above the diagonal are computed (10 of 16, ~40% less work),
 # which outweighs the per-block cost once a block is large (measured in
-# benchmarks/kernels_bench.py).
+# benchmarks/cases/kernels.py).
 _SPLIT_BYTES = 32 * 2**20
 _SPLIT_BLOCKS = 4
 
@@ -383,13 +389,13 @@ def blocked_gram(
 
 def _blocked_gram(fns, consts, x1, x2, *, batch_size, memory_budget_bytes, devices, progress,
                   what) -> tuple[np.ndarray, ...]:
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None (automatic), got "
-                         f"{batch_size!r}.")
-    budget = default_memory_budget(devices) if memory_budget_bytes is None else memory_budget_bytes
-    if budget <= 0:
-        raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes!r}.")
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size, hint=" or None (automatic)")
+    if memory_budget_bytes is None:
+        budget = default_memory_budget(devices)
+    else:
+        budget = check_positive_int("memory_budget_bytes", memory_budget_bytes,
+                                    hint=" or None (half the device memory)")
     problem = _Problem(fns, consts, x1, x2, what, devices[0])
     n1, n2 = problem.n1, problem.n2
 
@@ -440,8 +446,8 @@ def _blocked_gram(fns, consts, x1, x2, *, batch_size, memory_budget_bytes, devic
               leave=False) as bar:
         for start in range(0, len(blocks), len(devices)):
             wave = blocks[start:start + len(devices)]
-            pending = [launch(block, device) for block, device in zip(wave, devices)]
-            for ((i0, i1), (j0, j1)), result in zip(wave, pending):
+            pending = [launch(block, device) for block, device in zip(wave, devices, strict=False)]
+            for ((i0, i1), (j0, j1)), result in zip(wave, pending, strict=True):
                 for k, block_k in enumerate(result):
                     block_k = np.asarray(block_k)[: i1 - i0, : j1 - j0]
                     if outs is None:
@@ -482,14 +488,8 @@ def _check_kinds(get: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def check_dtype(dtype: Any) -> np.dtype:
-    """np.dtype of ``dtype`` if it is float32 or float64, else ValueError."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}.") from err
-    if dt not in _DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dt}.")
-    return dt
+    """np.dtype of ``dtype`` if it is float32 or float64: TypeError (no dtype) / ValueError."""
+    return check_float_dtype("dtype", dtype)
 
 
 @functools.lru_cache(maxsize=1)
@@ -520,7 +520,21 @@ def _check_f64_conv_on_cpu(arch: ArchSpec, dtype: np.dtype, devices: Sequence[ja
 
 def check_inputs(arch: ArchSpec | None, x: Any, name: str, dtype: np.dtype,
                  like: np.ndarray | None = None) -> np.ndarray:
-    """``x`` as a host array of ``dtype`` after checking shape, kind and finiteness."""
+    """``x`` as a host array of ``dtype`` after checking its shape, kind and finiteness.
+
+    Args:
+      arch: the architecture whose input shape ``x`` must have (``arch.check_input_shape``),
+        or None.
+      x: (n, ...) inputs, a non-empty batch of real numbers.
+      name: the argument's name in messages ("x1", "x2").
+      dtype: the compute dtype (float32 or float64, from :func:`check_dtype`); ``x`` is cast
+        to it.
+      like: (n1, ...) the other side of a cross-kernel: ``x`` needs its trailing shape.
+
+    Raises:
+      ValueError: not real numbers, no batch axis or no inputs, a shape that differs from
+        ``like`` or that ``arch`` does not take, NaN or infinite entries.
+    """
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a real numeric array, got dtype {x.dtype}.")
@@ -582,7 +596,7 @@ def analytic_kernels(
     alpha^2.
 
     Args:
-      arch: an architecture spec (``MLP``, ``MyrtleCNN``, ``WideResNet``, ...).
+      arch: an architecture (``MLP``, ``MyrtleCNN``, ``WideResNet``, ...).
       x1: (n1, ...) inputs, e.g. the 2n views (n1, H, W, C).
       x2: (n2, ...) inputs with x1's trailing shape, or None for the symmetric Gram of x1.
       get: "ntk", "nngp" or a tuple of both.
@@ -600,12 +614,13 @@ def analytic_kernels(
     Raises:
       KernelMemoryError: a block (at ``batch_size``) or the result does not fit; says how
         many bytes it needs and which batch size fits.
+      TypeError: ``arch`` is not an ``ArchSpec``, ``dtype`` names no dtype, a non-integer
+        ``batch_size`` or ``memory_budget_bytes``.
       ValueError: bad inputs (shape unsupported by ``arch``, mismatched x1/x2 shapes,
         NaN, unknown kind, float64 CNN kernels on an AVX-512 CPU without the XLA flag that
         avoids a jaxlib crash).
     """
-    if not isinstance(arch, ArchSpec):
-        raise ValueError(f"arch must be an architecture spec (e.g. MLP(...)), got {arch!r}.")
+    check_type("arch", arch, ArchSpec, "an architecture spec (an ArchSpec such as MLP(...))")
     kinds = _check_kinds(get)
     dt = check_dtype(dtype)
     x1 = check_inputs(arch, x1, "x1", dt)
@@ -628,7 +643,7 @@ def analytic_kernels(
         memory_budget_bytes=memory_budget_bytes, devices=devices, progress=progress,
         what=f"{'+'.join(stored)} of {type(arch).__name__}",
     )
-    result = dict(zip(stored, outs))
+    result = dict(zip(stored, outs, strict=True))
     if cache is not None:
         cache.save(key, result, meta)
     return {k: result[k] for k in kinds}
@@ -651,6 +666,8 @@ def kernel_block_bytes(arch: ArchSpec, input_shape: Sequence[int], batch_size: i
     Returns:
       bytes (arguments + temporaries + outputs), or None if the backend gives no analysis.
     """
+    check_type("arch", arch, ArchSpec, "an architecture spec (an ArchSpec such as MLP(...))")
+    check_positive_int("batch_size", batch_size)
     kinds = _check_kinds(get)
     dt = check_dtype(dtype)
     arch.check_input_shape(tuple(input_shape))

@@ -5,12 +5,15 @@ config, the kernel kinds, the dtype, a fingerprint (sha256 of dtype, shape and b
 every input array, and the versions of the libraries that compute it. A changed input,
 even one bit, gives a different key, so it can never hit a stale entry.
 
-Entries are ``<directory>/<key>.npz`` written atomically (temporary file in the same
-directory, then ``os.replace``), so a crash never leaves a half-written entry. Each entry
-also stores the key document as JSON (``__key__``), which is checked on load.
+Entries are ``<directory>/<key>.npz`` written atomically (:func:`stepwise_ntk._io.write_npz`:
+temporary file in the same directory, then ``os.replace``), so a crash never leaves a
+half-written entry. Each entry also stores the key document as JSON (``__key__``), which is
+checked on load.
 
 Example:
-  >>> cache = KernelCache("/tmp/kernels")
+  >>> import tempfile
+  >>> import numpy as np
+  >>> cache = KernelCache(tempfile.mkdtemp())
   >>> key = cache_key({"arch": "mlp"}, {"x1": np.ones((2, 3))})
   >>> cache.load(key) is None
   True
@@ -24,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stepwise_ntk._io import write_npz
 
 __all__ = ["KernelCache", "array_fingerprint", "cache_key"]
 
@@ -101,18 +104,5 @@ class KernelCache:
         """Store ``arrays`` under ``key`` atomically; ``meta`` is kept for humans. Returns path."""
         if _KEY_FIELD in arrays:
             raise ValueError(f"array name {_KEY_FIELD!r} is reserved by the kernel cache.")
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = np.array(json.dumps({"key": key, "meta": meta}, sort_keys=True))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{name: np.asarray(a) for name, a in arrays.items()},
-                         **{_KEY_FIELD: record})
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_npz(self.path(key), {**arrays, _KEY_FIELD: record})

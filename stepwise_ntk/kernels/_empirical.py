@@ -28,10 +28,15 @@ against an explicit Jacobian contraction):
 Blocks, devices, memory refusal and the progress bar work as for the analytic kernels.
 
 Example:
-  >>> spec = MLP(depth=2, width=256, d=8)
-  >>> net = spec.flax(jnp.float64)
+  >>> import jax, jax.numpy as jnp, numpy as np
+  >>> from stepwise_ntk.kernels import MLP, empirical_ntk
+  >>> arch = MLP(depth=2, width=256, d=8)
+  >>> net = arch.flax(jnp.float64)
+  >>> x = np.random.default_rng(0).normal(size=(6, 4, 4, 3))
   >>> params = net.init(jax.random.PRNGKey(0), x[:1])
-  >>> K_emp = empirical_ntk(net, params, x)              # (n, n) per-output NTK
+  >>> K_emp = empirical_ntk(net, params, x, progress=False)   # per-output NTK
+  >>> K_emp.shape, K_emp.dtype
+  ((6, 6), dtype('float64'))
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ DEFAULT_IMPLEMENTATION = nt.NtkImplementation.STRUCTURED_DERIVATIVES
 
 
 @functools.lru_cache(maxsize=32)
-def _empirical_block_fns(model: Any, implementation: int, vmap_axes: int | None) -> BlockFns:
-    apply = model.apply if isinstance(model, nn.Module) else model
+def _empirical_block_fns(net: Any, implementation: int, vmap_axes: int | None) -> BlockFns:
+    apply = net.apply if isinstance(net, nn.Module) else net
     ntk_fn = nt.empirical_ntk_fn(
         apply, trace_axes=(-1,), vmap_axes=vmap_axes,
         implementation=nt.NtkImplementation(implementation),
@@ -78,13 +83,13 @@ def _params_dtype(params: Any) -> np.dtype:
         raise ValueError(
             "params must hold floating arrays of one dtype (float32 or float64), found "
             f"{sorted(str(d) for d in dtypes) or 'none'}; initialise the network with a single "
-            "param_dtype, e.g. spec.flax(jnp.float64)."
+            "param_dtype, e.g. arch.flax(jnp.float64)."
         )
     return dtypes.pop()
 
 
 def empirical_ntk(
-    model: nn.Module | Callable[[Any, Any], Any],
+    net: nn.Module | Callable[[Any, Any], Any],
     params: Any,
     x1: Any,
     x2: Any = None,
@@ -99,8 +104,8 @@ def empirical_ntk(
     """Per-output empirical NTK (1/d) tr_d J(x1) J(x2)^T of a network at ``params``.
 
     Args:
-      model: a ``flax.linen`` module (``model.apply(params, x)`` is used) or any function
-        ``f(params, x) -> (n, d)``.
+      net: a ``flax.linen`` module (``net.apply(params, x)`` is used), e.g. ``arch.flax()``,
+        or any function ``f(params, x) -> (n, d)``.
       params: the parameters (for Flax, the variables dict from ``init`` or training); all
         floating leaves of one dtype, which is also the compute dtype (inputs are cast to it).
       x1: (n1, ...) inputs; x2: (n2, ...) or None for the symmetric Gram of x1.
@@ -115,13 +120,14 @@ def empirical_ntk(
 
     Raises:
       ValueError: unknown implementation, mixed parameter dtypes, outputs that are not
-        (n, d), inputs of different shapes; ``KernelMemoryError`` if a block cannot fit.
+        (n, d), inputs of different shapes.
+      KernelMemoryError: a block (at ``batch_size``) or the result does not fit.
     """
     check_implementation(implementation)
     dt = check_dtype(_params_dtype(params))
     x1 = check_inputs(None, x1, "x1", dt)
     x2 = None if x2 is None else check_inputs(None, x2, "x2", dt, like=x1)
-    apply = model.apply if isinstance(model, nn.Module) else model
+    apply = net.apply if isinstance(net, nn.Module) else net
     with jax.enable_x64(bool(dt == np.float64)):
         out = jax.eval_shape(apply, params, jax.ShapeDtypeStruct((1, *x1.shape[1:]), dt))
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 1:
@@ -129,7 +135,7 @@ def empirical_ntk(
             "empirical_ntk needs a network with one (n, d) output; for one input it returned "
             f"{jax.tree.map(lambda a: a.shape, out)}."
         )
-    fns = _empirical_block_fns(model, int(implementation), vmap_axes)
+    fns = _empirical_block_fns(net, int(implementation), vmap_axes)
     (ntk,) = blocked_gram(
         fns, (params,), x1, x2, batch_size=batch_size, memory_budget_bytes=memory_budget_bytes,
         devices=devices, progress=progress, what="empirical NTK",

@@ -9,7 +9,21 @@ eigenvalue-trajectory error, subspace alignment and Procrustes error on held-out
 :func:`width_sweep` does it for one architecture at several widths. The metrics are plain
 functions of arrays (:func:`subspace_alignment`, :func:`compare_embeddings`, ...).
 
-See :mod:`stepwise_ntk.predictor._predict`, :mod:`stepwise_ntk.predictor._metrics`, :mod:`stepwise_ntk.predictor._sweep`.
+See :mod:`stepwise_ntk.predictor._predict`, :mod:`stepwise_ntk.predictor._metrics`,
+:mod:`stepwise_ntk.predictor._sweep`.
+
+Example:
+    >>> import numpy as np
+    >>> from stepwise_ntk.predictor import KERNELS, step_time_ratios, subspace_alignment
+    >>> KERNELS  # the kernel=... of predict_run and network_kernel
+    ('analytic', 'empirical_init', 'empirical_final')
+    >>> A, B = np.eye(4)[:, :2], np.eye(4)[:, 1:3]
+    >>> float(subspace_alignment(A, B))  # one shared direction out of two
+    0.5
+    >>> t = np.geomspace(1.0, 100.0, 50)
+    >>> network, theory = 1 / (1 + 20 / t), 1 / (1 + 10 / t)  # one mode stepping at t = 20 and 10
+    >>> np.round(step_time_ratios(t, network[:, None], t, theory[:, None]), 2)
+    array([2.])
 """
 
 from stepwise_ntk.predictor._metrics import (
@@ -20,7 +34,6 @@ from stepwise_ntk.predictor._metrics import (
     eigenvalue_trajectory_error,
     plateau_losses,
     principal_cosines,
-    procrustes_relative_error,
     step_time_ratios,
     subspace_alignment,
 )
@@ -35,7 +48,14 @@ from stepwise_ntk.predictor._predict import (
     network_kernel,
     predict_run,
 )
-from stepwise_ntk.predictor._sweep import SweepResult, WidthResult, WidthSweepSettings, choose_d, plan_steps, width_sweep
+from stepwise_ntk.predictor._sweep import (
+    SweepResult,
+    WidthResult,
+    WidthSweepSettings,
+    choose_d,
+    plan_steps,
+    width_sweep,
+)
 
 __all__ = [
     "KERNELS",
@@ -59,7 +79,6 @@ __all__ = [
     "plateau_losses",
     "predict_run",
     "principal_cosines",
-    "procrustes_relative_error",
     "step_time_ratios",
     "subspace_alignment",
     "width_sweep",

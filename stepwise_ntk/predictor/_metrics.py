@@ -3,7 +3,8 @@
 * :func:`subspace_alignment` / :func:`principal_cosines`: how well two sets of embeddings
   of the same inputs span the same subspace (the theory fixes the final embeddings only
   up to an orthogonal ``d × d`` rotation, so subspaces, not coordinates, are compared);
-* :func:`procrustes_relative_error`: the coordinates themselves, after the best rotation;
+* :func:`stepwise_ntk.theory.procrustes_error`: the coordinates themselves, after the best
+  rotation (and, with ``scale=True``, the best positive scale);
 * :func:`compare_embeddings`: both at once, e.g. for embeddings learned with two losses;
 * :func:`step_time_ratios`: per-mode step times (eigenvalue of ``C`` crossing 1/2) of a
   network over those of the theory;
@@ -31,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk._checks import is_concrete
-from stepwise_ntk.theory import procrustes_align, procrustes_error
+from stepwise_ntk._checks import check_array, check_int, check_number, is_concrete
+from stepwise_ntk.theory import procrustes_error
 
 __all__ = [
     "crossing_times",
@@ -42,7 +43,6 @@ __all__ = [
     "compare_embeddings",
     "eigenvalue_trajectory_error",
     "principal_cosines",
-    "procrustes_relative_error",
     "step_time_ratios",
     "subspace_alignment",
 ]
@@ -79,14 +79,14 @@ def plateau_losses(times: np.ndarray, loss: np.ndarray, steps: np.ndarray) -> np
     return np.interp(np.log(mids), np.log(np.asarray(times, np.float64)), np.asarray(loss, np.float64))
 
 
+_EMBEDDINGS = "a non-empty (m, d) array of embeddings (rows: inputs)"
+
+
 def _as_embeddings(name: str, A: Any) -> jax.Array:
-    A = jnp.asarray(A)
-    if A.ndim != 2 or A.shape[0] < 1 or A.shape[1] < 1:
-        raise ValueError(f"{name} must be a non-empty (m, d) array of embeddings (rows: inputs), got shape {A.shape}.")
-    if not jnp.issubdtype(A.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got dtype {A.dtype}.")
-    if is_concrete(A) and not bool(jnp.all(jnp.isfinite(A))):
-        raise ValueError(f"{name} contains NaN or Inf entries (a diverged run?); compare finite embeddings only.")
+    A = jnp.asarray(check_array(name, A, ndim=2, min_rows=1, what=_EMBEDDINGS,
+                                hint="compare finite embeddings only (a diverged run?)."))
+    if A.shape[1] < 1:
+        raise ValueError(f"{name} must be {_EMBEDDINGS}, got shape {A.shape}.")
     return A
 
 
@@ -187,44 +187,13 @@ def subspace_alignment(A: Any, B: Any) -> jax.Array:
     return jnp.mean(jnp.square(c))
 
 
-def procrustes_relative_error(A: Any, B: Any, *, scale: bool = False) -> jax.Array:
-    """``min ‖s A R − B‖_F / ‖B‖_F`` over orthogonal ``R`` (and ``s = 1``, or the best ``s > 0``).
-
-    With ``Aᵀ B = U Σ Vᵀ``: ``R = U Vᵀ`` (:func:`stepwise_ntk.theory._closed_form.procrustes_error`) and, if
-    ``scale``, ``s = tr Σ / ‖A‖²_F`` (the similarity Procrustes fit), which compares embeddings
-    whose overall size differs (e.g. from different losses).
-
-    Args:
-      A: ``(m, d)`` embeddings (e.g. the network's).
-      B: ``(m, d)`` reference embeddings of the same inputs (e.g. the predicted ones).
-      scale: also fit a positive scalar.
-
-    Returns:
-      scalar ``≥ 0``; 0 when ``A`` is a rotation (``scale``: a scaled rotation) of ``B``.
-    """
-    A, B = _as_embeddings("A", A), _as_embeddings("B", B)
-    _same_rows(A, B)
-    if A.shape != B.shape:
-        raise ValueError(
-            f"Procrustes needs A and B of the same (m, d) shape, got {A.shape} and {B.shape}; "
-            f"compare subspaces of different dimension with subspace_alignment."
-        )
-    if is_concrete(B) and not bool(jnp.any(B != 0)):
-        raise ValueError("B is all zeros: the relative error ‖·‖/‖B‖ is undefined. Pass the reference as B.")
-    if not scale:
-        return procrustes_error(A, B)
-    AR, _ = procrustes_align(A, B)
-    s = jnp.sum(AR * B) / jnp.maximum(jnp.sum(jnp.square(A)), jnp.finfo(A.dtype).tiny)
-    return jnp.linalg.norm(s * AR - B) / jnp.linalg.norm(B)
-
-
 class EmbeddingComparison(NamedTuple):
     """Agreement of two embeddings of the same inputs (:func:`compare_embeddings`).
 
     Attributes:
       alignment: :func:`subspace_alignment`.
       cosines: :func:`principal_cosines`, descending.
-      procrustes_error: :func:`procrustes_relative_error` (rotation only).
+      procrustes_error: :func:`stepwise_ntk.theory.procrustes_error` (rotation only).
       scaled_procrustes_error: the same with the best positive scale.
     """
 
@@ -250,8 +219,8 @@ def compare_embeddings(A: Any, B: Any) -> EmbeddingComparison:
     return EmbeddingComparison(
         alignment=jnp.mean(jnp.square(cos)),
         cosines=cos,
-        procrustes_error=procrustes_relative_error(A, B),
-        scaled_procrustes_error=procrustes_relative_error(A, B, scale=True),
+        procrustes_error=procrustes_error(A, B),
+        scaled_procrustes_error=procrustes_error(A, B, scale=True),
     )
 
 
@@ -266,11 +235,9 @@ def _as_records(name: str, times: Any, eigs: Any) -> tuple[np.ndarray, np.ndarra
         raise ValueError(
             f"{name}: times must be (T,) and eigenvalues (T, d) with the same T, got {t.shape} and {lam.shape}."
         )
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(lam))):
-        raise ValueError(
-            f"{name}: times or eigenvalues contain NaN/Inf; pass only the finite records (a diverged run "
-            f"keeps its records before the divergence)."
-        )
+    hint = "pass only the finite records (a diverged run keeps its records before the divergence)."
+    check_array(f"{name} times", t, hint=hint)
+    check_array(f"{name} eigenvalues", lam, hint=hint)
     if t.size > 1 and not np.all(np.diff(t) > 0):
         raise ValueError(f"{name}: times must be strictly increasing.")
     keep = t > 0
@@ -303,8 +270,8 @@ def step_time_ratios(
     t2, l2 = _as_records("theory", theory_times, theory_eigs)
     if l1.shape[1] != l2.shape[1]:
         raise ValueError(f"network has d = {l1.shape[1]} eigenvalues but the theory {l2.shape[1]}; use the same d.")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1) (the eigenvalues step from 0 to 1), got {level!r}.")
+    check_number("level", level, low=0, high=1, open_low=True, open_high=True,
+                 hint=" (the eigenvalues step from 0 to 1)")
     return crossing_times(t1, l1, level) / crossing_times(t2, l2, level)
 
 
@@ -351,8 +318,7 @@ def eigenvalue_trajectory_error(
     t2, l2 = _as_records("theory", theory_times, theory_eigs)
     if l1.shape[1] != l2.shape[1]:
         raise ValueError(f"network has d = {l1.shape[1]} eigenvalues but the theory {l2.shape[1]}; use the same d.")
-    if isinstance(n_grid, bool) or not isinstance(n_grid, (int, np.integer)) or n_grid < 2:
-        raise ValueError(f"n_grid must be an integer ≥ 2, got {n_grid!r}.")
+    check_int("n_grid", n_grid, low=2)
     lo, hi = max(t1[0], t2[0]), min(t1[-1], t2[-1])
     if not lo < hi:
         raise ValueError(

@@ -1,6 +1,6 @@
 """The kernel-model prediction for a trained network, and the comparison of the two.
 
-A network trained by :func:`stepwise_ntk.training._train.train` has embedding
+A network trained by :func:`stepwise_ntk.training.train` has embedding
 ``f(x) = α · net(x; θ)``. Its kernel model (THEORY.md) is the gradient flow
 ``dF/dt = −K ∇_F L(F)`` with
 
@@ -12,10 +12,10 @@ function-space kernel of ``f`` is α² times that of ``net``. Three choices of `
 (:data:`KERNELS`):
 
 * ``"analytic"``: the infinite-width NTK of the architecture (neural-tangents,
-  :func:`stepwise_ntk.kernels._analytic.analytic_ntk`); in the ``"ntk"`` parameterisation it does not
+  :func:`stepwise_ntk.kernels.analytic_ntk`); in the ``"ntk"`` parameterisation it does not
   depend on the width, so one kernel serves a whole width sweep;
 * ``"empirical_init"``: the empirical NTK of the network at its initial parameters ``θ_0``
-  (:func:`stepwise_ntk.kernels._empirical.empirical_ntk`);
+  (:func:`stepwise_ntk.kernels.empirical_ntk`);
 * ``"empirical_final"``: the empirical NTK after training (what the paper compared with).
 
 :func:`predict_run` integrates the kernel flow from the network's own initial embeddings
@@ -24,19 +24,29 @@ including the mixing of close modes at finite α) and also returns the closed-fo
 small-initialisation predictions: the contrastive eigenvalues ``γ``, the step times
 ``t_j = ln(1/λ_j(0) − 1)/(8γ_j)`` and the final embeddings on held-out views (the top-``d``
 modes, ``diag(γ^{-1/2}) g(x)``). :func:`compare_run` holds a :class:`TrainResult` against a
-:class:`Prediction` with the metrics of :mod:`stepwise_ntk.predictor._metrics`.
+:class:`Prediction` with the metrics of :mod:`stepwise_ntk.predictor` (``subspace_alignment``,
+``step_time_ratios``, ...) and :func:`stepwise_ntk.theory.procrustes_error`.
 
 Example::
 
-    spec = MLP(depth=1, width=1024, d=3)
-    alpha = 0.05
-    init = init_network(spec, views, test_views, alpha=alpha, key=jax.random.key(0))
-    cfg = TrainSettings(learning_rate=0.03 / alpha**2, steps=1000, alpha=alpha)
-    run = train(spec, cfg, views, test_views=test_views, init_params=init.params)
-    pred = predict_run(spec, views, test_views, 3, init.F0, run.effective_times[1:],
-                       alpha=alpha, F0_test=init.F0_test)
-    report = compare_run(pred, run, arch=spec)
-    report.test_alignment, report.step_time_ratios
+    >>> import jax, numpy as np
+    >>> from stepwise_ntk.kernels import MLP
+    >>> from stepwise_ntk.predictor import compare_run, init_network, predict_run
+    >>> from stepwise_ntk.training import TrainSettings, train
+    >>> rng = np.random.default_rng(0)
+    >>> views, test_views = rng.normal(size=(8, 4)), rng.normal(size=(3, 4))   # float64; 2n = 8
+    >>> arch = MLP(depth=1, width=16, d=2)
+    >>> alpha = 0.125
+    >>> init = init_network(arch, views, test_views, alpha=alpha, key=jax.random.key(0))
+    >>> settings = TrainSettings(learning_rate=0.0625 / alpha**2, steps=200, alpha=alpha, n_records=50)
+    >>> run = train(arch, settings, views, test_views=test_views, init_params=init.params, progress=False)
+    >>> pred = predict_run(arch, views, test_views, init.F0, run.effective_times[1:],
+    ...                    alpha=alpha, F0_test=init.F0_test)
+    >>> pred.kernel, pred.eigenvalues.shape == (run.steps.size - 1, 2), np.asarray(pred.step_times).round(1)
+    ('analytic', True, array([ 98.2, 245.4]))
+    >>> report = compare_run(pred, run, arch=arch)   # width 16 is far from the infinite-width kernel
+    >>> report.step_time_ratios.round(2), round(report.train_alignment, 2)
+    (array([0.58, 0.7 ]), 0.99)
 """
 
 from __future__ import annotations
@@ -49,22 +59,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.kernels import ArchSpec
-from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem
-from stepwise_ntk.kernels import empirical_ntk
-from stepwise_ntk.predictor._metrics import crossing_times
-from stepwise_ntk.kernels import array_fingerprint
-from stepwise_ntk.kernels import analytic_ntk
+from stepwise_ntk._checks import (
+    check_array,
+    check_choice,
+    check_embeddings,
+    check_float_dtype,
+    check_number,
+    check_positive_int,
+    check_type,
+    check_views,
+)
+from stepwise_ntk.kernels import ArchSpec, analytic_ntk, array_fingerprint, empirical_ntk
 from stepwise_ntk.predictor._metrics import (
+    crossing_times,
     eigenvalue_trajectory_error,
     principal_cosines,
-    procrustes_relative_error,
     step_time_ratios,
     subspace_alignment,
 )
-from stepwise_ntk.solver import SolverSettings, solve
-from stepwise_ntk.theory import final_embeddings, initial_eigenvalues, step_times
-from stepwise_ntk.solver import Trajectory
+from stepwise_ntk.solver import SolverSettings, Trajectory, solve
+from stepwise_ntk.theory import (
+    check_enough_modes,
+    contrastive_eigensystem,
+    final_embeddings,
+    initial_eigenvalues,
+    procrustes_error,
+    step_times,
+)
+from stepwise_ntk.training import TrainResult
 
 __all__ = [
     "KERNELS",
@@ -80,43 +102,25 @@ __all__ = [
 
 KERNELS = ("analytic", "empirical_init", "empirical_final")
 
+_DEFAULT_SOLVER = SolverSettings()  # frozen: one shared default is safe
+
 
 # ------------------------------------------------------------------------------ input checks
 
 
 def _check_alpha(alpha: Any) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not np.isfinite(alpha) or alpha <= 0:
-        raise ValueError(
-            f"alpha must be a finite number > 0 (the output scale of f = α · net, TrainSettings.alpha), got {alpha!r}."
-        )
-    return float(alpha)
+    return check_number(
+        "alpha", alpha, low=0, open_low=True, hint=" (the output scale of f = α · net, TrainSettings.alpha)"
+    )
 
 
-def _check_views(name: str, x: Any, like: np.ndarray | None = None) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
-    if like is None and (x.ndim < 2 or x.shape[0] < 2 or x.shape[0] % 2):
-        raise ValueError(
-            f"{name} must be (2n, ...) with n ≥ 1 pairs stacked as [x_1..x_n, x'_1..x'_n], got shape {x.shape}."
-        )
-    if like is not None and (x.ndim < 2 or x.shape[0] < 1 or x.shape[1:] != like.shape[1:]):
-        raise ValueError(
-            f"{name} must be (m, {', '.join(map(str, like.shape[1:]))}) like the views, got shape {x.shape}."
-        )
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:
-        raise ValueError(
-            f"{name} contains {bad} NaN/Inf value(s): a kernel (and a network) of such inputs is undefined. "
-            f"Clean or re-generate the data (e.g. check the normalisation and the source images)."
-        )
-    return x
+def _host_views(name: str, x: Any, like: np.ndarray | None = None) -> np.ndarray:
+    """Checked views as a host array (the kernels are computed from host arrays)."""
+    return np.asarray(check_views(name, x, like=like))
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dt}.")
+    dt = check_float_dtype("dtype", dtype)
     if dt == np.float64 and not jax.config.jax_enable_x64:
         raise ValueError(
             "dtype=float64 needs jax.config.update('jax_enable_x64', True) first; otherwise JAX would "
@@ -128,23 +132,25 @@ def _check_dtype(dtype: Any) -> np.dtype:
 def _describe_arch(arch: Any) -> dict[str, Any]:
     if isinstance(arch, ArchSpec):
         return arch.to_config()
-    return {"module": f"{type(arch).__module__}.{type(arch).__qualname__}"}
+    return {"net": f"{type(arch).__module__}.{type(arch).__qualname__}"}
 
 
-def _arch_key(arch: Any, kind: str) -> dict[str, Any]:
-    """What a kernel of ``kind`` depends on: the analytic NTK not on d (nor on the width in
+def _arch_key(arch: Any, kernel: str) -> dict[str, Any]:
+    """What a kernel of this name depends on: the analytic NTK not on d (nor on the width in
     the "ntk" parameterisation); an empirical NTK on every field, as it comes from parameters."""
-    if isinstance(arch, ArchSpec) and kind == "analytic":
+    if isinstance(arch, ArchSpec) and kernel == "analytic":
         return arch.kernel_config()
     return _describe_arch(arch)
 
 
 def _check_arch(arch: Any) -> None:
-    if not isinstance(arch, (ArchSpec, nn.Module)):
-        raise ValueError(
-            f"arch must be an architecture spec (e.g. MLP(...), from stepwise_ntk.kernels.architectures._registry) or, for "
-            f"empirical kernels, a flax.linen Module; got {type(arch).__name__}."
-        )
+    check_type(
+        "arch",
+        arch,
+        (ArchSpec, nn.Module),
+        "an architecture declaration (e.g. MLP(...) from stepwise_ntk.kernels) or, for empirical "
+        "kernels, a flax.linen Module",
+    )
 
 
 # ------------------------------------------------------------------------------ initialisation
@@ -164,7 +170,7 @@ class NetworkInit(NamedTuple):
     F0_test: jax.Array | None
 
 
-def _module(arch: Any, dtype: np.dtype) -> nn.Module:
+def _net(arch: Any, dtype: np.dtype) -> nn.Module:
     return arch.flax(param_dtype=dtype) if isinstance(arch, ArchSpec) else arch
 
 
@@ -173,8 +179,8 @@ def init_network(arch: Any, views: Any, test_views: Any = None, *, alpha: float,
     """Initialise ``net`` and embed the views with ``f = α · net``, in the views' dtype.
 
     Args:
-      arch: architecture spec (its Flax twin ``arch.flax(views.dtype)`` is used) or a
-        stateless ``flax.linen`` module.
+      arch: architecture declaration (its Flax twin ``arch.flax(views.dtype)`` is used) or
+        a stateless ``flax.linen`` module.
       views: ``(2n, ...)`` training views; test_views: ``(m, ...)`` held-out views or None.
       alpha: output scale α (as ``TrainSettings.alpha``).
       key: PRNG key of the initialisation (same key → same ``θ_0``).
@@ -186,16 +192,15 @@ def init_network(arch: Any, views: Any, test_views: Any = None, *, alpha: float,
     """
     _check_arch(arch)
     alpha = _check_alpha(alpha)
-    views = _check_views("views", views)
+    views = _host_views("views", views)
     if test_views is not None:
-        test_views = _check_views("test_views", test_views, like=views)
-        if test_views.dtype != views.dtype:
-            raise ValueError(f"test_views has dtype {test_views.dtype} but views {views.dtype}; use one dtype.")
+        test_views = np.asarray(check_views("test_views", test_views, like=views, same_dtype=True))
+    check_positive_int("batch_size", batch_size)
     if isinstance(arch, ArchSpec):
         arch.check_input_shape(tuple(views.shape[1:]))
-    module = _module(arch, views.dtype)
-    params = jax.jit(module.init)(key, jnp.asarray(views[:1]))
-    apply = jax.jit(module.apply)
+    net = _net(arch, views.dtype)
+    params = jax.jit(net.init)(key, jnp.asarray(views[:1]))
+    apply = jax.jit(net.apply)
     # Views and test views in one pass (one compilation), in chunks of batch_size rows.
     x = views if test_views is None else np.concatenate([views, test_views])
     parts = [apply(params, jnp.asarray(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
@@ -211,10 +216,10 @@ def _check_params_match(arch: Any, params: Any, input_shape: tuple[int, ...], wh
     if not leaves:
         raise ValueError(f"{what} holds no arrays; pass the network's variables {{'params': ...}}.")
     dtype = np.dtype(leaves[0].dtype)
-    module = _module(arch, dtype)
+    net = _net(arch, dtype)
     x = jax.ShapeDtypeStruct((1, *input_shape), dtype)
     try:
-        expected = jax.eval_shape(module.init, jax.random.key(0), x)
+        expected = jax.eval_shape(net.init, jax.random.key(0), x)
     except Exception as err:  # noqa: BLE001 - any failure to build the twin on these inputs
         raise ValueError(f"cannot initialise {_describe_arch(arch)} on inputs of shape {input_shape}: {err}") from err
 
@@ -248,36 +253,36 @@ class NetworkKernel:
     """The per-output NTK ``Θ`` of a network on the views (before the factor α²).
 
     Attributes:
-      kind: one of :data:`KERNELS`.
-      arch: the architecture (spec or module) it was computed for.
-      ntk: ``(2n, 2n)`` ``Θ(X, X)`` on the views ``[x_1..x_n, x'_1..x'_n]``.
-      ntk_test: ``(m, 2n)`` ``Θ(X_test, X)``, or None.
+      kernel: which NTK, one of :data:`KERNELS`.
+      arch: the architecture (declaration or Flax module) it was computed for.
+      K: ``(2n, 2n)`` ``Θ(X, X)`` on the views ``[x_1..x_n, x'_1..x'_n]``.
+      K_test: ``(m, 2n)`` ``Θ(X_test, X)``, or None.
       input_shape: the shape of one view.
       views_fingerprint, test_fingerprint: sha256 of the views (in the kernel dtype), so a
         kernel is never used with other views.
     """
 
-    kind: str
+    kernel: str
     arch: Any
-    ntk: np.ndarray
-    ntk_test: np.ndarray | None
+    K: np.ndarray
+    K_test: np.ndarray | None
     input_shape: tuple[int, ...]
     views_fingerprint: str
     test_fingerprint: str | None
 
     @property
     def n_pairs(self) -> int:
-        return self.ntk.shape[0] // 2
+        return self.K.shape[0] // 2
 
     def check_arch(self, arch: Any) -> None:
         """ValueError unless ``arch`` is the architecture this kernel belongs to."""
-        mine, theirs = _arch_key(self.arch, self.kind), _arch_key(arch, self.kind)
+        mine, theirs = _arch_key(self.arch, self.kernel), _arch_key(arch, self.kernel)
         if mine == theirs:
             return
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         shown = ", ".join(f"{k}: {mine.get(k)!r} (kernel) vs {theirs.get(k)!r}" for k in diff[:6])
         raise ValueError(
-            f"the {self.kind} kernel was computed for {_describe_arch(self.arch)} but is used with "
+            f"the {self.kernel} kernel was computed for {_describe_arch(self.arch)} but is used with "
             f"{_describe_arch(arch)} ({shown}). The kernel model of a network needs the NTK of that same "
             f"architecture: recompute it with network_kernel(arch, ...) or pass the matching arch."
         )
@@ -292,7 +297,7 @@ def network_kernel(
     views: Any,
     test_views: Any = None,
     *,
-    kind: str = "analytic",
+    kernel: str = "analytic",
     params: Any = None,
     dtype: Any = np.float64,
     progress: bool = False,
@@ -301,47 +306,47 @@ def network_kernel(
     """The per-output NTK ``Θ`` of ``arch`` on the views (and held-out views).
 
     Args:
-      arch: architecture spec (``MLP``, ``MyrtleCNN``, ``WideResNet``); for empirical kinds
-        also any stateless ``flax.linen`` module.
+      arch: architecture declaration (``MLP``, ``MyrtleCNN``, ``WideResNet``); for the
+        empirical kernels also any stateless ``flax.linen`` module.
       views: ``(2n, ...)`` training views; test_views: ``(m, ...)`` or None.
-      kind: ``"analytic"`` (infinite width), ``"empirical_init"`` or ``"empirical_final"``
+      kernel: ``"analytic"`` (infinite width), ``"empirical_init"`` or ``"empirical_final"``
         (the empirical NTK at ``params``: ``θ_0`` or the trained parameters).
-      params: the network's variables, required for the empirical kinds (cast to ``dtype``).
+      params: the network's variables, required for the empirical kernels (cast to ``dtype``).
       dtype: float32 or float64, the precision of the kernel.
       progress: progress bar over kernel blocks.
       **kernel_options: passed on to ``analytic_ntk`` / ``empirical_ntk`` (``batch_size``,
         ``memory_budget_bytes``, ``devices``; ``cache_dir`` for analytic kernels).
 
     Returns:
-      :class:`NetworkKernel` (``ntk`` and ``ntk_test`` as numpy arrays of ``dtype``).
+      :class:`NetworkKernel` (``K`` and ``K_test`` as numpy arrays of ``dtype``).
 
     Raises:
-      ValueError: unknown kind; params missing (empirical) or given (analytic); params of
+      TypeError: ``arch`` is neither an architecture declaration nor a Flax module.
+      ValueError: unknown kernel; params missing (empirical) or given (analytic); params of
         another architecture; NaN/Inf in the views; inputs ``arch`` does not take.
     """
     _check_arch(arch)
-    if kind not in KERNELS:
-        raise ValueError(f"kind must be one of {KERNELS}, got {kind!r}.")
+    check_choice("kernel", kernel, KERNELS)
     dt = _check_dtype(dtype)
-    views = _check_views("views", views)
+    views = _host_views("views", views)
     if test_views is not None:
-        test_views = _check_views("test_views", test_views, like=views)
+        test_views = _host_views("test_views", test_views, like=views)
     xs, xt = np.asarray(views, dt), None if test_views is None else np.asarray(test_views, dt)
     input_shape = tuple(views.shape[1:])
-    if kind == "analytic":
+    if kernel == "analytic":
         if not isinstance(arch, ArchSpec):
             raise ValueError(
-                "an analytic (infinite-width) kernel needs an architecture spec such as MLP(...); a bare "
-                "Flax module has no known infinite-width limit. Use kind='empirical_init' with its params."
+                "an analytic (infinite-width) kernel needs an architecture declaration such as MLP(...); a bare "
+                "Flax module has no known infinite-width limit. Use kernel='empirical_init' with its params."
             )
         if params is not None:
-            raise ValueError("params are not used by the analytic kernel; pass them only for the empirical kinds.")
-        ntk = analytic_ntk(arch, xs, dtype=dt, progress=progress, **kernel_options)
-        ntk_test = None if xt is None else analytic_ntk(arch, xt, xs, dtype=dt, progress=progress, **kernel_options)
+            raise ValueError("params are not used by the analytic kernel; pass them only for the empirical kernels.")
+        K = analytic_ntk(arch, xs, dtype=dt, progress=progress, **kernel_options)
+        K_test = None if xt is None else analytic_ntk(arch, xt, xs, dtype=dt, progress=progress, **kernel_options)
     else:
         if params is None:
             raise ValueError(
-                f"kind={kind!r} is the empirical NTK at given parameters: pass params= (θ_0 for "
+                f"kernel={kernel!r} is the empirical NTK at given parameters: pass params= (θ_0 for "
                 f"'empirical_init', e.g. init_network(...).params; the trained TrainResult.params for "
                 f"'empirical_final')."
             )
@@ -349,11 +354,11 @@ def network_kernel(
             arch.check_input_shape(input_shape)
         _check_params_match(arch, params, input_shape, "params")
         params = jax.tree.map(lambda a: jnp.asarray(a, dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
-        module = _module(arch, dt)
-        ntk = empirical_ntk(module, params, xs, progress=progress, **kernel_options)
-        ntk_test = None if xt is None else empirical_ntk(module, params, xt, xs, progress=progress, **kernel_options)
+        net = _net(arch, dt)
+        K = empirical_ntk(net, params, xs, progress=progress, **kernel_options)
+        K_test = None if xt is None else empirical_ntk(net, params, xt, xs, progress=progress, **kernel_options)
     return NetworkKernel(
-        kind=kind, arch=arch, ntk=np.asarray(ntk, dt), ntk_test=None if ntk_test is None else np.asarray(ntk_test, dt),
+        kernel=kernel, arch=arch, K=np.asarray(K, dt), K_test=None if K_test is None else np.asarray(K_test, dt),
         input_shape=input_shape, views_fingerprint=_fingerprint(xs, dt), test_fingerprint=_fingerprint(xt, dt),
     )
 
@@ -366,7 +371,8 @@ class Prediction:
     """The kernel-model theory of one training run (:func:`predict_run`). ``N = 2n`` views.
 
     Attributes:
-      kernel: the :class:`NetworkKernel` ``Θ`` it was built from.
+      network_kernel: the :class:`NetworkKernel` ``Θ`` it was built from (``kernel`` is its
+        name, one of :data:`KERNELS`).
       alpha: the output scale α; the kernel model's kernel is ``K = α² Θ``.
       d: embedding dimension.
       K: ``(N, N)`` ``α² Θ`` on the views; K_test: ``(m, N)`` ``α² Θ(X_test, X)`` or None.
@@ -384,7 +390,7 @@ class Prediction:
       trajectory: the solver's :class:`Trajectory`.
     """
 
-    kernel: NetworkKernel
+    network_kernel: NetworkKernel
     alpha: float
     d: int
     K: jax.Array
@@ -402,12 +408,13 @@ class Prediction:
     trajectory: Trajectory
 
     @property
-    def kind(self) -> str:
-        return self.kernel.kind
+    def kernel(self) -> str:
+        """Which NTK the prediction uses, one of :data:`KERNELS`."""
+        return self.network_kernel.kernel
 
     @property
     def n_pairs(self) -> int:
-        return self.kernel.n_pairs
+        return self.network_kernel.n_pairs
 
     @property
     def gap(self) -> float:
@@ -420,7 +427,6 @@ def predict_run(
     arch: Any,
     views: Any,
     test_views: Any,
-    d: int,
     F0: Any,
     times: Any,
     *,
@@ -429,23 +435,23 @@ def predict_run(
     params: Any = None,
     F0_test: Any = None,
     dtype: Any = np.float64,
-    solver_settings: SolverSettings = SolverSettings(),
+    solver_settings: SolverSettings = _DEFAULT_SOLVER,
     progress: bool = False,
     **kernel_options: Any,
 ) -> Prediction:
     """The kernel-model theory of a run of ``f = α · net`` from its initial embeddings ``F0``.
 
     Builds ``K = α² Θ`` (``Θ`` as chosen by ``kernel``), integrates ``dF/dt = −K ∇_F L``
-    (Barlow Twins) from ``F0`` at ``times`` (:func:`stepwise_ntk.solver._solve.solve`, also carrying
+    (Barlow Twins) from ``F0`` at ``times`` (:func:`stepwise_ntk.solver.solve`, also carrying
     the test views from ``F0_test``), and adds the closed-form small-initialisation theory:
     ``γ``, ``λ_j(0)``, step times and the final embeddings of the top ``d`` modes.
 
     Args:
-      arch: the architecture that is trained (spec, or a Flax module for empirical kernels).
+      arch: the architecture that is trained (declaration, or a Flax module for empirical
+        kernels).
       views: ``(2n, ...)`` the training views; test_views: ``(m, ...)`` held-out views or None.
-      d: embedding dimension (= ``arch.d`` and ``F0.shape[1]``).
       F0: ``(2n, d)`` the network's initial embeddings ``α · net(X; θ_0)``
-        (:func:`init_network`).
+        (:func:`init_network`); it fixes the embedding dimension ``d`` (= ``arch.d``).
       times: ``(T,)`` increasing effective times ≥ 0 (learning rate × step), e.g. the run's
         ``effective_times``.
       alpha: output scale α of the run.
@@ -459,71 +465,71 @@ def predict_run(
       **kernel_options: see :func:`network_kernel`.
 
     Raises:
-      ValueError: a kernel of another architecture or of other views; ``d`` inconsistent
-        with ``arch``/``F0``, or larger than the number of positive ``γ``; NaN/Inf in the
-        views or ``F0``; a not-small initialisation (``λ_j(0) ≥ 1``); params missing/extra.
+      TypeError: ``arch``, ``kernel`` or ``alpha`` of the wrong type.
+      ValueError: a kernel of another architecture or of other views; ``F0``'s ``d``
+        inconsistent with ``arch``, or larger than the number of positive ``γ``; NaN/Inf in
+        the views or ``F0``; a not-small initialisation (``λ_j(0) ≥ 1``); params missing/extra.
     """
     _check_arch(arch)
     alpha = _check_alpha(alpha)
     dt = _check_dtype(dtype)
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-        raise ValueError(f"d must be a positive integer (the embedding dimension), got {d!r}.")
-    d = int(d)
-    if isinstance(arch, ArchSpec) and arch.d != d:
-        raise ValueError(f"d = {d} but the architecture has d = {arch.d} outputs; use the same d.")
-    views = _check_views("views", views)
+    views = _host_views("views", views)
     if test_views is not None:
-        test_views = _check_views("test_views", test_views, like=views)
+        test_views = _host_views("test_views", test_views, like=views)
     n = views.shape[0] // 2
+    check_embeddings(F0, n, "F0")
+    d = int(np.shape(F0)[1])
+    if isinstance(arch, ArchSpec) and arch.d != d:
+        raise ValueError(
+            f"F0 has d = {d} columns but the architecture has d = {arch.d} outputs; pass the initial "
+            f"embeddings of this network (init_network(arch, ...).F0)."
+        )
+    # The checked values, in the kernel model's precision (a host cast, as the kernel's).
+    F0 = jnp.asarray(np.asarray(F0).astype(dt))
+    if F0_test is not None:
+        if test_views is None:
+            raise ValueError("F0_test was given without test_views; pass the test views too.")
+        m = test_views.shape[0]
+        what = f"(m, d) = ({m}, {d}), the initial embeddings of the test views"
+        F0_test = np.asarray(check_array("F0_test", F0_test, ndim=2, what=what,
+                                         hint="pass the network's initial test embeddings."))
+        if F0_test.shape != (m, d):
+            raise ValueError(f"F0_test must be {what}, got shape {F0_test.shape}.")
+        F0_test = jnp.asarray(F0_test.astype(dt))
 
     if isinstance(kernel, NetworkKernel):
         if params is not None or kernel_options:
-            raise ValueError("params and kernel options are for computing a kernel; a precomputed NetworkKernel takes neither.")
+            raise ValueError(
+                "params and kernel options are for computing a kernel; a precomputed NetworkKernel takes neither."
+            )
         kernel.check_arch(arch)
-        if kernel.views_fingerprint != _fingerprint(views, kernel.ntk.dtype):
+        if kernel.views_fingerprint != _fingerprint(views, kernel.K.dtype):
             raise ValueError("the NetworkKernel was computed on other views than these; recompute it on these views.")
-        if (test_views is None) != (kernel.ntk_test is None) or (
-            test_views is not None and kernel.test_fingerprint != _fingerprint(test_views, kernel.ntk.dtype)
+        if (test_views is None) != (kernel.K_test is None) or (
+            test_views is not None and kernel.test_fingerprint != _fingerprint(test_views, kernel.K.dtype)
         ):
             raise ValueError(
                 "the NetworkKernel's test kernel does not belong to these test_views (computed on other held-out "
                 "views, or with/without test views); recompute it with these test_views."
             )
-        if kernel.ntk.dtype != dt:
-            raise ValueError(f"the NetworkKernel is {kernel.ntk.dtype} but dtype={dt}; pass dtype={kernel.ntk.dtype}.")
+        if kernel.K.dtype != dt:
+            raise ValueError(f"the NetworkKernel is {kernel.K.dtype} but dtype={dt}; pass dtype={kernel.K.dtype}.")
         nk = kernel
-    elif isinstance(kernel, str):
-        nk = network_kernel(arch, views, test_views, kind=kernel, params=params, dtype=dt, progress=progress,
-                            **kernel_options)
     else:
-        raise ValueError(f"kernel must be one of {KERNELS} or a NetworkKernel, got {kernel!r}.")
-
-    F0 = np.asarray(F0)
-    if F0.shape != (2 * n, d):
-        raise ValueError(f"F0 must be (2n, d) = ({2 * n}, {d}), the initial embeddings of the views, got {F0.shape}.")
-    if not np.all(np.isfinite(F0)):
-        raise ValueError("F0 contains NaN/Inf; pass the network's initial embeddings α · net(X; θ_0).")
-    F0 = jnp.asarray(F0.astype(dt))
-    if F0_test is not None:
-        if test_views is None:
-            raise ValueError("F0_test was given without test_views; pass the test views too.")
-        F0_test = np.asarray(F0_test)
-        if F0_test.shape != (test_views.shape[0], d) or not np.all(np.isfinite(F0_test)):
-            raise ValueError(
-                f"F0_test must be finite and (m, d) = ({test_views.shape[0]}, {d}), got shape {F0_test.shape}."
-            )
-        F0_test = jnp.asarray(F0_test.astype(dt))
+        check_type("kernel", kernel, str, f"one of {KERNELS} or a NetworkKernel")
+        nk = network_kernel(arch, views, test_views, kernel=kernel, params=params, dtype=dt, progress=progress,
+                            **kernel_options)
 
     a2 = alpha * alpha
-    K = jnp.asarray(a2 * nk.ntk)
-    K_test = None if nk.ntk_test is None else jnp.asarray(a2 * nk.ntk_test)
+    K = jnp.asarray(a2 * nk.K)
+    K_test = None if nk.K_test is None else jnp.asarray(a2 * nk.K_test)
     es = contrastive_eigensystem(K, n)
     check_enough_modes(es, d)
-    lam0 = initial_eigenvalues(es, F0, d)
-    t_steps = step_times(es, F0, d)
+    lam0 = initial_eigenvalues(es, F0)
+    t_steps = step_times(es, F0)
     traj = solve(K, n, F0, times, K_test=K_test, F0_test=F0_test, settings=solver_settings)
     return Prediction(
-        kernel=nk, alpha=alpha, d=d, K=K, K_test=K_test, gammas=es.gammas, lambda0=lam0, step_times=t_steps,
+        network_kernel=nk, alpha=alpha, d=d, K=K, K_test=K_test, gammas=es.gammas, lambda0=lam0, step_times=t_steps,
         times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues, embeddings=traj.embeddings,
         flow_test_embeddings=None if traj.test_embeddings is None else traj.test_embeddings[-1],
         test_embeddings=None if K_test is None else final_embeddings(es, K_test, d),
@@ -539,7 +545,7 @@ class RunComparison:
     """A trained network against its kernel-model prediction (:func:`compare_run`).
 
     Attributes:
-      kind: the kernel of the prediction.
+      kernel: which NTK the prediction used, one of :data:`KERNELS`.
       network_step_times, theory_step_times: ``(d,)`` crossings of 1/2 by the ``j``-th
         largest eigenvalue of ``C`` (network records; the kernel flow from the same ``F0``).
       step_time_ratios: ``(d,)`` network / theory (NaN where a curve never crosses).
@@ -548,12 +554,13 @@ class RunComparison:
         predicted top-``d`` modes (closed form), or None without test views.
       test_cosines: the principal cosines behind it.
       test_alignment_flow: the same against the kernel flow's final test embeddings.
-      test_procrustes_error, test_procrustes_error_flow: Procrustes relative errors.
+      test_procrustes_error, test_procrustes_error_flow: Procrustes errors
+        (:func:`stepwise_ntk.theory.procrustes_error`) against the same two.
       train_alignment: alignment on the training views with the closed-form modes.
       final_eigenvalues: ``(d,)`` the network's last recorded eigenvalues of ``C``.
     """
 
-    kind: str
+    kernel: str
     network_step_times: np.ndarray
     theory_step_times: np.ndarray
     step_time_ratios: np.ndarray
@@ -577,7 +584,7 @@ class RunComparison:
                 return float(a) if np.isfinite(a) else None
             return [float(x) if np.isfinite(x) else None for x in a]
 
-        return {f.name: (getattr(self, f.name) if f.name == "kind" else conv(getattr(self, f.name)))
+        return {f.name: (getattr(self, f.name) if f.name == "kernel" else conv(getattr(self, f.name)))
                 for f in dataclasses.fields(self)}
 
 
@@ -586,23 +593,24 @@ def compare_run(prediction: Prediction, result: Any, *, arch: Any) -> RunCompari
 
     Args:
       prediction: :class:`Prediction` of the run (same views, ``F0``, α).
-      result: the :class:`stepwise_ntk.training._train.TrainResult` of training ``arch``.
-      arch: the architecture that was trained (spec or module). It must be the one the
+      result: the :class:`stepwise_ntk.training.TrainResult` of training ``arch``.
+      arch: the architecture that was trained (declaration or module). It must be the one the
         prediction's kernel belongs to, and ``result.params`` must be its parameters.
 
     Returns:
       :class:`RunComparison`. Times are effective times (learning rate × step) on both sides.
 
     Raises:
+      TypeError: ``prediction`` not a :class:`Prediction`, ``result`` not a ``TrainResult``.
       ValueError: architecture/kernel mismatch, parameters of another network, different
         numbers of views / test views / ``d``, or a diverged run (nothing to compare: the
         run's records before the divergence are in ``result``).
     """
-    if not isinstance(prediction, Prediction):
-        raise ValueError(f"prediction must be a Prediction (from predict_run), got {type(prediction).__name__}.")
+    check_type("prediction", prediction, Prediction, "a Prediction (from predict_run)")
+    check_type("result", result, TrainResult, "a TrainResult (from stepwise_ntk.training.train)")
     _check_arch(arch)
-    prediction.kernel.check_arch(arch)
-    _check_params_match(arch, result.params, prediction.kernel.input_shape, "the run's params")
+    prediction.network_kernel.check_arch(arch)
+    _check_params_match(arch, result.params, prediction.network_kernel.input_shape, "the run's params")
     if result.diverged_at is not None:
         raise ValueError(
             f"the run diverged at step {result.diverged_at} (loss {result.diverged_loss}); its records before that "
@@ -626,21 +634,25 @@ def compare_run(prediction: Prediction, result: Any, *, arch: Any) -> RunCompari
                 test_procrustes_error_flow=None)
     if prediction.test_embeddings is not None:
         if result.test_embeddings is None:
-            raise ValueError("the prediction has test views but the run has no test_embeddings; train with test_views=.")
+            raise ValueError(
+                "the prediction has test views but the run has no test_embeddings; train with test_views=."
+            )
         A = np.asarray(result.test_embeddings).astype(f64)
         B = np.asarray(prediction.test_embeddings, f64)
         B_flow = np.asarray(prediction.flow_test_embeddings, f64)
         if A.shape != B.shape:
-            raise ValueError(f"the run's test embeddings are {A.shape} but the prediction's {B.shape}; use the same test views.")
+            raise ValueError(
+                f"the run's test embeddings are {A.shape} but the prediction's {B.shape}; use the same test views."
+            )
         test = dict(
             test_alignment=float(subspace_alignment(A, B)),
             test_cosines=np.asarray(principal_cosines(A, B)),
             test_alignment_flow=float(subspace_alignment(A, B_flow)),
-            test_procrustes_error=float(procrustes_relative_error(A, B)),
-            test_procrustes_error_flow=float(procrustes_relative_error(A, B_flow)),
+            test_procrustes_error=float(procrustes_error(A, B)),
+            test_procrustes_error_flow=float(procrustes_error(A, B_flow)),
         )
     return RunComparison(
-        kind=prediction.kind,
+        kernel=prediction.kernel,
         network_step_times=crossing_times(net_t[pos_n], net_l[pos_n]),
         theory_step_times=crossing_times(th_t[pos_t], th_l[pos_t]),
         step_time_ratios=ratios,

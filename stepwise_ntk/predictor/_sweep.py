@@ -3,9 +3,9 @@
 For each width ``w`` the Flax twin ``arch.replace(width=w)`` is initialised (its own key),
 trained full batch with plain gradient descent on the fixed views at output scale α and
 ``learning_rate = step_size / α²`` (so the step on the kernel ``Θ`` is ``step_size`` at every
-α, see :mod:`stepwise_ntk.training._train`), for ``horizon ×`` the last step time the analytic
+α, see :mod:`stepwise_ntk.training`), for ``horizon ×`` the last step time the analytic
 kernel model predicts from that network's own ``F0``. Then the run is compared
-(:func:`stepwise_ntk.predictor._predict.compare_run`) with the prediction of every kernel in
+(:func:`stepwise_ntk.predictor.compare_run`) with the prediction of every kernel in
 ``kernels``. The infinite-width theory says that, as ``w`` grows, the network's step times
 approach the kernel model's (ratios → 1) and its final embeddings on held-out views span
 the predicted top-``d`` modes (alignment → 1).
@@ -14,9 +14,20 @@ A run that diverges is reported (step, loss, records kept) and the sweep goes on
 
 Example::
 
-    spec = MLP(depth=1, width=64, d=3)
-    result = width_sweep(spec, views, test_views, WidthSweepSettings(widths=(64, 256, 1024)))
-    result.summary()["analytic"]["test_alignment"]      # one number per width
+    >>> import numpy as np
+    >>> from stepwise_ntk.kernels import MLP
+    >>> from stepwise_ntk.predictor import WidthSweepSettings, width_sweep
+    >>> rng = np.random.default_rng(0)
+    >>> views, test_views = rng.normal(size=(8, 4)), rng.normal(size=(3, 4))   # float64; 2n = 8
+    >>> arch = MLP(depth=1, width=16, d=2)
+    >>> settings = WidthSweepSettings(widths=(16, 64), alpha=0.125, step_size=0.0625, n_records=20,
+    ...                               plan_points=50)
+    >>> result = width_sweep(arch, views, test_views, settings, progress=False)
+    >>> summary = result.summary()
+    >>> summary["widths"], [run.steps for run in result.runs], summary["diverged_widths"]
+    ([16, 64], [143, 143], [])
+    >>> np.round(summary["analytic"]["test_alignment_flow"], 2)   # one number per width
+    array([0.85, 0.95])
 """
 
 from __future__ import annotations
@@ -30,22 +41,28 @@ from typing import Any
 import jax
 import numpy as np
 
+from stepwise_ntk._checks import (
+    check_choice,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_type,
+    check_views,
+)
 from stepwise_ntk.kernels import ArchSpec
-from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem
-from stepwise_ntk.theory import step_times
 from stepwise_ntk.predictor._metrics import crossing_times
 from stepwise_ntk.predictor._predict import (
     KERNELS,
     NetworkKernel,
     Prediction,
     RunComparison,
-    _check_views,
     compare_run,
     init_network,
     network_kernel,
     predict_run,
 )
 from stepwise_ntk.solver import SolverSettings
+from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem, step_times
 from stepwise_ntk.training import TrainSettings, train
 
 __all__ = ["SweepResult", "WidthResult", "WidthSweepSettings", "choose_d", "plan_steps", "width_sweep"]
@@ -62,7 +79,7 @@ class WidthSweepSettings:
         keep ``8 γ_1(Θ) c`` well below 1 so that gradient descent tracks the flow.
       horizon: train for this many times the predicted last step time (≥ 1).
       max_steps: refuse (ValueError) a width whose planned run is longer.
-      kernels: predictions to compare with, from :data:`stepwise_ntk.predictor._predict.KERNELS`.
+      kernels: predictions to compare with, from :data:`stepwise_ntk.predictor.KERNELS`.
       n_records: log-spaced records of each run.
       seed: initialisation keys are ``fold_in(key(seed), width)``.
       train_dtype: "float32" or "float64", the precision of the networks (the kernel model
@@ -83,25 +100,23 @@ class WidthSweepSettings:
     plan_points: int = 400
 
     def __post_init__(self):
-        w = tuple(self.widths)
-        if not w or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in w) or list(w) != sorted(set(w)):
-            raise ValueError(f"widths must be distinct positive ints in increasing order, got {self.widths!r}.")
-        for name in ("alpha", "step_size", "horizon"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}.")
-        if self.horizon < 1:
-            raise ValueError(f"horizon must be ≥ 1 (train at least until the predicted last step), got {self.horizon}.")
+        check_type("widths", self.widths, (tuple, list), "a tuple of widths")
+        for w in self.widths:
+            check_positive_int("widths", w, hint=" for every entry of widths")
+        if not self.widths or list(self.widths) != sorted(set(self.widths)):
+            raise ValueError(f"widths must be distinct positive integers in increasing order, got {self.widths!r}.")
+        check_number("alpha", self.alpha, low=0, open_low=True)
+        check_number("step_size", self.step_size, low=0, open_low=True)
+        check_number("horizon", self.horizon, low=1, hint=" (train at least until the predicted last step)")
         for name in ("max_steps", "n_records", "plan_points"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise ValueError(f"{name} must be an int ≥ 2, got {v!r}.")
-        if not self.kernels or any(k not in KERNELS for k in self.kernels) or len(set(self.kernels)) != len(self.kernels):
+            check_int(name, getattr(self, name), low=2)
+        check_type("kernels", self.kernels, (tuple, list), f"a tuple of names from {KERNELS}")
+        for k in self.kernels:
+            check_choice("kernels", k, KERNELS)
+        if not self.kernels or len(set(self.kernels)) != len(self.kernels):
             raise ValueError(f"kernels must be distinct names from {KERNELS}, got {self.kernels!r}.")
-        if self.train_dtype not in ("float32", "float64"):
-            raise ValueError(f"train_dtype must be 'float32' or 'float64', got {self.train_dtype!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}.")
+        check_choice("train_dtype", self.train_dtype, ("float32", "float64"))
+        check_positive_int("seed", self.seed, allow_zero=True)
 
     @property
     def learning_rate(self) -> float:
@@ -120,8 +135,10 @@ def choose_d(gammas: Any, candidates: tuple[int, ...] = (3, 4), min_gap: float =
       min_gap: the smallest acceptable ``γ_d / γ_{d+1}``.
     """
     g = np.asarray(gammas, np.float64)
-    if not candidates or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in candidates):
-        raise ValueError(f"candidates must be positive ints, got {candidates!r}.")
+    for d in candidates:
+        check_positive_int("candidates", d, hint=" for every candidate d")
+    if not candidates:
+        raise ValueError(f"candidates must name at least one d, got {candidates!r}.")
     if max(candidates) >= g.size:
         raise ValueError(f"d = {max(candidates)} needs at least {max(candidates) + 1} γ, got {g.size}.")
     gaps = {d: (g[d - 1] / g[d] if g[d] > 0 else math.inf) if g[d - 1] > 0 else 0.0 for d in candidates}
@@ -146,8 +163,8 @@ class WidthResult:
       diverged_at, diverged_loss, records_kept: divergence report (None, None, all records
         when the run finished).
       final_eigenvalues: the last recorded eigenvalues of ``C``.
-      comparisons: kernel kind -> :class:`RunComparison` (empty after a divergence).
-      predictions: kernel kind -> :class:`Prediction` (empty after a divergence).
+      comparisons: kernel name -> :class:`RunComparison` (empty after a divergence).
+      predictions: kernel name -> :class:`Prediction` (empty after a divergence).
       test_embeddings: ``(m, d)`` the network's final test embeddings (float64), or None.
       effective_times, eigenvalues: ``(R,)``, ``(R, d)`` the run's records (those kept).
     """
@@ -190,7 +207,7 @@ class SweepResult:
 
     Attributes:
       arch: the architecture (its ``width`` field is replaced per run).
-      config: the :class:`WidthSweepSettings`.
+      settings: the :class:`WidthSweepSettings`.
       n_pairs, n_test: training pairs and held-out views.
       gammas: the top contrastive eigenvalues of the analytic ``K = α² Θ`` (up to ``d + 4``).
       gap: ``γ_d / γ_{d+1}`` of the analytic kernel.
@@ -199,7 +216,7 @@ class SweepResult:
     """
 
     arch: ArchSpec
-    config: WidthSweepSettings
+    settings: WidthSweepSettings
     n_pairs: int
     n_test: int
     gammas: np.ndarray
@@ -218,12 +235,12 @@ class SweepResult:
         ok = [r for r in self.runs if r.diverged_at is None]
         out: dict[str, Any] = {"widths": [r.width for r in ok],
                                "diverged_widths": [r.width for r in self.runs if r.diverged_at is not None]}
-        for kind in self.config.kernels:
-            comps = [r.comparisons[kind] for r in ok]
+        for kernel in self.settings.kernels:
+            comps = [r.comparisons[kernel] for r in ok]
             al = [c.test_alignment for c in comps]
             al_flow = [c.test_alignment_flow for c in comps]
             ratios = [np.asarray(c.step_time_ratios, np.float64) for c in comps]
-            out[kind] = {
+            out[kernel] = {
                 "test_alignment": al,
                 "test_alignment_flow": al_flow,
                 "test_procrustes_error": [c.test_procrustes_error for c in comps],
@@ -244,7 +261,7 @@ class SweepResult:
         """JSON-able record of the sweep (settings, the analytic γ, every width, the summary)."""
         return {
             "arch": self.arch.to_config(),
-            "config": dataclasses.asdict(self.config),
+            "settings": dataclasses.asdict(self.settings),
             "n_pairs": self.n_pairs,
             "n_test": self.n_test,
             "d": self.arch.d,
@@ -260,7 +277,7 @@ def _non_decreasing(values: list[float | None]) -> bool | None:
     v = [x for x in values if x is not None]
     if len(v) < 2:
         return None
-    return bool(all(b >= a for a, b in zip(v[:-1], v[1:])))
+    return bool(all(b >= a for a, b in zip(v[:-1], v[1:], strict=True)))
 
 
 def _analytic_kernel(arch: ArchSpec, views, test_views, cache: dict[str, NetworkKernel]) -> NetworkKernel:
@@ -275,37 +292,53 @@ def _analytic_kernel(arch: ArchSpec, views, test_views, cache: dict[str, Network
 _SOLVER = SolverSettings(integrator="dopri5")
 
 
-def plan_steps(arch, views, test_views, init, kernel, cfg: WidthSweepSettings) -> tuple[int, float]:
+def plan_steps(
+    arch: ArchSpec,
+    views: Any,
+    test_views: Any,
+    init: Any,
+    kernel: NetworkKernel,
+    settings: WidthSweepSettings,
+) -> tuple[int, float]:
     """Steps to run: ``horizon ×`` the analytic kernel model's last step time, from this ``F0``.
 
     The flow is integrated up to 4 × the closed-form last step time first (cheap), and the
     span is extended fourfold until every eigenvalue has crossed 1/2 or ``max_steps`` is hit.
+
+    Args:
+      arch: the architecture at this width; views, test_views: as for :func:`predict_run`.
+      init: its :class:`NetworkInit` (``F0``, ``F0_test``).
+      kernel: the analytic :class:`NetworkKernel` of ``arch`` on these views.
+      settings: :class:`WidthSweepSettings` (α, step size, horizon, max_steps, plan_points).
+
+    Returns:
+      ``(steps, t_last)``: the gradient steps to run and the predicted last step time.
     """
-    lr = cfg.learning_rate
+    lr = settings.learning_rate
     n = views.shape[0] // 2
-    es = contrastive_eigensystem(cfg.alpha**2 * kernel.ntk, n)
-    t_end = min(4.0 * float(np.max(np.asarray(step_times(es, init.F0.astype(np.float64), arch.d)))),
-                lr * cfg.max_steps)
+    es = contrastive_eigensystem(settings.alpha**2 * kernel.K, n)
+    t_end = min(4.0 * float(np.max(np.asarray(step_times(es, init.F0.astype(np.float64))))),
+                lr * settings.max_steps)
     while True:
-        grid = np.geomspace(lr, max(t_end, 2 * lr), cfg.plan_points)
+        grid = np.geomspace(lr, max(t_end, 2 * lr), settings.plan_points)
         # With the test views too, so that this solve compiles like the final predictions.
-        plan = predict_run(arch, views, test_views, arch.d, init.F0, grid, alpha=cfg.alpha, kernel=kernel,
+        plan = predict_run(arch, views, test_views, init.F0, grid, alpha=settings.alpha, kernel=kernel,
                            F0_test=init.F0_test, solver_settings=_SOLVER)
         t_last = float(np.max(crossing_times(grid, np.asarray(plan.eigenvalues))))
-        if np.isfinite(t_last) or t_end >= lr * cfg.max_steps:
+        if np.isfinite(t_last) or t_end >= lr * settings.max_steps:
             break
-        t_end = min(4.0 * t_end, lr * cfg.max_steps)
+        t_end = min(4.0 * t_end, lr * settings.max_steps)
     if not np.isfinite(t_last):
         raise ValueError(
             f"width {arch.width}: the kernel model does not take all d = {arch.d} steps within max_steps = "
-            f"{cfg.max_steps} gradient steps of size step_size = {cfg.step_size} (final eigenvalues "
+            f"{settings.max_steps} gradient steps of size step_size = {settings.step_size} (final eigenvalues "
             f"{np.round(np.asarray(plan.eigenvalues[-1]), 3).tolist()}). Raise max_steps or step_size, or alpha."
         )
-    steps = math.ceil(cfg.horizon * t_last / lr)
-    if steps > cfg.max_steps:
+    steps = math.ceil(settings.horizon * t_last / lr)
+    if steps > settings.max_steps:
         raise ValueError(
-            f"width {arch.width}: the run needs {steps} steps (horizon {cfg.horizon} × the predicted last step "
-            f"{t_last:.4g} / learning rate {lr:.4g}) > max_steps = {cfg.max_steps}; raise max_steps or step_size."
+            f"width {arch.width}: the run needs {steps} steps (horizon {settings.horizon} × the predicted last step "
+            f"{t_last:.4g} / learning rate {lr:.4g}) > max_steps = {settings.max_steps}; raise max_steps or step_size."
         )
     return steps, t_last
 
@@ -314,81 +347,83 @@ def width_sweep(
     arch: ArchSpec,
     views: Any,
     test_views: Any,
-    config: WidthSweepSettings = WidthSweepSettings(),
+    settings: WidthSweepSettings = WidthSweepSettings(),
     *,
     progress: bool = True,
 ) -> SweepResult:
-    """Train ``arch`` at each width in ``config.widths`` and compare with the kernel theory.
+    """Train ``arch`` at each width in ``settings.widths`` and compare with the kernel theory.
 
     Args:
-      arch: architecture spec (e.g. ``MLP(depth=1, d=3)``); its ``d`` is the embedding
+      arch: architecture declaration (e.g. ``MLP(depth=1, d=3)``); its ``d`` is the embedding
         dimension; its ``width`` is replaced by each width of the sweep.
       views: ``(2n, ...)`` float64 training views (pairing order); test_views: ``(m, ...)``
         held-out views (e.g. pairs from the test split).
-      config: :class:`WidthSweepSettings`.
+      settings: :class:`WidthSweepSettings`.
       progress: progress bars of training.
 
     Returns:
       :class:`SweepResult`; ``result.to_dict()`` is its JSON record.
 
     Raises:
-      ValueError: NaN/Inf in the data, bad settings, fewer than ``d`` positive γ, a run that
-        would exceed ``max_steps``.
+      TypeError: ``arch`` not an architecture declaration, ``settings`` not a
+        :class:`WidthSweepSettings`.
+      ValueError: NaN/Inf in the data, fewer than ``d`` positive γ, a run that would exceed
+        ``max_steps``; x64 not enabled.
     """
-    if not isinstance(arch, ArchSpec):
-        raise ValueError(f"arch must be an architecture spec such as MLP(...), got {type(arch).__name__}.")
-    if not isinstance(config, WidthSweepSettings):
-        raise ValueError(f"config must be a WidthSweepSettings, got {type(config).__name__}.")
+    check_type("arch", arch, ArchSpec, "an architecture declaration such as MLP(...)")
+    check_type("settings", settings, WidthSweepSettings)
     if not jax.config.jax_enable_x64:
-        raise ValueError("width_sweep computes the kernel model in float64: call jax.config.update('jax_enable_x64', True).")
+        raise ValueError(
+            "width_sweep computes the kernel model in float64: call jax.config.update('jax_enable_x64', True)."
+        )
     t_start = time.perf_counter()
-    views = np.asarray(_check_views("views", views), np.float64)
-    test_views = np.asarray(_check_views("test_views", test_views, like=views), np.float64)
+    views = np.asarray(check_views("views", views), np.float64)
+    test_views = np.asarray(check_views("test_views", test_views, like=views), np.float64)
     arch.check_input_shape(tuple(views.shape[1:]))
     n = views.shape[0] // 2
-    train_dt = np.dtype(config.train_dtype)
+    train_dt = np.dtype(settings.train_dtype)
     views_t, test_t = views.astype(train_dt), test_views.astype(train_dt)
     cache: dict[str, NetworkKernel] = {}
 
     k0 = _analytic_kernel(arch, views, test_views, cache)
-    es = contrastive_eigensystem(config.alpha**2 * k0.ntk, n)
+    es = contrastive_eigensystem(settings.alpha**2 * k0.K, n)
     d = arch.d
     check_enough_modes(es, d)
     g = np.asarray(es.gammas, np.float64)
     gap = float(g[d - 1] / g[d]) if g[d] > 0 else math.inf
 
     runs = []
-    for width in config.widths:
-        spec = arch.replace(width=width)
-        key = jax.random.fold_in(jax.random.key(config.seed), width)
-        init = init_network(spec, views_t, test_t, alpha=config.alpha, key=key)
-        kernel = _analytic_kernel(spec, views, test_views, cache)
-        steps, t_last = plan_steps(spec, views, test_views, init, kernel, config)
-        cfg = TrainSettings(learning_rate=config.learning_rate, steps=steps, alpha=config.alpha,
-                          n_records=config.n_records, seed=config.seed)
+    for width in settings.widths:
+        arch_w = arch.replace(width=width)
+        key = jax.random.fold_in(jax.random.key(settings.seed), width)
+        init = init_network(arch_w, views_t, test_t, alpha=settings.alpha, key=key)
+        kernel = _analytic_kernel(arch_w, views, test_views, cache)
+        steps, t_last = plan_steps(arch_w, views, test_views, init, kernel, settings)
+        train_settings = TrainSettings(learning_rate=settings.learning_rate, steps=steps, alpha=settings.alpha,
+                                       n_records=settings.n_records, seed=settings.seed)
         t0 = time.perf_counter()
         # A divergence stops the run cleanly (TrainingDivergedWarning names the step); it is
         # recorded below and the sweep goes on with the next width.
-        res = train(spec, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
+        res = train(arch_w, train_settings, views_t, test_views=test_t, init_params=init.params, progress=progress)
         seconds = time.perf_counter() - t0
         comparisons, predictions = {}, {}
         if res.diverged_at is None:
             # The theory on a log grid up to the run's end (one grid length for every width, so
             # the solver compiles once); the metrics interpolate both sides in log t.
-            times = np.geomspace(config.learning_rate, config.learning_rate * steps, config.plan_points)
-            for kind in config.kernels:
-                if kind == "analytic":
-                    pred = predict_run(spec, views, test_views, d, init.F0, times, alpha=config.alpha,
+            times = np.geomspace(settings.learning_rate, settings.learning_rate * steps, settings.plan_points)
+            for name in settings.kernels:
+                if name == "analytic":
+                    pred = predict_run(arch_w, views, test_views, init.F0, times, alpha=settings.alpha,
                                        kernel=kernel, F0_test=init.F0_test, solver_settings=_SOLVER)
                 else:
-                    params = init.params if kind == "empirical_init" else res.params
-                    pred = predict_run(spec, views, test_views, d, init.F0, times, alpha=config.alpha,
-                                       kernel=kind, params=params, F0_test=init.F0_test,
+                    params = init.params if name == "empirical_init" else res.params
+                    pred = predict_run(arch_w, views, test_views, init.F0, times, alpha=settings.alpha,
+                                       kernel=name, params=params, F0_test=init.F0_test,
                                        solver_settings=_SOLVER)
-                predictions[kind] = pred
-                comparisons[kind] = compare_run(pred, res, arch=spec)
+                predictions[name] = pred
+                comparisons[name] = compare_run(pred, res, arch=arch_w)
         runs.append(WidthResult(
-            width=width, steps=steps, learning_rate=config.learning_rate, train_seconds=seconds,
+            width=width, steps=steps, learning_rate=settings.learning_rate, train_seconds=seconds,
             predicted_last_step=t_last, diverged_at=res.diverged_at, diverged_loss=res.diverged_loss,
             records_kept=int(res.steps.size),
             final_eigenvalues=np.asarray(res.eigenvalues[-1], np.float64) if res.steps.size else np.full(d, np.nan),
@@ -396,5 +431,5 @@ def width_sweep(
             test_embeddings=None if res.diverged_at is not None else np.asarray(res.test_embeddings, np.float64),
             effective_times=np.asarray(res.effective_times), eigenvalues=np.asarray(res.eigenvalues, np.float64),
         ))
-    return SweepResult(arch=arch, config=config, n_pairs=n, n_test=test_views.shape[0], gammas=g[: d + 4], gap=gap,
+    return SweepResult(arch=arch, settings=settings, n_pairs=n, n_test=test_views.shape[0], gammas=g[: d + 4], gap=gap,
                        runs=tuple(runs), seconds=time.perf_counter() - t_start)

@@ -50,7 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["METHODS", "ODEResult", "ODESettings", "ODEStats", "integrate"]
+from stepwise_ntk._checks import check_choice, check_number, check_positive_int
+
+__all__ = ["METHODS", "ODEResult", "ODESettings", "ODEStats", "check_tolerances", "integrate"]
 
 METHODS = ("dopri5", "rosw")
 
@@ -75,19 +77,24 @@ class ODESettings:
     first_step: float | None = None
 
     def __post_init__(self):
-        for name in ("rtol", "atol"):
-            v = getattr(self, name)
-            if v is None and name == "atol":
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
-                raise ValueError(f"ODESettings.{name} must be a finite number ≥ 0, got {v!r}.")
-        if self.rtol == 0 and not self.atol:
-            raise ValueError("ODESettings needs rtol > 0 or atol > 0.")
-        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
-            raise ValueError(f"ODESettings.max_steps must be a positive int, got {self.max_steps!r}.")
-        fs = self.first_step
-        if fs is not None and (not isinstance(fs, (int, float)) or not np.isfinite(fs) or fs <= 0):
-            raise ValueError(f"ODESettings.first_step must be None or a number > 0, got {fs!r}.")
+        check_tolerances("ODESettings", self.rtol, self.atol, self.max_steps)
+        if self.first_step is not None:
+            check_number("ODESettings.first_step", self.first_step, low=0.0, open_low=True, hint=" or None")
+
+
+def check_tolerances(owner: str, rtol: Any, atol: Any, max_steps: Any) -> None:
+    """The checks of ``rtol``, ``atol`` (or None) and ``max_steps`` shared by the settings classes.
+
+    TypeError for a non-number (a non-int ``max_steps``), ValueError for a negative or
+    non-finite tolerance, both tolerances 0, or ``max_steps < 1``; messages name
+    ``owner.field``.
+    """
+    check_number(f"{owner}.rtol", rtol, low=0.0)
+    if atol is not None:
+        check_number(f"{owner}.atol", atol, low=0.0, hint=" or None")
+    if rtol == 0 and not atol:
+        raise ValueError(f"{owner} needs rtol > 0 or atol > 0, got rtol={rtol!r}, atol={atol!r}.")
+    check_positive_int(f"{owner}.max_steps", max_steps)
 
 
 class ODEStats(NamedTuple):
@@ -175,7 +182,7 @@ def _lincomb(base, pairs):
             out, vs = None, xs
         else:
             out, vs = xs[0], xs[1:]
-        for (c, _), v in zip(pairs, vs):
+        for (c, _), v in zip(pairs, vs, strict=False):
             out = c * v if out is None else out + c * v
         return out
 
@@ -185,7 +192,7 @@ def _lincomb(base, pairs):
 
 def _err_norm(err, y0, y1, rtol, atol):
     sq, count = 0.0, 0
-    for e, a, b in zip(jax.tree.leaves(err), jax.tree.leaves(y0), jax.tree.leaves(y1)):
+    for e, a, b in zip(jax.tree.leaves(err), jax.tree.leaves(y0), jax.tree.leaves(y1), strict=False):
         scale = atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))
         sq = sq + jnp.sum(jnp.square(e / scale))
         count += e.size
@@ -219,16 +226,16 @@ def _dopri5_step(rhs, args, t, y, f, h, prep):
     del prep
     ks = [f]
     for s in range(1, 7):
-        ys = _lincomb(y, [(h * c, k) for c, k in zip(_DP_A[s], ks)])
+        ys = _lincomb(y, [(h * c, k) for c, k in zip(_DP_A[s], ks, strict=False)])
         ks.append(rhs(t + _DP_C[s] * h, ys, args))
-    err = _lincomb(None, [(h * e, k) for e, k in zip(_DP_E, ks)])
+    err = _lincomb(None, [(h * e, k) for e, k in zip(_DP_E, ks, strict=False)])
     return _Step(y_new=ys, err=err, f_new=ks[6], dense=ks)
 
 
 def _dopri5_dense(y, h, ks, theta):
     powers = [theta, theta**2, theta**3, theta**4]
-    coeffs = [h * sum(p * pw for p, pw in zip(row, powers)) for row in _DP_P]
-    return _lincomb(y, list(zip(coeffs, ks)))
+    coeffs = [h * sum(p * pw for p, pw in zip(row, powers, strict=False)) for row in _DP_P]
+    return _lincomb(y, list(zip(coeffs, ks, strict=False)))
 
 
 def _rosw_step(rhs, w_solve, args, t, y, f, h, prep):
@@ -240,12 +247,12 @@ def _rosw_step(rhs, w_solve, args, t, y, f, h, prep):
     tau = _RW_GAMMA * h
     us = []
     for i in range(4):
-        yi = _lincomb(y, [(c, u) for c, u in zip(_RW_AT[i], us)])
+        yi = _lincomb(y, [(c, u) for c, u in zip(_RW_AT[i], us, strict=False)])
         fi = f if i == 0 else rhs(t, yi, args)  # autonomous; stage 1 is at y itself
-        r = _lincomb(fi, [(c / h, u) for c, u in zip(_RW_CT[i], us)])
+        r = _lincomb(fi, [(c / h, u) for c, u in zip(_RW_CT[i], us, strict=False)])
         us.append(w_solve(prep, tau, jax.tree.map(lambda v: tau * v, r)))
-    y_new = _lincomb(y, list(zip(_RW_M, us)))
-    err = _lincomb(None, list(zip(_RW_ME, us)))
+    y_new = _lincomb(y, list(zip(_RW_M, us, strict=False)))
+    err = _lincomb(None, list(zip(_RW_ME, us, strict=False)))
     f_new = rhs(t + h, y_new, args)
     return _Step(y_new=y_new, err=err, f_new=f_new, dense=(f, y_new, f_new))
 
@@ -302,8 +309,7 @@ def integrate(
       ``save_times[-1]``, or where the integration stopped), :class:`ODEStats` and
       ``integral``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    check_choice("method", method, METHODS)
     if method == "rosw" and (w_prepare is None or w_solve is None):
         raise ValueError("method='rosw' needs w_prepare and w_solve (the linear solve with I − τW).")
     leaves = jax.tree.leaves(y0)

@@ -27,16 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.losses import LOSS_FUNCTIONS, barlow_twins_loss
-from stepwise_ntk._checks import check_n_pairs, is_concrete
+from stepwise_ntk._checks import check_array, check_n_pairs, check_number, check_times, float_dtype
 from stepwise_ntk.data import pair_gram, swap_pairs
+from stepwise_ntk.losses import barlow_twins_loss, resolve_loss
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 
 __all__ = ["linear_gd"]
 
 
 def _barlow_twins_grad(F):
-    """``∂L/∂F = (2/n) Z F (C − I)`` (THEORY.md; checked against ``jax.grad`` in the tests)."""
+    """``∂L/∂F = (2/n) Z F (C − I)`` (docs/theory.md; checked against ``jax.grad`` in the tests)."""
     n = F.shape[0] // 2
     C = pair_gram(F) / F.shape[0]
     return (2.0 / n) * swap_pairs(F) @ (C - jnp.eye(C.shape[0], dtype=C.dtype))
@@ -74,6 +74,21 @@ def _run(cfg: _GDConfig, X, W0, lr, record_steps, X_test):
     return recorded, W
 
 
+def _check_inputs(X: jax.Array, W0: jax.Array, n_pairs: int) -> tuple[jax.Array, jax.Array]:
+    """``X: (2n, m)`` and ``W0: (d, m)``: finite, one float dtype (float32 or float64)."""
+    x_shape = f"(2n, m) = ({2 * n_pairs}, m) flattened views"
+    check_array("X", X, ndim=2, what=x_shape, hint="pass finite inputs.")
+    if X.shape[0] != 2 * n_pairs:
+        raise ValueError(f"X must be {x_shape}, got shape {X.shape}.")
+    w_shape = f"(d, m) with m = {X.shape[1]} (X's features)"
+    check_array("W0", W0, ndim=2, min_rows=1, what=w_shape, hint="pass finite initial weights.")
+    if W0.shape[1] != X.shape[1]:
+        raise ValueError(f"W0 must be {w_shape}, got shape {W0.shape}.")
+    if float_dtype(X, "X") != W0.dtype:
+        raise ValueError(f"X and W0 must share a float dtype, got {X.dtype} and {W0.dtype}.")
+    return X, W0
+
+
 def linear_gd(
     X: Any,
     n_pairs: int,
@@ -93,44 +108,39 @@ def linear_gd(
       learning_rate: ``η > 0``.
       times: ``(T,)`` increasing effective times ≥ 0; each is rounded to the nearest step
         ``round(t / η)``, and those steps must be distinct.
-      loss: a name in ``LOSS_FUNCTIONS`` or a callable ``F -> scalar``.
+      loss: a name in :data:`stepwise_ntk.losses.LOSSES` or a callable ``F -> scalar``.
       X_test: optional ``(m_test, m)`` inputs whose embeddings ``X_test Wᵀ`` are recorded.
 
     Returns:
       :class:`Trajectory` with ``method="gradient_descent"``; ``times`` are the effective
       times actually observed (``η · step``); ``embeddings`` are ``X Wᵀ`` at the last step;
       ``stats.n_steps`` the number of steps.
+
+    Raises:
+      TypeError: a non-int ``n_pairs``, a non-number ``learning_rate``, a ``loss`` that is
+        neither a name nor a callable.
+      ValueError: bad shapes or dtypes, NaN/Inf, bad times, or times that round to the same
+        step.
     """
     n_pairs = check_n_pairs(n_pairs)
-    X, W0 = jnp.asarray(X), jnp.asarray(W0)
-    if X.ndim != 2 or X.shape[0] != 2 * n_pairs:
-        raise ValueError(f"X must be (2n, m) = ({2 * n_pairs}, m) flattened views, got shape {X.shape}.")
-    if W0.ndim != 2 or W0.shape[1] != X.shape[1]:
-        raise ValueError(f"W0 must be (d, m) with m = {X.shape[1]} (X's features), got shape {W0.shape}.")
-    if W0.dtype != X.dtype or X.dtype not in (jnp.float32, jnp.float64):
-        raise ValueError(f"X and W0 must share a float dtype, got {X.dtype} and {W0.dtype}.")
-    if is_concrete(X) and not (bool(jnp.all(jnp.isfinite(X))) and bool(jnp.all(jnp.isfinite(W0)))):
-        raise ValueError("X or W0 contains NaN or Inf entries.")
-    if not np.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}.")
+    X, W0 = _check_inputs(jnp.asarray(X), jnp.asarray(W0), n_pairs)
+    check_number("learning_rate", learning_rate, low=0.0, open_low=True)
     t = np.asarray(times, dtype=np.float64)
-    if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or t[0] < 0 or np.any(np.diff(t) <= 0):
-        raise ValueError("times must be a non-empty, finite, strictly increasing 1-D array of times ≥ 0.")
+    check_times(t, X.dtype)
     steps = np.rint(t / learning_rate).astype(np.int64)
     if np.any(np.diff(steps) <= 0):
         raise ValueError(
             f"With learning_rate = {learning_rate:g} some requested times round to the same step; "
             f"use a smaller learning rate or coarser times."
         )
-    if isinstance(loss, str):
-        if loss not in LOSS_FUNCTIONS:
-            raise ValueError(f"loss must be one of {tuple(LOSS_FUNCTIONS)} or a callable, got {loss!r}.")
-        loss = LOSS_FUNCTIONS[loss]
+    loss = resolve_loss(loss)
     has_test = X_test is not None
     if has_test:
         X_test = jnp.asarray(X_test)
-        if X_test.ndim != 2 or X_test.shape[1] != X.shape[1] or X_test.dtype != X.dtype:
-            raise ValueError(f"X_test must be (m_test, {X.shape[1]}) with dtype {X.dtype}, got {X_test.shape} {X_test.dtype}.")
+        what = f"(m_test, {X.shape[1]}) with dtype {X.dtype}"
+        check_array("X_test", X_test, ndim=2, what=what)
+        if X_test.shape[1] != X.shape[1] or X_test.dtype != X.dtype:
+            raise ValueError(f"X_test must be {what}, got {X_test.shape} {X_test.dtype}.")
     cfg = _GDConfig(loss=loss, has_test=has_test)
     bufs, W = _run(cfg, X, W0, jnp.asarray(learning_rate, X.dtype), jnp.asarray(steps), X_test)
     n = jnp.asarray(int(steps[-1]))

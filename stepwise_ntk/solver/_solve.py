@@ -1,4 +1,4 @@
-"""Gradient flow of the kernel model, ``dF/dt = −K ∇_F L(F)``, on the 2n views (THEORY.md).
+"""Gradient flow of the kernel model, ``dF/dt = −K ∇_F L(F)``, on the 2n views (docs/theory.md).
 
 :func:`solve` returns a :class:`Trajectory`: the loss and the eigenvalues of
 ``C = Fᵀ Z F / (2n)`` at the requested times, the final view embeddings, and (given
@@ -69,12 +69,30 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stepwise_ntk.theory import ContrastiveEigensystem, check_enough_modes, check_factorization, contrastive_eigensystem_core, default_jitter_rtol
-from stepwise_ntk.solver._integrate import ODESettings, integrate
-from stepwise_ntk.losses import LOSS_FUNCTIONS, barlow_twins_loss, cross_correlation
-from stepwise_ntk._checks import check_embeddings, check_kernel, check_n_pairs, check_times
+from stepwise_ntk._checks import (
+    check_bool,
+    check_choice,
+    check_embeddings,
+    check_kernel,
+    check_n_pairs,
+    check_number,
+    check_positive_int,
+    check_test_embeddings,
+    check_test_kernel,
+    check_times,
+    check_type,
+)
 from stepwise_ntk.data import pair_gram
+from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, resolve_loss
+from stepwise_ntk.solver._integrate import ODESettings, check_tolerances, integrate
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
+from stepwise_ntk.theory import (
+    ContrastiveEigensystem,
+    check_enough_modes,
+    check_factorization,
+    contrastive_eigensystem_core,
+    default_jitter_rtol,
+)
 
 __all__ = ["METHODS", "INTEGRATORS", "SolverSettings", "choose_method", "solve"]
 
@@ -110,16 +128,13 @@ class SolverSettings:
     shard: bool | None = None
 
     def __post_init__(self):
-        ODESettings(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)  # validates
-        if self.integrator not in INTEGRATORS:
-            raise ValueError(f"SolverSettings.integrator must be one of {INTEGRATORS}, got {self.integrator!r}.")
-        if not isinstance(self.mode_tol, (int, float)) or not np.isfinite(self.mode_tol) or self.mode_tol < 0:
-            raise ValueError(f"SolverSettings.mode_tol must be a finite number ≥ 0, got {self.mode_tol!r}.")
-        jr = self.jitter_rtol
-        if jr is not None and (not isinstance(jr, (int, float)) or not np.isfinite(jr) or jr < 0):
-            raise ValueError(f"SolverSettings.jitter_rtol must be None or a finite number ≥ 0, got {jr!r}.")
-        if self.shard not in (None, True, False):
-            raise ValueError(f"SolverSettings.shard must be None, True or False, got {self.shard!r}.")
+        check_tolerances("SolverSettings", self.rtol, self.atol, self.max_steps)
+        check_choice("SolverSettings.integrator", self.integrator, INTEGRATORS)
+        check_number("SolverSettings.mode_tol", self.mode_tol, low=0.0)
+        if self.jitter_rtol is not None:
+            check_number("SolverSettings.jitter_rtol", self.jitter_rtol, low=0.0, hint=" or None")
+        if self.shard is not None:
+            check_bool("SolverSettings.shard", self.shard)
 
     @property
     def ode(self) -> ODESettings:
@@ -134,37 +149,9 @@ class SolverSettings:
                 jnp.asarray(min(self.max_steps, 2**31 - 1), jnp.int32))
 
 
-# ------------------------------------------------------------------------------ loss names
-
-def _resolve_loss(loss: Any, loss_kwargs: dict | None) -> tuple[Callable, bool, str]:
-    """(loss function of F, is Barlow Twins, name)."""
-    if isinstance(loss, str):
-        if loss not in LOSS_FUNCTIONS:
-            raise ValueError(f"loss must be one of {tuple(LOSS_FUNCTIONS)} or a callable F -> scalar, got {loss!r}.")
-        fn = LOSS_FUNCTIONS[loss]
-        if loss_kwargs:
-            fn = _BoundLoss(fn, tuple(sorted(loss_kwargs.items())))
-        return fn, loss == "barlow_twins" and not loss_kwargs, loss
-    if callable(loss):
-        if loss_kwargs:
-            raise ValueError("loss_kwargs only go with a loss name; bind them into your callable instead.")
-        return loss, loss is barlow_twins_loss, getattr(loss, "__name__", "callable")
-    raise ValueError(f"loss must be one of {tuple(LOSS_FUNCTIONS)} or a callable F -> scalar, got {loss!r}.")
-
-
-class _BoundLoss(NamedTuple):
-    """A named loss with keyword arguments, hashable (so equal settings reuse compilations)."""
-
-    fn: Callable
-    kwargs: tuple
-
-    def __call__(self, F):
-        return self.fn(F, **dict(self.kwargs))
-
-
 # ------------------------------------------------------------------------------ cost model
 
-def choose_method(n_views: int, d: int, barlow_twins: bool, platform: str = "cpu",
+def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "cpu",
                   n_devices: int = 1) -> tuple[str, str]:
     """The route :func:`solve` takes for ``method="auto"``, and why.
 
@@ -175,21 +162,29 @@ def choose_method(n_views: int, d: int, barlow_twins: bool, platform: str = "cpu
     optimistic count; stiff problems need more, which only favours the eigen route).
 
     Args:
-      n_views: ``N = 2n``.
+      n_pairs: ``n`` (``N = 2n`` views).
       d: embedding dimension.
       barlow_twins: the eigen route exists only for the Barlow Twins loss.
       platform: ``jax.default_backend()``.
       n_devices: devices the function route would shard ``K`` over.
+
+    Example:
+        >>> choose_method(1000, 32, True)[0], choose_method(1000, 32, False)[0]
+        ('eigen', 'function')
     """
-    if not barlow_twins:
+    n_pairs = check_n_pairs(n_pairs)
+    d = check_positive_int("d", d, hint=" (the embedding dimension)")
+    n_devices = check_positive_int("n_devices", n_devices)
+    check_type("platform", platform, str)
+    if not check_bool("barlow_twins", barlow_twins):
         return "function", "only the function route handles this loss"
-    N = float(n_views)
+    N = 2.0 * n_pairs
     factor = 1.0 if platform == "cpu" else 3.0
     eigen = 10.0 * N**3 * factor
-    function = 6.0 * 400.0 * 2.0 * N**2 * d / max(n_devices, 1)
+    function = 6.0 * 400.0 * 2.0 * N**2 * d / n_devices
     method = "eigen" if eigen <= function else "function"
     return method, (f"cost model: eigen ≈ {eigen:.2g} flops, function ≥ {function:.2g} flops "
-                    f"(N={n_views}, d={d}, {platform}, {n_devices} device(s))")
+                    f"(N={2 * n_pairs}, d={d}, {platform}, {n_devices} device(s))")
 
 
 def _rosw_is_cheaper(gamma1: float, t_end: float, d: int, rtol: float) -> bool:
@@ -467,6 +462,8 @@ def solve(
       :class:`Trajectory` (``method``, ``integrator`` and ``reason`` say what ran).
 
     Raises:
+      TypeError: an argument of the wrong type (e.g. a float ``n_pairs``, ``settings`` that
+        is not a :class:`SolverSettings`, ``loss`` neither a name nor a callable).
       ValueError: on bad input (shapes, dtypes, NaN/Inf, asymmetric or non-PSD ``K``,
         non-increasing times, fewer than ``d`` positive contrastive eigenvalues for
         Barlow Twins on the eigen route, a tolerance below the dtype's resolution), or
@@ -474,72 +471,74 @@ def solve(
     """
     n_pairs = check_n_pairs(n_pairs)
     K = check_kernel(K, n_pairs)
-    dtype = K.dtype
-    F0 = check_embeddings(F0, n_pairs, "F0", dtype=dtype)
-    d = F0.shape[1]
-    times = check_times(times, dtype)
-    loss_fn, is_bt, loss_name = _resolve_loss(loss, loss_kwargs)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    eps = float(np.finfo(dtype).eps)
-    if settings.rtol < 10 * eps:
-        raise ValueError(
-            f"rtol = {settings.rtol:g} is below what {np.dtype(dtype).name} resolves (10 eps = "
-            f"{10 * eps:.1g}); use rtol ≥ {10 * eps:.1g} or float64 inputs."
-        )
-    has_test = K_test is not None
-    if has_test:
-        K_test = jnp.asarray(K_test)
-        if K_test.ndim != 2 or K_test.shape[1] != 2 * n_pairs:
-            raise ValueError(
-                f"K_test must be (m, 2n) = (m, {2 * n_pairs}) (rows: test inputs, columns: the "
-                f"views in the pairing order), got shape {K_test.shape}."
-            )
-        if K_test.dtype != dtype:
-            raise ValueError(f"K_test has dtype {K_test.dtype} but K has {dtype}; use one dtype.")
-        if not bool(jnp.all(jnp.isfinite(K_test))):
-            raise ValueError("K_test contains NaN or Inf entries; recompute it.")
-        m = K_test.shape[0]
-        if F0_test is None:
-            F0_test = jnp.zeros((m, d), dtype)
-        F0_test = jnp.asarray(F0_test)
-        if F0_test.shape != (m, d) or F0_test.dtype != dtype:
-            raise ValueError(
-                f"F0_test must be (m, d) = ({m}, {d}) with dtype {dtype}, got {F0_test.shape} {F0_test.dtype}."
-            )
-        if not bool(jnp.all(jnp.isfinite(F0_test))):
-            raise ValueError("F0_test contains NaN or Inf entries.")
-    elif F0_test is not None:
-        raise ValueError("F0_test was given without K_test; pass K_test (m, 2n) as well.")
+    F0 = check_embeddings(F0, n_pairs, "F0", dtype=K.dtype)
+    times = check_times(times, K.dtype)
+    loss_fn = resolve_loss(loss, loss_kwargs=loss_kwargs)
+    check_choice("method", method, METHODS)
+    check_type("settings", settings, SolverSettings)
+    _check_rtol_resolvable(settings.rtol, K.dtype)
+    K_test, F0_test = _test_inputs(K_test, F0_test, n_pairs, F0)
 
     devices = jax.local_devices()
-    shard = settings.shard
-    if shard is None:
-        shard = len(devices) > 1 and (2 * n_pairs) % len(devices) == 0
-    elif shard and (2 * n_pairs) % len(devices) != 0:
+    shard = _use_sharding(settings.shard, 2 * n_pairs, devices)
+    n_dev = len(devices) if shard else 1
+    is_bt = loss_fn is barlow_twins_loss
+    method, reason = _route(method, is_bt, loss, settings.integrator, n_pairs, F0.shape[1], n_dev)
+    if method == "eigen":
+        return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason)
+    return _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev)
+
+
+def _check_rtol_resolvable(rtol: float, dtype: Any) -> None:
+    eps = float(np.finfo(dtype).eps)
+    if rtol < 10 * eps:
         raise ValueError(
-            f"shard=True needs 2n = {2 * n_pairs} divisible by the {len(devices)} local devices; "
+            f"rtol = {rtol:g} is below what {np.dtype(dtype).name} resolves (10 eps = "
+            f"{10 * eps:.1g}); use rtol ≥ {10 * eps:.1g} or float64 inputs."
+        )
+
+
+def _test_inputs(K_test: Any, F0_test: Any, n_pairs: int, F0: jax.Array) -> tuple[Any, Any]:
+    """``K_test: (m, 2n)`` and ``F0_test: (m, d)`` (default 0) checked, or (None, None)."""
+    if K_test is None:
+        if F0_test is not None:
+            raise ValueError("F0_test was given without K_test; pass K_test (m, 2n) as well.")
+        return None, None
+    K_test = check_test_kernel(K_test, n_pairs, dtype=F0.dtype)
+    m, d = K_test.shape[0], F0.shape[1]
+    if F0_test is None:
+        F0_test = jnp.zeros((m, d), F0.dtype)
+    return K_test, check_test_embeddings(F0_test, m, d, dtype=F0.dtype)
+
+
+def _use_sharding(shard: bool | None, N: int, devices: list) -> bool:
+    """Whether the function route shards ``K``'s rows (``SolverSettings.shard``; None: auto)."""
+    if shard is None:
+        return len(devices) > 1 and N % len(devices) == 0
+    if shard and N % len(devices) != 0:
+        raise ValueError(
+            f"shard=True needs 2n = {N} divisible by the {len(devices)} local devices; "
             f"use a multiple of {len(devices)} views or shard=None."
         )
-    n_dev = len(devices) if shard else 1
+    return bool(shard)
 
+
+def _route(method: str, is_bt: bool, loss: Any, integrator: str, n_pairs: int, d: int,
+           n_dev: int) -> tuple[str, str]:
+    """The route that runs (``"eigen"`` or ``"function"``) and why."""
     if method == "auto":
-        method, reason = choose_method(2 * n_pairs, d, is_bt, jax.default_backend(), n_dev)
-    elif method == "eigen":
-        if not is_bt:
-            raise ValueError(
-                f"method='eigen' solves the Barlow Twins loss only (its flow is linear in the "
-                f"contrastive eigenbasis); for loss={loss_name!r} use method='function'."
-            )
-        reason = "requested"
+        method, reason = choose_method(n_pairs, d, is_bt, platform=jax.default_backend(), n_devices=n_dev)
     else:
         reason = "requested"
-    if settings.integrator == "rosw" and method == "function":
+    if method == "eigen" and not is_bt:
+        name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        raise ValueError(
+            f"method='eigen' solves the Barlow Twins loss only (its flow is linear in the "
+            f"contrastive eigenbasis); for loss={name!r} use method='function'."
+        )
+    if integrator == "rosw" and method == "function":
         raise ValueError("integrator='rosw' is for the eigen route; the function route uses 'dopri5'.")
-
-    if method == "eigen":
-        return _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason)
-    return _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev)
+    return method, reason
 
 
 def _raise_if_failed(success, n_steps, t_final, times, settings):
@@ -554,7 +553,7 @@ def _raise_if_failed(success, n_steps, t_final, times, settings):
 def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     N = K.shape[0]
     dtype = K.dtype
-    jr = default_jitter_rtol(N, dtype) if settings.jitter_rtol is None else settings.jitter_rtol
+    jr = default_jitter_rtol(N // 2, dtype) if settings.jitter_rtol is None else settings.jitter_rtol
     prep = _eigen_prepare(K, F0, jnp.asarray(jr, dtype))
     check_factorization(prep.es, K)
     check_enough_modes(prep.es, d)

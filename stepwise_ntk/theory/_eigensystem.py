@@ -1,9 +1,9 @@
-"""The contrastive eigensystem of a kernel on paired views (THEORY.md).
+"""The contrastive eigensystem of a kernel on paired views (docs/theory.md).
 
 For ``K = S Sᵀ`` (``S`` any square root) the contrastive eigenvalues ``γ_j`` are the
 eigenvalues of ``Γ̃ = Sᵀ Z S / (2n)`` (equivalently of ``K Z / (2n)``); with
 ``Γ̃ = Q diag(γ) Qᵀ`` the mode functions are ``g_j(X) = S q_j`` on the views and
-``g_j(x) = q_jᵀ S⁻¹ K(X, x)`` (Nyström) on new inputs. THEORY.md takes ``S = V Λ^{1/2}``
+``g_j(x) = q_jᵀ S⁻¹ K(X, x)`` (Nyström) on new inputs. docs/theory.md takes ``S = V Λ^{1/2}``
 from ``eigh(K)``; any other square root gives the same ``γ`` and the same mode functions
 (``S' = S O`` with ``O`` orthogonal maps ``q_j → Oᵀ q_j``).
 
@@ -42,7 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk._checks import check_kernel, check_n_pairs, is_concrete
+from stepwise_ntk._checks import (
+    check_int,
+    check_kernel,
+    check_n_pairs,
+    check_number,
+    check_positive_int,
+    check_test_kernel,
+    is_concrete,
+)
 
 __all__ = [
     "ContrastiveEigensystem",
@@ -50,8 +58,8 @@ __all__ = [
     "check_factorization",
     "contrastive_eigensystem",
     "contrastive_eigensystem_core",
-    "gamma_tolerance",
     "default_jitter_rtol",
+    "gamma_tolerance",
     "mode_coordinates",
     "mode_functions",
     "mode_functions_new",
@@ -80,9 +88,15 @@ class ContrastiveEigensystem(NamedTuple):
         return self.gammas.shape[0] // 2
 
 
-def default_jitter_rtol(n_views: int, dtype: Any) -> float:
-    """``2n · eps(dtype)``: the default relative jitter (see the module docstring)."""
-    return float(n_views) * float(np.finfo(np.dtype(dtype)).eps)
+def default_jitter_rtol(n_pairs: int, dtype: Any) -> float:
+    """``2n · eps(dtype)``: the default relative jitter (see the module docstring).
+
+    Example:
+        >>> default_jitter_rtol(10, "float64") == 20 * 2.0**-52
+        True
+    """
+    n_pairs = check_n_pairs(n_pairs)
+    return 2.0 * float(n_pairs) * float(np.finfo(np.dtype(dtype)).eps)
 
 
 def _pair_gram_of_factor(L: jax.Array) -> jax.Array:
@@ -118,7 +132,7 @@ def contrastive_eigensystem_core(K: jax.Array, jitter_rtol: jax.Array) -> Contra
 def contrastive_eigensystem(K: Any, n_pairs: int, *, jitter_rtol: float | None = None) -> ContrastiveEigensystem:
     """Contrastive eigenvalues ``γ_j`` (descending) and what evaluates the mode functions.
 
-    ``γ_j`` are the eigenvalues of ``K Z / (2n)`` (THEORY.md), computed as those of
+    ``γ_j`` are the eigenvalues of ``K Z / (2n)`` (docs/theory.md), computed as those of
     ``Lᵀ Z L / (2n)`` with ``L Lᵀ = K + τ I`` (Cholesky, ``τ`` = jitter; see the module
     docstring for the tolerance and why it is safe for rank-deficient ``K``).
 
@@ -130,18 +144,19 @@ def contrastive_eigensystem(K: Any, n_pairs: int, *, jitter_rtol: float | None =
 
     Returns:
       :class:`ContrastiveEigensystem`. Evaluate modes with :func:`mode_functions` (views)
-      and :func:`mode_functions_new` (new inputs, from ``K(new, views)``).
+      and :func:`mode_functions_new` (new inputs, from ``K_test = K(test, views)``).
 
     Raises:
+      TypeError: ``n_pairs`` not an int, ``jitter_rtol`` not a number.
       ValueError: bad shape/dtype, NaN/Inf, asymmetric, or not PSD within the tolerance.
     """
     n_pairs = check_n_pairs(n_pairs)
     K = check_kernel(K, n_pairs)
     dtype = K.dtype
     if jitter_rtol is None:
-        jitter_rtol = default_jitter_rtol(K.shape[0], dtype)
-    elif not np.isfinite(jitter_rtol) or jitter_rtol < 0:
-        raise ValueError(f"jitter_rtol must be a finite number ≥ 0, got {jitter_rtol!r}.")
+        jitter_rtol = default_jitter_rtol(n_pairs, dtype)
+    else:
+        jitter_rtol = check_number("jitter_rtol", jitter_rtol, low=0.0, hint=" (or None for 2n · eps)")
     es = contrastive_eigensystem_core(K, jnp.asarray(jitter_rtol, dtype))
     if is_concrete(es.factor):
         check_factorization(es, K)
@@ -166,17 +181,23 @@ def check_factorization(es: ContrastiveEigensystem, K: jax.Array) -> None:
 def mode_functions(es: ContrastiveEigensystem, modes: int | None = None) -> jax.Array:
     """Mode functions on the views, ``g_j(X) = L p_j`` (columns), ``(2n, modes)``.
 
-    Normalised like THEORY.md's ``S q_j``: ``g_jᵀ Z g_j = 2n γ_j``. Signs (and rotations
+    Normalised like docs/theory.md's ``S q_j``: ``g_jᵀ Z g_j = 2n γ_j``. Signs (and rotations
     within degenerate ``γ``) are arbitrary.
     """
-    P = es.vectors if modes is None else es.vectors[:, :modes]
-    return es.factor @ P
+    return es.factor @ _leading_vectors(es, modes)
+
+
+def _leading_vectors(es: ContrastiveEigensystem, modes: int | None) -> jax.Array:
+    if modes is None:
+        return es.vectors
+    N = es.vectors.shape[1]
+    return es.vectors[:, : check_int("modes", modes, low=1, high=N, hint=" (how many leading modes; None: all)")]
 
 
 def mode_coordinates(es: ContrastiveEigensystem, F: jax.Array) -> jax.Array:
     """Coordinates ``M`` of view embeddings in the mode basis: ``F = L P Mᵀ``, ``M: (d, N)``.
 
-    Column ``j`` of ``M`` is ``m_j = W u_j`` in THEORY.md's notation (the projection of the
+    Column ``j`` of ``M`` is ``m_j = W u_j`` in docs/theory.md's notation (the projection of the
     embedding onto mode ``j``), so ``C = Fᵀ Z F / (2n) = M diag(γ) Mᵀ`` (up to the jitter)
     and, for aligned initialisation, ``λ_j = γ_j ‖m_j‖²``.
 
@@ -188,22 +209,17 @@ def mode_coordinates(es: ContrastiveEigensystem, F: jax.Array) -> jax.Array:
     return (es.vectors.T @ B).T
 
 
-def mode_functions_new(es: ContrastiveEigensystem, K_new_views: jax.Array, modes: int | None = None) -> jax.Array:
+def mode_functions_new(es: ContrastiveEigensystem, K_test: jax.Array, modes: int | None = None) -> jax.Array:
     """Nyström extension ``g_j(x) = p_jᵀ L⁻¹ K(X, x)`` to new inputs, ``(m, modes)``.
 
     Args:
       es: the eigensystem.
-      K_new_views: ``(m, 2n)`` kernel between the new inputs and the views.
+      K_test: ``(m, 2n)`` kernel between the new (test) inputs and the views.
       modes: how many leading modes (None: all).
     """
-    K_new_views = jnp.asarray(K_new_views)
-    if K_new_views.ndim != 2 or K_new_views.shape[1] != es.factor.shape[0]:
-        raise ValueError(
-            f"K_new_views must be (m, 2n) = (m, {es.factor.shape[0]}) (rows: new inputs, "
-            f"columns: the views in the pairing order), got shape {K_new_views.shape}."
-        )
-    P = es.vectors if modes is None else es.vectors[:, :modes]
-    W = jax.scipy.linalg.solve_triangular(es.factor, K_new_views.T, lower=True)
+    K_test = check_test_kernel(K_test, es.n_pairs)
+    P = _leading_vectors(es, modes)
+    W = jax.scipy.linalg.solve_triangular(es.factor, K_test.T, lower=True)
     return W.T @ P
 
 
@@ -224,6 +240,7 @@ def check_enough_modes(es: ContrastiveEigensystem, d: int) -> None:
     With fewer than ``d`` positive ``γ`` the Barlow Twins loss cannot reach zero: ``C`` can
     have at most as many positive eigenvalues as ``K Z`` has.
     """
+    d = check_positive_int("d", d, hint=" (the embedding dimension)")
     N = es.gammas.shape[0]
     if d > N:
         raise ValueError(f"d = {d} embedding dimensions but only 2n = {N} views; use d ≤ n.")

@@ -3,9 +3,10 @@
 A checkpoint is one file, ``<dir>/checkpoint.npz``: every array leaf of the loop state
 (parameters, optimiser state, PRNG key, counters, record buffers) stored bit for bit,
 plus a JSON header with the format version and a fingerprint of the run (configuration,
-data, initial key). It is written to a temporary file in the same folder and moved into
-place with ``os.replace``, so the file on disk is always either the previous complete
-checkpoint or the new complete one.
+data, initial key). It is written with the library's atomic writer
+(:func:`stepwise_ntk._io.atomic_open`: a temporary file in the same folder, fsynced, then
+``os.replace``), so the file on disk is always either the previous complete checkpoint or
+the new complete one.
 
 Loading needs a *template* state of the same run (what the run would start from): its
 tree structure, shapes and dtypes say how to rebuild the pytree, and any mismatch is an
@@ -13,21 +14,36 @@ error rather than a silent reinterpretation.
 
 Example::
 
-    save_checkpoint(folder, state, fingerprint="...")
-    state = load_checkpoint(folder, template, fingerprint="...")
+    >>> import tempfile
+    >>> import jax, jax.numpy as jnp
+    >>> from stepwise_ntk.training import load_checkpoint, save_checkpoint
+    >>> state = {"params": jnp.arange(3, dtype=jnp.float32), "key": jax.random.key(0), "step": jnp.int32(7)}
+    >>> folder = tempfile.mkdtemp()
+    >>> save_checkpoint(folder, state, fingerprint="run-a").name
+    'checkpoint.npz'
+    >>> back = load_checkpoint(folder, state, fingerprint="run-a")   # state serves as the template
+    >>> back["params"], int(back["step"])
+    (Array([0., 1., 2.], dtype=float32), 7)
+    >>> bool(jnp.all(jax.random.key_data(back["key"]) == jax.random.key_data(state["key"])))
+    True
+    >>> load_checkpoint(folder, state, fingerprint="run-b")
+    Traceback (most recent call last):
+    ...
+    ValueError: .../checkpoint.npz belongs to a different run (configuration, data or key differ). ...
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from stepwise_ntk._io import atomic_open
 
 __all__ = ["CHECKPOINT_FILE", "checkpoint_path", "save_checkpoint", "load_checkpoint"]
 
@@ -55,24 +71,14 @@ def save_checkpoint(folder: str | os.PathLike, state: Any, *, fingerprint: str) 
     Returns:
       The checkpoint path.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     leaves = jax.device_get(
         [jax.random.key_data(x) if _is_key(x) else x for x in jax.tree.leaves(state)]
     )
     header = json.dumps({"format": _FORMAT, "fingerprint": fingerprint, "n_leaves": len(leaves)})
     arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
     path = checkpoint_path(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, header=np.array(header), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:  # creates the folder if missing
+        np.savez(f, header=np.array(header), **arrays)
     return path
 
 

@@ -42,12 +42,12 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 class Program:
     """What the compiled loop is specialised on (hashable: the ``jit`` static argument).
 
-    ``module`` is a stateless ``flax.linen`` module: ``module.apply(variables, x)`` maps a
+    ``net`` is a stateless ``flax.linen`` module: ``net.apply(variables, x)`` maps a
     batch of views to ``(batch, d)`` embeddings. ``loss_fn`` maps ``F: (2n, d)`` to a
     scalar. ``augment(key, images) -> (2B, ...)`` views, or None to train on fixed views.
     """
 
-    module: Any
+    net: Any
     loss_fn: Callable[[jax.Array], jax.Array]
     optimizer: str | optax.GradientTransformation
     learning_rate: float
@@ -154,13 +154,13 @@ def make_optimizer(program: Program) -> optax.GradientTransformation:
         return _standard_promotion(optax.sgd(program.learning_rate, momentum=program.momentum))
     if opt == "adam":
         return _standard_promotion(optax.adam(program.learning_rate))
-    raise ValueError(
+    raise ValueError(  # TrainSettings refuses other names; a Program built by hand may not
         f"optimizer must be one of {OPTIMIZERS} or an optax.GradientTransformation, got {opt!r}."
     )
 
 
 def _embed(program: Program, variables: Any, x: jax.Array, alpha: jax.Array) -> jax.Array:
-    out = program.module.apply(variables, x)
+    out = program.net.apply(variables, x)
     return alpha.astype(out.dtype) * out
 
 
@@ -189,14 +189,14 @@ def _training_batch(program: Program, data: LoopData, key: jax.Array) -> jax.Arr
 def init_state(
     program: Program, data: LoopData, key: jax.Array, variables: Any | None
 ) -> LoopState:
-    """The state before iteration 0: ``θ_0`` (``module.init`` or ``variables``), empty records."""
+    """The state before iteration 0: ``θ_0`` (``net.init`` or ``variables``), empty records."""
     init_key, train_key = jax.random.split(key)
     if variables is None:
-        variables = program.module.init(init_key, data.views[:1])
+        variables = program.net.init(init_key, data.views[:1])
     extra = sorted(set(variables) - {"params"}) if hasattr(variables, "keys") else []
     if extra:
         raise ValueError(
-            f"the module has non-parameter state {extra}; training supports stateless modules "
+            f"the network has non-parameter state {extra}; training supports stateless modules "
             "only (apply(variables, x) with variables = {'params': ...}). Remove BatchNorm/"
             "mutable collections from the architecture."
         )
@@ -204,7 +204,7 @@ def init_state(
     f = jax.eval_shape(lambda v: _embed(program, v, data.views, data.alpha), variables)
     if len(f.shape) != 2 or f.shape[0] != data.views.shape[0]:
         raise ValueError(
-            f"the module must map (batch, ...) views to (batch, d) embeddings; it maps "
+            f"the network must map (batch, ...) views to (batch, d) embeddings; it maps "
             f"{data.views.shape} to {f.shape}. Flatten or pool its output to (batch, d)."
         )
     loss = jax.eval_shape(program.loss_fn, f)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stepwise_ntk._checks import check_positive_int
 from stepwise_ntk.losses import cross_correlation
 
 __all__ = ["cross_correlation_eigenvalues", "record_steps"]
@@ -42,14 +43,10 @@ def record_steps(steps: int, n_records: int, record_every: int | None = None) ->
     Returns:
       ``(R,)`` int64 array, strictly increasing, first 0, last ``steps``.
     """
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}.")
-    if not isinstance(n_records, (int, np.integer)) or n_records < 1:
-        raise ValueError(f"n_records must be a positive integer, got {n_records!r}.")
-    if record_every is not None and (
-        not isinstance(record_every, (int, np.integer)) or record_every < 1
-    ):
-        raise ValueError(f"record_every must be None or a positive integer, got {record_every!r}.")
+    steps = check_positive_int("steps", steps, allow_zero=True)
+    check_positive_int("n_records", n_records)
+    if record_every is not None:
+        check_positive_int("record_every", record_every, hint=" or None")
     points = [np.array([0, steps], dtype=np.int64)]
     if steps >= 1:
         points.append(np.rint(np.geomspace(1.0, float(steps), int(n_records))).astype(np.int64))

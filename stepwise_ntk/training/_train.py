@@ -2,7 +2,7 @@
 
 The network's embedding is ``f(x) = α · net(x; θ)`` with ``net`` any stateless
 ``flax.linen`` module mapping views ``(batch, ...)`` to ``(batch, d)`` (e.g.
-``spec.flax()`` of an architecture spec). Scaling the output by α is how small
+``arch.flax()`` of an architecture declaration). Scaling the output by α is how small
 initialisation is realised: the initial embeddings, hence the initial eigenvalues of
 ``C``, are ``O(α)`` and ``O(α²)``, and the network's NTK is ``α²`` times that of ``net``.
 With a learning rate ``η`` the parameters follow gradient descent on
@@ -33,11 +33,22 @@ checkpoint and resume with a bit-identical result.
 
 Example::
 
-    spec = MLP(width=256, d=4)
-    alpha = 1e-2
-    cfg = TrainSettings(learning_rate=0.005 / alpha**2, steps=2000, alpha=alpha)
-    result = train(spec, cfg, views, test_views=test_views)   # spec.flax() is trained
-    result.eigenvalues          # (R, 4): the staircase, at result.effective_times
+    >>> import numpy as np
+    >>> from stepwise_ntk.kernels import MLP
+    >>> from stepwise_ntk.training import TrainSettings, train
+    >>> rng = np.random.default_rng(0)
+    >>> views = rng.normal(size=(8, 4)).astype(np.float32)        # 2n = 8 views (n = 4 pairs)
+    >>> test_views = rng.normal(size=(3, 4)).astype(np.float32)
+    >>> arch = MLP(depth=1, width=16, d=2)
+    >>> alpha = 0.125
+    >>> settings = TrainSettings(learning_rate=0.0625 / alpha**2, steps=200, alpha=alpha, n_records=5)
+    >>> result = train(arch, settings, views, test_views=test_views, progress=False)  # arch.flax() is trained
+    >>> result.steps.tolist(), result.effective_times.tolist()    # t = learning_rate · step
+    ([0, 1, 4, 14, 53, 200], [0.0, 4.0, 16.0, 56.0, 212.0, 800.0])
+    >>> result.eigenvalues.shape, result.test_embeddings.shape, result.finished
+    ((6, 2), (3, 2), True)
+    >>> (result.eigenvalues > 0.5).sum(axis=1).tolist()          # the staircase: modes learned so far
+    [0, 0, 0, 1, 1, 2]
 """
 
 from __future__ import annotations
@@ -47,7 +58,6 @@ import functools
 import hashlib
 import json
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Callable
@@ -61,39 +71,30 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from stepwise_ntk._checks import (
+    check_array,
+    check_bool,
+    check_choice,
+    check_number,
+    check_positive_int,
+    check_type,
+    check_views,
+)
+from stepwise_ntk.losses import resolve_loss
 from stepwise_ntk.training import _checkpoint
 from stepwise_ntk.training import _loop as _train_loop
-from stepwise_ntk.losses import LOSS_FUNCTIONS
 from stepwise_ntk.training._records import record_steps
 
 __all__ = [
-    "LOSSES",
     "TrainSettings",
     "TrainResult",
     "TrainingDivergedWarning",
-    "resolve_loss",
     "train",
 ]
-
-LOSSES = tuple(LOSS_FUNCTIONS)  # ("barlow_twins", "simclr", "vicreg")
 
 
 class TrainingDivergedWarning(RuntimeWarning):
     """A training run stopped because its loss became non-finite or exceeded the threshold."""
-
-
-def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < (0 if allow_zero else 1):
-        raise ValueError(
-            f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {value!r}."
-        )
-
-
-def _positive_float(name: str, value: Any) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,40 +140,30 @@ class TrainSettings:
     divergence_threshold: float | None = 1e6
 
     def __post_init__(self) -> None:
-        if isinstance(self.loss, str):
-            if self.loss not in LOSSES:
-                raise ValueError(
-                    f"loss must be one of {LOSSES} or a callable F -> scalar, got {self.loss!r}."
-                )
-        elif not callable(self.loss):
-            raise ValueError(
-                f"loss must be one of {LOSSES} or a callable F -> scalar, got {self.loss!r}."
+        resolve_loss(self.loss)  # a name in stepwise_ntk.losses.LOSSES or a callable
+        if isinstance(self.optimizer, str):
+            check_choice("optimizer", self.optimizer, _train_loop.OPTIMIZERS)
+        else:
+            check_type(
+                "optimizer",
+                self.optimizer,
+                optax.GradientTransformation,
+                f"one of {_train_loop.OPTIMIZERS} or an optax.GradientTransformation",
             )
-        if (
-            not isinstance(self.optimizer, optax.GradientTransformation)
-            and self.optimizer not in _train_loop.OPTIMIZERS
-        ):
-            raise ValueError(
-                f"optimizer must be one of {_train_loop.OPTIMIZERS} or an "
-                "optax.GradientTransformation, "
-                f"got {self.optimizer!r}."
-            )
-        _positive_float("learning_rate", self.learning_rate)
-        _positive_float("alpha", self.alpha)
-        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum < 1):
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
-        _positive_int("steps", self.steps, allow_zero=True)
+        check_number("learning_rate", self.learning_rate, low=0, open_low=True)
+        check_number("alpha", self.alpha, low=0, open_low=True)
+        check_number("momentum", self.momentum, low=0, high=1, open_high=True)
+        check_positive_int("steps", self.steps, allow_zero=True)
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size)
-        _positive_int("n_records", self.n_records)
+            check_positive_int("batch_size", self.batch_size, hint=" or None (full batch)")
+        check_positive_int("n_records", self.n_records)
         if self.record_every is not None:
-            _positive_int("record_every", self.record_every)
-        _positive_int("chunk_size", self.chunk_size)
-        _positive_int("seed", self.seed, allow_zero=True)
+            check_positive_int("record_every", self.record_every, hint=" or None")
+        check_positive_int("chunk_size", self.chunk_size)
+        check_positive_int("seed", self.seed, allow_zero=True)
         if self.divergence_threshold is not None:
-            _positive_float("divergence_threshold", self.divergence_threshold)
-        if not isinstance(self.record_embeddings, bool):
-            raise ValueError(f"record_embeddings must be a bool, got {self.record_embeddings!r}.")
+            check_number("divergence_threshold", self.divergence_threshold, low=0, open_low=True)
+        check_bool("record_embeddings", self.record_embeddings)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (callables by qualified name and arguments)."""
@@ -206,7 +197,7 @@ def _describe(value: Any) -> Any:
         "params",
         "diverged_loss",
     ],
-    meta_fields=["config", "steps_done", "finished", "diverged_at"],
+    meta_fields=["settings", "steps_done", "finished", "diverged_at"],
 )
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -222,9 +213,9 @@ class TrainResult:
       test_embeddings: ``(m, d)`` embeddings of ``test_views`` with ``params``, or None.
       params: the final variables (``{'params': ...}``); after a divergence, the last
         variables whose loss was fine (those of step ``diverged_at - 1``).
-      config: the :class:`TrainSettings`.
+      settings: the :class:`TrainSettings`.
       steps_done: number of updates applied to get ``params``.
-      finished: True if all ``config.steps`` were done (False: paused or diverged).
+      finished: True if all ``settings.steps`` were done (False: paused or diverged).
       diverged_at: None, or the first step whose loss was non-finite / above threshold.
       diverged_loss: that loss (None if no divergence).
     """
@@ -237,43 +228,22 @@ class TrainResult:
     train_embeddings: jax.Array
     test_embeddings: jax.Array | None
     params: Any
-    config: TrainSettings
+    settings: TrainSettings
     steps_done: int
     finished: bool
     diverged_at: int | None
     diverged_loss: float | None
 
 
-def resolve_loss(loss: str | Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
-    """The loss ``F: (2n, d) -> scalar`` named in :data:`LOSSES`; callables pass through."""
-    if callable(loss):
-        return loss
-    return LOSS_FUNCTIONS[loss]
-
-
-def _check_array(name: str, x: Any, *, floating: bool = True) -> jax.Array:
-    x = jnp.asarray(x)
-    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}.")
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        bad = int(np.count_nonzero(~np.isfinite(np.asarray(x))))
-        if bad:
-            raise ValueError(
-                f"{name} contains {bad} NaN/inf value(s); clean or re-generate the data "
-                "before training."
-            )
-    return x
-
-
 def _fingerprint(
-    config: TrainSettings, module: Any, spec: Any, arrays: list[Any], record: np.ndarray
+    settings: TrainSettings, net: Any, arch: Any, arrays: list[Any], record: np.ndarray
 ) -> str:
     """Hash of what determines a run: settings, architecture, data, key, initial parameters."""
     h = hashlib.sha256()
-    h.update(json.dumps(config.describe(), sort_keys=True).encode())
-    h.update(type(module).__qualname__.encode())
-    if spec is not None and hasattr(spec, "to_config"):
-        h.update(json.dumps(spec.to_config(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(settings.describe(), sort_keys=True).encode())
+    h.update(type(net).__qualname__.encode())
+    if arch is not None and hasattr(arch, "to_config"):
+        h.update(json.dumps(arch.to_config(), sort_keys=True, default=str).encode())
     h.update(record.tobytes())
     for a in arrays:
         if a is None:
@@ -300,8 +270,8 @@ def _embed_all(
 
 
 def train(
-    module: Any,
-    config: TrainSettings,
+    arch: Any,
+    settings: TrainSettings,
     views: Any,
     *,
     key: jax.Array | None = None,
@@ -316,23 +286,23 @@ def train(
     embed_batch_size: int = 2048,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``f = α · module`` on positive pairs and record the eigenvalues of ``C``.
+    """Train ``f = α · net`` on positive pairs and record the eigenvalues of ``C``.
 
     Args:
-      module: stateless ``flax.linen`` module, ``apply(variables, x) -> (batch, d)``, or an
-        architecture spec (anything with ``.flax(param_dtype)``, e.g. ``MLP(...)``): its
-        Flax twin is built with the dtype of ``views``.
-      config: :class:`TrainSettings`.
+      arch: an architecture declaration (anything with ``.flax(param_dtype)``, e.g.
+        ``MLP(...)``: its Flax twin ``net`` is built with the dtype of ``views``), or the
+        Flax module ``net`` itself: stateless, ``apply(variables, x) -> (batch, d)``.
+      settings: :class:`TrainSettings`.
       views: ``(2n, ...)`` float views ``[x_1..x_n, x'_1..x'_n]``: the training set in
         full-batch mode, and always the set the records and ``train_embeddings`` use.
       key: PRNG key (initialisation, batches, augmentations); default
-        ``jax.random.key(config.seed)``. Same key and inputs -> same result.
+        ``jax.random.key(settings.seed)``. Same key and inputs -> same result.
       test_views: ``(m, ...)`` held-out views to embed at the end (optional).
       augment: ``augment(key, images) -> (2B, ...)`` views in pairing order (e.g.
-        ``partial(positive_pairs, config=AugmentSettings())`` followed by normalisation);
+        ``partial(positive_pairs, settings=AugmentSettings())`` followed by normalisation);
         each step then trains on fresh views of ``batch_size`` random ``images``.
       images: ``(N, ...)`` source images for ``augment`` (required with it).
-      init_params: initial variables ``{'params': ...}`` instead of ``module.init``.
+      init_params: initial variables ``{'params': ...}`` instead of ``net.init``.
       checkpoint_dir: folder for ``checkpoint.npz``, written every ``checkpoint_every``
         chunks and when the run ends, pauses or diverges.
       resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (it must
@@ -350,37 +320,25 @@ def train(
       before it (``diverged_at`` set, ``finished=False``).
 
     Raises:
-      ValueError: NaN/inf in ``views``, ``test_views`` or ``images``; inconsistent shapes
+      TypeError: ``settings`` is not a :class:`TrainSettings`, ``arch`` neither an
+        architecture nor a Flax module, ``augment`` not callable, an option of the wrong type.
+      ValueError: NaN/Inf in ``views``, ``test_views`` or ``images``; inconsistent shapes
         or modes; a checkpoint from another run.
     """
-    if not isinstance(config, TrainSettings):
-        raise ValueError(f"config must be a TrainSettings, got {type(config).__name__}.")
-    views = _check_array("views", views)
-    if views.ndim < 2 or views.shape[0] < 2 or views.shape[0] % 2:
-        raise ValueError(
-            "views must be (2n, ...) with n >= 1 pairs stacked as [x_1..x_n, x'_1..x'_n], "
-            f"got shape {views.shape}."
-        )
+    check_type("settings", settings, TrainSettings)
+    # Converted first, so that the checks see the dtype JAX computes in (float32 without x64).
+    views = check_views("views", jnp.asarray(views))
     n = views.shape[0] // 2
-    spec = None
-    if hasattr(module, "flax") and not isinstance(module, nn.Module):
-        spec = module
-        if hasattr(spec, "check_input_shape"):
-            spec.check_input_shape(tuple(views.shape[1:]))
-        module = spec.flax(param_dtype=views.dtype)
-    if not isinstance(module, nn.Module):
-        raise ValueError(
-            "module must be a flax.linen Module or an architecture spec with .flax(), "
-            f"got {type(module).__name__}."
-        )
+    net = arch
+    if hasattr(arch, "flax") and not isinstance(arch, nn.Module):
+        if hasattr(arch, "check_input_shape"):
+            arch.check_input_shape(tuple(views.shape[1:]))
+        net = arch.flax(param_dtype=views.dtype)
+    else:
+        arch = None  # a bare Flax module: no declaration to fingerprint
+    check_type("arch", net, nn.Module, "an architecture declaration with .flax() or a flax.linen Module")
     if test_views is not None:
-        test_views = _check_array("test_views", test_views)
-        if test_views.shape[1:] != views.shape[1:] or test_views.dtype != views.dtype:
-            raise ValueError(
-                f"test_views must be (m, {', '.join(map(str, views.shape[1:]))}) "
-                f"{views.dtype} like views, "
-                f"got {test_views.shape} {test_views.dtype}."
-            )
+        test_views = check_views("test_views", jnp.asarray(test_views), like=views, same_dtype=True)
     if (augment is None) != (images is None):
         raise ValueError(
             "augment and images go together: pass both to train on fresh augmentations of images, "
@@ -388,48 +346,49 @@ def train(
         )
     if augment is not None:
         if not callable(augment):
-            raise ValueError(f"augment must be a callable (key, images) -> views, got {augment!r}.")
-        images = _check_array("images", images, floating=False)
+            raise TypeError(f"augment must be a callable (key, images) -> views, got {type(augment).__name__}.")
+        images = check_array("images", jnp.asarray(images), dtype_kind=None, hint="clean or re-generate the images.")
         pool, what = images.shape[0], "images"
     else:
         pool, what = n, "pairs in views"
-    if config.batch_size is not None and config.batch_size > pool:
+    if settings.batch_size is not None and settings.batch_size > pool:
         raise ValueError(
-            f"batch_size={config.batch_size} exceeds the {pool} {what}; "
+            f"batch_size={settings.batch_size} exceeds the {pool} {what}; "
             f"use batch_size <= {pool} or None."
         )
-    _positive_int("checkpoint_every", checkpoint_every)
-    _positive_int("embed_batch_size", embed_batch_size)
+    check_positive_int("checkpoint_every", checkpoint_every)
+    check_positive_int("embed_batch_size", embed_batch_size)
     if stop_after is not None:
-        _positive_int("stop_after", stop_after)
+        check_positive_int("stop_after", stop_after, hint=" or None")
+    check_bool("resume", resume)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (the folder of the run to continue).")
     if key is None:
-        key = jax.random.key(config.seed)
+        key = jax.random.key(settings.seed)
     elif not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(jnp.asarray(key))  # legacy uint32 key -> typed key
 
     program = _train_loop.Program(
-        module=module,
-        loss_fn=resolve_loss(config.loss),
-        optimizer=config.optimizer,
-        learning_rate=float(config.learning_rate),
-        momentum=float(config.momentum),
-        batch_size=config.batch_size,
-        chunk_size=config.chunk_size,
+        net=net,
+        loss_fn=resolve_loss(settings.loss),
+        optimizer=settings.optimizer,
+        learning_rate=float(settings.learning_rate),
+        momentum=float(settings.momentum),
+        batch_size=settings.batch_size,
+        chunk_size=settings.chunk_size,
         augment=augment,
-        record_embeddings=config.record_embeddings,
+        record_embeddings=settings.record_embeddings,
     )
-    rec_steps = record_steps(config.steps, config.n_records, config.record_every)
+    rec_steps = record_steps(settings.steps, settings.n_records, settings.record_every)
     threshold = (
-        math.inf if config.divergence_threshold is None else float(config.divergence_threshold)
+        math.inf if settings.divergence_threshold is None else float(settings.divergence_threshold)
     )
     data = _train_loop.LoopData(
         views=views,
         images=images,
         record_steps=jnp.asarray(rec_steps, jnp.int32),
-        stop=jnp.asarray(config.steps, jnp.int32),
-        alpha=jnp.asarray(float(config.alpha)),
+        stop=jnp.asarray(settings.steps, jnp.int32),
+        alpha=jnp.asarray(float(settings.alpha)),
         threshold=jnp.asarray(threshold),
     )
     state = _train_loop.init_state(program, data, key, init_params)
@@ -437,7 +396,7 @@ def train(
     fingerprint = None
     if checkpoint_dir is not None:
         fingerprint = _fingerprint(
-            config, module, spec, [views, images, key, init_params], rec_steps
+            settings, net, arch, [views, images, key, init_params], rec_steps
         )
         exists = _checkpoint.checkpoint_path(checkpoint_dir).exists()
         if resume and exists:
@@ -456,17 +415,17 @@ def train(
     it, diverged = (int(v) for v in jax.device_get((state.it, state.diverged_at)))
     paused = False
     with tqdm(
-        total=config.steps,
-        initial=min(it, config.steps),
+        total=settings.steps,
+        initial=min(it, settings.steps),
         disable=not progress,
         desc="train",
         unit="step",
     ) as bar:
         chunks = 0
-        while it <= config.steps and diverged < 0:
+        while it <= settings.steps and diverged < 0:
             state = _train_loop.run_chunk(program, state, data)
             new_it, diverged = (int(v) for v in jax.device_get((state.it, state.diverged_at)))
-            bar.update(min(new_it, config.steps) - min(it, config.steps))
+            bar.update(min(new_it, settings.steps) - min(it, settings.steps))
             last = int(np.searchsorted(rec_steps, new_it - 1, side="right")) - 1
             if progress and diverged < 0 and last >= 0:  # latest recorded loss, one scalar
                 bar.set_postfix(loss=f"{float(state.rec_loss[last]):.4g}", refresh=False)
@@ -475,12 +434,12 @@ def train(
                 break
             if (
                 stop_after is not None
-                and it <= config.steps
-                and min(it, config.steps) >= stop_after
+                and it <= settings.steps
+                and min(it, settings.steps) >= stop_after
             ):
                 paused = True
                 break
-            if chunks % checkpoint_every == 0 and it <= config.steps:
+            if chunks % checkpoint_every == 0 and it <= settings.steps:
                 save()
     save()
 
@@ -488,21 +447,21 @@ def train(
         bad_loss = float(state.bad_loss)
         warnings.warn(
             f"training diverged at step {diverged} (loss {bad_loss:.6g}; threshold "
-            f"{config.divergence_threshold}); stopped, records before step {diverged} kept. "
+            f"{settings.divergence_threshold}); stopped, records before step {diverged} kept. "
             "Lower the learning rate or alpha.",
             TrainingDivergedWarning,
             stacklevel=2,
         )
         variables, done, reached = state.prev_params, max(diverged - 1, 0), diverged
     else:
-        variables, done, reached = state.params, min(it, config.steps), it
+        variables, done, reached = state.params, min(it, settings.steps), it
     keep = rec_steps < reached
     rec_loss, rec_eigs, rec_emb = jax.device_get(
         (state.rec_loss, state.rec_eigs, state.rec_embeddings)
     )
     return TrainResult(
         steps=rec_steps[keep],
-        effective_times=float(config.learning_rate) * rec_steps[keep].astype(np.float64),
+        effective_times=float(settings.learning_rate) * rec_steps[keep].astype(np.float64),
         loss=np.asarray(rec_loss)[keep],
         eigenvalues=np.asarray(rec_eigs)[keep],
         embeddings=None if rec_emb is None else np.asarray(rec_emb)[keep],
@@ -511,7 +470,7 @@ def train(
         if test_views is None
         else _embed_all(program, variables, test_views, data.alpha, embed_batch_size),
         params=variables,
-        config=config,
+        settings=settings,
         steps_done=done,
         finished=diverged < 0 and not paused,
         diverged_at=None if diverged < 0 else diverged,

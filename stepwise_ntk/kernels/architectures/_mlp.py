@@ -36,8 +36,8 @@ class MLP(ArchSpec):
       >>> arch = MLP(depth=2, width=64, d=8)
       >>> init_fn, apply_fn, kernel_fn = arch.stax()
       >>> net = arch.flax()          # flax.linen module, (n, ...) -> (n, 8)
-      >>> params = net.init(jax.random.key(0), jnp.ones((1, 5)))
-      >>> sorted(params["params"]), net.apply(params, jnp.ones((3, 5))).shape
+      >>> params = net.init(jax.random.key(0), jnp.ones((1, 5), jnp.float32))
+      >>> sorted(params["params"]), net.apply(params, jnp.ones((3, 5), jnp.float32)).shape
       (['hidden_0', 'hidden_1', 'readout'], (3, 8))
     """
 

@@ -25,10 +25,10 @@ Example:
   >>> layers = (Flatten(), Dense(features=4, w_std=1.0, b_std=None, parameterization="ntk",
   ...                            name="readout"))
   >>> net = FlaxNetwork(layers=layers)
-  >>> params = net.init(jax.random.key(0), jnp.ones((1, 2, 3)))
-  >>> net.apply(params, jnp.ones((5, 2, 3))).shape
+  >>> params = net.init(jax.random.key(0), jnp.ones((1, 2, 3), jnp.float32))
+  >>> net.apply(params, jnp.ones((5, 2, 3), jnp.float32)).shape
   (5, 4)
-  >>> stax_network(layers)[2](jnp.ones((5, 6)), None, "ntk").shape
+  >>> stax_network(layers)[2](jnp.ones((5, 6), jnp.float32), None, "ntk").shape
   (5, 5)
 """
 

@@ -1,6 +1,6 @@
 """How cost grows: time and peak memory of each route against ``2n`` and ``d``, with fitted exponents.
 
-Problem: :func:`benchmarks._problems.ridge_kernel_problem` — a full-rank synthetic kernel
+Problem: :func:`benchmarks.harness.problems.ridge_kernel_problem` — a full-rank synthetic kernel
 ``K = X Xᵀ + ρ I`` (cheap to build at any ``2n``), Barlow Twins, a horizon covering the
 first steps, so the number of time steps hardly depends on ``2n``.
 
@@ -31,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import Context, Fit, Measurement, fits_over, register
-from benchmarks._problems import ridge_kernel_problem
+from benchmarks.harness.fits import fits_over
+from benchmarks.harness.problems import ridge_kernel_problem
+from benchmarks.harness.records import Fit, Measurement
+from benchmarks.harness.registration import register
+from benchmarks.harness.timing import Context
 
 __all__ = ["asymptotic_n_views", "last_level_cache_bytes", "run_d", "run_n"]
 
@@ -57,7 +60,7 @@ def _case(
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk.solver._solve import SolverSettings, solve
+    from stepwise_ntk.solver import SolverSettings, solve
 
     prob = ridge_kernel_problem(n_views, d)
     K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, prob.F0, prob.times))

@@ -1,6 +1,6 @@
 """Kernel dynamics: the solver's routes against what a researcher would otherwise run.
 
-Problem (:func:`benchmarks._problems.linear_kernel_problem`): the linear model on CIFAR-10
+Problem (:func:`benchmarks.harness.problems.linear_kernel_problem`): the linear model on CIFAR-10
 pairs, ``K = X Xᵀ`` (3072 features), Barlow Twins, ``F(0) = X W0ᵀ`` small, 200 log-spaced
 times up to 1.5 × the theory's last step time, so all ``d`` steps happen (the reference's
 eigenvalues at the last time: ``extra.modes_past_0_99`` of ``d`` are past 0.99).
@@ -11,8 +11,8 @@ Measured in one case (``bt 2n=… d=…``):
 * baseline ``nt.predict.gradient_descent`` — neural-tangents' function-space ODE on the
   same ``K`` and loss (jitted, compiled ahead of time, same observables: the eigenvalues
   of ``C`` at every time). Errors are ``max_t,j |λ_j(t) − λ_j^ref(t)|`` against a float64
-  reference (the eigen route, rtol 1e-10, no truncated modes). *Equal accuracy* is the
-  issue's: every route within ``ACCURACY = 1e-3`` of the reference. NT's tolerance is
+  reference (the eigen route, rtol 1e-10, no truncated modes). *Equal accuracy* means
+  every route within ``ACCURACY = 1e-3`` of the reference. NT's tolerance is
   fixed (``odeint``'s rtol = atol = 1.4e-8) and lands far below that, so each of our routes
   runs at the loosest setting (``rtol``; for the eigen route ``(rtol, mode_tol)`` from
   ``EIGEN_LADDER``) whose error is ≤ 1e-3; the eigen route is timed a second time at the
@@ -44,8 +44,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._harness import Context, Measurement, Timing, _MemoryProbe, _timed, register
-from benchmarks._problems import KernelProblem, describe, linear_kernel_problem
+from benchmarks.harness.memory import MemoryProbe
+from benchmarks.harness.problems import KernelProblem, describe, linear_kernel_problem
+from benchmarks.harness.records import Measurement
+from benchmarks.harness.registration import register
+from benchmarks.harness.timing import Context, Timing, timed
 
 __all__ = ["run"]
 
@@ -55,7 +58,7 @@ ODEINT_NAME = "jax odeint (rtol 1e-5)"
 GD_NAME = "linear_gd"
 EIGH_NAME = "eigh(K)"
 KF_NAME = "K@F"
-ACCURACY = 1e-3  # the issue's "equal accuracy": max |Δλ| ≤ 1e-3 against the float64 reference
+ACCURACY = 1e-3  # "equal accuracy": max |Δλ| ≤ 1e-3 against the float64 reference
 RTOLS = (1e-6, 1e-7, 1e-8, 1e-9)
 RTOLS_F32 = (1e-4, 1e-5)
 # Eigen route, loosest first: (rtol, mode_tol). The truncation bound (mode_tol) and the
@@ -144,14 +147,14 @@ def _calibrated_solve(ctx: Context, label: str, call, rtols, ref, target, warm=N
     for rtol in rtols:
         compile_s, method, peak, kind = None, "calibration call − median", None, None
         if warm is not None:
-            w1, _ = _timed(lambda rtol=rtol: warm(rtol))
-            w2, _ = _timed(lambda rtol=rtol: warm(rtol))
+            w1, _ = timed(lambda rtol=rtol: warm(rtol))
+            w2, _ = timed(lambda rtol=rtol: warm(rtol))
             compile_s, method = max(w1 - w2, 0.0), "short-horizon warm-up: first − second call"
-            with _MemoryProbe() as probe:
-                first, traj = _timed(lambda rtol=rtol: call(rtol))
+            with MemoryProbe() as probe:
+                first, traj = timed(lambda rtol=rtol: call(rtol))
             peak, kind = probe.bytes, probe.kind
         else:
-            first, traj = _timed(lambda rtol=rtol: call(rtol))
+            first, traj = timed(lambda rtol=rtol: call(rtol))
         err = _err(traj.eigenvalues, ref)
         ctx.log(
             f"calibrate {label}: {_fmt(rtol)} -> err {err:.2e} (target {target:.2e}, {first:.1f} s)"
@@ -176,9 +179,8 @@ def _bt_case(
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk.solver._linear_gd import linear_gd
     from stepwise_ntk.losses import barlow_twins_loss
-    from stepwise_ntk.solver._solve import SolverSettings, solve
+    from stepwise_ntk.solver import SolverSettings, linear_gd, solve
 
     prob: KernelProblem = linear_kernel_problem(
         n_views // 2, d, source=source, data_dir=ctx.data_dir, n_times=N_TIMES
@@ -236,11 +238,11 @@ def _bt_case(
             extra={"max_abs_err": err_base, **common},
         )
     )
-    # Equal accuracy as the issue defines it: every route within ACCURACY of the reference
+    # Equal accuracy: every route within ACCURACY of the reference
     # (the baseline's fixed tolerance lands far below it). The eigen route is also timed at
     # the baseline's own, much smaller error ("@ baseline accuracy"), the stricter reading.
     eigh = jax.jit(jnp.linalg.eigh)
-    _timed(lambda: eigh(K))  # compile
+    timed(lambda: eigh(K))  # compile
     eigen_ladder = EIGEN_LADDER if dtype == np.float64 else EIGEN_LADDER_F32
     runs = [("eigen", "solve[eigen]", eigen_ladder, ACCURACY),
             ("eigen", "solve[eigen] @ baseline accuracy", eigen_ladder, min(err_base, ACCURACY)),
@@ -262,7 +264,7 @@ def _bt_case(
         # is already a timed sample; the eigen route's integrated modes (a compiled shape)
         # depend on the horizon, so it warms up with a full call at the first setting.
         if method == "eigen":
-            w1, _ = _timed(lambda call=call, first=ladder[0]: call(first))
+            w1, _ = timed(lambda call=call, first=ladder[0]: call(first))
         tried = _calibrated_solve(
             ctx, name, call, ladder, ref_main, target, warm=warm if method == "function" else None
         )
@@ -297,11 +299,11 @@ def _bt_case(
             extra["n_modes"] = int(st.n_modes)
             extra["truncation_bound"] = float(st.truncation_bound)
             # The floor timed back to back with the subject, so that both see the same
-            # machine load: the ratio the issue's "within 1.5× of one eigh(K)" asks about.
+            # machine load: the ratio that "within 1.5× of one eigh(K)" is about.
             ratios = []
             for _ in range(INTERLEAVED):
-                t_eigh, _ = _timed(lambda: eigh(K))
-                t_solve, _ = _timed(lambda setting=setting, call=call: call(setting))
+                t_eigh, _ = timed(lambda: eigh(K))
+                t_solve, _ = timed(lambda setting=setting, call=call: call(setting))
                 ratios.append(t_solve / t_eigh)
             extra["x_eigh_interleaved"] = float(np.median(ratios))
         baselines = [base_name, GD_NAME, EIGH_NAME if method == "eigen" else KF_NAME]
@@ -369,8 +371,8 @@ def _loss_case(
 ) -> list[Measurement]:
     import jax.numpy as jnp
 
-    from stepwise_ntk.losses import LOSS_FUNCTIONS
-    from stepwise_ntk.solver._solve import SolverSettings, solve
+    from stepwise_ntk.losses import LOSSES
+    from stepwise_ntk.solver import SolverSettings, solve
 
     prob = linear_kernel_problem(
         n_views // 2, d, source=source, data_dir=ctx.data_dir, init_scale=INIT_SCALE
@@ -382,7 +384,7 @@ def _loss_case(
     # flow, arbitrarily stiff) and VICReg's variance hinge does not care about small init.
     F0_64 = prob.F0 / INIT_SCALE
     K, F0, times = (jnp.asarray(a, dtype) for a in (prob.K, F0_64, prob.times))
-    loss_fn = LOSS_FUNCTIONS[loss]
+    loss_fn = LOSSES[loss]
     ref = solve(
         jnp.asarray(prob.K),
         n,
@@ -420,7 +422,7 @@ def _loss_case(
         )
 
     rtols = RTOLS if dtype == np.float64 else RTOLS_F32
-    w1, _ = _timed(lambda: call(rtols[0]))
+    w1, _ = timed(lambda: call(rtols[0]))
     tried = _calibrated_solve(ctx, loss, call, rtols, ref_eig, err_base)
     rtol, cal, err = tried[-1]
     ts = ctx.time(lambda: call(rtol), warmup=False)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._harness import Context, Measurement, register
+from benchmarks.harness.records import Measurement
+from benchmarks.harness.registration import register
+from benchmarks.harness.timing import Context
 
 __all__ = ["run"]
 
@@ -95,9 +97,9 @@ def run(ctx: Context) -> list[Measurement]:
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk.kernels.architectures._registry import MLP
-    from stepwise_ntk.losses import LOSS_FUNCTIONS
-    from stepwise_ntk.training._train import TrainSettings, train
+    from stepwise_ntk.kernels import MLP
+    from stepwise_ntk.losses import LOSSES
+    from stepwise_ntk.training import TrainSettings, train
 
     dtype = ctx.float_dtype("float32", "float32")
     n_views = int(ctx.param("n_views", PRESETS["n_views"]))
@@ -106,8 +108,8 @@ def run(ctx: Context) -> list[Measurement]:
     side = int(ctx.param("side", PRESETS["side"]))
     steps = int(ctx.param("steps", PRESETS["steps"]))
     losses = [s for s in str(ctx.param("losses", PRESETS["losses"])).split(",") if s]
-    spec = MLP(depth=2, width=width, d=d)
-    net = spec.flax(param_dtype=dtype)
+    arch = MLP(depth=2, width=width, d=d)
+    net = arch.flax(param_dtype=dtype)
     views = jnp.asarray(np.random.default_rng(0).standard_normal((n_views, side, side, 3)), dtype)
     key = jax.random.key(0)
     sizes = {
@@ -120,11 +122,11 @@ def run(ctx: Context) -> list[Measurement]:
     out = []
     for loss in losses:
         case = f"{loss} 2n={n_views} w={width}"
-        loop, scan = _baselines(net, LOSS_FUNCTIONS[loss], views, steps, key)
-        config = TrainSettings(loss=loss, steps=steps, learning_rate=LEARNING_RATE, alpha=1.0)
+        loop, scan = _baselines(net, LOSSES[loss], views, steps, key)
+        settings = TrainSettings(loss=loss, steps=steps, learning_rate=LEARNING_RATE, alpha=1.0)
 
-        def subject(config=config):
-            return train(spec, config, views, key=key, progress=False)
+        def subject(settings=settings):
+            return train(arch, settings, views, key=key, progress=False)
 
         t = ctx.time_interleaved({"train": subject, "loop": loop, "scan": scan})
         ts, tl, tc = t["train"], t["loop"], t["scan"]

@@ -1,4 +1,4 @@
-"""Benchmark problems: kernels on positive pairs, with a small initialisation and time grid.
+"""Problems shared by the cases: kernels on positive pairs, a small initialisation, a time grid.
 
 * :func:`linear_kernel_problem` — the paper's linear-model setting: flattened CIFAR-10
   views (two augmentations of each of n images, 3072 features), ``K = X Xᵀ`` with
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KernelProblem", "find_cifar_dir", "linear_kernel_problem", "ridge_kernel_problem"]
+__all__ = ["KernelProblem", "describe", "find_cifar_dir", "linear_kernel_problem", "ridge_kernel_problem"]
 
-_SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "cifar10"
+# ../shared/cifar10 beside the checkout (this file is benchmarks/harness/problems.py).
+_SHARED_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "cifar10"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ class KernelProblem:
 
 def find_cifar_dir(data_dir: str | None = None) -> Path | None:
     """The folder holding ``cifar-10-batches-py`` (given, env/cache, or ``../shared/cifar10``)."""
-    from stepwise_ntk import resolve_cifar10_dir
+    from stepwise_ntk.data import resolve_cifar10_dir
 
     candidates = [resolve_cifar10_dir(data_dir)]
     if data_dir is None:
@@ -90,7 +91,7 @@ def _cifar_views(n_pairs: int, data_dir: Path, seed: int) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    from stepwise_ntk import cifar10_pairs
+    from stepwise_ntk.data import cifar10_pairs
 
     if not jax.config.jax_enable_x64:
         raise ValueError("linear_kernel_problem needs jax_enable_x64 (the CLI turns it on).")
@@ -127,8 +128,7 @@ def linear_kernel_problem(
     """
     import jax.numpy as jnp
 
-    from stepwise_ntk.theory._eigensystem import contrastive_eigensystem
-    from stepwise_ntk.theory._closed_form import step_times
+    from stepwise_ntk.theory import contrastive_eigensystem, step_times
 
     if source not in ("auto", "cifar10", "synthetic"):
         raise ValueError(f"source must be 'auto', 'cifar10' or 'synthetic', got {source!r}.")
@@ -148,7 +148,7 @@ def linear_kernel_problem(
     W0 = init_scale * rng.standard_normal((d, X.shape[1]))
     F0 = X @ W0.T
     es = contrastive_eigensystem(jnp.asarray(K), n_pairs)
-    ts = np.asarray(step_times(es, jnp.asarray(F0), d), np.float64)
+    ts = np.asarray(step_times(es, jnp.asarray(F0)), np.float64)
     g1 = float(es.gammas[0])
     times = _log_times(1e-2 / (8.0 * g1), horizon * float(ts.max()), n_times)
     return KernelProblem(

@@ -1,4 +1,4 @@
-"""Time analytic NTK Grams through stepwise_ntk against neural-tangents' kernel_fn directly.
+"""Analytic NTK Grams through stepwise_ntk against neural-tangents' kernel_fn called directly.
 
 For each case (architecture, n inputs, image shape, dtype, block size b) the same numpy
 inputs ``x`` (already in the case's dtype) go to six routes, every result materialised as a
@@ -29,25 +29,26 @@ Like-for-like comparisons (same kernel evaluations), which measure the layer's o
 ratios compare different amounts of work and are reported for information:
 ``overhead = project / direct - 1`` (the default's symmetric split usually makes it
 negative) and ``overhead_blocked_vs_nt_batch = project_blocked / nt_batch - 1``.
-``host_work_s`` times the layer's extra host work on the case's data by itself: the input
-checks and the exact symmetric copy of the result, which the direct call does not do.
 
 Timing: one warm-up call per route (compilation and the layer's memory analysis excluded),
 then rounds that run every route once, in alternating order (forward, then backward) so
 that machine load drifting during the run hits all routes alike; at least ``--repeats``
 rounds, more for cheap cases until every route has run ``--min-time`` seconds. Ratios use
 medians; ``*_min`` variants use the fastest call (less sensitive to load from other work).
-Writes JSON to ``--out`` (temporary file, then ``os.replace``).
 
-Usage:
-  uv run python benchmarks/kernels_bench.py [--out benchmarks/results/kernels.json]
-      [--repeats 7] [--min-time 2] [--quick]
+Two ways to run it:
+
+* ``uv run python -m benchmarks kernels`` — the registered benchmark ``kernels``: each
+  route of each case becomes a measurement of the harness's report (the sizes of
+  ``--size``: ``tiny`` two small cases, ``small`` the quick list, ``full`` every case);
+* ``uv run python -m benchmarks.cases.kernels [--out benchmarks/results/kernels.json]
+  [--repeats 7] [--min-time 2] [--quick]`` — stand-alone, every case, its own JSON (written
+  atomically) with a summary of the layer's overheads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -55,12 +56,13 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from stepwise_ntk.kernels.architectures._registry import MLP, MyrtleCNN
-from stepwise_ntk.kernels._analytic import _symmetric_copy, analytic_ntk, check_inputs
-from stepwise_ntk.kernels._nt_compat import nt
+from benchmarks.harness.records import Measurement
+from benchmarks.harness.registration import register
+from benchmarks.harness.timing import Context, Timing
+
+__all__ = ["ROUTES", "main", "run", "run_case"]
 
 ROUTES = ("direct", "project_single", "project", "nt_batch", "project_blocked_full",
           "project_blocked")
@@ -74,6 +76,8 @@ _MAX_ROUNDS = 500
 
 
 def _cases(quick: bool):
+    from stepwise_ntk.kernels import MLP, MyrtleCNN
+
     # (label, arch, n, image shape, dtype, blocked batch size)
     cases = [
         ("mlp", MLP(depth=2), 512, (32, 32, 3), np.float32, 128),
@@ -107,18 +111,13 @@ def _interleaved(fns: dict, repeats: int, min_time: float) -> dict:
     return times
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def run_case(label, arch, n, shape, dtype, batch, repeats, min_time=0.0):
     """Time every route on one case; returns a JSON-able row (see the module docstring)."""
+    import jax
+
+    from stepwise_ntk.kernels import analytic_ntk
+    from stepwise_ntk.kernels._nt_compat import nt
+
     x = np.random.default_rng(0).normal(size=(n, *shape)).astype(dtype)
     x64 = bool(np.dtype(dtype) == np.float64)
     kernel_fn = arch.kernel_fn()
@@ -157,12 +156,6 @@ def run_case(label, arch, n, shape, dtype, batch, repeats, min_time=0.0):
     med = {name: statistics.median(ts) for name, ts in times.items()}
     low = {name: min(ts) for name, ts in times.items()}
     k = -(-n // batch)
-    host_reps = max(3, min(50, int(0.5 / max(med["direct"], 1e-4))))
-    host_work_s = {
-        "check_inputs": _median_time(lambda: check_inputs(arch, x, "x1", np.dtype(dtype)),
-                                     host_reps),
-        "symmetric_copy": _median_time(lambda: _symmetric_copy(results["direct"]), host_reps),
-    }
     row = {
         "arch": label,
         "spec": arch.to_config(),
@@ -178,7 +171,6 @@ def run_case(label, arch, n, shape, dtype, batch, repeats, min_time=0.0):
         "min_s": low,
         "all_s": times,
         "first_call_s": first_call_s,
-        "host_work_s": host_work_s,
         "max_rel_diff_vs_direct": {
             name: float(np.abs(r.astype(np.float64) - ref).max() / scale)
             for name, r in results.items()},
@@ -204,6 +196,11 @@ def _line(row: dict) -> str:
 
 
 def main(argv=None):
+    """The stand-alone script: every case, one JSON file (see the module docstring)."""
+    import jax
+
+    from stepwise_ntk._io import write_json
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/kernels.json")
     parser.add_argument("--repeats", type=int, default=7, help="least number of rounds")
@@ -242,14 +239,77 @@ def main(argv=None):
                 "symmetric blocked route compute fewer blocks, so their ratios are not "
                 "overheads.",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps({"environment": env, "summary": summary, "cases": rows}, indent=1))
-    os.replace(tmp, out)
+    out = write_json(Path(args.out), {"environment": env, "summary": summary, "cases": rows}, indent=1)
     print(f"max layer overhead {100 * summary['max_layer_overhead']:+.1f}% (one block "
           f"{100 * summary['max_overhead_single_block']:+.1f}%, blocked "
           f"{100 * summary['max_overhead_blocked_same_work']:+.1f}%)  -> {out}")
+
+
+# ------------------------------------------------------------------------------ the registered benchmark
+
+# route -> (measurement name, role, baselines)
+_MEASURED = {
+    "direct": ("nt kernel_fn (jit)", "baseline", ()),
+    "nt_batch": ("nt.batch", "baseline", ()),
+    "project": ("analytic_ntk", "subject", ("nt kernel_fn (jit)",)),
+    "project_single": ("analytic_ntk[one block]", "subject", ("nt kernel_fn (jit)",)),
+    "project_blocked": ("analytic_ntk[blocked]", "subject", ("nt.batch",)),
+}
+
+
+def _sized_cases(size: str):
+    if size == "tiny":
+        from stepwise_ntk.kernels import MLP, MyrtleCNN
+
+        return [
+            ("mlp", MLP(depth=2), 32, (8, 8, 3), np.float32, 16),
+            ("myrtle5", MyrtleCNN(depth=5), 8, (8, 8, 3), np.float32, 4),
+        ]
+    return _cases(quick=size != "full")
+
+
+@register(
+    "kernels",
+    "NTK Gram matrices (fully-connected; Myrtle CNN with pooling) through stepwise_ntk's "
+    "analytic_ntk against direct neural-tangents kernel_fn / nt.batch calls "
+    "(benchmarks/cases/kernels.py).",
+)
+def run(ctx: Context) -> list[Measurement]:
+    """Every case of ``ctx.size`` through :func:`run_case`, each route one measurement."""
+    out = []
+    for label, arch, n, shape, dtype, batch in _sized_cases(ctx.size):
+        row = run_case(label, arch, n, shape, dtype, batch, repeats=ctx.repeats)
+        case = f"{label} n={n} {'x'.join(map(str, shape))} {np.dtype(dtype).name}"
+        sizes = {"n": n, "input": "x".join(map(str, shape)), "batch_size_blocked": batch}
+        for key, (name, role, baselines) in _MEASURED.items():
+            times = row["all_s"][key]
+            timing = Timing(
+                times=times,
+                compile_s=max(row["first_call_s"][key] - float(np.median(times)), 0.0),
+                compile_method="first call − median (run_case)",
+                peak_bytes=None,
+                memory=None,
+                output=None,
+            )
+            extra = {"max_rel_diff_vs_direct": row["max_rel_diff_vs_direct"][key]}
+            if key == "project":
+                extra["overhead"] = row["overhead"]
+            if key == "project_single":
+                extra["overhead"] = row["overhead_single_block"]
+            out.append(
+                ctx.measurement(
+                    timing,
+                    benchmark="kernels",
+                    case=case,
+                    name=name,
+                    role=role,
+                    sizes=sizes,
+                    dtype=dtype,
+                    baselines=baselines,
+                    extra=extra,
+                )
+            )
+    return out
 
 
 if __name__ == "__main__":

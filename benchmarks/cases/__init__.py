@@ -1,0 +1,31 @@
+"""The benchmark cases, one module per subject; importing a module registers its benchmarks.
+
+========================  =================================================================
+``dynamics``              ``dynamics``: the solver's routes against neural-tangents'
+                          ``predict.gradient_descent`` and parameter-space gradient descent
+``scaling``               ``scaling``, ``scaling_d``: cost against ``2n`` and ``d``, fitted
+                          exponents
+``training``              ``training``: ``train()`` against a hand-written optax step
+``kernels``               ``kernels``: analytic NTK Grams against direct neural-tangents
+                          calls (also a stand-alone script, ``python -m
+                          benchmarks.cases.kernels``)
+``width_sweep``           ``width_sweep``: trained networks against their NTK theory as width
+                          grows, built like ``stepwise-ntk sweep`` (also a stand-alone
+                          script, ``python -m benchmarks.cases.width_sweep``)
+========================  =================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["CASES", "load"]
+
+# Imported in this order, which is the order of ``--list`` and of a run of every benchmark.
+CASES = ("kernels", "width_sweep", "dynamics", "scaling", "training")
+
+
+def load() -> None:
+    """Import every case module (each registers its benchmarks)."""
+    for name in CASES:
+        importlib.import_module(f"{__name__}.{name}")
