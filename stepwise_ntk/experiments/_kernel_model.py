@@ -21,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.data import AugmentSettings, CIFAR10Dataset, cifar10_pairs, load_cifar10, normalize
+from stepwise_ntk.data import CIFAR10Dataset, cifar10_pairs, load_cifar10, normalize
 from stepwise_ntk.data import downsample as _downsample
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_projections, plot_staircase
 from stepwise_ntk.experiments._run_dir import RunDir
 from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.experiments._views import ViewSettings
 from stepwise_ntk.predictor import crossing_times, plateau_losses
 from stepwise_ntk.solver import solve
 from stepwise_ntk.theory import (
@@ -42,7 +43,7 @@ __all__ = ["ExperimentSettings", "Problem", "load_problem_data", "run_kernel_mod
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentSettings:
+class ExperimentSettings(ViewSettings):
     """Settings shared by the kernel-model experiments (each is a flag: ``--n-pairs 500``)."""
 
     n_pairs: int = dataclasses.field(default=500, metadata={"help": "images n (2n augmented views)", "min": 1})
@@ -56,19 +57,6 @@ class ExperimentSettings:
         default=None, metadata={"help": "CIFAR-10 folder (else $STEPWISE_NTK_DATA)"}
     )
     split: str = dataclasses.field(default="train", metadata={"help": "CIFAR-10 split", "choices": ("train", "test")})
-    downsample: int = dataclasses.field(default=1, metadata={"help": "average-pool images by this factor", "min": 1})
-    crop_padding: int = dataclasses.field(
-        default=4, metadata={"help": "random crop with this padding (0: off)", "min": 0}
-    )
-    flip_prob: float = dataclasses.field(
-        default=0.5, metadata={"help": "horizontal flip probability", "min": 0, "max": 1}
-    )
-    brightness: float = dataclasses.field(
-        default=0.4, metadata={"help": "brightness jitter strength (0: off)", "min": 0}
-    )
-    jitter_prob: float = dataclasses.field(
-        default=0.8, metadata={"help": "probability of applying the jitter", "min": 0, "max": 1}
-    )
     method: str = dataclasses.field(
         default="auto", metadata={"help": "solver route", "choices": ("auto", "eigen", "function")}
     )
@@ -79,18 +67,6 @@ class ExperimentSettings:
 
     def __post_init__(self):
         check_settings(self)
-
-    def augment(self) -> AugmentSettings:
-        return AugmentSettings(
-            crop="pad" if self.crop_padding > 0 else None,
-            crop_padding=max(self.crop_padding, 1),
-            flip_prob=self.flip_prob or None,
-            jitter_prob=self.jitter_prob if self.brightness > 0 else None,
-            brightness=self.brightness or None,
-            contrast=None,
-            saturation=None,
-            gray_prob=None,
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,10 +36,11 @@ import numpy as np
 
 from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.experiments._kernel import parse_options
-from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data
+from stepwise_ntk.experiments._kernel_model import load_problem_data
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.experiments._views import ViewSettings
 from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import (
@@ -82,7 +83,7 @@ _SOLVER = SolverSettings(integrator="dopri5")
 
 
 @dataclasses.dataclass(frozen=True)
-class SharedNetworkSettings:
+class SharedNetworkSettings(ViewSettings):
     """Settings shared by ``stepwise-ntk network`` and ``stepwise-ntk sweep``."""
 
     n_pairs: int = dataclasses.field(
@@ -129,26 +130,12 @@ class SharedNetworkSettings:
         default="train", metadata={"help": "CIFAR-10 split of the training pairs (held-out: the other)",
                                    "choices": ("train", "test")}
     )
+    # Smaller images than the kernel-model experiments: finite networks train on the CPU.
     downsample: int = dataclasses.field(default=4, metadata={"help": "average-pool images by this factor", "min": 1})
-    crop_padding: int = dataclasses.field(
-        default=4, metadata={"help": "random crop with this padding (0: off)", "min": 0}
-    )
-    flip_prob: float = dataclasses.field(
-        default=0.5, metadata={"help": "horizontal flip probability", "min": 0, "max": 1}
-    )
-    brightness: float = dataclasses.field(
-        default=0.4, metadata={"help": "brightness jitter strength (0: off)", "min": 0}
-    )
-    jitter_prob: float = dataclasses.field(
-        default=0.8, metadata={"help": "probability of applying the jitter", "min": 0, "max": 1}
-    )
 
     def __post_init__(self):
         check_settings(self)
         parse_options(self.arch_options)  # a malformed option fails before any data is loaded
-
-    # The same augmentation flags (and meaning) as the kernel-model experiments.
-    augment = ExperimentSettings.augment
 
     def base_architecture(self, width: int):
         """The architecture at ``width`` with ``d = 1`` (the analytic NTK does not depend on d)."""

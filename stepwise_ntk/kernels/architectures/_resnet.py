@@ -40,8 +40,9 @@ class WideResNet(ArchSpec):
       >>> import jax, jax.numpy as jnp
       >>> arch = WideResNet(blocks_per_group=1, width=2, d=8)
       >>> net = arch.flax()          # (n, H, W, C) -> (n, 8)
-      >>> params = net.init(jax.random.key(0), jnp.ones((1, 8, 8, 3), jnp.float32))
-      >>> net.apply(params, jnp.ones((2, 8, 8, 3), jnp.float32)).shape
+      >>> x = jnp.ones((2, 8, 8, 3), jnp.float32)
+      >>> params = jax.eval_shape(net.init, jax.random.key(0), x)   # shapes only: no compile
+      >>> jax.eval_shape(net.apply, params, x).shape
       (2, 8)
     """
 
