@@ -20,6 +20,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+import stepwise_ntk._xla_flags as _xla_flags
+
+# Before anything can start JAX's CPU backend: the XLA flags that avoid jaxlib's float64
+# crashes on this CPU (stepwise_ntk._xla_flags).
+_xla_flags.apply()
+
 __version__ = "0.1.0"
 
 SUBPACKAGES = ("data", "kernels", "losses", "theory", "solver", "training", "predictor", "experiments")

@@ -10,6 +10,8 @@ from pathlib import Path
 import jax
 import pytest
 
+import stepwise_ntk  # noqa: F401  (before any JAX computation: it sets the XLA CPU flags, see _xla_flags)
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 

@@ -2,7 +2,8 @@
 
 * No module imports an underscore-prefixed name from another module.
 * A private module (``_name``) is imported only inside its own subpackage; other subpackages
-  use the public face. The shared foundation (``stepwise_ntk._checks``, ``stepwise_ntk._io``)
+  use the public face. The shared foundation (``stepwise_ntk._checks``, ``stepwise_ntk._io``,
+  ``stepwise_ntk._xla_flags``)
   may be imported from anywhere, and ``stepwise_ntk.kernels._nt_compat`` is the one door to
   neural-tangents (benchmarks and tools use it for their baselines).
 * The library never imports the application (``stepwise_ntk.experiments``).
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "stepwise_ntk"
-FOUNDATION = {"stepwise_ntk._checks", "stepwise_ntk._io"}
+FOUNDATION = {"stepwise_ntk._checks", "stepwise_ntk._io", "stepwise_ntk._xla_flags"}
 NT_DOOR = "stepwise_ntk.kernels._nt_compat"
 
 

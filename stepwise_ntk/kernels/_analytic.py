@@ -20,9 +20,10 @@
   cost grows like (H W)^2 (the full spatial covariance); the compiled analysis includes it.
   The assembled result itself (n1 n2 x itemsize per kind) must fit in free host memory.
 * Precision: the whole computation runs in ``dtype`` (float32 or float64) whatever the
-  global ``jax_enable_x64`` flag. float64 kernels of convolutional architectures are refused
-  on AVX-512 CPUs unless ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` was set before JAX started:
-  jaxlib 0.10.2's AVX-512 convolution kernel segfaults on them (e.g. 8x8 or 32x32 images).
+  global ``jax_enable_x64`` flag. On AVX-512 CPUs float64 kernels of convolutional
+  architectures need ``--xla_cpu_max_isa=AVX2`` (jaxlib 0.10's AVX-512 convolution kernel
+  segfaults on them), which importing stepwise_ntk sets before JAX starts
+  (:mod:`stepwise_ntk._xla_flags`); they are refused only if JAX had started before that.
 * Cache: with ``cache_dir`` the result is stored under a key built from the architecture's
   kernel config, the kinds, the dtype, the sha256 of both inputs, and library versions
   (``stepwise_ntk.kernels._cache``); any change to the inputs misses.
@@ -56,6 +57,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+import stepwise_ntk._xla_flags as _xla_flags
 from stepwise_ntk._checks import check_float_dtype, check_positive_int, check_type
 from stepwise_ntk.kernels._cache import KernelCache, cache_key
 from stepwise_ntk.kernels._nt_compat import NT_VERSION
@@ -492,30 +494,15 @@ def check_dtype(dtype: Any) -> np.dtype:
     return check_float_dtype("dtype", dtype)
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " avx512f" in f.read()
-    except OSError:
-        return False
-
-
 def _check_f64_conv_on_cpu(arch: ArchSpec, dtype: np.dtype, devices: Sequence[jax.Device]):
-    # jaxlib 0.10.2 emits an AVX-512 "convolution_kernel" that segfaults on the float64
-    # single-channel convolutions of NT's CNN kernels (e.g. 8x8 or 32x32 images); capping
-    # the ISA at AVX2 avoids it. Refuse instead of crashing the process.
+    # jaxlib 0.10's AVX-512 convolution kernel segfaults on the float64 single-channel
+    # convolutions of NT's CNN kernels; importing stepwise_ntk caps the ISA at AVX2 before JAX
+    # starts (stepwise_ntk._xla_flags). Refuse, instead of crashing, only when that came too late.
     if (dtype != np.float64 or not arch.uses_conv
             or not any(d.platform == "cpu" for d in devices)
-            or "--xla_cpu_max_isa" in os.environ.get("XLA_FLAGS", "")
-            or not _cpu_has_avx512()):
+            or _xla_flags.in_effect(_xla_flags.MAX_ISA)):
         return
-    raise ValueError(
-        f"float64 kernels of {type(arch).__name__} on this AVX-512 CPU crash XLA (jaxlib's "
-        "AVX-512 convolution kernel segfaults in float64). Start Python with "
-        "XLA_FLAGS=--xla_cpu_max_isa=AVX2 (it must be set before JAX initialises its CPU "
-        "backend; importing stepwise_ntk first does that), or pass dtype=float32."
-    )
+    raise ValueError(_xla_flags.started_too_late(f"the float64 kernel of {type(arch).__name__}", _xla_flags.MAX_ISA))
 
 
 def check_inputs(arch: ArchSpec | None, x: Any, name: str, dtype: np.dtype,
@@ -617,8 +604,8 @@ def analytic_kernels(
       TypeError: ``arch`` is not an ``ArchSpec``, ``dtype`` names no dtype, a non-integer
         ``batch_size`` or ``memory_budget_bytes``.
       ValueError: bad inputs (shape unsupported by ``arch``, mismatched x1/x2 shapes,
-        NaN, unknown kind, float64 CNN kernels on an AVX-512 CPU without the XLA flag that
-        avoids a jaxlib crash).
+        NaN, unknown kind, float64 CNN kernels on an AVX-512 CPU where JAX started before
+        stepwise_ntk could set the XLA flag that avoids a jaxlib crash).
     """
     check_type("arch", arch, ArchSpec, "an architecture spec (an ArchSpec such as MLP(...))")
     kinds = _check_kinds(get)

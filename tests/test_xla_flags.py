@@ -1,0 +1,76 @@
+"""stepwise_ntk._xla_flags: the XLA flags that avoid jaxlib's float64 crashes, set on import.
+
+The end-to-end checks run in fresh processes whose environment has no XLA_FLAGS: there the
+float64 CNN kernel segfaults (exit -11) on an AVX-512 CPU unless importing stepwise_ntk set
+the flag first.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stepwise_ntk import _xla_flags
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+CNN_KERNEL = """
+    import numpy as np
+    from stepwise_ntk.kernels import MyrtleCNN, analytic_ntk
+    x = np.random.default_rng(0).normal(size=(6, 8, 8, 3))
+    K = analytic_ntk(MyrtleCNN(depth=5, width=8, d=1), x, dtype=np.float64, progress=False)
+    K32 = analytic_ntk(MyrtleCNN(depth=5, width=8, d=1), x, dtype=np.float32, progress=False)
+    assert K.dtype == np.float64 and np.all(np.isfinite(K))
+    # float32 computes the same kernel to float32 accuracy: the float64 one is not garbage.
+    assert np.allclose(K, K32, rtol=1e-4, atol=1e-4 * np.abs(K).max()), np.abs(K - K32).max()
+    print("ok")
+"""
+
+
+def test_import_sets_the_flags_and_the_float64_cnn_kernel_runs():
+    done = _run("import stepwise_ntk, os; print(os.environ.get('XLA_FLAGS', ''))\n" + textwrap.dedent(CNN_KERNEL))
+    assert done.returncode == 0, done.stderr[-2000:]
+    flags = done.stdout.splitlines()[0]
+    for flag in _xla_flags.FLAGS:
+        assert (flag in flags) == _xla_flags.needed(flag), flags
+    assert done.stdout.splitlines()[-1] == "ok"
+
+
+def test_too_late_is_refused_with_a_message_not_a_crash():
+    # JAX computes before stepwise_ntk is imported: the flags cannot take effect any more.
+    done = _run("""
+        import jax.numpy as jnp
+        jnp.ones(3).block_until_ready()
+        import numpy as np
+        from stepwise_ntk import _xla_flags
+        from stepwise_ntk.kernels import MyrtleCNN, analytic_ntk
+        x = np.random.default_rng(0).normal(size=(6, 8, 8, 3))
+        try:
+            analytic_ntk(MyrtleCNN(depth=5, width=8, d=1), x, dtype=np.float64, progress=False)
+            print("computed", _xla_flags.needed(_xla_flags.MAX_ISA))
+        except ValueError as err:
+            print("refused", _xla_flags.needed(_xla_flags.MAX_ISA), err)
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdict, needed, *message = done.stdout.split(maxsplit=2)
+    assert verdict == ("refused" if needed == "True" else "computed"), done.stdout
+    if verdict == "refused":
+        assert "Import stepwise_ntk before running any JAX computation" in message[0]
+
+
+def test_flag_parsing():
+    assert _xla_flags._is_set("--xla_cpu_max_isa", "--a=1 --xla_cpu_max_isa=AVX512")
+    assert not _xla_flags._is_set("--xla_cpu_max_isa", "--xla_cpu_max_isa_other=1")
+    assert _xla_flags._is_set("--xla_cpu_experimental_ynn_fusion_type", "--xla_cpu_experimental_ynn_fusion_type=")
+    with pytest.raises(ValueError, match="unknown flag"):
+        _xla_flags.needed("--nope")
+    # In this process stepwise_ntk was imported before JAX started (conftest): every flag holds.
+    assert all(_xla_flags.in_effect(flag) for flag in _xla_flags.FLAGS)
