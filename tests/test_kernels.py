@@ -235,13 +235,23 @@ def test_finiteness_check_is_exact(dtype):
         assert _kernels._all_finite(x) == bool(np.isfinite(x).all()), name
 
 
-def test_float64_cnn_kernel_is_refused_where_it_would_crash(monkeypatch):
-    # Where the ISA cap came too late (see tests/test_xla_flags.py for the real processes).
+def test_float64_cnn_kernel_runs_in_a_fresh_process_where_it_would_crash(monkeypatch):
+    # Where the ISA cap came too late the kernel is computed in a child process (see
+    # tests/test_xla_flags.py for a real such process); it is the in-process kernel.
+    arch, x = MyrtleCNN(depth=5, width=8), IMAGES[:4]
+    here = analytic_kernels(arch, x, get=("nngp", "ntk"), dtype=np.float64, progress=False)
     monkeypatch.setattr(_kernels._xla_flags, "in_effect", lambda flag: False)
-    with pytest.raises(ValueError, match="Import stepwise_ntk before running any JAX computation"):
-        analytic_ntk(MyrtleCNN(), IMAGES, dtype=np.float64)
-    analytic_ntk(MLP(), X_FLAT, dtype=np.float64, progress=False)  # MLPs are unaffected
-    analytic_ntk(MyrtleCNN(depth=5, width=8), IMAGES, dtype=np.float32, progress=False)  # float32 too
+    calls = []
+    real = _kernels.analytic_kernels_isolated
+    monkeypatch.setattr(_kernels, "analytic_kernels_isolated", lambda *a, **k: calls.append(1) or real(*a, **k))
+    there = analytic_kernels(arch, x, get=("nngp", "ntk"), dtype=np.float64, progress=False)
+    assert calls == [1]
+    for kind in ("nngp", "ntk"):
+        np.testing.assert_allclose(there[kind], here[kind], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="x2 has inputs of shape"):  # validated before the child starts
+        analytic_kernels(arch, x, x[:, :4], dtype=np.float64, progress=False)
+    analytic_ntk(MLP(), X_FLAT, dtype=np.float64, progress=False)  # MLPs stay in this process
+    assert calls == [1]
 
 
 def test_blocks_are_spread_over_several_devices():

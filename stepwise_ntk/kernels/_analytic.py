@@ -23,7 +23,8 @@
   global ``jax_enable_x64`` flag. On AVX-512 CPUs float64 kernels of convolutional
   architectures need ``--xla_cpu_max_isa=AVX2`` (jaxlib 0.10's AVX-512 convolution kernel
   segfaults on them), which importing stepwise_ntk sets before JAX starts
-  (:mod:`stepwise_ntk._xla_flags`); they are refused only if JAX had started before that.
+  (:mod:`stepwise_ntk._xla_flags`). If JAX had started before that, they are computed in a
+  fresh process where the flag applies (:mod:`stepwise_ntk.kernels._isolated`).
 * Cache: with ``cache_dir`` the result is stored under a key built from the architecture's
   kernel config, the kinds, the dtype, the sha256 of both inputs, and library versions
   (``stepwise_ntk.kernels._cache``); any change to the inputs misses.
@@ -60,6 +61,7 @@ from tqdm.auto import tqdm
 import stepwise_ntk._xla_flags as _xla_flags
 from stepwise_ntk._checks import check_float_dtype, check_positive_int, check_type
 from stepwise_ntk.kernels._cache import KernelCache, cache_key
+from stepwise_ntk.kernels._isolated import analytic_kernels_isolated
 from stepwise_ntk.kernels._nt_compat import NT_VERSION
 from stepwise_ntk.kernels.architectures import ArchSpec
 
@@ -494,15 +496,14 @@ def check_dtype(dtype: Any) -> np.dtype:
     return check_float_dtype("dtype", dtype)
 
 
-def _check_f64_conv_on_cpu(arch: ArchSpec, dtype: np.dtype, devices: Sequence[jax.Device]):
-    # jaxlib 0.10's AVX-512 convolution kernel segfaults on the float64 single-channel
-    # convolutions of NT's CNN kernels; importing stepwise_ntk caps the ISA at AVX2 before JAX
-    # starts (stepwise_ntk._xla_flags). Refuse, instead of crashing, only when that came too late.
-    if (dtype != np.float64 or not arch.uses_conv
-            or not any(d.platform == "cpu" for d in devices)
-            or _xla_flags.in_effect(_xla_flags.MAX_ISA)):
-        return
-    raise ValueError(_xla_flags.started_too_late(f"the float64 kernel of {type(arch).__name__}", _xla_flags.MAX_ISA))
+def _crashes_here(arch: ArchSpec, dtype: np.dtype, devices: Sequence[jax.Device]) -> bool:
+    """Whether this process would hit jaxlib's float64 convolution crash (AVX-512 CPUs).
+
+    Importing stepwise_ntk caps XLA's CPU code at AVX2 before JAX starts
+    (stepwise_ntk._xla_flags); only a program that started JAX first still has the crash.
+    """
+    return (dtype == np.float64 and arch.uses_conv and any(d.platform == "cpu" for d in devices)
+            and not _xla_flags.in_effect(_xla_flags.MAX_ISA))
 
 
 def check_inputs(arch: ArchSpec | None, x: Any, name: str, dtype: np.dtype,
@@ -604,15 +605,14 @@ def analytic_kernels(
       TypeError: ``arch`` is not an ``ArchSpec``, ``dtype`` names no dtype, a non-integer
         ``batch_size`` or ``memory_budget_bytes``.
       ValueError: bad inputs (shape unsupported by ``arch``, mismatched x1/x2 shapes,
-        NaN, unknown kind, float64 CNN kernels on an AVX-512 CPU where JAX started before
-        stepwise_ntk could set the XLA flag that avoids a jaxlib crash).
+        NaN, unknown kind).
     """
     check_type("arch", arch, ArchSpec, "an architecture spec (an ArchSpec such as MLP(...))")
     kinds = _check_kinds(get)
     dt = check_dtype(dtype)
     x1 = check_inputs(arch, x1, "x1", dt)
     x2 = None if x2 is None else check_inputs(arch, x2, "x2", dt, like=x1)
-    _check_f64_conv_on_cpu(arch, dt, list(devices) if devices is not None else jax.local_devices())
+    isolate = _crashes_here(arch, dt, list(devices) if devices is not None else jax.local_devices())
 
     cache = key = meta = None
     if cache_dir is not None:
@@ -625,12 +625,16 @@ def analytic_kernels(
             return {k: hit[k] for k in kinds}
 
     stored = tuple(sorted(kinds)) if cache is not None else kinds
-    outs = blocked_gram(
-        _analytic_block_fns(arch, stored), (), x1, x2, batch_size=batch_size,
-        memory_budget_bytes=memory_budget_bytes, devices=devices, progress=progress,
-        what=f"{'+'.join(stored)} of {type(arch).__name__}",
-    )
-    result = dict(zip(stored, outs, strict=True))
+    if isolate:  # JAX started before the XLA flag could apply: compute where it does
+        result = analytic_kernels_isolated(arch, x1, x2, kinds=stored, dtype=dt, batch_size=batch_size,
+                                           memory_budget_bytes=memory_budget_bytes, progress=progress)
+    else:
+        outs = blocked_gram(
+            _analytic_block_fns(arch, stored), (), x1, x2, batch_size=batch_size,
+            memory_budget_bytes=memory_budget_bytes, devices=devices, progress=progress,
+            what=f"{'+'.join(stored)} of {type(arch).__name__}",
+        )
+        result = dict(zip(stored, outs, strict=True))
     if cache is not None:
         cache.save(key, result, meta)
     return {k: result[k] for k in kinds}
