@@ -30,6 +30,7 @@ PUBLIC = {
         "crop_with_padding", "default_cache_dir", "download_cifar10", "downsample", "grayscale", "hflip",
         "load_cifar10", "normalize", "pair_gram", "positive_pairs", "resized_crop", "resolve_cifar10_dir",
         "sample_resized_crop_box", "swap_pairs", "uint8_to_float",
+        "CIRCULAR_STATISTICS", "IMAGE_STATISTICS", "image_statistics",
     ],
     "stepwise_ntk.kernels": [
         "ACTIVATIONS", "ARCHITECTURES", "ArchSpec", "DEFAULT_IMPLEMENTATION", "KINDS", "KernelCache",
@@ -65,6 +66,10 @@ PUBLIC = {
         "compare_embeddings", "compare_run", "crossing_times", "eigenvalue_trajectory_error", "init_network",
         "network_kernel", "plan_steps", "plateau_losses", "predict_run", "principal_cosines",
         "step_time_ratios", "subspace_alignment", "width_sweep",
+        "DEFAULT_RIDGES", "ModeStatistics", "ProbeResult", "SpectralMetrics", "alpha_req",
+        "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum", "learned_modes",
+        "linear_probe", "mode_statistics", "pair_groups", "participation_ratio", "predicted_spectral_metrics",
+        "probe_curve", "rankme", "spectral_metrics",
     ],
     "stepwise_ntk.experiments": [
         "KernelSettings", "LinearSettings", "NetworkProblem", "NetworkSettings", "RunFailedError",

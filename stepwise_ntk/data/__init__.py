@@ -44,6 +44,7 @@ from stepwise_ntk.data._cifar10 import (
     resolve_cifar10_dir,
     uint8_to_float,
 )
+from stepwise_ntk.data._image_stats import CIRCULAR_STATISTICS, IMAGE_STATISTICS, image_statistics
 from stepwise_ntk.data._pairing import pair_gram, swap_pairs
 
 __all__ = [
@@ -78,6 +79,10 @@ __all__ = [
     "positive_pairs",
     "resized_crop",
     "sample_resized_crop_box",
+    # interpretable statistics of clean images
+    "CIRCULAR_STATISTICS",
+    "IMAGE_STATISTICS",
+    "image_statistics",
     # pairing convention
     "pair_gram",
     "swap_pairs",

@@ -37,6 +37,12 @@ from stepwise_ntk.predictor._metrics import (
     step_time_ratios,
     subspace_alignment,
 )
+from stepwise_ntk.predictor._modes import (
+    ModeStatistics,
+    circular_linear_correlation,
+    correlation_ratio,
+    mode_statistics,
+)
 from stepwise_ntk.predictor._predict import (
     KERNELS,
     NetworkInit,
@@ -48,6 +54,24 @@ from stepwise_ntk.predictor._predict import (
     network_kernel,
     predict_run,
 )
+from stepwise_ntk.predictor._probe import (
+    DEFAULT_RIDGES,
+    ProbeResult,
+    cross_validated_accuracy,
+    linear_probe,
+    pair_groups,
+    probe_curve,
+)
+from stepwise_ntk.predictor._spectral import (
+    SpectralMetrics,
+    alpha_req,
+    embedding_spectrum,
+    learned_modes,
+    participation_ratio,
+    predicted_spectral_metrics,
+    rankme,
+    spectral_metrics,
+)
 from stepwise_ntk.predictor._sweep import (
     SweepResult,
     WidthResult,
@@ -58,6 +82,25 @@ from stepwise_ntk.predictor._sweep import (
 )
 
 __all__ = [
+    # what the modes are worth and what they encode; spectral monitoring metrics
+    "DEFAULT_RIDGES",
+    "ModeStatistics",
+    "ProbeResult",
+    "SpectralMetrics",
+    "alpha_req",
+    "circular_linear_correlation",
+    "correlation_ratio",
+    "cross_validated_accuracy",
+    "embedding_spectrum",
+    "learned_modes",
+    "linear_probe",
+    "mode_statistics",
+    "pair_groups",
+    "participation_ratio",
+    "predicted_spectral_metrics",
+    "probe_curve",
+    "rankme",
+    "spectral_metrics",
     "KERNELS",
     "EmbeddingComparison",
     "NetworkInit",

@@ -1,0 +1,82 @@
+"""Linear probes: the ridge solution against a direct solve, no leak between the views of an image."""
+
+import numpy as np
+import pytest
+
+from stepwise_ntk.predictor import cross_validated_accuracy, linear_probe, pair_groups, probe_curve
+
+
+def _direct_ridge_predictions(X, y, X_test, rho):
+    """The ridge classifier written out: standardise, solve (XᵀX + ρI) W = Xᵀ(Y − Ȳ), argmax."""
+    mu, sd = X.mean(0), X.std(0)
+    Xs, Xt = (X - mu) / sd, (X_test - mu) / sd
+    classes = np.unique(y)
+    Y = (y[:, None] == classes).astype(float)
+    W = np.linalg.solve(Xs.T @ Xs + rho * np.eye(X.shape[1]), Xs.T @ (Y - Y.mean(0)))
+    return classes[np.argmax(Xt @ W + Y.mean(0), axis=1)]
+
+
+def test_probe_matches_the_directly_solved_ridge_classifier():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    X = rng.normal(size=(120, 5)) + 0.8 * np.eye(5)[y % 5] * 2
+    X_test, y_test = X[80:] + 0.1 * rng.normal(size=(40, 5)), y[80:]
+    r = 0.3
+    res = linear_probe(X[:80], y[:80], X_test, y_test, ridges=[r])
+    expected = np.mean(_direct_ridge_predictions(X[:80], y[:80], X_test, r * 80) == y_test)
+    assert res.ridge == r and res.accuracy == pytest.approx(expected)
+
+
+def test_probe_separates_separable_classes_and_is_at_chance_on_noise():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 100)
+    informative = np.eye(4)[y] * 3 + 0.3 * rng.normal(size=(400, 4))
+    idx = rng.permutation(400)
+    tr, te = idx[:300], idx[300:]
+    assert linear_probe(informative[tr], y[tr], informative[te], y[te]).accuracy == 1.0
+    noise = rng.normal(size=(400, 4))
+    acc = linear_probe(noise[tr], y[tr], noise[te], y[te]).accuracy
+    assert abs(acc - 0.25) < 0.15  # 100 test rows: the binomial std at chance is 0.043
+
+
+def test_cross_validation_keeps_both_views_of_an_image_in_one_fold():
+    """Features that identify the image (one-hot) and random labels: only a leak can predict them."""
+    n = 60
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, n)
+    X = np.concatenate([np.eye(n), np.eye(n)])  # view i and view n + i are the same image
+    y = np.concatenate([labels, labels])
+    leaky = linear_probe(X, y, X[:2], y[:2], ridges=[1e-6], n_folds=5, groups=None)
+    grouped = linear_probe(X, y, X[:2], y[:2], ridges=[1e-6], n_folds=5, groups=pair_groups(n))
+    # Ungrouped, a view's twin is in the training folds unless both fell into the same fold
+    # (probability 1/5), so about 0.8 + 0.2 × chance ≈ 0.9 of the views are classified right.
+    assert leaky.cv_accuracy[0] > 0.85
+    # Grouped: a held-out image's feature is 0 on every training row, so the probe can only
+    # guess the majority class of the training folds.
+    assert grouped.cv_accuracy[0] < 0.75
+
+
+def test_probe_curve_finds_the_informative_column():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    X = rng.normal(size=(300, 4))
+    X[:, 2] += 4 * y  # only the third column carries the labels
+    ks, acc = probe_curve(X[:200], y[:200], X[200:], y[200:])
+    assert ks.tolist() == [1, 2, 3, 4]
+    assert max(acc[:2]) < 0.7 and min(acc[2:]) > 0.95
+
+
+def test_probe_refuses_mismatched_rows():
+    with pytest.raises(ValueError, match="rows"):
+        linear_probe(np.ones((4, 2)), np.array([0, 1, 0]), np.ones((2, 2)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="columns"):
+        linear_probe(np.ones((4, 2)), np.array([0, 1, 0, 1]), np.ones((2, 3)), np.array([0, 1]))
+
+
+def test_cross_validated_accuracy_is_the_best_cv_accuracy_of_the_probe():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 90)
+    X = np.eye(3)[y] + 0.8 * rng.normal(size=(90, 3))
+    groups = np.arange(90) // 2
+    res = linear_probe(X, y, X[:3], y[:3], groups=groups, seed=1)
+    assert cross_validated_accuracy(X, y, groups=groups, seed=1) == pytest.approx(res.cv_accuracy.max())
