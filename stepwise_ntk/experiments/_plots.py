@@ -28,6 +28,11 @@ __all__ = [
     "plot_width_sweep",
     "plot_network_vs_theory",
     "plot_width_curves",
+    "plot_probe_curve",
+    "plot_annotated_mode_gallery",
+    "plot_spectral_metrics",
+    "plot_gamma_spectra",
+    "plot_statistic_strengths",
 ]
 
 
@@ -284,4 +289,149 @@ def plot_width_curves(path, widths, times, eigenvalues, theory_times, theory_eig
     axes[0, 0].set_ylabel(r"eigenvalues of $C$")
     if title:
         fig.suptitle(title, y=1.04)  # above the panels' own titles
+    return _save(fig, path)
+
+
+def plot_probe_curve(path, ks, accuracy, *, chance=None, references=None, marks=None, title: str = "") -> Path:
+    """Linear-probe accuracy of the top-``k`` modes against ``k``.
+
+    Args:
+      ks, accuracy: (K,), (K,) numbers of leading modes and held-out accuracies.
+      chance: accuracy of guessing (a dotted line), e.g. 0.1 for 10 balanced classes.
+      references: name -> accuracy drawn as dashed horizontal lines (e.g. raw pixels).
+      marks: name -> k drawn as vertical lines (e.g. the embedding dimension d).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.asarray(ks), np.asarray(accuracy), "o-", ms=3, color="C0", label="top-k contrastive modes")
+    for i, (name, acc) in enumerate((references or {}).items()):
+        ax.axhline(acc, color=f"C{i + 1}", ls="--", lw=1, label=f"{name} ({acc:.3f})")
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance ({chance:.2f})")
+    for name, k in (marks or {}).items():
+        ax.axvline(k, color="k", ls=":", lw=0.8)
+        ax.text(k, ax.get_ylim()[1], f" {name}", va="top", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (leading contrastive modes probed)")
+    ax.set_ylabel("linear-probe accuracy (held-out images)")
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_annotated_mode_gallery(path, images, mode_values, *, annotations=None, n_show: int = 6, class_names=None,
+                                labels=None, title: str = "") -> Path:
+    """The mode gallery of :func:`plot_mode_gallery`, each mode's row annotated (e.g. its strongest statistic).
+
+    Args:
+      images: (N, H, W, 3) uint8 or floats.
+      mode_values: (N, k).
+      annotations: k strings written under each mode's name (None: as plot_mode_gallery).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        lo, hi = images.min(), images.max()
+        images = (images - lo) / max(hi - lo, 1e-12)
+    top, bottom = gallery_indices(mode_values, n_show)
+    k = top.shape[0]
+    if annotations is not None and len(annotations) != k:
+        raise ValueError(f"annotations must have one string per mode ({k}), got {len(annotations)}.")
+    width = 2 * n_show + 1
+    fig, axes = plt.subplots(k, width, figsize=(1.1 * width + 0.8, 1.25 * k), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * n_show + [1.9] + [1] * n_show})
+    for j in range(k):
+        for c, idx in enumerate(list(top[j]) + [None] + list(bottom[j])):
+            ax = axes[j, c]
+            ax.axis("off")
+            if idx is None:
+                text = f"mode {j + 1}" + (f"\n{annotations[j]}" if annotations is not None else "")
+                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=7)
+                continue
+            ax.imshow(images[idx])
+            if labels is not None and class_names is not None:
+                ax.set_title(class_names[int(labels[idx])], fontsize=6)
+    fig.suptitle(title or "top modes: highest values (left), lowest values (right)")
+    return _save(fig, path)
+
+
+def plot_spectral_metrics(path, times, metrics, *, theory_times=None, theory_metrics=None, step_times=None,
+                          title: str = "", time_label: str = "effective time  t = lr x step") -> Path:
+    """Spectral monitoring metrics (RankMe, α-ReQ, participation ratio, learned modes) against log time.
+
+    Args:
+      times: (T,) positive.
+      metrics: name -> (T,) curves (solid).
+      theory_times, theory_metrics: (T',) and name -> (T',) the theory's curves (dashed).
+      step_times: (d,) predicted step times (dotted vertical lines).
+    """
+    names = list(metrics)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    t = np.asarray(times, np.float64)
+    for ax, name in zip(axes[0], names, strict=True):
+        keep = t > 0
+        ax.plot(t[keep], np.asarray(metrics[name], np.float64)[keep], color="k", lw=2, label="simulation")
+        if theory_metrics is not None and name in theory_metrics:
+            tt = np.asarray(theory_times, np.float64)
+            ax.plot(tt[tt > 0], np.asarray(theory_metrics[name], np.float64)[tt > 0], color="C3", ls="--",
+                    lw=1.5, label="closed-form theory")
+        for st in np.asarray(step_times if step_times is not None else [], np.float64):
+            if np.isfinite(st):
+                ax.axvline(st, color="gray", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(time_label)
+        ax.set_title(name.replace("_", " "), fontsize=10)
+    axes[0, 0].legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.03)
+    return _save(fig, path)
+
+
+def plot_gamma_spectra(path, names: Sequence[str], gammas, *, n_show: int = 32, title: str = "") -> Path:
+    """Contrastive eigenvalues ``γ_j`` against ``j`` for several settings on one log-log axis.
+
+    Args:
+      names: k setting names.
+      gammas: k arrays (2n,) each, descending (non-positive values are not drawn).
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (name, g) in enumerate(zip(names, gammas, strict=True)):
+        g = np.asarray(g, np.float64)[:n_show]
+        j = np.arange(1, g.size + 1)
+        ax.plot(j[g > 0], g[g > 0], "o-", ms=3, lw=1.2, color=plt.cm.tab10(i % 10), label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("mode j")
+    ax.set_ylabel(r"contrastive eigenvalue $\gamma_j$")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_statistic_strengths(path, names: Sequence[str], strengths, statistics: Sequence[str], *, eta2=None,
+                             title: str = "") -> Path:
+    """One heatmap per setting: how strongly each top mode (rows) tracks each image statistic (columns).
+
+    Args:
+      names: k setting names (panel titles).
+      strengths: k arrays (modes, S) of correlation strengths in [0, 1].
+      statistics: S statistic names.
+      eta2: optional k arrays (modes,) of class η², shown as a last column.
+    """
+    k = len(names)
+    cols = list(statistics) + (["class η²"] if eta2 is not None else [])
+    fig, axes = plt.subplots(1, k, figsize=(0.42 * len(cols) * k + 1.5, 0.35 * max(np.shape(s)[0] for s in strengths)
+                                            + 2.2), squeeze=False, sharey=True)
+    im = None
+    for a, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        M = np.asarray(strengths[a], np.float64)
+        if eta2 is not None:
+            M = np.concatenate([M, np.asarray(eta2[a], np.float64)[:, None]], axis=1)
+        im = ax.imshow(M, vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+        ax.set_yticks(range(M.shape[0]), [f"mode {j + 1}" for j in range(M.shape[0])], fontsize=7)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.02, label="|r| (hue: circular R)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
