@@ -33,6 +33,8 @@ __all__ = [
     "plot_spectral_metrics",
     "plot_gamma_spectra",
     "plot_statistic_strengths",
+    "plot_alignment_matrix",
+    "plot_method_staircases",
 ]
 
 
@@ -289,6 +291,92 @@ def plot_width_curves(path, widths, times, eigenvalues, theory_times, theory_eig
     axes[0, 0].set_ylabel(r"eigenvalues of $C$")
     if title:
         fig.suptitle(title, y=1.04)  # above the panels' own titles
+    return _save(fig, path)
+
+
+def plot_alignment_matrix(path, matrix, labels: Sequence[str], *, title: str = "") -> Path:
+    """A symmetric table of subspace alignments in ``[0, 1]`` as an annotated heatmap.
+
+    Args:
+      matrix: (k, k) alignments, e.g. between the held-out embeddings of k methods.
+      labels: k row/column names.
+    """
+    M = np.asarray(matrix, np.float64)
+    k = M.shape[0]
+    if M.shape != (k, k) or len(labels) != k:
+        raise ValueError(f"matrix must be (k, k) with k = len(labels) = {len(labels)}, got shape {M.shape}.")
+    fig, ax = plt.subplots(figsize=(1.3 * k + 2.5, 1.1 * k + 1.5))
+    im = ax.imshow(M, vmin=0.0, vmax=1.0, cmap="viridis")
+    for a in range(k):
+        for b in range(k):
+            ax.text(b, a, f"{M[a, b]:.3f}", ha="center", va="center", fontsize=10,
+                    color="black" if M[a, b] > 0.6 else "white")
+    ax.set_xticks(range(k), labels, rotation=30, ha="right")
+    ax.set_yticks(range(k), labels)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="subspace alignment (mean cos²)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_method_staircases(
+    path,
+    names: Sequence[str],
+    times,
+    losses,
+    eigenvalues,
+    theory_times,
+    theory_losses,
+    theory_eigenvalues,
+    *,
+    step_times=None,
+    log_eigenvalues=None,
+    title: str = "",
+    time_label: str = "gradient step",
+) -> Path:
+    """One column per method: loss (top) and eigenvalues of ``C`` (bottom), network solid, theory dashed.
+
+    The paper's Figure 3 layout. Records at ``t <= 0`` are left out (logarithmic time axis).
+
+    Args:
+      names: k method names (column titles).
+      times, losses, eigenvalues: k arrays (T_a,), (T_a,), (T_a, d): each network's records.
+      theory_times, theory_losses, theory_eigenvalues: k arrays (T'_a,), (T'_a,), (T'_a, d).
+      step_times: optional k arrays (d,) drawn as dotted vertical lines.
+      log_eigenvalues: optional k booleans: a log eigenvalue axis for that method.
+    """
+    k = len(names)
+    fig, axes = plt.subplots(2, k, figsize=(4.3 * k, 6.5), squeeze=False)
+    for a in range(k):
+        t, th_t = np.asarray(times[a], np.float64), np.asarray(theory_times[a], np.float64)
+        keep, th_keep = t > 0, th_t > 0
+        eig, th_eig = np.asarray(eigenvalues[a])[keep], np.asarray(theory_eigenvalues[a])[th_keep]
+        d = eig.shape[1]
+        colors = plt.cm.viridis(np.linspace(0, 0.9, d))
+        ax_loss, ax_eig = axes[0, a], axes[1, a]
+        ax_loss.plot(t[keep], np.asarray(losses[a])[keep], color="k", lw=2, label="network")
+        ax_loss.plot(th_t[th_keep], np.asarray(theory_losses[a])[th_keep], color="C3", ls="--", lw=1.5,
+                     label="kernel theory")
+        for j in range(d):
+            ax_eig.plot(t[keep], eig[:, j], color=colors[j], lw=2)
+            ax_eig.plot(th_t[th_keep], th_eig[:, j], color=colors[j], ls="--", lw=1.2)
+        if step_times is not None:
+            for j, st in enumerate(np.asarray(step_times[a], np.float64)):
+                if np.isfinite(st):
+                    for ax in (ax_loss, ax_eig):
+                        ax.axvline(st, color=colors[min(j, d - 1)], ls=":", lw=1, alpha=0.8)
+        if log_eigenvalues is not None and log_eigenvalues[a]:
+            ax_eig.set_yscale("log")
+        ax_loss.set_title(names[a])
+        for ax in (ax_loss, ax_eig):
+            ax.set_xscale("log")
+        ax_eig.set_xlabel(time_label)
+    axes[0, 0].set_ylabel("loss")
+    axes[1, 0].set_ylabel(r"eigenvalues of $C$")
+    axes[0, 0].legend(loc="lower left", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
