@@ -51,14 +51,19 @@ PUBLIC = {
         "contrastive_eigensystem", "contrastive_eigensystem_core", "default_jitter_rtol", "final_embeddings",
         "gamma_tolerance", "initial_eigenvalues", "loss_staircase", "mode_coordinates", "mode_functions",
         "mode_functions_new", "plateau_levels", "procrustes_align", "procrustes_error", "step_times",
+        "PRECONDITIONERS", "Preconditioner", "precondition_factor", "precondition_matrix",
+        "preconditioned_aligned_eigenvalues", "preconditioned_step_times", "preconditioned_time",
+        "preconditioned_stable_step",
     ],
     "stepwise_ntk.solver": [
         "INTEGRATORS", "METHODS", "ODEResult", "ODESettings", "ODEStats", "SolveStats", "SolverSettings",
         "Trajectory", "choose_method", "integrate", "linear_gd", "solve",
+        "PRECONDITIONED_METHODS", "solve_preconditioned",
     ],
     "stepwise_ntk.training": [
         "CHECKPOINT_FILE", "TrainResult", "TrainSettings", "TrainingDivergedWarning",
         "cross_correlation_eigenvalues", "load_checkpoint", "record_steps", "save_checkpoint", "train",
+        "PreconditionedLoss", "preconditioned_loss",
     ],
     "stepwise_ntk.predictor": [
         "EmbeddingComparison", "KERNELS", "NetworkInit", "NetworkKernel", "Prediction", "RunComparison",

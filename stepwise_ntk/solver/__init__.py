@@ -21,6 +21,7 @@ Example:
 
 from stepwise_ntk.solver._integrate import ODEResult, ODESettings, ODEStats, integrate
 from stepwise_ntk.solver._linear_gd import linear_gd
+from stepwise_ntk.solver._preconditioned import PRECONDITIONED_METHODS, solve_preconditioned
 from stepwise_ntk.solver._solve import INTEGRATORS, METHODS, SolverSettings, choose_method, solve
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 
@@ -30,6 +31,7 @@ __all__ = [
     "ODEResult",
     "ODESettings",
     "ODEStats",
+    "PRECONDITIONED_METHODS",
     "SolveStats",
     "SolverSettings",
     "Trajectory",
@@ -37,4 +39,5 @@ __all__ = [
     "integrate",
     "linear_gd",
     "solve",
+    "solve_preconditioned",
 ]

@@ -31,9 +31,21 @@ from stepwise_ntk.theory._eigensystem import (
     mode_functions,
     mode_functions_new,
 )
+from stepwise_ntk.theory._preconditioned import (
+    PRECONDITIONERS,
+    Preconditioner,
+    precondition_factor,
+    precondition_matrix,
+    preconditioned_aligned_eigenvalues,
+    preconditioned_stable_step,
+    preconditioned_step_times,
+    preconditioned_time,
+)
 
 __all__ = [
+    "PRECONDITIONERS",
     "ContrastiveEigensystem",
+    "Preconditioner",
     "aligned_eigenvalues",
     "check_enough_modes",
     "check_factorization",
@@ -48,6 +60,12 @@ __all__ = [
     "mode_functions",
     "mode_functions_new",
     "plateau_levels",
+    "precondition_factor",
+    "precondition_matrix",
+    "preconditioned_aligned_eigenvalues",
+    "preconditioned_stable_step",
+    "preconditioned_step_times",
+    "preconditioned_time",
     "procrustes_align",
     "procrustes_error",
     "step_times",

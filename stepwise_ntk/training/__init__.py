@@ -18,6 +18,7 @@ Example:
 """
 
 from stepwise_ntk.training._checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from stepwise_ntk.training._precondition import PreconditionedLoss, preconditioned_loss
 from stepwise_ntk.training._records import cross_correlation_eigenvalues, record_steps
 from stepwise_ntk.training._train import (
     TrainingDivergedWarning,
@@ -28,11 +29,13 @@ from stepwise_ntk.training._train import (
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "PreconditionedLoss",
     "TrainSettings",
     "TrainResult",
     "TrainingDivergedWarning",
     "cross_correlation_eigenvalues",
     "load_checkpoint",
+    "preconditioned_loss",
     "record_steps",
     "save_checkpoint",
     "train",
