@@ -28,6 +28,7 @@ kernel theory dashed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -39,13 +40,13 @@ from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.experiments._network import (
     LOSS_SETTINGS,
     SharedNetworkSettings,
-    _train_loss,
     network_problem,
     plan_run,
     rise_times,
 )
 from stepwise_ntk.experiments._plots import plot_alignment_matrix, plot_method_staircases
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
+from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import KERNELS, compare_run, init_network, predict_run, subspace_alignment
 from stepwise_ntk.solver import SolverSettings, solve
 
@@ -111,6 +112,12 @@ def alignment_table(embeddings: list[Any]) -> np.ndarray:
             M[a, b] = M[b, a] = float(subspace_alignment(jnp.asarray(embeddings[a], jnp.float64),
                                                          jnp.asarray(embeddings[b], jnp.float64)))
     return M
+
+
+def _train_loss(loss: str):
+    """The loss as trained: with the settings the kernel flow uses (``LOSS_SETTINGS``)."""
+    kw = LOSS_SETTINGS[loss]
+    return functools.partial(LOSSES[loss], **kw) if kw else loss
 
 
 def _run_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bool) -> dict[str, Any]:
