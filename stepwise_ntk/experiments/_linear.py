@@ -48,7 +48,7 @@ from stepwise_ntk.predictor import (
 )
 from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, mode_functions_new
 
-__all__ = ["LinearSettings", "run_linear", "flatten_scaled"]
+__all__ = ["LinearSettings", "run_linear", "flatten_scaled", "held_out_images"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,8 @@ def flatten_scaled(x: jax.Array) -> jax.Array:
     return x / np.sqrt(x.shape[1])
 
 
-def _held_out_images(s: LinearSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Clean, class-balanced images of the other split and their labels."""
+def held_out_images(s: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``probe_test`` clean, class-balanced, normalised images of the split other than ``s.split``, and their labels."""
     other = load_cifar10("test" if s.split == "train" else "train", s.data_dir)
     idx = balanced_subset(other.labels, min(s.probe_test, len(other)), seed=s.seed)
     images = normalize(other.images[idx], dtype=np.float64)
@@ -85,7 +85,7 @@ def _modes_worth_and_content(s: LinearSettings, problem: Problem, X: jax.Array, 
     es = contrastive_eigensystem(X @ X.T, n)
     n_pos = int(np.sum(np.asarray(es.gammas) > 0))
     K = min(s.probe_modes, n_pos)
-    test_images, test_labels = _held_out_images(s)
+    test_images, test_labels = held_out_images(s)
     X_test = flatten_scaled(jnp.asarray(test_images))
     F_views = np.asarray(final_embeddings(es, None, K))
     F_test = np.asarray(final_embeddings(es, X_test @ X.T, K))

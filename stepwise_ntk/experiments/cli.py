@@ -55,6 +55,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_sweep",
         "the network at several widths: alignment and step-time ratio with the NTK theory vs width",
     ),
+    "augmentations": (
+        "stepwise_ntk.experiments._augmentations",
+        "AugmentationsSettings",
+        "run_augmentations",
+        "the contrastive modes under several augmentation settings: γ spectra, alignment, what they track",
+    ),
     "methods": (
         "stepwise_ntk.experiments._methods",
         "MethodsSettings",

@@ -1,0 +1,252 @@
+"""``stepwise-ntk augmentations``: how the augmentation changes the contrastive modes.
+
+The same ``n`` images are paired under several augmentation settings (the same subset and
+the same keys; only the augmentation differs), and for each the contrastive eigensystem of
+the kernel on the views is computed (the linear kernel ``K = X Xᵀ`` of the ``linear``
+experiment by default, or the NTK of ``--arch``). Reported (``results.json``), per setting:
+the contrastive eigenvalues ``γ_j``, and which interpretable image statistics each of the
+top ``d`` modes tracks on ``pool`` clean images (:func:`stepwise_ntk.predictor.mode_statistics`,
+hue as a circular quantity, the classes by ``η²``), and the linear-probe accuracy of the
+top-``d`` modes on ``probe_test`` clean images of the other split; between every pair of
+settings, the subspace alignment of their top-``d`` mode functions on the same clean images
+(:func:`stepwise_ntk.predictor.subspace_alignment`: 1 when the two settings learn the same
+``d``-dimensional function space, whatever the order of the modes). Figures: the ``γ``
+spectra side by side (``gammas.png``), the alignment heatmap (``alignment.png``), the
+mode-statistic heatmaps (``statistics.png``) and one annotated gallery of the top modes per
+setting (``modes_<name>.png``).
+
+Settings are a list (``--augmentations crop flip ...``, or ``augmentations = [...]`` in a
+``--config`` file), each a preset name of :data:`PRESETS` or ``"name: field=value, ..."``
+with :class:`~stepwise_ntk.data.AugmentSettings` fields, starting from no augmentation::
+
+    augmentations = ["none", "crop", "strong: crop=resized, crop_scale=(0.2, 1.0), flip_prob=0.5"]
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stepwise_ntk.data import AugmentSettings, cifar10_pairs, image_statistics, load_cifar10, normalize
+from stepwise_ntk.data import downsample as _downsample
+from stepwise_ntk.experiments._kernel import parse_options
+from stepwise_ntk.experiments._linear import flatten_scaled, held_out_images
+from stepwise_ntk.experiments._plots import (
+    plot_alignment_matrix,
+    plot_annotated_mode_gallery,
+    plot_gamma_spectra,
+    plot_statistic_strengths,
+)
+from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.kernels import ARCHITECTURES, analytic_ntk, make_architecture
+from stepwise_ntk.predictor import linear_probe, mode_statistics, pair_groups, subspace_alignment
+from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, mode_functions_new
+
+__all__ = ["AugmentationsSettings", "PRESETS", "parse_augmentation", "run_augmentations"]
+
+_OFF = AugmentSettings.identity()
+# One stage at a time at the strength of the default pipeline, and the default pipeline
+# itself (AugmentSettings(): their combination).
+PRESETS: dict[str, AugmentSettings] = {
+    "none": _OFF,
+    "crop": dataclasses.replace(_OFF, crop="pad", crop_padding=4),
+    "resized_crop": dataclasses.replace(_OFF, crop="resized", crop_scale=(0.2, 1.0)),
+    "flip": dataclasses.replace(_OFF, flip_prob=0.5),
+    "jitter": dataclasses.replace(_OFF, jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4),
+    "gray": dataclasses.replace(_OFF, gray_prob=0.2),
+    "all": AugmentSettings(),
+}
+_FIELDS = tuple(f.name for f in dataclasses.fields(AugmentSettings))
+
+
+def parse_augmentation(spec: str) -> tuple[str, AugmentSettings]:
+    """``"crop"`` (a preset) or ``"name: field=value, ..."`` -> ``(name, AugmentSettings)``.
+
+    Values are Python literals (``(0.2, 1.0)``, ``0.5``, ``None``) or bare words (``resized``).
+
+    Example:
+        >>> name, a = parse_augmentation("big: crop=resized, crop_scale=(0.5, 1.0)")
+        >>> name, a.crop, a.crop_scale, a.flip_prob
+        ('big', 'resized', (0.5, 1.0), None)
+        >>> parse_augmentation("flip")[1].flip_prob
+        0.5
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"--augmentations items must be strings, got {type(spec).__name__} {spec!r}.")
+    if ":" not in spec:
+        name = spec.strip()
+        if name not in PRESETS:
+            raise ValueError(f"--augmentations: unknown preset {name!r}; use one of {', '.join(PRESETS)} "
+                             f"or 'name: field=value, ...' with fields {', '.join(_FIELDS)}.")
+        return name, PRESETS[name]
+    name, body = (p.strip() for p in spec.split(":", 1))
+    if not name:
+        raise ValueError(f"--augmentations item {spec!r} has no name before ':'.")
+    try:
+        call = ast.parse(f"f({body})", mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"--augmentations item {spec!r}: write 'name: field=value, ...'.") from None
+    if not isinstance(call, ast.Call) or call.args:
+        raise ValueError(f"--augmentations item {spec!r}: write 'name: field=value, ...'.")
+    values: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg not in _FIELDS:
+            raise ValueError(f"--augmentations item {spec!r}: unknown field {kw.arg!r}; fields: {', '.join(_FIELDS)}.")
+        values[kw.arg] = kw.value.id if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value)
+    for key in ("crop_scale", "crop_ratio"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    return name, dataclasses.replace(_OFF, **values)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationsSettings:
+    """Settings of ``stepwise-ntk augmentations`` (each is a flag: ``--augmentations crop flip``)."""
+
+    augmentations: tuple[str, ...] = dataclasses.field(
+        default=("none", "crop", "flip", "jitter", "gray", "all"),
+        metadata={"help": f"settings compared: presets ({', '.join(PRESETS)}) or 'name: field=value, ...'"},
+    )
+    n_pairs: int = dataclasses.field(default=500, metadata={"help": "images n (2n augmented views)", "min": 1})
+    d: int = dataclasses.field(default=8, metadata={"help": "top modes compared and correlated", "min": 1})
+    pool: int = dataclasses.field(
+        default=2000, metadata={"help": "clean images the modes are compared and correlated on", "min": 2}
+    )
+    gallery_modes: int = dataclasses.field(default=4, metadata={"help": "modes in each modes_<name>.png", "min": 1})
+    probe_test: int = dataclasses.field(
+        default=2000, metadata={"help": "held-out clean images (other split) the top-d probe is scored on", "min": 1}
+    )
+    arch: str = dataclasses.field(
+        default="linear",
+        metadata={"help": "kernel: linear (K = X Xᵀ) or a registered architecture's NTK",
+                  "choices": ("linear", *sorted(ARCHITECTURES))},
+    )
+    arch_options: str = dataclasses.field(
+        default="", metadata={"help": "architecture fields as key=value,... (with --arch other than linear)"}
+    )
+    downsample: int = dataclasses.field(default=1, metadata={"help": "average-pool images by this factor", "min": 1})
+    seed: int = dataclasses.field(default=0, metadata={"help": "PRNG seed (image subset and views)"})
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "CIFAR-10 folder (else $STEPWISE_NTK_DATA)"}
+    )
+    split: str = dataclasses.field(default="train", metadata={"help": "CIFAR-10 split", "choices": ("train", "test")})
+
+    def __post_init__(self):
+        check_settings(self)
+        names = [parse_augmentation(a)[0] for a in self.augmentations]  # bad items fail before any work
+        if not names:
+            raise ValueError("--augmentations needs at least one setting.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"--augmentations names must be distinct, got {names}.")
+        self.kernel_fn()
+
+    def kernel_fn(self):
+        """``(A, B) -> K(A, B)`` on normalised images: the linear kernel or the NTK of ``--arch``."""
+        options = parse_options(self.arch_options)
+        if self.arch == "linear":
+            if options:
+                raise ValueError("--arch-options needs --arch other than linear.")
+            return lambda A, B: flatten_scaled(jnp.asarray(A)) @ flatten_scaled(jnp.asarray(B)).T
+        if "d" in options:
+            raise ValueError("--arch-options may not set 'd' (the NTK does not depend on it).")
+        arch = make_architecture(self.arch, d=1, **options)
+        return lambda A, B: jnp.asarray(analytic_ntk(arch, np.asarray(A), None if B is A else np.asarray(B),
+                                                     dtype=np.float64))
+
+
+def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress: bool = True) -> str:
+    """Compute every setting's eigensystem; write ``results.json``, ``arrays.npz`` and figures into ``out``."""
+    s = settings
+    started = time.perf_counter()
+    kernel = s.kernel_fn()
+    specs = [parse_augmentation(a) for a in s.augmentations]
+    dataset = load_cifar10(s.split, s.data_dir)
+    pool_index = np.arange(min(s.pool, len(dataset)))
+    pool_images = dataset.images[pool_index]
+    pool = normalize(pool_images, dtype=np.float64)
+    if s.downsample > 1:
+        pool = np.asarray(_downsample(pool, s.downsample))
+    stats = image_statistics(pool_images)
+    pool_labels = dataset.labels[pool_index]
+    key = jax.random.PRNGKey(s.seed)
+    test_images, test_labels = held_out_images(s)
+
+    names, gammas, modes, tables, per_setting = [], [], [], [], {}
+    for name, aug in specs:
+        t0 = time.perf_counter()
+        views, labels, _ = cifar10_pairs(key, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=aug,
+                                    downsample=s.downsample, dtype=jnp.float64, subset_seed=s.seed)
+        es = contrastive_eigensystem(kernel(views, views), s.n_pairs)
+        g = np.asarray(es.gammas)
+        n_pos = int(np.sum(g > 0))
+        if n_pos < s.d:
+            raise ValueError(f"setting {name!r} has only {n_pos} positive contrastive eigenvalues for d={s.d}; "
+                             f"lower --d or raise --n-pairs.")
+        G = np.asarray(mode_functions_new(es, kernel(pool, views), s.d))
+        probe = linear_probe(np.asarray(final_embeddings(es, None, s.d)), np.concatenate([labels, labels]),
+                             np.asarray(final_embeddings(es, kernel(test_images, views), s.d)), test_labels,
+                             groups=pair_groups(s.n_pairs), seed=s.seed)
+        table = mode_statistics(G, stats, labels=pool_labels)
+        names.append(name)
+        gammas.append(g)
+        modes.append(G)
+        tables.append(table)
+        rows = table.table()
+        per_setting[name] = {
+            "augment": dataclasses.asdict(aug),
+            "gammas": g[: max(32, s.d + 4)],
+            "gap_ratio_d": float(g[s.d - 1] / g[s.d]) if g[s.d] > 0 else None,
+            "mode_statistics": rows,
+            "probe_accuracy": probe.accuracy,
+            "seconds": time.perf_counter() - t0,
+        }
+        k = min(s.gallery_modes, s.d)
+        notes = [f"{r['strongest']} {r['strength']:.2f}\nclass η²={r['class_eta2']:.2f}" for r in rows[:k]]
+        plot_annotated_mode_gallery(out.path / f"modes_{name}.png", pool_images, G[:, :k], annotations=notes,
+                                    class_names=dataset.class_names, labels=pool_labels,
+                                    title=f"{name}: top modes, highest values (left), lowest (right)")
+        if progress:
+            print(f"  {name}: γ_1 = {g[0]:.4g}, top-{s.d} probe {probe.accuracy:.3f}, "
+                  f"mode 1 tracks {rows[0]['strongest']} ({rows[0]['strength']:.2f}) "
+                  f"[{per_setting[name]['seconds']:.1f} s]", flush=True)
+
+    A = np.array([[float(subspace_alignment(a, b)) for b in modes] for a in modes])
+    kernel_name = "linear kernel" if s.arch == "linear" else f"{s.arch} NTK"
+    plot_gamma_spectra(out.path / "gammas.png", names, gammas,
+                       title=f"contrastive eigenvalues, {kernel_name}, CIFAR-10 n={s.n_pairs}")
+    plot_alignment_matrix(out.path / "alignment.png", A, names,
+                          title=f"subspace alignment of the top-{s.d} modes on {pool.shape[0]} clean images")
+    plot_statistic_strengths(out.path / "statistics.png", names, [t.strength for t in tables], tables[0].names,
+                             eta2=[t.eta2 for t in tables],
+                             title="what each setting's top modes track (|r|; hue: circular R; classes: η²)")
+    out.save_arrays(names=np.array(names), gammas=np.stack(gammas), alignment=A,
+                    strengths=np.stack([t.strength for t in tables]), eta2=np.stack([t.eta2 for t in tables]),
+                    statistic_names=np.array(tables[0].names), pool_index=pool_index)
+    results = {
+        "kernel": kernel_name,
+        "n_pairs": s.n_pairs,
+        "d": s.d,
+        "n_pool_images": int(pool.shape[0]),
+        "n_probe_test_images": int(test_labels.shape[0]),
+        "names": names,
+        "alignment": A,
+        "settings": per_setting,
+        "strongest": {n: [r["strongest"] for r in per_setting[n]["mode_statistics"]] for n in names},
+        "wall_time_s": time.perf_counter() - started,
+    }
+    out.write_results(results)
+    off = ~np.eye(len(names), dtype=bool)
+    lo = np.unravel_index(np.argmin(np.where(off, A, np.inf)), A.shape) if len(names) > 1 else (0, 0)
+    return (
+        f"{len(names)} settings; mode 1 tracks (top-{s.d} probe accuracy): "
+        + ", ".join(f"{n} {per_setting[n]['mode_statistics'][0]['strongest']} ({per_setting[n]['probe_accuracy']:.3f})"
+                    for n in names)
+        + (f"; least aligned pair {names[lo[0]]}/{names[lo[1]]} {A[lo]:.3f}" if len(names) > 1 else "")
+    )

@@ -1,0 +1,96 @@
+"""``stepwise-ntk augmentations``: outputs against the library, closed forms, one-line errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stepwise_ntk.data import cifar10_pairs, image_statistics, load_cifar10, normalize
+from stepwise_ntk.experiments import cli
+from stepwise_ntk.experiments._augmentations import PRESETS, AugmentationsSettings, parse_augmentation
+from stepwise_ntk.experiments._linear import flatten_scaled, held_out_images
+from stepwise_ntk.predictor import linear_probe, mode_statistics, pair_groups
+from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, mode_functions_new
+
+TINY = ["--n-pairs", "20", "--d", "2", "--pool", "24", "--gallery-modes", "1", "--split", "test", "--probe-test", "30",
+        "--augmentations", "none", "flip"]
+
+
+@pytest.fixture(scope="module")
+def aug_run(tmp_path_factory, cifar_dir):
+    out = tmp_path_factory.mktemp("aug") / "run"
+    assert cli.main(["augmentations", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *TINY]) == 0
+    return out
+
+
+def test_writes_every_output_and_a_symmetric_alignment(aug_run):
+    names = {p.name for p in aug_run.iterdir()}
+    assert {"results.json", "arrays.npz", "gammas.png", "alignment.png", "statistics.png", "modes_none.png",
+            "modes_flip.png"} <= names
+    r = json.loads((aug_run / "results.json").read_text())
+    A = np.asarray(r["alignment"])
+    np.testing.assert_allclose(np.diag(A), 1.0, atol=1e-10)  # a subspace is aligned with itself
+    np.testing.assert_allclose(A, A.T, atol=1e-12)
+    assert np.all((A >= -1e-12) & (A <= 1 + 1e-12))
+
+
+def test_numbers_match_the_library_and_the_identical_views_closed_form(aug_run, cifar_dir):
+    r = json.loads((aug_run / "results.json").read_text())
+    key = jax.random.PRNGKey(0)
+    views, labels, _ = cifar10_pairs(key, 20, split="test", data_dir=str(cifar_dir), settings=PRESETS["flip"],
+                                dtype=jnp.float64, subset_seed=0)
+    X = flatten_scaled(views)
+    es = contrastive_eigensystem(X @ X.T, 20)
+    g = r["settings"]["flip"]["gammas"]
+    np.testing.assert_allclose(g, np.asarray(es.gammas)[: len(g)], rtol=1e-9, atol=1e-12)
+    ds = load_cifar10("test", str(cifar_dir))
+    pool = normalize(ds.images[:24], dtype=np.float64)
+    G = np.asarray(mode_functions_new(es, flatten_scaled(jnp.asarray(pool)) @ X.T, 2))
+    table = mode_statistics(G, image_statistics(ds.images[:24]), labels=ds.labels[:24]).table()
+    assert [row["strongest"] for row in r["settings"]["flip"]["mode_statistics"]] == [t["strongest"] for t in table]
+    test_images, test_labels = held_out_images(AugmentationsSettings(split="test", probe_test=30,
+                                                                     data_dir=str(cifar_dir)))
+    probe = linear_probe(np.asarray(final_embeddings(es, None, 2)), np.concatenate([labels, labels]),
+                         np.asarray(final_embeddings(es, flatten_scaled(jnp.asarray(test_images)) @ X.T, 2)),
+                         test_labels, groups=pair_groups(20))
+    assert r["settings"]["flip"]["probe_accuracy"] == pytest.approx(probe.accuracy)
+    assert r["n_probe_test_images"] == 30 and set(test_labels.tolist()) == set(range(10))  # balanced classes
+    # No augmentation: both views are the image, K Z = K, so γ = eigenvalues of K / (2n).
+    views0, _, _ = cifar10_pairs(key, 20, split="test", data_dir=str(cifar_dir), settings=PRESETS["none"],
+                                 dtype=jnp.float64, subset_seed=0)
+    X0 = np.asarray(flatten_scaled(views0))
+    expected = np.linalg.eigvalsh(X0 @ X0.T)[::-1] / 40
+    g0 = r["settings"]["none"]["gammas"]
+    np.testing.assert_allclose(g0, expected[: len(g0)], rtol=1e-8, atol=1e-12)
+
+
+def test_parse_augmentation_presets_and_fields():
+    assert parse_augmentation("all")[1] == PRESETS["all"]
+    name, a = parse_augmentation("mine: crop=resized, crop_scale=(0.5, 1.0), gray_prob=0.3")
+    assert (name, a.crop, a.crop_scale, a.gray_prob, a.flip_prob) == ("mine", "resized", (0.5, 1.0), 0.3, None)
+    with pytest.raises(ValueError, match="unknown preset"):
+        parse_augmentation("rotate")
+    with pytest.raises(ValueError, match="unknown field 'hue'"):
+        parse_augmentation("x: hue=0.1")
+    with pytest.raises(ValueError, match="distinct"):
+        AugmentationsSettings(augmentations=("crop", "crop"))
+
+
+def test_bad_setting_is_one_line_before_any_output(tmp_path, capsys, cifar_dir):
+    out = tmp_path / "never"
+    rc = cli.main(["augmentations", "--out", str(out), "--data-dir", str(cifar_dir),
+                   "--augmentations", "crop", "x: crop_scale=(0.9, 0.1)"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("stepwise-ntk augmentations: error:")
+    assert "crop_scale" in err[0] and not out.exists()
+
+
+def test_config_file_lists_the_settings(tmp_path):
+    from stepwise_ntk.experiments._settings import load_config_file, resolve_settings
+
+    path = tmp_path / "aug.toml"
+    path.write_text('augmentations = ["none", "big: crop=resized, crop_scale=(0.2, 1.0)"]\nd = 3\n')
+    s = resolve_settings(AugmentationsSettings, None, load_config_file(path))
+    assert s.augmentations == ("none", "big: crop=resized, crop_scale=(0.2, 1.0)") and s.d == 3
