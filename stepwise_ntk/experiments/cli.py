@@ -55,6 +55,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_sweep",
         "the network at several widths: alignment and step-time ratio with the NTK theory vs width",
     ),
+    "precondition": (
+        "stepwise_ntk.experiments._precondition",
+        "PreconditionSettings",
+        "run_precondition",
+        "spectral preconditioning P(C) = (C+εI)^-k vs plain: kernel model and networks, speed-up table",
+    ),
     "augmentations": (
         "stepwise_ntk.experiments._augmentations",
         "AugmentationsSettings",

@@ -1,0 +1,527 @@
+"""``stepwise-ntk precondition``: spectral preconditioning of SSL, kernel model and networks.
+
+The preconditioned flow ``dF/dt = −K ∇_F L · P(C)`` with ``P = (C₊ + εI)^(−k)``
+(:class:`stepwise_ntk.theory.Preconditioner`) against the plain flow, on
+
+* the kernel model of the ``linear`` experiment (linear CIFAR-10 kernel, its defaults
+  ``n = 500``, ``d = 8``, ``W(0) ~ N(0, init_scale²)``): the gradient flow of both (effective
+  time), the closed-form step times, and gradient descent on the kernel model (``F ←
+  F − c K ∇L · P``, iterated in the contrastive eigenbasis) at each one's largest stable
+  step ``c`` (doubling from ``c_0 = 1/(64 γ_1)`` until a run diverges or fails to converge);
+  swept over ``eps_sweep`` × ``scale_sweep``;
+* finite networks (``--net-losses``; the ``network`` defaults: a one-hidden-layer MLP of
+  width 1024 on 8×8 images, ``n = 256``, ``α = 0.05``), trained plain and preconditioned
+  (:func:`stepwise_ntk.training.preconditioned_loss`), each at its own largest stable
+  gradient step ``c`` on the NTK (doubling from ``c_0 = rate/(8 γ_1(Θ))`` until divergence),
+  reporting the gradient steps until every mode has stepped, and a ridge linear probe of
+  the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`).
+
+Outputs: ``results.json`` (both parts and the sweep table), ``sweep.md`` (the speed-up
+table), ``curves.png`` (plain vs preconditioned eigenvalue curves of the kernel model, on
+one effective-time axis, with the closed forms) and ``network.png`` (plain vs
+preconditioned network curves against gradient steps, one panel per loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stepwise_ntk.data import cifar10_pairs
+from stepwise_ntk.experiments._kernel import parse_options
+from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data
+from stepwise_ntk.experiments._linear import flatten_scaled
+from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
+from stepwise_ntk.losses import LOSSES
+from stepwise_ntk.predictor import crossing_times, init_network, linear_probe, network_kernel, pair_groups
+from stepwise_ntk.predictor import subspace_alignment as _alignment
+from stepwise_ntk.solver import solve, solve_preconditioned
+from stepwise_ntk.theory import (
+    PRECONDITIONERS,
+    Preconditioner,
+    contrastive_eigensystem,
+    final_embeddings,
+    initial_eigenvalues,
+    mode_coordinates,
+    precondition_matrix,
+    preconditioned_aligned_eigenvalues,
+    preconditioned_stable_step,
+    preconditioned_step_times,
+)
+
+__all__ = ["PreconditionSettings", "run_precondition", "kernel_gd"]
+
+# As in ``stepwise-ntk network``: SimCLR in its dot-product form, VICReg with a smoothed hinge.
+_NET_LOSS_KWARGS: dict[str, dict[str, Any]] = {
+    "barlow_twins": {},
+    "simclr": {"normalize": False, "temperature": 0.5},
+    "vicreg": {"smooth": 0.01},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PreconditionSettings(ExperimentSettings):
+    """Settings of ``stepwise-ntk precondition`` (each is a flag: ``--eps 0.01``)."""
+
+    kind: str = dataclasses.field(
+        default="inverse", metadata={"help": "preconditioner P(C) = (C+εI)^-k", "choices": PRECONDITIONERS}
+    )
+    eps: float = dataclasses.field(default=1e-2, metadata={"help": "ε of the preconditioner", "above": 0})
+    power: float = dataclasses.field(default=1.0, metadata={"help": "k for --kind power", "above": 0})
+    eps_sweep: tuple[float, ...] = dataclasses.field(
+        default=(1e-1, 1e-2, 1e-3), metadata={"help": "ε values of the kernel-model sweep"}
+    )
+    scale_sweep: tuple[float, ...] = dataclasses.field(
+        default=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+        metadata={"help": "init scales of the kernel-model sweep (1: standard init of the scaled linear model)"},
+    )
+    gd_max_steps: int = dataclasses.field(
+        default=20_000, metadata={"help": "step budget of gradient descent on the kernel model", "min": 10}
+    )
+    net_losses: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "losses of the network part (none: skip it)", "choices": tuple(LOSSES)}
+    )
+    net_arch: str = dataclasses.field(
+        default="mlp", metadata={"help": "network architecture", "choices": tuple(sorted(ARCHITECTURES))}
+    )
+    net_arch_options: str = dataclasses.field(default="depth=1", metadata={"help": "architecture fields key=value,..."})
+    net_width: int = dataclasses.field(default=1024, metadata={"help": "hidden width of the network", "min": 1})
+    net_pairs: int = dataclasses.field(default=256, metadata={"help": "training images of the network", "min": 1})
+    net_test: int = dataclasses.field(default=256, metadata={"help": "held-out images (probe)", "min": 1})
+    net_d: int = dataclasses.field(default=4, metadata={"help": "embedding dimension of the network", "min": 1})
+    net_downsample: int = dataclasses.field(default=4, metadata={"help": "average-pool images (network)", "min": 1})
+    net_alphas: tuple[float, ...] = dataclasses.field(
+        default=(0.05, 1.0), metadata={"help": "output scales α (0.05: the small init of `network`; 1: standard)"}
+    )
+    net_rate: float = dataclasses.field(
+        default=0.1, metadata={"help": "first step of the search: c_0 = rate/(8 γ_1(Θ))", "above": 0}
+    )
+    net_doublings: int = dataclasses.field(default=7, metadata={"help": "step sizes tried: c_0·2^k", "min": 1})
+    net_max_steps: int = dataclasses.field(default=3000, metadata={"help": "gradient steps per run", "min": 10})
+
+    def __post_init__(self):
+        check_settings(self)
+        for flag, values in (("--eps-sweep", self.eps_sweep), ("--scale-sweep", self.scale_sweep),
+                             ("--net-alphas", self.net_alphas)):
+            if not values or not all(np.isfinite(v) and v > 0 for v in values):
+                raise ValueError(f"{flag} must be one or more finite numbers > 0, got {list(values)}.")
+        try:
+            parse_options(self.net_arch_options)
+        except ValueError as err:
+            raise ValueError(f"--net-arch-options: {err}") from None
+
+    def preconditioner(self, eps: float | None = None) -> Preconditioner:
+        return Preconditioner(self.kind, eps=self.eps if eps is None else eps, power=self.power)
+
+
+# ------------------------------------------------------------------------------ kernel model
+
+@functools.partial(jax.jit, static_argnames=("precond", "max_steps", "d"))
+def _kernel_gd(gammas, M0, c, precond: Preconditioner, max_steps: int, d: int):
+    eye = jnp.eye(d, dtype=M0.dtype)
+
+    def cond(state):
+        M, step, first, loss = state
+        return (step < max_steps) & jnp.isfinite(loss) & (loss < 1e6)
+
+    def body(state):
+        M, step, first, _ = state
+        MG = M * gammas
+        C = MG @ M.T
+        M = M - 4.0 * c * (precondition_matrix(C, precond) @ (C - eye)) @ MG
+        C = (M * gammas) @ M.T
+        lam_min = jnp.linalg.eigvalsh(C)[0]
+        step = step + 1
+        first = jnp.where((first < 0) & (lam_min > 0.5), step, first)
+        return M, step, first, jnp.sum(jnp.square(C - eye))
+
+    init = (M0, jnp.asarray(0), jnp.asarray(-1), jnp.asarray(float(d), M0.dtype))
+    M, step, first, loss = jax.lax.while_loop(cond, body, init)
+    return M, step, first, loss
+
+
+def kernel_gd(es, F0, c: float, precond: Preconditioner, max_steps: int) -> dict[str, Any]:
+    """Gradient descent ``F ← F − c K ∇L · P(C)`` on the Barlow Twins kernel model.
+
+    Iterated exactly in the contrastive eigenbasis (``M ← M − 4c p(C)(C − I) M Γ``, every
+    mode). Returns the first step at which all ``d`` eigenvalues of ``C`` exceed 1/2 (None
+    if never), the steps run, the final loss, whether the run converged (finite loss below
+    ``10⁻⁴``: a stable step size) and the subspace alignment of its final embeddings with the
+    closed form (a step past the top mode's limit ``1/(4γ_1 p(1))`` can still converge, to a
+    minimum that mixes the top mode with lower ones, where the loss is flatter).
+    """
+    d = F0.shape[1]
+    M0 = mode_coordinates(es, F0)
+    M, step, first, loss = _kernel_gd(es.gammas, M0, jnp.asarray(c, M0.dtype), precond, int(max_steps), d)
+    loss = float(loss)
+    ok = bool(np.isfinite(loss) and loss < 1e-4)
+    alignment = None
+    if ok:
+        F = F0 + es.factor @ (es.vectors @ (M - M0).T)
+        alignment = float(_alignment(F, final_embeddings(es, None, d)))
+    return {"step_size": float(c), "steps_to_pass": int(first) if int(first) > 0 else None,
+            "steps_run": int(step), "final_loss": loss, "converged": ok, "final_alignment_closed_form": alignment}
+
+
+def _largest_stable(run, c0: float, doublings: int) -> dict[str, Any]:
+    """Double ``c`` from ``c0`` until a run is unstable; the last stable run and all tried."""
+    tried, best = [], None
+    for k in range(doublings):
+        r = run(c0 * 2.0**k)
+        tried.append(r)
+        if not r["stable"]:
+            break
+        best = r
+    return {"chosen": best, "tried": tried}
+
+
+def _kernel_case(K, n, F0, es, pc: Preconditioner, times, s: PreconditionSettings) -> dict[str, Any]:
+    """Plain and preconditioned flow, closed forms and GD for one (ε, init scale)."""
+    plain_pc = Preconditioner("none")
+    lam0 = np.asarray(initial_eigenvalues(es, F0))
+    small = bool(np.all(lam0 < 1))
+    out: dict[str, Any] = {"eps": pc.eps, "lambda0_max": float(lam0.max()), "lambda0_min": float(lam0.min())}
+    flows = {}
+    for name, p in (("plain", plain_pc), ("preconditioned", pc)):
+        traj = solve(K, n, F0, times) if name == "plain" else solve_preconditioned(K, n, F0, times, precond=p)
+        sim = crossing_times(np.asarray(times), np.asarray(traj.eigenvalues))
+        pred = np.sort(np.asarray(preconditioned_step_times(es, F0, p))) if small else np.full(F0.shape[1], np.nan)
+        rel = np.abs(sim - pred) / pred
+        flows[name] = traj
+        out[name] = {
+            "simulated_step_times": sim,
+            "closed_form_step_times": pred,
+            "step_time_median_relative_error": float(np.nanmedian(rel)) if small else None,
+            "all_passed_time": float(np.max(sim)),
+            "final_loss": float(traj.loss[-1]),
+        }
+        c0 = 1.0 / (64.0 * float(es.gammas[0]))
+
+        def run(c, p=p):
+            r = kernel_gd(es, F0, c, p, s.gd_max_steps)
+            r["stable"] = r["converged"]
+            return r
+
+        search = _largest_stable(run, c0, 12)
+        out[name]["gd"] = search
+        out[name]["gd_steps_to_pass"] = None if search["chosen"] is None else search["chosen"]["steps_to_pass"]
+        out[name]["gd_step_size"] = None if search["chosen"] is None else search["chosen"]["step_size"]
+        out[name]["gd_step_size_theory"] = preconditioned_stable_step(es.gammas, p)
+        out[name]["gd_final_alignment_closed_form"] = (None if search["chosen"] is None
+                                                       else search["chosen"]["final_alignment_closed_form"])
+    a, b = out["plain"], out["preconditioned"]
+    out["time_speedup"] = a["all_passed_time"] / b["all_passed_time"]
+    out["closed_form_time_speedup"] = float(np.max(a["closed_form_step_times"]) / np.max(b["closed_form_step_times"]))
+    sa, sb = a["gd_steps_to_pass"], b["gd_steps_to_pass"]
+    out["gd_step_speedup"] = (sa / sb) if (sa and sb) else None
+    out["final_alignment"] = float(_alignment(flows["plain"].embeddings, flows["preconditioned"].embeddings))
+    closed = final_embeddings(es, None, F0.shape[1])
+    out["final_alignment_closed_form"] = {k: float(_alignment(v.embeddings, closed)) for k, v in flows.items()}
+    return out, flows
+
+
+def _time_grid(es, F0, pcs, n_times):
+    lam0 = np.asarray(initial_eigenvalues(es, F0))
+    d = F0.shape[1]
+    g = np.asarray(es.gammas[:d], np.float64)
+    if np.all(lam0 < 1):
+        t_all = [np.asarray(preconditioned_step_times(es, F0, p)) for p in pcs]
+        t_min = min(float(np.min(t)) for t in t_all) / 100
+        t_max = max(float(np.max(t)) for t in t_all)
+    else:
+        t_min, t_max = 1e-3 / (8 * g[0]), 1.0 / (8 * g[-1])
+    t_end = 1.5 * (t_max + np.log(99.0) / (8 * g[-1]))
+    return jnp.asarray(np.geomspace(t_min, t_end, n_times))
+
+
+def _kernel_part(s: PreconditionSettings, out: RunDir, progress: bool) -> dict[str, Any]:
+    problem = load_problem_data(s)
+    X = flatten_scaled(problem.views)
+    K = X @ X.T
+    n, d = s.n_pairs, s.d
+    es = contrastive_eigensystem(K, n)
+    noise = jax.random.normal(problem.key_init, (d, X.shape[1]), jnp.float64)
+    main_pc = s.preconditioner()
+    F0 = X @ (s.init_scale * noise).T
+    pcs = [Preconditioner("none"), main_pc] + [s.preconditioner(e) for e in s.eps_sweep]
+    times = _time_grid(es, F0, pcs, 2 * s.n_times)
+    main, flows = _kernel_case(K, n, F0, es, main_pc, times, s)
+    lam0 = initial_eigenvalues(es, F0)
+    theory = {name: np.sort(np.asarray(preconditioned_aligned_eigenvalues(es.gammas[:d], lam0, times, p)),
+                            axis=1)[:, ::-1]
+              for name, p in (("plain", Preconditioner("none")), ("preconditioned", main_pc))}
+    _plot_kernel(out.path / "curves.png", np.asarray(times), flows, theory,
+                 title=f"linear Barlow Twins kernel model, CIFAR-10 n={n}, d={d}: plain vs {main_pc.describe()}")
+    out.save_arrays(times=np.asarray(times), plain_eigenvalues=np.asarray(flows["plain"].eigenvalues),
+                    preconditioned_eigenvalues=np.asarray(flows["preconditioned"].eigenvalues),
+                    plain_theory=theory["plain"], preconditioned_theory=theory["preconditioned"],
+                    gammas=np.asarray(es.gammas))
+    rows = []
+    for scale in s.scale_sweep:
+        F0s = X @ (scale * noise).T
+        grid = _time_grid(es, F0s, [Preconditioner("none")] + [s.preconditioner(e) for e in s.eps_sweep],
+                          2 * s.n_times)
+        for eps in s.eps_sweep:
+            case, _ = _kernel_case(K, n, F0s, es, s.preconditioner(eps), grid, s)
+            rows.append({"init_scale": scale, **{k: case[k] for k in (
+                "eps", "lambda0_max", "lambda0_min", "time_speedup", "closed_form_time_speedup", "gd_step_speedup",
+                "final_alignment")},
+                "plain_gd_steps": case["plain"]["gd_steps_to_pass"],
+                "preconditioned_gd_steps": case["preconditioned"]["gd_steps_to_pass"],
+                "plain_gd_step_size": case["plain"]["gd_step_size"],
+                "preconditioned_gd_step_size": case["preconditioned"]["gd_step_size"],
+                "plain_gd_alignment": case["plain"]["gd_final_alignment_closed_form"],
+                "preconditioned_gd_alignment": case["preconditioned"]["gd_final_alignment_closed_form"],
+                "preconditioned_median_step_time_error":
+                    case["preconditioned"]["step_time_median_relative_error"]})
+            if progress:
+                r = rows[-1]
+                print(f"  kernel sweep: scale {scale:g} eps {eps:g}: time x{r['time_speedup']:.2f}, "
+                      f"GD steps {r['plain_gd_steps']} -> {r['preconditioned_gd_steps']}", flush=True)
+    gammas = np.asarray(es.gammas, np.float64)
+    return {"n_pairs": n, "d": d, "init_scale": s.init_scale, "preconditioner": main_pc.describe(),
+            "gammas": gammas[: d + 4], "gamma_min": float(gammas.min()), "main": main, "sweep": rows}
+
+
+# ------------------------------------------------------------------------------ networks
+
+def _net_steps_to_pass(res, reference) -> float:
+    """First recorded step at which every eigenvalue of ``C`` passed half of ``reference``
+    (1 for Barlow Twins: the level 1/2; for SimCLR and VICReg, which have no fixed point at
+    ``C = I``, the plain run's final eigenvalues, the same for both runs); inf if never."""
+    lam = np.asarray(res.eigenvalues, np.float64)
+    steps = np.asarray(res.steps, np.float64)
+    passed = np.all(lam > 0.5 * np.asarray(reference)[None, :], axis=1)
+    return float(steps[np.argmax(passed)]) if passed.any() else float("inf")
+
+
+def _ratio(a, b):
+    ok = a is not None and b is not None and np.isfinite(a) and np.isfinite(b) and b > 0
+    return float(a / b) if ok else None
+
+
+def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
+    from stepwise_ntk.training import TrainSettings, preconditioned_loss, train
+
+    ns = dataclasses.replace(s, n_pairs=s.net_pairs, downsample=s.net_downsample)
+    data = load_problem_data(ns)
+    views = np.asarray(data.views, np.float64)
+    other = "test" if s.split == "train" else "train"
+    test_views, test_labels, _ = cifar10_pairs(jax.random.fold_in(jax.random.PRNGKey(s.seed), 1), s.net_test,
+                                               split=other, data_dir=s.data_dir, settings=s.augment(),
+                                               downsample=s.net_downsample, dtype=jnp.float64, download=True,
+                                               subset_seed=s.seed)
+    test_views = np.asarray(test_views)
+    options = parse_options(s.net_arch_options)
+    base = make_architecture(s.net_arch, width=s.net_width, d=1, **options)
+    theta = network_kernel(base, views, test_views, progress=progress)
+    g = np.asarray(contrastive_eigensystem(jnp.asarray(theta.K), s.net_pairs).gammas, np.float64)
+    arch = base.replace(d=s.net_d)
+    views32, test32 = views.astype(np.float32), test_views.astype(np.float32)
+    labels = np.concatenate([data.labels, data.labels])
+    tlabels = np.concatenate([np.asarray(test_labels)] * 2)
+    groups = pair_groups(s.net_pairs)
+    results: dict[str, Any] = {"architecture": arch.to_config(), "gamma_1": float(g[0]), "gamma_min": float(g.min()),
+                               "n_pairs": s.net_pairs, "d": s.net_d, "runs": []}
+    curves = []
+    for alpha in s.net_alphas:
+        init = init_network(arch, views32, test32, alpha=alpha, key=data.key_init)
+        c0 = s.net_rate / (8.0 * g[0])
+        for loss in s.net_losses:
+            kw = _NET_LOSS_KWARGS[loss]
+            row: dict[str, Any] = {"loss": loss, "alpha": alpha}
+            chosen_res = {}
+            searches = {}
+            for name, pc in (("plain", Preconditioner("none")), ("preconditioned", s.preconditioner())):
+                L = preconditioned_loss(loss, pc, loss_kwargs=kw or None)
+
+                def run(c, L=L, alpha=alpha, init=init, loss=loss, name=name):
+                    cfg = TrainSettings(loss=L, learning_rate=c / alpha**2, steps=s.net_max_steps, alpha=alpha,
+                                        n_records=200, record_every=max(1, s.net_max_steps // 200), seed=s.seed)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        res = train(arch, cfg, views32, test_views=test32, init_params=init.params, progress=False)
+                    ok = res.diverged_at is None and bool(np.isfinite(res.loss).all())
+                    if progress:
+                        print(f"  network {loss} α={alpha:g} {name}: c = {c:.4g} "
+                              f"{'ok' if ok else 'diverged'}", flush=True)
+                    return {"step_size": c, "stable": ok, "final_loss": float(res.loss[-1]), "_res": res}
+
+                searches[name] = _largest_stable(run, c0, s.net_doublings)
+            ref_run = searches["plain"]["chosen"] or searches["preconditioned"]["chosen"]
+            reference = (np.ones(s.net_d) if loss == "barlow_twins" or ref_run is None
+                         else np.asarray(ref_run["_res"].eigenvalues[-1], np.float64))
+            row["pass_reference"] = reference
+            chosen_res = {}
+            for name, search in searches.items():
+                for r in search["tried"]:
+                    r["steps_to_pass"] = _net_steps_to_pass(r["_res"], reference) if r["stable"] else float("inf")
+                stable = [r for r in search["tried"] if r["stable"]]
+                best = min(stable, key=lambda r: r["steps_to_pass"]) if stable else None
+                chosen = search["chosen"]
+                entry = {"largest_stable_step_size": None if chosen is None else chosen["step_size"],
+                         "steps_at_largest_stable": None if chosen is None else chosen["steps_to_pass"],
+                         "best_step_size": None if best is None else best["step_size"],
+                         "best_steps": None if best is None else best["steps_to_pass"],
+                         "tried": [{k: v for k, v in r.items() if k != "_res"} for r in search["tried"]]}
+                if chosen is not None:
+                    res = chosen["_res"]
+                    probe = linear_probe(np.asarray(res.train_embeddings, np.float64), labels,
+                                         np.asarray(res.test_embeddings, np.float64), tlabels, groups=groups)
+                    entry["probe_accuracy"] = float(probe.accuracy)
+                    entry["final_eigenvalues"] = np.asarray(res.eigenvalues[-1], np.float64)
+                    chosen_res[name] = res
+                row[name] = entry
+            a, b = row["plain"], row["preconditioned"]
+            row["step_speedup_at_largest_stable"] = _ratio(a.get("steps_at_largest_stable"),
+                                                           b.get("steps_at_largest_stable"))
+            row["step_speedup_best"] = _ratio(a.get("best_steps"), b.get("best_steps"))
+            if "probe_accuracy" in a and "probe_accuracy" in b:
+                row["probe_accuracy_change_points"] = 100 * (b["probe_accuracy"] - a["probe_accuracy"])
+            if len(chosen_res) == 2:
+                row["test_alignment_plain_vs_preconditioned"] = float(_alignment(
+                    jnp.asarray(chosen_res["plain"].test_embeddings, jnp.float64),
+                    jnp.asarray(chosen_res["preconditioned"].test_embeddings, jnp.float64)))
+                curves.append((loss, alpha, chosen_res))
+            results["runs"].append(row)
+    results["_curves"] = curves
+    return results
+
+
+# ------------------------------------------------------------------------------ outputs
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+
+    from stepwise_ntk._io import atomic_open
+
+    try:
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def _plot_kernel(path, times, flows, theory, *, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, style, color in (("plain", "--", "tab:gray"), ("preconditioned", "-", "tab:blue")):
+        eig = np.asarray(flows[name].eigenvalues)
+        for j in range(eig.shape[1]):
+            ax.plot(times, eig[:, j], style, color=color, lw=1.5, label=f"{name} (solver)" if j == 0 else None)
+            ax.plot(times, theory[name][:, j], ":", color="k", lw=0.8, label="aligned closed form" if (
+                j == 0 and name == "plain") else None)
+    ax.axhline(0.5, color="tab:red", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("effective time t")
+    ax.set_ylabel("eigenvalues of C")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_network(path, curves):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6), squeeze=False)
+    for ax, (loss, alpha, res) in zip(axes[0], curves, strict=True):
+        for name, style, color in (("plain", "--", "tab:gray"), ("preconditioned", "-", "tab:blue")):
+            r = res[name]
+            steps = np.asarray(r.steps, np.float64)
+            eig = np.asarray(r.eigenvalues, np.float64)
+            keep = steps > 0
+            c = r.settings.learning_rate * alpha**2
+            for j in range(eig.shape[1]):
+                ax.plot(steps[keep], eig[keep, j], style, color=color, lw=1.3,
+                        label=f"{name}, c={c:.3g}" if j == 0 else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("gradient step")
+        ax.set_title(f"{loss}, α={alpha:g}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("eigenvalues of C")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _fmt(x, spec=".3g"):
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return format(x, spec)
+
+
+def _table(kernel: dict[str, Any], net: dict[str, Any] | None) -> str:
+    lines = ["## Kernel model (linear CIFAR-10 kernel, Barlow Twins)", "",
+             "| init scale | λ0 max | ε | time speed-up (solver) | closed form | GD steps plain | GD steps precond. "
+             "| GD step speed-up | c plain | c precond. | flow alignment | GD alignment plain / precond. "
+             "| step-time error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in kernel["sweep"]:
+        lines.append(
+            f"| {r['init_scale']:g} | {_fmt(r['lambda0_max'], '.2g')} | {r['eps']:g} "
+            f"| {_fmt(r['time_speedup'], '.2f')} "
+            f"| {_fmt(r['closed_form_time_speedup'], '.2f')} | {_fmt(r['plain_gd_steps'], 'd')} "
+            f"| {_fmt(r['preconditioned_gd_steps'], 'd')} | {_fmt(r['gd_step_speedup'], '.2f')} "
+            f"| {_fmt(r['plain_gd_step_size'])} | {_fmt(r['preconditioned_gd_step_size'])} "
+            f"| {_fmt(r['final_alignment'], '.4f')} "
+            f"| {_fmt(r['plain_gd_alignment'], '.3f')} / {_fmt(r['preconditioned_gd_alignment'], '.3f')} "
+            f"| {_fmt(r['preconditioned_median_step_time_error'], '.3f')} |")
+    if net and net["runs"]:
+        lines += ["", "## Networks", "",
+                  "| loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
+                  "| c plain | c precond. | probe plain | probe precond. | alignment |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in net["runs"]:
+            a, b = r["plain"], r["preconditioned"]
+            lines.append(
+                f"| {r['loss']} | {r['alpha']:g} | {_fmt(a.get('steps_at_largest_stable'), '.0f')} "
+                f"| {_fmt(b.get('steps_at_largest_stable'), '.0f')} "
+                f"| {_fmt(r['step_speedup_at_largest_stable'], '.2f')} "
+                f"| {_fmt(r['step_speedup_best'], '.2f')} | {_fmt(a.get('largest_stable_step_size'))} "
+                f"| {_fmt(b.get('largest_stable_step_size'))} | {_fmt(a.get('probe_accuracy'), '.3f')} "
+                f"| {_fmt(b.get('probe_accuracy'), '.3f')} "
+                f"| {_fmt(r.get('test_alignment_plain_vs_preconditioned'), '.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: bool = True) -> str:
+    """Run both parts, write ``results.json``, ``sweep.md``, ``arrays.npz`` and the figures."""
+    from stepwise_ntk._io import write_text
+
+    s = settings
+    started = time.perf_counter()
+    kernel = _kernel_part(s, out, progress)
+    net = _net_part(s, progress) if s.net_losses else None
+    curves = net.pop("_curves") if net else []
+    if curves:
+        _plot_network(out.path / "network.png", curves)
+    write_text(out.path / "sweep.md", _table(kernel, net))
+    out.write_results({"kernel_model": kernel, "networks": net, "wall_time_s": time.perf_counter() - started})
+    m = kernel["main"]
+    summary = (f"kernel model: all {s.d} modes past 1/2 {m['time_speedup']:.2f}x sooner in effective time "
+               f"(closed form {m['closed_form_time_speedup']:.2f}x), GD steps {m['plain']['gd_steps_to_pass']} -> "
+               f"{m['preconditioned']['gd_steps_to_pass']}; final alignment {m['final_alignment']:.4f}; "
+               f"closed-form step-time error (median) {m['preconditioned']['step_time_median_relative_error']:.3f}")
+    if net:
+        for r in net["runs"]:
+            summary += (f"\n{r['loss']} α={r['alpha']:g}: steps speed-up "
+                        f"{_fmt(r['step_speedup_at_largest_stable'], '.2f')}"
+                        f" (best c: {_fmt(r['step_speedup_best'], '.2f')}), probe change "
+                        f"{_fmt(r.get('probe_accuracy_change_points'), '+.2f')} points")
+    return summary
