@@ -113,6 +113,13 @@ def _check_run(out, losses, cifar_dir):
     for i in range(k + 1):
         for j in range(i + 1, k + 1):
             assert M[i, j] == pytest.approx(_numpy_alignment(E[i], E[j]), abs=1e-9)
+    # The kernel flows' table: of the saved flow embeddings, same rows and columns.
+    Mf = np.asarray(r["alignment_matrix_theory"])
+    Ef = [a[f"{loss}_flow_test_embeddings"] for loss in losses] + [a["closed_form_test_embeddings"]]
+    for i in range(k + 1):
+        for j in range(i + 1, k + 1):
+            assert Mf[i, j] == pytest.approx(_numpy_alignment(Ef[i], Ef[j]), abs=1e-9)
+    assert "alignment_theory.png" in names
     # One initialisation: every method's record at step 0 is its loss of the shared F0
     # (float32 network, float64 recomputation of the loss).
     F0 = jnp.asarray(a["F0"])

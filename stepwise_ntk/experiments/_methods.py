@@ -18,11 +18,19 @@ modes on the held-out views (``diag(γ^{-1/2}) g(x)``, the closed form of the ke
 two methods span the same ``d``-dimensional function space on held-out images, and about
 ``d/m`` for unrelated ones.
 
-Outputs: ``results.json`` (the table, per method its step times against its theory, final
+The same table for the kernel flows of the losses (each loss's flow on ``K = α² Θ`` from the
+same ``F0``, ``alignment_matrix_theory``) says how alike the theory expects the methods to
+be: the losses' fixed points differ (VICReg's variance and covariance terms are centred,
+SimCLR's has no ``C = I``), so their subspaces need not coincide even in the kernel regime.
+
+Outputs: ``results.json`` (both tables, per method its step times against its theory, final
 loss and eigenvalues, alignment with its own kernel flow), ``arrays.npz`` (curves and
-embeddings), ``alignment.png`` (the table as a heatmap) and ``staircases.png`` (the paper's
-Figure 3: one column per method, loss and eigenvalues of ``C`` against the gradient step,
-kernel theory dashed).
+embeddings), ``alignment.png`` and ``alignment_theory.png`` (the tables as heatmaps),
+``staircases.png`` (the paper's Figure 3: one column per method, loss and eigenvalues of
+``C`` against the gradient step, kernel theory dashed) and, for ``d ≥ 3``,
+``projections.png`` (the paper's Figure 1: the Barlow Twins network's view embeddings on
+their top-3 principal directions before the first step and between steps: a point, a line,
+a plane).
 """
 
 from __future__ import annotations
@@ -44,16 +52,18 @@ from stepwise_ntk.experiments._network import (
     plan_run,
     rise_times,
 )
-from stepwise_ntk.experiments._plots import plot_alignment_matrix, plot_method_staircases
+from stepwise_ntk.experiments._plots import plot_alignment_matrix, plot_method_staircases, plot_projections
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import KERNELS, compare_run, init_network, predict_run, subspace_alignment
 from stepwise_ntk.solver import SolverSettings, solve
 
-__all__ = ["METHOD_LABELS", "MethodsSettings", "alignment_table", "run_methods"]
+__all__ = ["METHOD_LABELS", "MethodsSettings", "alignment_table", "run_methods", "snapshot_indices"]
 
 METHOD_LABELS = {"barlow_twins": "Barlow Twins", "simclr": "SimCLR", "vicreg": "VICReg"}
 THEORY_LABEL = "BT theory (top-d modes)"
+
+_FALLBACK_WIDTH = 1024
 
 # The network experiment's integrator: planning and prediction share one compilation.
 _SOLVER = SolverSettings(integrator="dopri5")
@@ -63,7 +73,10 @@ _SOLVER = SolverSettings(integrator="dopri5")
 class MethodsSettings(SharedNetworkSettings):
     """Settings of ``stepwise-ntk methods`` (each is a flag: ``--width 512``)."""
 
-    width: int = dataclasses.field(default=1024, metadata={"help": "hidden width of the network", "min": 1})
+    width: int | None = dataclasses.field(
+        default=None, metadata={"help": "hidden width of the network (none: the architecture's default, as for "
+                                        "stepwise-ntk network)", "min": 1}
+    )
     losses: tuple[str, ...] = dataclasses.field(
         default=tuple(LOSS_SETTINGS),
         metadata={"help": "SSL losses to train and compare (at least two)", "choices": tuple(LOSS_SETTINGS)},
@@ -80,6 +93,8 @@ class MethodsSettings(SharedNetworkSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.width is None:  # where the shared settings do not fill in per-architecture defaults
+            object.__setattr__(self, "width", _FALLBACK_WIDTH)
         if len(self.losses) < 2 or len(set(self.losses)) != len(self.losses):
             raise ValueError(
                 f"--losses must name at least two distinct losses from {', '.join(LOSS_SETTINGS)}, "
@@ -128,8 +143,9 @@ def _run_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bo
     views_t, test_t = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
     steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, loss)
     lr = problem.step_size / s.alpha**2
+    # Barlow Twins keeps its view embeddings at every record (the projections figure).
     cfg = TrainSettings(loss=_train_loss(loss), learning_rate=lr, steps=steps, alpha=s.alpha,
-                        n_records=s.n_records, seed=s.seed)
+                        n_records=s.n_records, record_embeddings=loss == "barlow_twins", seed=s.seed)
     t0 = time.perf_counter()
     res = train(arch, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
     seconds = time.perf_counter() - t0
@@ -165,7 +181,35 @@ def _run_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bo
         "flow_test_embeddings": np.asarray(pred.flow_test_embeddings, np.float64),
         "closed_form_test_embeddings": np.asarray(pred.test_embeddings, np.float64),
         "comparison": cmp, "gammas": np.asarray(pred.gammas, np.float64),
+        "embeddings": None if res.embeddings is None else np.asarray(res.embeddings, np.float64),
     }
+
+
+def snapshot_indices(times, step_times) -> list[int]:
+    """Records at a point, a line, a plane, a solid: before the first step and between steps.
+
+    Args:
+      times: (R,) effective times of the records (t ≤ 0 never chosen: the spacing is in log t).
+      step_times: (d,) the network's step times (NaN: a step that did not happen).
+
+    Returns:
+      up to 4 record indices: at a third of the first step time, then at the geometric mean
+      of consecutive step times (or of the last step and the end of the run).
+
+    Example:
+      >>> import numpy as np
+      >>> snapshot_indices(np.geomspace(1, 1000, 31), [10.0, 100.0])
+      [5, 15, 25]
+    """
+    t = np.asarray(times, np.float64)
+    st = np.sort(np.asarray(step_times, np.float64))
+    st = st[np.isfinite(st)]
+    if st.size == 0:
+        return [int(t.size - 1)]
+    edges = [*st[:4], float(t[-1])] if st.size < 4 else list(st[:4])
+    targets = [st[0] / 3] + [float(np.sqrt(a * b)) for a, b in zip(edges[:-1], edges[1:], strict=True)][:3]
+    logt = np.log(np.where(t > 0, t, np.nan))
+    return [int(np.nanargmin(np.abs(logt - np.log(x)))) for x in targets]
 
 
 def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True) -> str:
@@ -178,10 +222,14 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
                                      downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
     problem = network_problem(s, views, labels, s.width, progress=progress)
     d = problem.d
-    arch = s.base_architecture(s.width).replace(d=d)
-    train_dt = np.dtype(s.train_dtype)
-    init = init_network(arch, problem.views.astype(train_dt), problem.test_views.astype(train_dt), alpha=s.alpha,
-                        key=key_init)
+    # The network experiment's own initialisation when its problem carries one (the planning
+    # then also uses that network's kernel), else the same key's.
+    arch, init = getattr(problem, "arch", None), getattr(problem, "init", None)
+    if arch is None or init is None:
+        arch = s.base_architecture(s.width).replace(d=d)
+        train_dt = np.dtype(s.train_dtype)
+        init = init_network(arch, problem.views.astype(train_dt), problem.test_views.astype(train_dt),
+                            alpha=s.alpha, key=key_init)
     runs = [_run_method(s, loss, arch, problem, init, progress) for loss in s.losses]
 
     # The Barlow Twins theory's top-d modes: of the analytic kernel (shared by every run), or
@@ -189,12 +237,31 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
     ref = next((r for r in runs if r["loss"] == "barlow_twins"), runs[0])
     labels = [METHOD_LABELS[r["loss"]] for r in runs] + [THEORY_LABEL]
     M = alignment_table([r["test_embeddings"] for r in runs] + [ref["closed_form_test_embeddings"]])
+    # The same table for the kernel flows of the losses: what the theory says about how alike
+    # the methods' embeddings are (the losses' fixed points differ: VICReg centres, SimCLR
+    # normalises by a softmax).
+    M_flow = alignment_table([r["flow_test_embeddings"] for r in runs] + [ref["closed_form_test_embeddings"]])
     k = len(runs)
     off = M[:k, :k][~np.eye(k, dtype=bool)]
+    off_flow = M_flow[:k, :k][~np.eye(k, dtype=bool)]
 
     plot_alignment_matrix(out.path / "alignment.png", M, labels,
                           title=f"held-out subspace alignment, {arch.name} width {s.width}, d={d}, "
                                 f"{problem.test_views.shape[0]} test views")
+    plot_alignment_matrix(out.path / "alignment_theory.png", M_flow,
+                          [f"{x} flow" for x in labels[:k]] + [THEORY_LABEL],
+                          title=f"the same for each loss's kernel flow ({s.kernel} NTK), held-out views")
+    bt = next((r for r in runs if r["embeddings"] is not None), None)
+    if bt is not None and d >= 3:  # the paper's Figure 1 for this network: a point, a line, a plane
+        idx = snapshot_indices(bt["network_times"], bt["network_step_times"])
+        plot_projections(out.path / "projections.png", bt["embeddings"][idx],
+                         [float(bt["network_times"][i]) for i in idx],
+                         labels=np.concatenate([problem.labels, problem.labels]),
+                         title=f"Barlow Twins, {arch.name} width {s.width}: view embeddings on their top-3 principal "
+                               "directions, before the first step and between steps")
+        arrays_extra = {"snapshot_times": bt["network_times"][idx], "snapshots": bt["embeddings"][idx]}
+    else:
+        arrays_extra = {}
     plot_method_staircases(
         out.path / "staircases.png", [METHOD_LABELS[r["loss"]] for r in runs],
         [r["network_times"] / r["lr"] for r in runs], [r["network_loss"] for r in runs],
@@ -206,9 +273,11 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
               f"{s.kernel} NTK theory (dashed)",
         time_label="gradient step",
     )
-    arrays: dict[str, Any] = {"alignment_matrix": M, "test_labels": problem.test_labels,
+    arrays: dict[str, Any] = {"alignment_matrix": M, "alignment_matrix_theory": M_flow,
+                              "test_labels": problem.test_labels,
                               "closed_form_test_embeddings": ref["closed_form_test_embeddings"],
-                              "F0": np.asarray(init.F0, np.float64), "F0_test": np.asarray(init.F0_test, np.float64)}
+                              "F0": np.asarray(init.F0, np.float64), "F0_test": np.asarray(init.F0_test, np.float64),
+                              "labels": problem.labels, **arrays_extra}
     per_method = {}
     for r in runs:
         name, cmp = r["loss"], r["comparison"]
@@ -247,10 +316,15 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
         "alignment_matrix": M,
         "cross_method_alignment_min": float(off.min()),
         "cross_method_alignment_mean": float(off.mean()),
+        # The kernel flows of the losses, from the same F0 (rows and columns as "labels").
+        "alignment_matrix_theory": M_flow,
+        "cross_method_alignment_theory_min": float(off_flow.min()),
+        "cross_method_alignment_theory_mean": float(off_flow.mean()),
         # Unrelated d-dimensional subspaces of R^m align at about d/m.
         "chance_alignment": d / problem.test_views.shape[0],
         "methods": per_method,
         "wall_time_s": time.perf_counter() - started,
     })
-    pairs = "; ".join(f"{labels[a]}/{labels[b]} {M[a, b]:.3f}" for a in range(k + 1) for b in range(a + 1, k + 1))
-    return f"d={d}, held-out subspace alignment: {pairs}"
+    pairs = "; ".join(f"{labels[a]}/{labels[b]} {M[a, b]:.3f} (flows {M_flow[a, b]:.3f})"
+                      for a in range(k + 1) for b in range(a + 1, k + 1))
+    return f"d={d}, held-out subspace alignment, networks (kernel flows): {pairs}"
