@@ -6,7 +6,7 @@ from stepwise_ntk.experiments import cli
 
 BAD = [
     (["--eps", "0"], "--eps"),
-    (["--kind", "cube"], "--kind"),
+    (["--form", "cube"], "--form"),
     (["--eps-sweep", "0.1", "-1"], "--eps-sweep"),
     (["--net-alphas", "0"], "--net-alphas"),
     (["--net-losses", "byol"], "--net-losses"),

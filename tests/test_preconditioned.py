@@ -87,7 +87,7 @@ def test_aligned_curves_solve_the_growth_law(pc):
     l0 = np.asarray(preconditioned_aligned_eigenvalues(g, lam0, tm, pc))
     rhs = 8 * np.asarray(g) * l0 * (1 - l0) * np.asarray(precondition_factor(jnp.asarray(l0), pc))
     np.testing.assert_allclose((lp - lm) / (2 * h), rhs, rtol=1e-5)
-    if pc.kind == "none":
+    if pc.form == "none":
         np.testing.assert_allclose(lam, np.asarray(aligned_eigenvalues(g, lam0, times)), rtol=1e-9, atol=1e-15)
 
 
@@ -105,8 +105,8 @@ def test_precondition_matrix_against_numpy():
 def test_preconditioner_validation():
     with pytest.raises(ValueError, match="eps"):
         Preconditioner(eps=0.0)
-    with pytest.raises(ValueError, match="kind"):
-        Preconditioner(kind="sqrt")
+    with pytest.raises(ValueError, match="form"):
+        Preconditioner(form="sqrt")
     with pytest.raises(TypeError, match="Preconditioner"):
         precondition_factor(jnp.ones(2), "inverse")
 

@@ -72,11 +72,11 @@ _NET_LOSS_KWARGS: dict[str, dict[str, Any]] = {
 class PreconditionSettings(ExperimentSettings):
     """Settings of ``stepwise-ntk precondition`` (each is a flag: ``--eps 0.01``)."""
 
-    kind: str = dataclasses.field(
+    form: str = dataclasses.field(
         default="inverse", metadata={"help": "preconditioner P(C) = (C+εI)^-k", "choices": PRECONDITIONERS}
     )
     eps: float = dataclasses.field(default=1e-2, metadata={"help": "ε of the preconditioner", "above": 0})
-    power: float = dataclasses.field(default=1.0, metadata={"help": "k for --kind power", "above": 0})
+    power: float = dataclasses.field(default=1.0, metadata={"help": "k for --form power", "above": 0})
     eps_sweep: tuple[float, ...] = dataclasses.field(
         default=(1e-1, 1e-2, 1e-3), metadata={"help": "ε values of the kernel-model sweep"}
     )
@@ -87,6 +87,7 @@ class PreconditionSettings(ExperimentSettings):
     gd_max_steps: int = dataclasses.field(
         default=20_000, metadata={"help": "step budget of gradient descent on the kernel model", "min": 10}
     )
+    kernel_part: bool = dataclasses.field(default=True, metadata={"help": "run the kernel-model part"})
     net_losses: tuple[str, ...] = dataclasses.field(
         default=(), metadata={"help": "losses of the network part (none: skip it)", "choices": tuple(LOSSES)}
     )
@@ -120,7 +121,7 @@ class PreconditionSettings(ExperimentSettings):
             raise ValueError(f"--net-arch-options: {err}") from None
 
     def preconditioner(self, eps: float | None = None) -> Preconditioner:
-        return Preconditioner(self.kind, eps=self.eps if eps is None else eps, power=self.power)
+        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power)
 
 
 # ------------------------------------------------------------------------------ kernel model
@@ -466,7 +467,14 @@ def _fmt(x, spec=".3g"):
     return format(x, spec)
 
 
-def _table(kernel: dict[str, Any], net: dict[str, Any] | None) -> str:
+def _table(kernel: dict[str, Any] | None, net: dict[str, Any] | None) -> str:
+    lines = _kernel_table(kernel) if kernel else []
+    if net and net["runs"]:
+        lines += _net_table(net)
+    return "\n".join(lines) + "\n"
+
+
+def _kernel_table(kernel: dict[str, Any]) -> list[str]:
     lines = ["## Kernel model (linear CIFAR-10 kernel, Barlow Twins)", "",
              "| init scale | λ0 max | ε | time speed-up (solver) | closed form | GD steps plain | GD steps precond. "
              "| GD step speed-up | c plain | c precond. | flow alignment | GD alignment plain / precond. "
@@ -482,22 +490,25 @@ def _table(kernel: dict[str, Any], net: dict[str, Any] | None) -> str:
             f"| {_fmt(r['final_alignment'], '.4f')} "
             f"| {_fmt(r['plain_gd_alignment'], '.3f')} / {_fmt(r['preconditioned_gd_alignment'], '.3f')} "
             f"| {_fmt(r['preconditioned_median_step_time_error'], '.3f')} |")
-    if net and net["runs"]:
-        lines += ["", "## Networks", "",
-                  "| loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
-                  "| c plain | c precond. | probe plain | probe precond. | alignment |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in net["runs"]:
-            a, b = r["plain"], r["preconditioned"]
-            lines.append(
-                f"| {r['loss']} | {r['alpha']:g} | {_fmt(a.get('steps_at_largest_stable'), '.0f')} "
-                f"| {_fmt(b.get('steps_at_largest_stable'), '.0f')} "
-                f"| {_fmt(r['step_speedup_at_largest_stable'], '.2f')} "
-                f"| {_fmt(r['step_speedup_best'], '.2f')} | {_fmt(a.get('largest_stable_step_size'))} "
-                f"| {_fmt(b.get('largest_stable_step_size'))} | {_fmt(a.get('probe_accuracy'), '.3f')} "
-                f"| {_fmt(b.get('probe_accuracy'), '.3f')} "
-                f"| {_fmt(r.get('test_alignment_plain_vs_preconditioned'), '.3f')} |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _net_table(net: dict[str, Any]) -> list[str]:
+    lines = ["", "## Networks", "",
+              "| loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
+              "| c plain | c precond. | probe plain | probe precond. | alignment |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in net["runs"]:
+        a, b = r["plain"], r["preconditioned"]
+        lines.append(
+            f"| {r['loss']} | {r['alpha']:g} | {_fmt(a.get('steps_at_largest_stable'), '.0f')} "
+            f"| {_fmt(b.get('steps_at_largest_stable'), '.0f')} "
+            f"| {_fmt(r['step_speedup_at_largest_stable'], '.2f')} "
+            f"| {_fmt(r['step_speedup_best'], '.2f')} | {_fmt(a.get('largest_stable_step_size'))} "
+            f"| {_fmt(b.get('largest_stable_step_size'))} | {_fmt(a.get('probe_accuracy'), '.3f')} "
+            f"| {_fmt(b.get('probe_accuracy'), '.3f')} "
+            f"| {_fmt(r.get('test_alignment_plain_vs_preconditioned'), '.3f')} |")
+    return lines
 
 
 def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: bool = True) -> str:
@@ -506,18 +517,22 @@ def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: b
 
     s = settings
     started = time.perf_counter()
-    kernel = _kernel_part(s, out, progress)
+    if not (s.kernel_part or s.net_losses):
+        raise ValueError("nothing to run: pass --net-losses or keep the kernel-model part on.")
+    kernel = _kernel_part(s, out, progress) if s.kernel_part else None
     net = _net_part(s, progress) if s.net_losses else None
     curves = net.pop("_curves") if net else []
     if curves:
         _plot_network(out.path / "network.png", curves)
     write_text(out.path / "sweep.md", _table(kernel, net))
     out.write_results({"kernel_model": kernel, "networks": net, "wall_time_s": time.perf_counter() - started})
-    m = kernel["main"]
-    summary = (f"kernel model: all {s.d} modes past 1/2 {m['time_speedup']:.2f}x sooner in effective time "
-               f"(closed form {m['closed_form_time_speedup']:.2f}x), GD steps {m['plain']['gd_steps_to_pass']} -> "
-               f"{m['preconditioned']['gd_steps_to_pass']}; final alignment {m['final_alignment']:.4f}; "
-               f"closed-form step-time error (median) {m['preconditioned']['step_time_median_relative_error']:.3f}")
+    summary = ""
+    if kernel:
+        m = kernel["main"]
+        summary = (f"kernel model: all {s.d} modes past 1/2 {m['time_speedup']:.2f}x sooner in effective time "
+                   f"(closed form {m['closed_form_time_speedup']:.2f}x), GD steps {m['plain']['gd_steps_to_pass']} -> "
+                   f"{m['preconditioned']['gd_steps_to_pass']}; final alignment {m['final_alignment']:.4f}; "
+                   f"closed-form step-time error (median) {m['preconditioned']['step_time_median_relative_error']:.3f}")
     if net:
         for r in net["runs"]:
             summary += (f"\n{r['loss']} α={r['alpha']:g}: steps speed-up "

@@ -8,7 +8,7 @@ initialisation each eigenvalue of ``C`` obeys
 
     dλ/dt = 8 γ λ (1 − λ) p(λ).
 
-:class:`Preconditioner` is the family ``p(λ) = (max(λ, 0) + ε)^(−k)`` (``kind="inverse"``:
+:class:`Preconditioner` is the family ``p(λ) = (max(λ, 0) + ε)^(−k)`` (``form="inverse"``:
 ``k = 1``; ``"power"``: ``k = power``; ``"none"``: ``p = 1``, the plain flow). With
 ``u = ln(λ / (1 − λ))`` (``dλ = λ (1 − λ) du``) the time to go from ``λ_0`` to ``λ`` is
 
@@ -31,9 +31,9 @@ time (``λ = 1/2``) is ``t_½ = [ε ln(1/(2λ_0)) + (1 + ε) ln(2 (1 − λ_0))]
 Example::
 
     >>> import jax.numpy as jnp
-    >>> pc = Preconditioner(kind="inverse", eps=1e-2)
+    >>> pc = Preconditioner(form="inverse", eps=1e-2)
     >>> g, lam0 = jnp.array([1.0]), jnp.array([1e-8])
-    >>> plain = preconditioned_time(g, lam0, 0.5, Preconditioner(kind="none"))
+    >>> plain = preconditioned_time(g, lam0, 0.5, Preconditioner(form="none"))
     >>> fast = preconditioned_time(g, lam0, 0.5, pc)
     >>> round(float(plain[0] / fast[0]), 1)        # ≈ ln(1/λ0) / (ε ln(1/λ0) + ln 2)
     21.0
@@ -75,39 +75,39 @@ class Preconditioner:
     can dip below 0 at small initialisation), so ``P`` is bounded by ``ε^(−k)``.
 
     Attributes:
-      kind: ``"none"`` (``P = I``, the plain flow), ``"inverse"`` (``k = 1``) or
+      form: ``"none"`` (``P = I``, the plain flow), ``"inverse"`` (``k = 1``) or
         ``"power"`` (``k = power``).
       eps: ``ε > 0``: the largest boost is ``ε^(−k)`` (small modes) and the flow near
         ``C = I`` is slowed by ``(1 + ε)^(−k)``.
-      power: ``k > 0`` for ``kind="power"`` (ignored otherwise).
+      power: ``k > 0`` for ``form="power"`` (ignored otherwise).
 
     Example:
-        >>> Preconditioner(kind="inverse", eps=1e-2).exponent
+        >>> Preconditioner(form="inverse", eps=1e-2).exponent
         1.0
-        >>> Preconditioner(kind="cube")
+        >>> Preconditioner(form="cube")
         Traceback (most recent call last):
         ...
-        ValueError: Preconditioner.kind must be one of 'none', 'inverse', 'power'; got 'cube'.
+        ValueError: Preconditioner.form must be one of 'none', 'inverse', 'power'; got 'cube'.
     """
 
-    kind: str = "inverse"
+    form: str = "inverse"
     eps: float = 1e-2
     power: float = 1.0
 
     def __post_init__(self):
-        check_choice("Preconditioner.kind", self.kind, PRECONDITIONERS)
+        check_choice("Preconditioner.form", self.form, PRECONDITIONERS)
         check_number("Preconditioner.eps", self.eps, low=0.0, open_low=True,
                      hint=" (ε = 0 makes P unbounded at C = 0)")
         check_number("Preconditioner.power", self.power, low=0.0, open_low=True)
 
     @property
     def exponent(self) -> float:
-        """``k`` (0 for ``kind="none"``)."""
-        return {"none": 0.0, "inverse": 1.0, "power": float(self.power)}[self.kind]
+        """``k`` (0 for ``form="none"``)."""
+        return {"none": 0.0, "inverse": 1.0, "power": float(self.power)}[self.form]
 
     def describe(self) -> str:
         """A short label, e.g. ``"(C+0.01I)^-1"``."""
-        if self.kind == "none":
+        if self.form == "none":
             return "none"
         return f"(C+{self.eps:g}I)^-{self.exponent:g}"
 
@@ -117,10 +117,10 @@ def _check_pc(precond) -> Preconditioner:
 
 
 def precondition_factor(lam: jax.Array, precond: Preconditioner) -> jax.Array:
-    """``p(λ) = (max(λ, 0) + ε)^(−k)`` elementwise (1 for ``kind="none"``)."""
+    """``p(λ) = (max(λ, 0) + ε)^(−k)`` elementwise (1 for ``form="none"``)."""
     precond = _check_pc(precond)
     lam = jnp.asarray(lam)
-    if precond.kind == "none":
+    if precond.form == "none":
         return jnp.ones_like(lam)
     return (jnp.maximum(lam, 0.0) + precond.eps) ** (-precond.exponent)
 
@@ -136,7 +136,7 @@ def precondition_matrix(C: jax.Array, precond: Preconditioner) -> jax.Array:
     """
     precond = _check_pc(precond)
     C = jnp.asarray(C)
-    if precond.kind == "none":
+    if precond.form == "none":
         return jnp.eye(C.shape[-1], dtype=C.dtype)
     lam, V = jnp.linalg.eigh((C + C.T) / 2)
     return (V * precondition_factor(lam, precond)) @ V.T
@@ -196,7 +196,7 @@ def preconditioned_step_times(es: ContrastiveEigensystem, F0: jax.Array, precond
     """Step times ``t_½`` of the top ``d`` modes under the preconditioner, ``(d,)``.
 
     ``λ_j(0)`` = :func:`stepwise_ntk.theory.initial_eigenvalues` and ``t_½`` =
-    :func:`preconditioned_time` to 1/2 (for ``kind="none"`` this is
+    :func:`preconditioned_time` to 1/2 (for ``form="none"`` this is
     :func:`stepwise_ntk.theory.step_times`).
 
     Example:
@@ -220,7 +220,7 @@ def preconditioned_aligned_eigenvalues(gammas: jax.Array, lambda0: jax.Array, ti
 
     Solves ``G(u_0, u) = 8 γ t`` for ``u = ln(λ/(1 − λ))`` by bisection (``G`` increases in
     ``u`` with slope between ``ε^k`` and ``(1 + ε)^k``, which brackets the root), then
-    ``λ = σ(u)``. ``kind="none"`` reproduces :func:`stepwise_ntk.theory.aligned_eigenvalues`.
+    ``λ = σ(u)``. ``form="none"`` reproduces :func:`stepwise_ntk.theory.aligned_eigenvalues`.
 
     Args:
       gammas: ``(d,)`` contrastive eigenvalues.

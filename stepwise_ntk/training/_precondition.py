@@ -73,7 +73,7 @@ class PreconditionedLoss:
     precond: Preconditioner
 
     def __call__(self, F: jax.Array) -> jax.Array:
-        if self.precond.kind == "none":
+        if self.precond.form == "none":
             return self.loss(F)
         return self.loss(_precondition_cotangent(self.precond, F))
 
