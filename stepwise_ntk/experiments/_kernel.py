@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_prob
 from stepwise_ntk.experiments._run_dir import RunDir
 from stepwise_ntk.kernels import ARCHITECTURES, analytic_ntk, make_architecture
 
-__all__ = ["KernelSettings", "run_kernel", "parse_options", "gaussian_embeddings"]
+__all__ = ["KernelSettings", "architecture_from_options", "run_kernel", "parse_options", "gaussian_embeddings"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +47,7 @@ class KernelSettings(ExperimentSettings):
 
     def architecture(self):
         """The architecture of ``--arch`` with ``--arch-options`` and ``d = --d``."""
-        options = parse_options(self.arch_options)
-        if "d" in options:
-            raise ValueError("--arch-options may not set 'd'; use --d.")
-        return make_architecture(self.arch, d=self.d, **options)
+        return architecture_from_options(self.arch, self.arch_options, d=self.d)
 
 
 def parse_options(text: str) -> dict:
@@ -60,21 +59,49 @@ def parse_options(text: str) -> dict:
 
     Raises:
       TypeError: ``text`` is not a string.
-      ValueError: an item is not ``key=value`` or has an empty key.
+      ValueError: an item is not ``key=value``, has an empty key, or repeats a key.
     """
     check_type("--arch-options", text, str)
-    options = {}
+    options: dict = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in item:
             raise ValueError(f"--arch-options item {item!r} is not key=value; write e.g. depth=3,activation=erf.")
         key, value = (p.strip() for p in item.split("=", 1))
         if not key:
             raise ValueError(f"--arch-options item {item!r} has no key; write e.g. depth=3,activation=erf.")
+        if key in options:
+            raise ValueError(f"--arch-options sets {key!r} twice; give each field once.")
         try:
             options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             options[key] = value
     return options
+
+
+def architecture_from_options(arch: str, text: str, defaults: Mapping[str, Any] | None = None, **fixed: Any):
+    """The registered architecture ``arch`` with ``defaults``, then ``--arch-options`` ``text``, then ``fixed``.
+
+    A subcommand's own defaults (e.g. ``depth=1`` for the network's MLP) sit under the
+    options: ``activation=erf`` changes the activation and keeps the depth. ``fixed``
+    fields (``d``, ``width``) have flags of their own and may not be set in ``text``.
+
+    Example:
+        >>> architecture_from_options("mlp", "activation=erf", {"depth": 1}, d=3).depth
+        1
+
+    Raises:
+      ValueError / TypeError: a malformed option, a field the architecture does not have, a
+        value it refuses, or a ``fixed`` field in ``text``; the message names --arch-options.
+    """
+    options = parse_options(text)
+    for key in fixed:
+        if key in options:
+            raise ValueError(f"--arch-options may not set {key!r}; use --{key}.")
+    try:
+        return make_architecture(arch, **{**(defaults or {}), **options, **fixed})
+    except (TypeError, ValueError) as err:
+        shown = f" {text!r}" if text else ""
+        raise type(err)(f"--arch {arch} --arch-options{shown}: {err}") from None
 
 
 def gaussian_embeddings(key: jax.Array, K: jax.Array, d: int, scale: float) -> jax.Array:

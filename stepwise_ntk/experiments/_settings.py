@@ -44,6 +44,7 @@ from typing import Any
 from stepwise_ntk._checks import check_bool, check_choice, check_int, check_number, check_type
 
 __all__ = [
+    "SEED_MAX",
     "add_settings_arguments",
     "check_settings",
     "flag",
@@ -51,6 +52,9 @@ __all__ = [
     "resolve_settings",
     "settings_to_dict",
 ]
+
+
+SEED_MAX = 2**32 - 1
 
 
 def flag(name: str) -> str:
@@ -111,6 +115,9 @@ def _check_value(name: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Non
     hint = meta.get("hint", "")
     if base is bool:
         check_bool(name, value)
+    elif base is int and name == "--seed":
+        check_int(name, value, low=meta.get("min", 0), high=meta.get("max", SEED_MAX),
+                  hint=hint or " (a 32-bit PRNG seed)")
     elif base is int:
         check_int(name, value, low=meta.get("min"), high=meta.get("max"), hint=hint)
     elif base is float:
@@ -130,7 +137,9 @@ def check_settings(settings: Any) -> None:
     ``float`` (:func:`~stepwise_ntk._checks.check_number`: a finite real number), ``bool``,
     ``str``, ``X | None`` (None allowed), ``tuple[X, ...]`` (each item an ``X``). The field's
     metadata gives the values: ``"min"`` (``≥``) or ``"above"`` (``>``), ``"max"``,
-    ``"choices"``, and a ``"hint"`` added to the message.
+    ``"choices"``, and a ``"hint"`` added to the message. A field named ``seed`` is a PRNG
+    seed: ``0 ≤ seed ≤ SEED_MAX = 2³² − 1`` unless its metadata says otherwise (what
+    ``jax.random.key`` takes without x64, and numpy's subset seeds take too).
 
     Raises:
       TypeError: a field of the wrong type (e.g. a string for an integer).
