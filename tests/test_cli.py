@@ -306,3 +306,19 @@ def test_overwrite_never_mixes_runs(linear_run, tmp_path, capsys, monkeypatch, c
     assert json.loads((out / "config.json").read_text())["settings"]["d"] == 2
     assert json.loads((out / "results.json").read_text())["d"] == 2
     assert not (tmp_path / "run.partial").exists()
+
+
+def test_the_projections_figure_has_axis_labels(tmp_path, monkeypatch):
+    from stepwise_ntk.experiments import _plots
+
+    figures = []
+    monkeypatch.setattr(_plots, "_save", lambda fig, path: figures.append(fig) or path)
+    snaps = np.random.default_rng(0).normal(size=(2, 20, 3))
+    _plots.plot_projections(tmp_path / "p.png", snaps, [0.1, 1.0], labels=np.arange(20) % 10)
+    axes = figures[0].axes
+    assert len(axes) == 2
+    for ax in axes:
+        assert [ax.get_xlabel(), ax.get_ylabel(), ax.get_zlabel()] == ["f·u₁", "f·u₂", "f·u₃"]
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])

@@ -119,6 +119,9 @@ def principal_directions(embeddings: np.ndarray, k: int = 3) -> np.ndarray:
 def plot_projections(path, snapshots, times, *, labels=None, title: str = "") -> Path:
     """The views' embeddings on the last snapshot's top-3 principal directions at a few times.
 
+    Each panel's axes are the coordinates ``f(x) · u_k`` on the principal directions
+    ``u_1, u_2, u_3`` of the last snapshot (the same directions and scale in every panel).
+
     Args:
       snapshots: (S, N, d) embeddings at S times (d >= 3).
       times: (S,).
@@ -136,7 +139,11 @@ def plot_projections(path, snapshots, times, *, labels=None, title: str = "") ->
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_zlim(-lim, lim)
+        ax.set_xlabel("f·u₁")
+        ax.set_ylabel("f·u₂")
+        ax.set_zlabel("f·u₃")
         ax.set_title(f"t = {t:.3g}")
+    fig.supxlabel("embeddings on the top-3 principal directions u₁, u₂, u₃ of the last snapshot", fontsize=9)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
