@@ -74,7 +74,7 @@ PUBLIC = {
         "DEFAULT_RIDGES", "ModeStatistics", "ProbeResult", "SpectralMetrics", "alpha_req",
         "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum", "learned_modes",
         "linear_probe", "mode_statistics", "pair_groups", "participation_ratio", "predicted_spectral_metrics",
-        "probe_curve", "rankme", "spectral_metrics",
+        "probe_curve", "rankme", "spectral_metrics", "stable_step_size",
     ],
     "stepwise_ntk.experiments": [
         "KernelSettings", "LinearSettings", "NetworkProblem", "NetworkSettings", "RunFailedError",

@@ -34,14 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.experiments._kernel import parse_options
+from stepwise_ntk.data import cifar10_pairs, downsample, normalize, positive_pairs, uint8_to_float
+from stepwise_ntk.experiments._kernel import architecture_from_options, parse_options
 from stepwise_ntk.experiments._kernel_model import load_problem_data
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.experiments._settings import check_settings
 from stepwise_ntk.experiments._views import ViewSettings
-from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
+from stepwise_ntk.kernels import ARCHITECTURES
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import (
     KERNELS,
@@ -54,16 +54,21 @@ from stepwise_ntk.predictor import (
     plan_steps,
     plateau_losses,
     predict_run,
+    stable_step_size,
 )
 from stepwise_ntk.solver import SolverSettings, solve
 from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem, final_embeddings, procrustes_align
 
 __all__ = [
+    "ARCH_DEFAULTS",
     "LOSS_SETTINGS",
+    "ArchDefaults",
     "NetworkProblem",
     "NetworkSettings",
     "SharedNetworkSettings",
+    "init_key",
     "network_problem",
+    "per_arch_help",
     "plan_run",
     "rise_times",
     "run_network",
@@ -83,14 +88,75 @@ _SOLVER = SolverSettings(integrator="dopri5")
 
 
 @dataclasses.dataclass(frozen=True)
-class SharedNetworkSettings(ViewSettings):
-    """Settings shared by ``stepwise-ntk network`` and ``stepwise-ntk sweep``."""
+class ArchDefaults:
+    """What ``network`` / ``sweep`` use for one architecture where a setting is left at none.
 
-    n_pairs: int = dataclasses.field(
-        default=256, metadata={"help": "training images n (2n augmented views)", "min": 1}
+    Chosen so that each run shows the staircase (``d`` distinct steps, in order) and finishes
+    in a few minutes on a 2-core CPU; every one is a flag (``--width``, ``--n-pairs``, ...).
+
+    Attributes:
+      options: architecture fields under ``--arch-options`` (e.g. the MLP's ``depth=1``).
+      width: network width; widths: the sweep's widths.
+      n_pairs, sweep_n_pairs: training images of ``network`` and of ``sweep``.
+      n_test: held-out images.
+      downsample: average-pooling factor of the 32×32 images.
+      alpha: output scale α.
+      rate: ``c · 8 γ_1(Θ)`` with ``Θ`` the network's empirical NTK at initialisation.
+      gallery_pool: clean images the mode gallery picks from.
+    """
+
+    options: dict[str, Any]
+    width: int
+    widths: tuple[int, ...]
+    n_pairs: int
+    sweep_n_pairs: int
+    n_test: int
+    downsample: int
+    alpha: float
+    rate: float
+    gallery_pool: int
+
+
+ARCH_DEFAULTS: dict[str, ArchDefaults] = {
+    # A one-hidden-layer MLP on 8×8 images.
+    "mlp": ArchDefaults(options={"depth": 1}, width=1024, widths=(64, 256, 1024, 4096), n_pairs=256,
+                        sweep_n_pairs=128, n_test=128, downsample=4, alpha=0.05, rate=0.1, gallery_pool=1000),
+    # Myrtle-5 on 8×8 images (on 4×4 its last stage would be 1×1: a 3×3 conv sees 1/9 of
+    # its window) and a one-block-per-group wide ResNet on 4×4: a CPU's worth of convolutions.
+    # Narrow convolutional networks leave the kernel regime as they learn (their NTK grows
+    # tens of times over the first step), so their rate keeps a margin for that growth.
+    "myrtle": ArchDefaults(options={"depth": 5}, width=16, widths=(8, 16, 32), n_pairs=32, sweep_n_pairs=32,
+                           n_test=64, downsample=4, alpha=0.2, rate=0.05, gallery_pool=256),
+    "wrn": ArchDefaults(options={"blocks_per_group": 1}, width=16, widths=(4, 8, 16), n_pairs=64,
+                        sweep_n_pairs=32, n_test=64, downsample=8, alpha=0.05, rate=0.2, gallery_pool=256),
+}
+
+
+def per_arch_help(name: str) -> str:
+    """Help text: the default of a field for each architecture."""
+    def show(v):
+        return " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+    return "none: per --arch, " + ", ".join(f"{a} {show(getattr(d, name))}" for a, d in ARCH_DEFAULTS.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedNetworkSettings(ViewSettings):
+    """Settings shared by ``stepwise-ntk network`` and ``stepwise-ntk sweep``.
+
+    Settings left at None take the architecture's default (:data:`ARCH_DEFAULTS`), filled in
+    when the settings are made (so ``config.json`` and every consumer see the values used);
+    to change ``arch`` of a settings object, build a new one rather than
+    ``dataclasses.replace`` it (that keeps the other architecture's filled-in values).
+    """
+
+    n_pairs: int | None = dataclasses.field(
+        default=None, metadata={"help": f"training images n (2n augmented views; {per_arch_help('n_pairs')})",
+                                "min": 1}
     )
-    n_test: int = dataclasses.field(
-        default=128, metadata={"help": "held-out images (2 views each, other split)", "min": 1}
+    n_test: int | None = dataclasses.field(
+        default=None, metadata={"help": f"held-out images (2 views each, other split; {per_arch_help('n_test')})",
+                                "min": 1}
     )
     d: int | None = dataclasses.field(
         default=None,
@@ -101,16 +167,20 @@ class SharedNetworkSettings(ViewSettings):
         default="mlp", metadata={"help": "registered architecture", "choices": tuple(sorted(ARCHITECTURES))}
     )
     arch_options: str = dataclasses.field(
-        default="depth=1", metadata={"help": "architecture fields as key=value,... (e.g. depth=2,activation=erf)"}
+        default="", metadata={"help": "architecture fields as key=value,... on top of the defaults (mlp: depth=1, "
+                                      "myrtle: depth=5, wrn: blocks_per_group=1), e.g. depth=2,activation=erf"}
     )
-    alpha: float = dataclasses.field(
-        default=0.05, metadata={"help": "output scale α of f = α·net (small init)", "above": 0}
+    alpha: float | None = dataclasses.field(
+        default=None, metadata={"help": f"output scale α of f = α·net (small init; {per_arch_help('alpha')})",
+                                "above": 0}
     )
     step_size: float | None = dataclasses.field(
         default=None, metadata={"help": "gradient step c on Θ, learning rate c/α² (none: from --rate)", "above": 0}
     )
-    rate: float = dataclasses.field(
-        default=0.1, metadata={"help": "with --step-size none: c = rate / (8 γ_1(Θ))", "above": 0}
+    rate: float | None = dataclasses.field(
+        default=None, metadata={"help": "with --step-size none: c = rate / (8 γ_1(Θ)), Θ the network's empirical "
+                                        f"NTK at initialisation ({per_arch_help('rate')})",
+                                "above": 0, "max": 1.9}
     )
     horizon: float = dataclasses.field(
         default=2.0,
@@ -118,7 +188,9 @@ class SharedNetworkSettings(ViewSettings):
                   "hint": " (train at least until the predicted last step)"},
     )
     max_steps: int = dataclasses.field(default=20_000, metadata={"help": "refuse runs longer than this", "min": 1})
-    n_records: int = dataclasses.field(default=200, metadata={"help": "log-spaced training records", "min": 1})
+    n_records: int = dataclasses.field(
+        default=200, metadata={"help": "log-spaced training records", "min": 10, "hint": " (to resolve the steps)"}
+    )
     train_dtype: str = dataclasses.field(
         default="float32", metadata={"help": "precision of the network", "choices": ("float32", "float64")}
     )
@@ -131,51 +203,77 @@ class SharedNetworkSettings(ViewSettings):
                                    "choices": ("train", "test")}
     )
     # Smaller images than the kernel-model experiments: finite networks train on the CPU.
-    downsample: int = dataclasses.field(default=4, metadata={"help": "average-pool images by this factor", "min": 1})
+    downsample: int | None = dataclasses.field(
+        default=None, metadata={"help": f"average-pool images by this factor ({per_arch_help('downsample')})", "min": 1}
+    )
+
+    def arch_defaults(self) -> dict[str, Any]:
+        """The values that settings left at None take for this ``arch`` (field -> value)."""
+        a = ARCH_DEFAULTS[self.arch]
+        values = {"n_pairs": a.n_pairs, "n_test": a.n_test, "downsample": a.downsample, "alpha": a.alpha,
+                  "rate": a.rate, "width": a.width, "gallery_pool": a.gallery_pool}
+        names = {f.name for f in dataclasses.fields(self)}
+        return {k: v for k, v in values.items() if k in names}
 
     def __post_init__(self):
-        check_settings(self)
+        check_settings(self)  # the arch first: the defaults are looked up by it
+        # The one place where the architecture's defaults are filled in.
+        for name, value in self.arch_defaults().items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         parse_options(self.arch_options)  # a malformed option fails before any data is loaded
 
     def base_architecture(self, width: int):
         """The architecture at ``width`` with ``d = 1`` (the analytic NTK does not depend on d)."""
-        options = parse_options(self.arch_options)
-        for key in ("width", "d"):
-            if key in options:
-                raise ValueError(f"--arch-options may not set {key!r}; use --{key}.")
-        return make_architecture(self.arch, width=width, d=1, **options)
+        return architecture_from_options(self.arch, self.arch_options, ARCH_DEFAULTS[self.arch].options,
+                                         width=width, d=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSettings(SharedNetworkSettings):
     """Settings of ``stepwise-ntk network`` (each is a flag: ``--width 2048``)."""
 
-    width: int = dataclasses.field(default=1024, metadata={"help": "hidden width of the network", "min": 1})
+    width: int | None = dataclasses.field(
+        default=None, metadata={"help": f"hidden width of the network ({per_arch_help('width')})", "min": 1}
+    )
     loss: str = dataclasses.field(
         default="barlow_twins", metadata={"help": "SSL loss (network and theory)", "choices": tuple(LOSS_SETTINGS)}
     )
     kernel: str = dataclasses.field(
         default="analytic",
-        metadata={"help": "NTK of the theory: infinite width, or the network's at init / after training",
+        metadata={"help": "the NTK of the figures and headline numbers (all three are in results.json: "
+                          "infinite width, the network's at init, after training)",
                   "choices": KERNELS},
+    )
+    batch_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "pairs per gradient step (none: all, full batch)", "min": 1}
+    )
+    fresh_views: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "train on fresh augmentations of the images every step (the fixed views stay the "
+                          "probe set of the records and the theory)"},
     )
     n_times: int = dataclasses.field(
         default=400,
         metadata={"help": "log-spaced times of the theory curves", "min": 10, "hint": " (to resolve the steps)"},
     )
     gallery_modes: int = dataclasses.field(default=4, metadata={"help": "modes shown in modes.png (<= d)", "min": 1})
-    gallery_pool: int = dataclasses.field(
-        default=1000, metadata={"help": "clean images the gallery picks from", "min": 1}
+    gallery_pool: int | None = dataclasses.field(
+        default=None, metadata={"help": f"clean images the gallery picks from ({per_arch_help('gallery_pool')})",
+                                "min": 1}
     )
 
     def __post_init__(self):
         super().__post_init__()
         self.base_architecture(self.width)  # bad --arch-options fail here, before any data is loaded
+        if self.batch_size is not None and self.batch_size > self.n_pairs:
+            raise ValueError(f"--batch-size must be at most --n-pairs = {self.n_pairs} (pairs per step), "
+                             f"got {self.batch_size}.")
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkProblem:
-    """Views, held-out views, the analytic NTK and the choices made from it."""
+    """Views, held-out views, the network at initialisation and its kernels, and the choices made from them."""
 
     views: np.ndarray  # (2n, H, W, C) float64, pairing order
     test_views: np.ndarray  # (2m, H, W, C) float64, held-out pairs from the other split
@@ -185,6 +283,10 @@ class NetworkProblem:
     theta_gammas: np.ndarray  # (2n,) contrastive eigenvalues of Θ (before α²), descending
     d: int
     step_size: float
+    arch: Any = None  # ArchSpec at the width, with d outputs
+    init: Any = None  # NetworkInit: θ_0 and F0, F0_test in the training dtype
+    init_kernel: Any = None  # NetworkKernel: the empirical Θ at θ_0 on the views and held-out views
+    init_gammas: np.ndarray | None = None  # (2n,) its contrastive eigenvalues
 
 
 def _held_out_views(s: SharedNetworkSettings, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -194,12 +296,19 @@ def _held_out_views(s: SharedNetworkSettings, key: jax.Array) -> tuple[np.ndarra
     return np.asarray(views), labels
 
 
-def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, progress: bool = False) -> NetworkProblem:
-    """Add held-out views, choose ``d`` and the step ``c`` from the analytic NTK ``Θ`` of the views.
+def init_key(seed: int) -> jax.Array:
+    """The initialisation key of every network experiment with this seed (the views use the other half)."""
+    return jax.random.split(jax.random.PRNGKey(seed))[1]
 
-    ``d``: ``s.d``, or 3 or 4, whichever has the larger gap ``γ_d/γ_{d+1}``
-    (:func:`stepwise_ntk.predictor._sweep.choose_d`). ``c``: ``s.step_size``, or ``s.rate / (8 γ_1(Θ))``
-    so that gradient descent on the kernel model is well inside its stability limit.
+
+def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, progress: bool = False) -> NetworkProblem:
+    """Add held-out views, choose ``d``, initialise the network and choose the step ``c`` from its kernel.
+
+    ``d``: ``s.d``, or 3 or 4, whichever has the larger gap ``γ_d/γ_{d+1}`` of the analytic
+    NTK (:func:`stepwise_ntk.predictor.choose_d`). The network ``arch`` at ``width`` with ``d``
+    outputs is initialised with :func:`init_key` ``(s.seed)``; ``c``: ``s.step_size``, or
+    ``s.rate / (8 γ_1(Θ_0))`` with ``Θ_0`` its empirical NTK at initialisation
+    (:func:`stepwise_ntk.predictor.stable_step_size`): the stable step of *this* network.
     """
     views = np.asarray(views, np.float64)
     test_views, test_labels = _held_out_views(s, jax.random.fold_in(jax.random.PRNGKey(s.seed), 1))
@@ -212,8 +321,16 @@ def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, prog
         d = s.d
         check_enough_modes(es, d)
     g = np.asarray(es.gammas, np.float64)
-    step = s.step_size if s.step_size is not None else s.rate / (8.0 * g[0])
-    return NetworkProblem(views, test_views, np.asarray(labels), np.asarray(test_labels), kernel, g, d, float(step))
+    arch = s.base_architecture(width).replace(d=d)
+    train_dt = np.dtype(s.train_dtype)
+    init = init_network(arch, views.astype(train_dt), test_views.astype(train_dt), alpha=s.alpha,
+                        key=init_key(s.seed))
+    init_kernel = network_kernel(arch, views, test_views, kernel="empirical_init", params=init.params,
+                                 progress=progress)
+    g0 = np.asarray(contrastive_eigensystem(jnp.asarray(init_kernel.K), s.n_pairs).gammas, np.float64)
+    step = s.step_size if s.step_size is not None else stable_step_size(init_kernel.K, s.n_pairs, s.rate)
+    return NetworkProblem(views, test_views, np.asarray(labels), np.asarray(test_labels), kernel, g, d, float(step),
+                          arch=arch, init=init, init_kernel=init_kernel, init_gammas=g0)
 
 
 def rise_times(times, eigenvalues, *, relative: bool) -> np.ndarray:
@@ -236,24 +353,35 @@ def rise_times(times, eigenvalues, *, relative: bool) -> np.ndarray:
 def plan_run(arch, problem: NetworkProblem, init, kernel, s: SharedNetworkSettings, loss: str) -> tuple[int, float]:
     """Gradient steps to run: ``horizon ×`` the kernel model's last step time, from this ``F0``.
 
-    Barlow Twins: :func:`stepwise_ntk.predictor._sweep.plan_steps` (the flow until every eigenvalue
-    has crossed 1/2). Other losses: their kernel flow up to ``max_steps`` and the last
-    :func:`rise_times` (``relative=True``) on it.
+    The last step time is the later of the kernel model on ``kernel`` and on the network's
+    own kernel at initialisation (``problem.init_kernel``, when ``init`` is ``problem.init``):
+    a narrow network follows its own kernel more closely than the infinite-width one, so the
+    run is long enough for either. Barlow Twins: :func:`stepwise_ntk.predictor.plan_steps`
+    (the flow until every eigenvalue has crossed 1/2). Other losses: their kernel flow up to
+    ``max_steps`` and the last :func:`rise_times` (``relative=True``) on it.
     """
+    kernels = [kernel]
+    if problem.init_kernel is not None and init is problem.init and problem.init_kernel is not kernel:
+        kernels.append(problem.init_kernel)
     cfg = WidthSweepSettings(widths=(arch.width,), alpha=s.alpha, step_size=problem.step_size, horizon=s.horizon,
-                      max_steps=s.max_steps, n_records=max(s.n_records, 2), seed=s.seed, train_dtype=s.train_dtype)
-    if loss == "barlow_twins":
-        return plan_steps(arch, problem.views, problem.test_views, init, kernel, cfg)
+                             max_steps=s.max_steps, n_records=max(s.n_records, 2), seed=s.seed,
+                             train_dtype=s.train_dtype)
     lr = cfg.learning_rate
-    grid = np.geomspace(lr, lr * s.max_steps, cfg.plan_points)
-    traj = solve(s.alpha**2 * jnp.asarray(kernel.K), s.n_pairs, jnp.asarray(init.F0, jnp.float64), grid, loss=loss,
-                 loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", settings=_SOLVER)
-    t_last = float(np.max(rise_times(grid, traj.eigenvalues, relative=True)))
-    steps = math.ceil(s.horizon * t_last / lr)
-    if not np.isfinite(t_last) or steps > s.max_steps:
+    t_last = 0.0
+    for k in kernels:
+        if loss == "barlow_twins":
+            t_last = max(t_last, plan_steps(arch, problem.views, problem.test_views, init, k, cfg)[1])
+            continue
+        grid = np.geomspace(lr, lr * s.max_steps, cfg.plan_points)
+        traj = solve(s.alpha**2 * jnp.asarray(k.K), s.n_pairs, jnp.asarray(init.F0, jnp.float64), grid, loss=loss,
+                     loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", settings=_SOLVER)
+        t_last = max(t_last, float(np.max(rise_times(grid, traj.eigenvalues, relative=True))))
+    steps = math.ceil(s.horizon * t_last / lr) if np.isfinite(t_last) else None
+    if steps is None or steps > s.max_steps:
         raise ValueError(
-            f"the {loss} kernel model needs {steps if np.isfinite(t_last) else 'more than --max-steps'} gradient "
-            f"steps of size c = {problem.step_size:.4g} (horizon {s.horizon}); raise --max-steps, --rate or --alpha."
+            f"the {loss} kernel model needs {steps if steps is not None else 'more than --max-steps'} gradient "
+            f"steps of size c = {problem.step_size:.4g} (horizon {s.horizon}) > --max-steps {s.max_steps}; raise "
+            f"--max-steps, --rate or --alpha."
         )
     return steps, t_last
 
@@ -273,8 +401,56 @@ def _snapshot_indices(times: np.ndarray, steps: np.ndarray) -> list[int]:
     return [int(np.nanargmin(np.abs(logt - np.log(t)))) for t in snap_t]
 
 
+def _fresh_views(key: jax.Array, images: jax.Array, *, settings, factor: int) -> jax.Array:
+    """Fresh views of ``images`` (pixels in [0, 1]) as the fixed views are made: augment, normalise, pool."""
+    return downsample(normalize(positive_pairs(key, images, settings)), factor)
+
+
+def _theory(arch, problem: NetworkProblem, init, nk, times, s: SharedNetworkSettings, loss: str):
+    """The kernel model of the run on the kernel ``nk``: Barlow Twins' closed form, and the flow of ``loss``.
+
+    For SimCLR and VICReg the flow is the solver's function route on the same ``K = α² Θ``
+    (the closed-form quantities stay Barlow Twins').
+    """
+    pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=nk,
+                       F0_test=init.F0_test, solver_settings=_SOLVER)
+    if loss != "barlow_twins":
+        traj = solve(pred.K, s.n_pairs, jnp.asarray(init.F0, jnp.float64), times, loss=loss,
+                     loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", K_test=pred.K_test,
+                     F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER)
+        pred = dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
+                                   embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
+                                   trajectory=traj)
+    return pred
+
+
+def _kernel_report(pred, cmp, net_steps: np.ndarray, is_bt: bool) -> dict[str, Any]:
+    """One kernel's theory against the network: step times, eigenvalue curves, held-out alignment."""
+    th_steps = rise_times(np.asarray(pred.times), np.asarray(pred.eigenvalues), relative=not is_bt)
+    closed = np.sort(np.asarray(pred.step_times, np.float64))
+    rel_closed = np.abs(net_steps - closed) / closed
+    g = np.asarray(pred.gammas, np.float64)
+    return {
+        "gammas": g[: pred.d + 4],
+        "gap_ratio_d": pred.gap,
+        "predicted_step_times": closed,
+        "theory_step_times": th_steps,
+        "step_time_ratio": net_steps / th_steps,
+        "step_time_median_ratio": float(np.nanmedian(net_steps / th_steps)),
+        "step_time_relative_error": rel_closed if is_bt else None,
+        "eigenvalue_error_rms": cmp.eigenvalue_error_rms,
+        "eigenvalue_error_max": cmp.eigenvalue_error_max,
+        "test_alignment": cmp.test_alignment,
+        "test_alignment_flow": cmp.test_alignment_flow,
+        "train_alignment": cmp.train_alignment,
+        "test_procrustes_error": cmp.test_procrustes_error,
+        "test_procrustes_error_flow": cmp.test_procrustes_error_flow,
+        "final_loss_theory": float(np.asarray(pred.loss)[-1]),
+    }
+
+
 def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True) -> str:
-    """Train the network, build its theory, write ``results.json``, ``arrays.npz`` and figures."""
+    """Train the network, build its theory on all three kernels, write ``results.json``, ``arrays.npz`` and figures."""
     from stepwise_ntk.training import TrainSettings, train
 
     s = settings
@@ -282,17 +458,23 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     data = load_problem_data(s)  # the views and clean pool of the kernel-model experiments
     problem = network_problem(s, data.views, data.labels, s.width, progress=progress)
     d, n = problem.d, s.n_pairs
-    arch = s.base_architecture(s.width).replace(d=d)
+    arch, init = problem.arch, problem.init
     train_dt = np.dtype(s.train_dtype)
     views_t, test_t = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
-    init = init_network(arch, views_t, test_t, alpha=s.alpha, key=data.key_init)
-    analytic = problem.kernel
-    steps, t_plan = plan_run(arch, problem, init, analytic, s, s.loss)
+    steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, s.loss)
     lr = problem.step_size / s.alpha**2
     cfg = TrainSettings(loss=_train_loss(s.loss), learning_rate=lr, steps=steps, alpha=s.alpha,
-                      n_records=s.n_records, record_embeddings=True, seed=s.seed)
+                        batch_size=s.batch_size, n_records=s.n_records, record_embeddings=True, seed=s.seed)
+    fresh = {}
+    if s.fresh_views:  # the clean images of the training pairs, augmented anew at every step
+        images = uint8_to_float(data.dataset.images[data.indices], train_dt)
+        fresh = dict(augment=functools.partial(_fresh_views, settings=s.augment(), factor=s.downsample),
+                     images=images)
     t0 = time.perf_counter()
-    res = train(arch, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
+    # Checkpointed in the partial run folder: a rerun after an interruption continues from the
+    # last checkpoint with a bit-identical result.
+    res = train(arch, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress,
+                checkpoint_dir=out.resume_dir("train"), resume=True, **fresh)
     train_seconds = time.perf_counter() - t0
     if res.diverged_at is not None:
         raise RunFailedError(
@@ -300,27 +482,26 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
             f"--step-size) or --alpha."
         )
 
-    # The theory of this run: K = α² Θ from the network's own F0, on the run's time axis.
-    times = np.geomspace(lr, lr * steps, s.n_times)
-    kernel = analytic if s.kernel == "analytic" else s.kernel
-    params = {"analytic": None, "empirical_init": init.params, "empirical_final": res.params}[s.kernel]
-    pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=kernel,
-                       params=params, F0_test=init.F0_test, solver_settings=_SOLVER, progress=progress)
+    # The theory of this run on each kernel: K = α² Θ from the network's own F0, on the run's
+    # time axis; the network's step times are measured once.
     is_bt = s.loss == "barlow_twins"
-    if not is_bt:  # the flow of this loss replaces the Barlow Twins flow (closed forms stay BT's)
-        traj = solve(pred.K, n, jnp.asarray(init.F0, jnp.float64), times, loss=s.loss,
-                     loss_kwargs=LOSS_SETTINGS[s.loss] or None, method="function", K_test=pred.K_test,
-                     F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER)
-        pred = dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
-                                   embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
-                                   trajectory=traj)
-    cmp = compare_run(pred, res, arch=arch)
-
     net_t, net_loss, net_eig = (
         res.effective_times, np.asarray(res.loss, np.float64), np.asarray(res.eigenvalues, np.float64)
     )
-    th_t, th_loss, th_eig = np.asarray(pred.times), np.asarray(pred.loss), np.asarray(pred.eigenvalues)
     net_steps = rise_times(net_t, net_eig, relative=not is_bt)
+    times = np.geomspace(lr, lr * steps, s.n_times)
+    final_kernel = network_kernel(arch, problem.views, problem.test_views, kernel="empirical_final",
+                                  params=res.params, progress=progress)
+    kernels = {"analytic": problem.kernel, "empirical_init": problem.init_kernel, "empirical_final": final_kernel}
+    preds, cmps, reports = {}, {}, {}
+    for name, nk in kernels.items():
+        preds[name] = _theory(arch, problem, init, nk, times, s, s.loss)
+        cmps[name] = compare_run(preds[name], res, arch=arch)
+        reports[name] = _kernel_report(preds[name], cmps[name], net_steps, is_bt)
+    pred, cmp = preds[s.kernel], cmps[s.kernel]
+    params = {"analytic": None, "empirical_init": init.params, "empirical_final": res.params}[s.kernel]
+
+    th_t, th_loss, th_eig = np.asarray(pred.times), np.asarray(pred.loss), np.asarray(pred.eigenvalues)
     flow_steps = rise_times(th_t, th_eig, relative=not is_bt)
     ratio = net_steps / flow_steps
     closed = np.sort(np.asarray(pred.step_times, np.float64))
@@ -328,7 +509,8 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     rel_flow = np.abs(net_steps - flow_steps) / flow_steps
     g = np.asarray(pred.gammas, np.float64)
 
-    title = (f"{arch.name} width {s.width}, {s.loss}, CIFAR-10 n={n}, d={d}, α={s.alpha}: "
+    mode = ("fresh views" if s.fresh_views else "fixed views") + (f", batch {s.batch_size}" if s.batch_size else "")
+    title = (f"{arch.name} width {s.width}, {s.loss}, CIFAR-10 n={n}, d={d}, α={s.alpha} ({mode}): "
              f"network vs {s.kernel} NTK theory")
     plot_network_vs_theory(out.path / "staircase.png", net_t, net_loss, net_eig, th_t, th_loss, th_eig,
                            step_times=closed if is_bt else flow_steps,
@@ -356,7 +538,8 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         network_times=net_t, network_loss=net_loss, network_eigenvalues=net_eig,
         theory_times=th_t, theory_loss=th_loss, theory_eigenvalues=th_eig,
         predicted_step_times=closed, network_step_times=net_steps, theory_step_times=flow_steps,
-        gammas=g, theta_gammas=problem.theta_gammas, lambda0=np.asarray(pred.lambda0),
+        gammas=g, theta_gammas=problem.theta_gammas, init_theta_gammas=problem.init_gammas,
+        lambda0=np.asarray(pred.lambda0),
         F0=np.asarray(init.F0, np.float64), F0_test=np.asarray(init.F0_test, np.float64),
         train_embeddings=np.asarray(res.train_embeddings, np.float64),
         test_embeddings=np.asarray(res.test_embeddings, np.float64),
@@ -364,6 +547,8 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         flow_test_embeddings=np.asarray(pred.flow_test_embeddings),
         snapshot_times=net_t[snap_idx], snapshots=snapshots, labels=problem.labels, test_labels=problem.test_labels,
         gallery_network_modes=np.asarray(net_modes), gallery_theory_modes=theory_pool,
+        **{f"theory_eigenvalues_{name}": np.asarray(p.eigenvalues) for name, p in preds.items()},
+        **{f"closed_form_test_embeddings_{name}": np.asarray(p.test_embeddings) for name, p in preds.items()},
     )
     results: dict[str, Any] = {
         "architecture": arch.to_config(),
@@ -375,7 +560,13 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         "d": d,
         "alpha": s.alpha,
         "step_size": problem.step_size,
+        "step_size_from": "--step-size" if s.step_size is not None else
+                          f"rate {s.rate} / (8 γ_1 of the empirical NTK at initialisation)",
+        "init_theta_gamma_1": float(problem.init_gammas[0]),
+        "analytic_theta_gamma_1": float(problem.theta_gammas[0]),
         "learning_rate": lr,
+        "batch_size": s.batch_size,
+        "fresh_views": s.fresh_views,
         "steps": steps,
         "planned_last_step_time": t_plan,
         "gammas": g[: d + 4],
@@ -405,13 +596,17 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         "test_procrustes_error_flow": cmp.test_procrustes_error_flow,
         "eigenvalue_error_rms": cmp.eigenvalue_error_rms,
         "eigenvalue_error_max": cmp.eigenvalue_error_max,
+        # The same comparison on each of the three kernels (the headline above is --kernel's).
+        "kernels": reports,
         "train_seconds": train_seconds,
         "wall_time_s": time.perf_counter() - started,
     }
     out.write_results(results)
     med = np.nanmedian(ratio)
+    per_kernel = ", ".join(f"{name} {r['test_alignment']:.3f}" for name, r in reports.items())
     return (
         f"{steps} steps in {train_seconds:.1f} s; step time network/theory median {med:.3f} "
         f"(per mode {np.round(ratio, 3).tolist()}); held-out alignment with the predicted modes "
-        f"{cmp.test_alignment:.4f} (with the kernel flow {cmp.test_alignment_flow:.4f}); final loss {net_loss[-1]:.3g}"
+        f"{cmp.test_alignment:.4f} (with the kernel flow {cmp.test_alignment_flow:.4f}); by kernel: {per_kernel}; "
+        f"final loss {net_loss[-1]:.3g}"
     )

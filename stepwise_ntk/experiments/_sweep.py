@@ -17,6 +17,7 @@ width's eigenvalue curves over its theory's).
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from typing import Any
 
@@ -24,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stepwise_ntk._io import write_bytes
 from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.experiments._network import SharedNetworkSettings, network_problem
+from stepwise_ntk.experiments._network import ARCH_DEFAULTS, SharedNetworkSettings, network_problem, per_arch_help
 from stepwise_ntk.experiments._plots import plot_width_curves, plot_width_sweep
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.predictor import KERNELS, WidthSweepSettings, width_sweep
@@ -37,29 +39,37 @@ __all__ = ["SweepSettings", "run_sweep", "sweep_config"]
 class SweepSettings(SharedNetworkSettings):
     """Settings of ``stepwise-ntk sweep`` (each is a flag: ``--widths 64 256 1024``)."""
 
-    n_pairs: int = dataclasses.field(
-        default=128, metadata={"help": "training images n (2n augmented views)", "min": 1}
+    n_pairs: int | None = dataclasses.field(
+        default=None, metadata={"help": f"training images n (2n augmented views; {per_arch_help('sweep_n_pairs')})",
+                                "min": 1}
     )
-    widths: tuple[int, ...] = dataclasses.field(
-        default=(64, 256, 1024, 4096), metadata={"help": "hidden widths, increasing"}
+    widths: tuple[int, ...] | None = dataclasses.field(
+        default=None, metadata={"help": f"widths, increasing ({per_arch_help('widths')})"}
     )
     kernels: tuple[str, ...] = dataclasses.field(
-        default=("analytic",), metadata={"help": f"theories to compare with, from {', '.join(KERNELS)}"}
+        default=KERNELS, metadata={"help": f"theories to compare with, from {', '.join(KERNELS)} (the figures: "
+                                           "the first)"}
     )
+
+    def arch_defaults(self) -> dict:
+        a = ARCH_DEFAULTS[self.arch]
+        return {**super().arch_defaults(), "n_pairs": a.sweep_n_pairs, "widths": a.widths}
 
     def __post_init__(self):
         super().__post_init__()
-        # WidthSweepSettings checks widths and kernels; the step size is only known after the
-        # kernel is computed, so a stand-in value takes its place here.
-        sweep_config(self, self.step_size or 1.0)
+        sweep_config(self, self.step_size)  # WidthSweepSettings checks widths and kernels
         self.base_architecture(self.widths[0])  # bad --arch-options fail before any data is loaded
 
 
-def sweep_config(s: SweepSettings, step_size: float) -> WidthSweepSettings:
-    """The :class:`WidthSweepSettings` of these settings with gradient step ``c = step_size``."""
-    return WidthSweepSettings(widths=tuple(s.widths), alpha=s.alpha, step_size=step_size, horizon=s.horizon,
-                       max_steps=s.max_steps, kernels=tuple(s.kernels), n_records=s.n_records, seed=s.seed,
-                       train_dtype=s.train_dtype)
+def sweep_config(s: SweepSettings, step_size: float | None) -> WidthSweepSettings:
+    """The :class:`WidthSweepSettings` of these settings with gradient step ``c = step_size``.
+
+    ``step_size=None``: each width takes its own ``s.rate / (8 γ_1(Θ_0))`` from its empirical
+    NTK at initialisation (:func:`stepwise_ntk.predictor.stable_step_size`).
+    """
+    return WidthSweepSettings(widths=tuple(s.widths), alpha=s.alpha, step_size=step_size, rate=s.rate,
+                              horizon=s.horizon, max_steps=s.max_steps, kernels=tuple(s.kernels),
+                              n_records=s.n_records, seed=s.seed, train_dtype=s.train_dtype)
 
 
 def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) -> str:
@@ -72,8 +82,8 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
                                      downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
     problem = network_problem(s, views, labels, s.widths[0], progress=progress)
     arch = s.base_architecture(s.widths[0]).replace(d=problem.d)
-    config = sweep_config(s, problem.step_size)
-    result = width_sweep(arch, problem.views, problem.test_views, config, progress=progress)
+    config = sweep_config(s, s.step_size)  # None: every width's step from its own kernel
+    result = _resumable_sweep(out, arch, problem.views, problem.test_views, config, progress=progress)
     summary = result.summary()
     kind = config.kernels[0]
     ok = [r for r in result.runs if r.diverged_at is None]
@@ -110,7 +120,8 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
     out.save_arrays(**arrays)
     out.write_results({
         "kernel": kind,
-        "step_size": problem.step_size,
+        "step_size": s.step_size,
+        "step_sizes": [r.learning_rate * s.alpha**2 for r in result.runs],  # each width's c
         "input_shape": list(problem.views.shape[1:]),
         **result.to_dict(),
         "wall_time_s": time.perf_counter() - started,
@@ -121,3 +132,25 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
     )
     diverged = summary["diverged_widths"]
     return f"d={problem.d}, {kind} theory. {per_width}" + (f"; diverged widths {diverged}" if diverged else "")
+
+
+def _resumable_sweep(out: RunDir, arch, views, test_views, config: WidthSweepSettings, *, progress: bool):
+    """:func:`width_sweep` one width at a time, each finished width kept for a rerun to resume from.
+
+    Each width has its own key (``fold_in(key(seed), width)``) and plan, so sweeping the
+    widths one by one gives the numbers of one sweep over all of them; a finished width is
+    pickled into ``resume/widths/`` of the partial run folder and read back by a rerun.
+    """
+    folder = out.resume_dir("widths")
+    parts = []
+    for width in config.widths:
+        path = folder / f"width_{width}.pkl"
+        if path.is_file():
+            part = pickle.loads(path.read_bytes())
+        else:
+            part = width_sweep(arch, views, test_views, dataclasses.replace(config, widths=(width,)),
+                               progress=progress)
+            write_bytes(path, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        parts.append(part)
+    return dataclasses.replace(parts[0], settings=config, runs=tuple(r for p in parts for r in p.runs),
+                               seconds=sum(p.seconds for p in parts))

@@ -72,6 +72,7 @@ from stepwise_ntk.predictor._spectral import (
     rankme,
     spectral_metrics,
 )
+from stepwise_ntk.predictor._step_size import stable_step_size
 from stepwise_ntk.predictor._sweep import (
     SweepResult,
     WidthResult,
@@ -101,6 +102,7 @@ __all__ = [
     "probe_curve",
     "rankme",
     "spectral_metrics",
+    "stable_step_size",
     "KERNELS",
     "EmbeddingComparison",
     "NetworkInit",

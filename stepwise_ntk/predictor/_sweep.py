@@ -3,7 +3,9 @@
 For each width ``w`` the Flax twin ``arch.replace(width=w)`` is initialised (its own key),
 trained full batch with plain gradient descent on the fixed views at output scale α and
 ``learning_rate = step_size / α²`` (so the step on the kernel ``Θ`` is ``step_size`` at every
-α, see :mod:`stepwise_ntk.training`), for ``horizon ×`` the last step time the analytic
+α, see :mod:`stepwise_ntk.training`; by default each width's own stable step
+``rate / (8 γ_1(Θ_0))`` from its empirical NTK ``Θ_0`` at initialisation,
+:func:`stepwise_ntk.predictor.stable_step_size`), for ``horizon ×`` the last step time the analytic
 kernel model predicts from that network's own ``F0``. Then the run is compared
 (:func:`stepwise_ntk.predictor.compare_run`) with the prediction of every kernel in
 ``kernels``. The infinite-width theory says that, as ``w`` grows, the network's step times
@@ -61,6 +63,7 @@ from stepwise_ntk.predictor._predict import (
     network_kernel,
     predict_run,
 )
+from stepwise_ntk.predictor._step_size import stable_step_size
 from stepwise_ntk.solver import SolverSettings
 from stepwise_ntk.theory import check_enough_modes, contrastive_eigensystem, step_times
 from stepwise_ntk.training import TrainSettings, train
@@ -76,7 +79,9 @@ class WidthSweepSettings:
       widths: the widths, increasing.
       alpha: output scale α (small initialisation).
       step_size: ``c`` in ``learning_rate = c / α²``: the gradient-descent step on ``Θ``;
-        keep ``8 γ_1(Θ) c`` well below 1 so that gradient descent tracks the flow.
+        keep ``8 γ_1(Θ) c`` well below 1 so that gradient descent tracks the flow. None: each
+        width's own ``rate / (8 γ_1(Θ_0))``, ``Θ_0`` its empirical NTK at initialisation.
+      rate: ``8 γ_1(Θ_0) c`` when ``step_size`` is None.
       horizon: train for this many times the predicted last step time (≥ 1).
       max_steps: refuse (ValueError) a width whose planned run is longer.
       kernels: predictions to compare with, from :data:`stepwise_ntk.predictor.KERNELS`.
@@ -90,7 +95,8 @@ class WidthSweepSettings:
 
     widths: tuple[int, ...] = (64, 256, 1024, 4096)
     alpha: float = 0.05
-    step_size: float = 0.03
+    step_size: float | None = None
+    rate: float = 0.1
     horizon: float = 2.0
     max_steps: int = 20_000
     kernels: tuple[str, ...] = ("analytic",)
@@ -106,7 +112,10 @@ class WidthSweepSettings:
         if not self.widths or list(self.widths) != sorted(set(self.widths)):
             raise ValueError(f"widths must be distinct positive integers in increasing order, got {self.widths!r}.")
         check_number("alpha", self.alpha, low=0, open_low=True)
-        check_number("step_size", self.step_size, low=0, open_low=True)
+        if self.step_size is not None:
+            check_number("step_size", self.step_size, low=0, open_low=True, hint=" or None (from each width's kernel)")
+        check_number("rate", self.rate, low=0, high=2, open_low=True, open_high=True,
+                     hint=" (gradient descent is unstable at rate ≥ 2)")
         check_number("horizon", self.horizon, low=1, hint=" (train at least until the predicted last step)")
         for name in ("max_steps", "n_records", "plan_points"):
             check_int(name, getattr(self, name), low=2)
@@ -120,6 +129,10 @@ class WidthSweepSettings:
 
     @property
     def learning_rate(self) -> float:
+        """``step_size / α²`` (only with a fixed ``step_size``; else each width has its own)."""
+        if self.step_size is None:
+            raise ValueError("step_size is None: each width's learning rate follows from its own kernel "
+                             "(WidthResult.learning_rate); set step_size for one learning rate.")
         return self.step_size / self.alpha**2
 
 
@@ -398,8 +411,15 @@ def width_sweep(
         key = jax.random.fold_in(jax.random.key(settings.seed), width)
         init = init_network(arch_w, views_t, test_t, alpha=settings.alpha, key=key)
         kernel = _analytic_kernel(arch_w, views, test_views, cache)
-        steps, t_last = plan_steps(arch_w, views, test_views, init, kernel, settings)
-        train_settings = TrainSettings(learning_rate=settings.learning_rate, steps=steps, alpha=settings.alpha,
+        init_kernel = None
+        if settings.step_size is None or "empirical_init" in settings.kernels:
+            init_kernel = network_kernel(arch_w, views, test_views, kernel="empirical_init", params=init.params)
+        step = settings.step_size if settings.step_size is not None else stable_step_size(init_kernel.K, n,
+                                                                                          settings.rate)
+        cfg_w = dataclasses.replace(settings, step_size=step)
+        lr = cfg_w.learning_rate
+        steps, t_last = plan_steps(arch_w, views, test_views, init, kernel, cfg_w)
+        train_settings = TrainSettings(learning_rate=lr, steps=steps, alpha=settings.alpha,
                                        n_records=settings.n_records, seed=settings.seed)
         t0 = time.perf_counter()
         # A divergence stops the run cleanly (TrainingDivergedWarning names the step); it is
@@ -410,20 +430,21 @@ def width_sweep(
         if res.diverged_at is None:
             # The theory on a log grid up to the run's end (one grid length for every width, so
             # the solver compiles once); the metrics interpolate both sides in log t.
-            times = np.geomspace(settings.learning_rate, settings.learning_rate * steps, settings.plan_points)
+            times = np.geomspace(lr, lr * steps, settings.plan_points)
             for name in settings.kernels:
-                if name == "analytic":
+                if name in ("analytic", "empirical_init"):
                     pred = predict_run(arch_w, views, test_views, init.F0, times, alpha=settings.alpha,
-                                       kernel=kernel, F0_test=init.F0_test, solver_settings=_SOLVER)
+                                       kernel=kernel if name == "analytic" else init_kernel, F0_test=init.F0_test,
+                                       solver_settings=_SOLVER)
                 else:
-                    params = init.params if name == "empirical_init" else res.params
+                    params = res.params
                     pred = predict_run(arch_w, views, test_views, init.F0, times, alpha=settings.alpha,
                                        kernel=name, params=params, F0_test=init.F0_test,
                                        solver_settings=_SOLVER)
                 predictions[name] = pred
                 comparisons[name] = compare_run(pred, res, arch=arch_w)
         runs.append(WidthResult(
-            width=width, steps=steps, learning_rate=settings.learning_rate, train_seconds=seconds,
+            width=width, steps=steps, learning_rate=lr, train_seconds=seconds,
             predicted_last_step=t_last, diverged_at=res.diverged_at, diverged_loss=res.diverged_loss,
             records_kept=int(res.steps.size),
             final_eigenvalues=np.asarray(res.eigenvalues[-1], np.float64) if res.steps.size else np.full(d, np.nan),
