@@ -219,3 +219,17 @@ def test_a_signal_while_publishing_does_not_undo_the_run(tmp_path, monkeypatch):
         with run_directory(out, "demo", {}) as run:
             run.write_results({})
     assert (out / "results.json").exists() and not partial_path(out).exists()
+
+
+def test_long_phases_are_reported_only_with_progress(tmp_path, capsys):
+    for progress in (True, False):
+        with run_directory(tmp_path / f"run{progress}", "demo", {}, progress=progress) as run:
+            with run.phase("contrastive eigensystem (2n = 6)"):
+                pass
+            run.write_results({})
+        lines = capsys.readouterr().err.splitlines()
+        if progress:
+            assert len(lines) == 2 and lines[0].endswith("contrastive eigensystem (2n = 6) ...")
+            assert re.search(r"contrastive eigensystem \(2n = 6\): done in \d+\.\d s$", lines[1])
+        else:
+            assert lines == []

@@ -116,12 +116,16 @@ def run_kernel(settings: KernelSettings, out: RunDir, *, progress: bool = True) 
     s = settings
     started = time.perf_counter()
     arch = s.architecture()
-    problem = load_problem_data(s)
+    with out.phase(f"CIFAR-10 views ({2 * s.n_pairs})"):
+        problem = load_problem_data(s)
     views = np.asarray(problem.views)
     kw = dict(dtype=np.float64, batch_size=s.kernel_batch_size, cache_dir=s.cache_dir, progress=progress)
-    K = jnp.asarray(analytic_ntk(arch, views, None, **kw))
-    K_pool = jnp.asarray(analytic_ntk(arch, problem.pool, views, **kw))
-    F0 = gaussian_embeddings(problem.key_init, K, s.d, s.init_scale)
+    with out.phase(f"{arch.name} NTK of the {views.shape[0]} views"):
+        K = jnp.asarray(analytic_ntk(arch, views, None, **kw))
+    with out.phase(f"{arch.name} NTK between {problem.pool.shape[0]} gallery images and the views"):
+        K_pool = jnp.asarray(analytic_ntk(arch, problem.pool, views, **kw))
+    with out.phase("initial embeddings (eigh of K)"):
+        F0 = gaussian_embeddings(problem.key_init, K, s.d, s.init_scale)
     return run_kernel_model(
         s,
         out,

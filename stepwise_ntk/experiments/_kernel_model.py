@@ -124,7 +124,8 @@ def run_kernel_model(
       K_pool: (P, 2n) kernel between the clean pool images and the views (mode gallery).
     """
     t_start = time.perf_counter() if started is None else started
-    es = contrastive_eigensystem(K, s.n_pairs)
+    with out.phase(f"contrastive eigensystem (2n = {K.shape[0]})"):
+        es = contrastive_eigensystem(K, s.n_pairs)
     n_positive = int(np.sum(np.asarray(es.gammas) > 0))
     if n_positive < s.d:
         raise ValueError(
@@ -139,7 +140,8 @@ def run_kernel_model(
     t_begin = float(np.min(predicted)) / 100
     times = jnp.asarray(np.geomspace(t_begin, t_end, s.n_times))
 
-    traj = solve(K, s.n_pairs, F0, times, method=s.method, K_test=K)
+    with out.phase(f"gradient flow ({s.method} route, {s.n_times} times)"):
+        traj = solve(K, s.n_pairs, F0, times, method=s.method, K_test=K)
     eig = np.asarray(traj.eigenvalues)
     theory_eig = np.sort(np.asarray(aligned_eigenvalues(es.gammas[: s.d], lam0, times)), axis=1)[:, ::-1]
 

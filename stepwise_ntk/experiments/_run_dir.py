@@ -61,6 +61,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -278,11 +279,28 @@ def provenance() -> dict[str, Any]:
 class RunDir:
     """Handle on the folder a run writes into (``OUT.partial`` until it has finished)."""
 
-    def __init__(self, path: Path, out: Path, *, resumed: bool = False):
+    def __init__(self, path: Path, out: Path, *, resumed: bool = False, progress: bool = False):
         self.path = path
         self.out = out
         self.resumed = resumed
+        self.progress = progress
         self.results_written = False
+        self._t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, what: str) -> Iterator[None]:
+        """Say on stderr that ``what`` (a long step: a kernel, an eigensystem, a solve) starts and how long it took.
+
+        Silent unless the run shows progress; the lines carry the time since the run started.
+        """
+        if not self.progress:
+            yield
+            return
+        start = time.perf_counter()
+        print(f"[{start - self._t0:7.1f} s] {what} ...", file=sys.stderr, flush=True)
+        yield
+        print(f"[{time.perf_counter() - self._t0:7.1f} s] {what}: done in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr, flush=True)
 
     def resume_dir(self, name: str) -> Path:
         """A folder for state a rerun can resume from (``resume/<name>``); removed on success."""
@@ -417,6 +435,7 @@ def run_directory(
     *,
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> Iterator[RunDir]:
     """Open ``OUT.partial`` for a run of ``command`` and publish it as ``out`` when the block ends.
 
@@ -428,6 +447,7 @@ def run_directory(
         discard a partial run of other settings.
       extra: more JSON-able provenance for ``config.json`` (e.g. the data folder); part of
         the fingerprint.
+      progress: :meth:`RunDir.phase` reports the long steps on stderr.
 
     Yields:
       :class:`RunDir` on ``OUT.partial``; the run writes ``results.json`` with
@@ -452,7 +472,7 @@ def run_directory(
         marker = {"status": "running", "pid": os.getpid(), "started": started, "resumed": resumed,
                   "fingerprint": config["fingerprint"]}
         write_json(partial / INCOMPLETE, marker)
-    run = RunDir(partial, path, resumed=resumed)
+    run = RunDir(partial, path, resumed=resumed, progress=progress)
     try:
         try:
             _raise_swallowed()

@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stop_on_signals():
         try:
             with run_directory(inv.out, inv.command, settings_to_dict(inv.settings), overwrite=inv.overwrite,
-                               extra=inv.provenance) as out:
+                               extra=inv.provenance, progress=inv.progress) as out:
                 if out.resumed:
                     print(f"{prog}: resuming the interrupted run in {out.path}", file=sys.stderr)
                 summary = run(inv.settings, out, progress=inv.progress)
