@@ -233,3 +233,17 @@ def test_long_phases_are_reported_only_with_progress(tmp_path, capsys):
             assert re.search(r"contrastive eigensystem \(2n = 6\): done in \d+\.\d s$", lines[1])
         else:
             assert lines == []
+
+
+def test_results_are_strict_json_and_say_which_numbers_were_not_finite(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "run"
+    with run_directory(out, "demo", {}) as run:
+        run.write_results({"steps": np.array([1.0, np.nan]), "ratio": float("inf"), "nested": {"x": [-np.inf, 2]},
+                           "n": 3})
+    text = (out / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    r = json.loads(text)
+    assert r["steps"] == [1.0, None] and r["ratio"] is None and r["nested"] == {"x": [None, 2]}
+    assert r["non_finite"] == {"steps[1]": "nan", "ratio": "inf", "nested.x[0]": "-inf"}

@@ -43,7 +43,7 @@ Example:
     >>> with run_directory(out, "demo", {"n": 1}) as run:
     ...     _ = run.write_results({"loss": float("nan")})
     >>> sorted(p.name for p in out.iterdir()), json.loads((out / "results.json").read_text())
-    (['config.json', 'results.json'], {'status': 'complete', 'loss': None})
+    (['config.json', 'results.json'], {'status': 'complete', 'loss': None, 'non_finite': {'loss': 'nan'}})
 """
 
 from __future__ import annotations
@@ -313,10 +313,37 @@ class RunDir:
         return write_npz(self.path / "arrays.npz", arrays, compressed=True)
 
     def write_results(self, results: dict[str, Any]) -> Path:
-        """Write ``results.json`` (status "complete"); the run is published when its block ends."""
-        path = write_json(self.path / "results.json", {"status": "complete", **results})
+        """Write ``results.json`` (status "complete"); the run is published when its block ends.
+
+        JSON has no NaN or ±Inf: such a number is written as ``null`` and listed under
+        ``"non_finite"`` (its place, e.g. ``"network_step_times[2]"``, and ``"nan"``,
+        ``"inf"`` or ``"-inf"``), so a reader can tell a step that never happened (NaN)
+        from an unbounded ratio (Inf).
+        """
+        non_finite = _non_finite(results)
+        record = {"status": "complete", **results, **({"non_finite": non_finite} if non_finite else {})}
+        path = write_json(self.path / "results.json", record)
         self.results_written = True
         return path
+
+
+def _non_finite(x: Any, where: str = "") -> dict[str, str]:
+    """Place -> "nan" / "inf" / "-inf" of every non-finite number in a JSON-able tree."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: v for key, item in x.items() for k, v in _non_finite(item, f"{where}.{key}" if where
+                                                                         else str(key)).items()}
+    if isinstance(x, (list, tuple)):
+        return {k: v for i, item in enumerate(x) for k, v in _non_finite(item, f"{where}[{i}]").items()}
+    if isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "__array__"):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fc":
+            return {}
+        return _non_finite(arr.item() if arr.ndim == 0 else arr.tolist(), where)
+    if isinstance(x, float) and not np.isfinite(x):
+        return {where: "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")}
+    return {}
 
 
 def _fingerprint(command: str, settings: dict, extra: dict) -> str:
