@@ -1,8 +1,9 @@
 """SIGINT and SIGTERM stop `network` and `sweep` with the old run intact and the partial run marked;
 a rerun resumes to the numbers of an uninterrupted run.
 
-The default tests send real signals to this process at a known moment (right after a training
-checkpoint, right after a finished width); the slow test kills subprocesses at random moments.
+The tests send real signals to this process at a known moment (as training starts, right after a
+training checkpoint, right after a finished width); the slow ones also kill subprocesses at random
+moments.
 """
 
 import json
@@ -54,6 +55,26 @@ def data_env(monkeypatch, cifar_dir):
     monkeypatch.setenv("STEPWISE_NTK_DATA", str(cifar_dir))
 
 
+def test_network_trains_with_checkpoints_in_the_partial_folder(tmp_path, monkeypatch, data_env):
+    """Cheap: training is stopped by SIGTERM as it starts; it was told to checkpoint and resume there."""
+    import stepwise_ntk.training as training
+
+    calls = []
+
+    def train_then_stop(*args, **kw):
+        calls.append(kw)
+        _interrupt_self(signal.SIGTERM)
+
+    monkeypatch.setattr(training, "train", train_then_stop)
+    out = tmp_path / "run"
+    assert cli.main([*NETWORK, "--out", str(out)]) == 128 + signal.SIGTERM
+    assert not out.exists()
+    assert _marker(out)["signal"] == "SIGTERM"
+    assert calls[0]["resume"] is True
+    assert Path(calls[0]["checkpoint_dir"]) == tmp_path / "run.partial" / "resume" / "train"
+
+
+@pytest.mark.slow
 def test_network_stopped_after_a_checkpoint_resumes_identically(tmp_path, monkeypatch, data_env):
     from stepwise_ntk.training import _checkpoint
 
