@@ -247,3 +247,20 @@ def test_results_are_strict_json_and_say_which_numbers_were_not_finite(tmp_path)
     r = json.loads(text)
     assert r["steps"] == [1.0, None] and r["ratio"] is None and r["nested"] == {"x": [None, 2]}
     assert r["non_finite"] == {"steps[1]": "nan", "ratio": "inf", "nested.x[0]": "-inf"}
+
+
+def test_as_the_program_a_stopped_run_ignores_further_signals_while_it_exits():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(RunInterrupted), stop_on_signals(ignore_after_stop=True):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN == signal.getsignal(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C during the exit: nothing happens
+        time.sleep(0.05)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    with stop_on_signals(ignore_after_stop=True):  # no signal: the handlers come back
+        pass
+    assert signal.getsignal(signal.SIGINT) == previous[signal.SIGINT]

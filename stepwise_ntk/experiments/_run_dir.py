@@ -131,12 +131,14 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(*, ignore_after_stop: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`RunInterrupted` (a ``KeyboardInterrupt``) inside the block.
 
     Only the first signal raises; repeats are ignored so that the stopping run can mark its
     folder. Outside the main thread (where Python cannot install handlers) it does nothing.
-    The previous handlers come back when the block ends.
+    The previous handlers come back when the block ends, except with ``ignore_after_stop``
+    after a signal: then both stay ignored, so that a repeated Ctrl-C cannot break the
+    process's exit (a program's main, about to return).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -147,8 +149,9 @@ def stop_on_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        stopped = _SIGNALS.received is not None
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if stopped and ignore_after_stop else handler)
         _SIGNALS = _SignalState()
 
 

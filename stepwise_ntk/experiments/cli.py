@@ -265,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_on_signals,
     )
 
-    with stop_on_signals():
+    # As the program (no argv given), a second Ctrl-C while it exits is ignored too.
+    with stop_on_signals(ignore_after_stop=argv is None):
         try:
             with run_directory(inv.out, inv.command, settings_to_dict(inv.settings), overwrite=inv.overwrite,
                                extra=inv.provenance, progress=inv.progress) as out:
