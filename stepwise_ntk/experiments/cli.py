@@ -245,18 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr); 130 / 143: stopped by SIGINT / SIGTERM (``OUT.partial`` is marked INCOMPLETE and
     a rerun resumes it).
     """
-    try:
-        inv = prepare(argv)
-    except UsageError as err:
-        return _error(err.prog, err.message)
-    except SystemExit as exit_:  # --help
-        return exit_.code if isinstance(exit_.code, int) else 0
-    import jax
-
-    # The experiments compare against float64 theory; an application may set this globally.
-    jax.config.update("jax_enable_x64", True)
-    _, run = _load(inv.command)
-    prog = f"stepwise-ntk {inv.command}"
     from stepwise_ntk.experiments._run_dir import (
         RunFailedError,
         RunInterrupted,
@@ -265,8 +253,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_on_signals,
     )
 
+    def stopped(err: KeyboardInterrupt) -> tuple[str, int]:
+        name = err.signal_name if isinstance(err, RunInterrupted) else "SIGINT"
+        return name, 128 + int(getattr(signal, name))
+
     # As the program (no argv given), a second Ctrl-C while it exits is ignored too.
     with stop_on_signals(ignore_after_stop=argv is None):
+        try:
+            inv = prepare(argv)
+        except UsageError as err:
+            return _error(err.prog, err.message)
+        except SystemExit as exit_:  # --help
+            return exit_.code if isinstance(exit_.code, int) else 0
+        except KeyboardInterrupt as err:
+            name, status = stopped(err)
+            print(f"stepwise-ntk: stopped by {name} before the run started; nothing was written", file=sys.stderr)
+            return status
+        import jax
+
+        # The experiments compare against float64 theory; an application may set this globally.
+        jax.config.update("jax_enable_x64", True)
+        _, run = _load(inv.command)
+        prog = f"stepwise-ntk {inv.command}"
         try:
             with run_directory(inv.out, inv.command, settings_to_dict(inv.settings), overwrite=inv.overwrite,
                                extra=inv.provenance, progress=inv.progress) as out:
@@ -276,10 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, RunFailedError) as err:
             return _error(prog, err)
         except KeyboardInterrupt as err:
-            name = err.signal_name if isinstance(err, RunInterrupted) else "SIGINT"
-            print(f"{prog}: stopped by {name}; {partial_path(inv.out)} is marked INCOMPLETE (rerun to resume), "
-                  f"{inv.out} is unchanged", file=sys.stderr)
-            return 128 + int(getattr(signal, name))
+            name, status = stopped(err)
+            where = partial_path(inv.out)
+            what = (f"{where} is marked INCOMPLETE (rerun to resume)" if where.exists()
+                    else "nothing was written")
+            print(f"{prog}: stopped by {name}; {what}, {inv.out} is unchanged", file=sys.stderr)
+            return status
     print(f"{prog}: wrote {inv.out}")
     if summary:
         print(summary)
