@@ -64,6 +64,26 @@ def test_method_figures_are_pngs(tmp_path):
         _plots.plot_alignment_matrix(tmp_path / "b.png", M, ["a", "b"])
 
 
+def test_projections_2d_is_a_png_and_rejects_other_widths(tmp_path):
+    rng = np.random.default_rng(0)
+    snaps = np.stack([s * rng.normal(size=(20, 2)) for s in (1e-3, 0.5, 1.0)])
+    p = _plots.plot_projections_2d(tmp_path / "p.png", snaps, [1.0, 10.0, 100.0], labels=np.arange(20) % 10)
+    assert p.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="plot_projections"):
+        _plots.plot_projections_2d(tmp_path / "q.png", np.zeros((2, 5, 3)), [1.0, 2.0])
+
+
+def test_snapshot_indices_sit_before_and_between_the_steps():
+    from stepwise_ntk.experiments._methods import snapshot_indices
+
+    t = np.concatenate([[0.0], np.geomspace(1.0, 1e4, 81)])  # 20 records per decade
+    idx = snapshot_indices(t, [30.0, 300.0, 3000.0])
+    # A third of the first step, then the geometric means 30|300, 300|3000, 3000|end.
+    expected = [10.0, np.sqrt(30 * 300), np.sqrt(300 * 3000), np.sqrt(3000 * 1e4)]
+    np.testing.assert_allclose(t[idx], expected, rtol=10 ** (1 / 40) - 1 + 1e-9)  # half a record spacing
+    assert snapshot_indices(t, [np.nan, np.nan]) == [t.size - 1]  # no step: the last record
+
+
 def test_settings_need_two_distinct_losses():
     with pytest.raises(ValueError, match="at least two distinct"):
         MethodsSettings(losses=("barlow_twins",))

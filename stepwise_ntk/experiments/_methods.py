@@ -27,10 +27,9 @@ Outputs: ``results.json`` (both tables, per method its step times against its th
 loss and eigenvalues, alignment with its own kernel flow), ``arrays.npz`` (curves and
 embeddings), ``alignment.png`` and ``alignment_theory.png`` (the tables as heatmaps),
 ``staircases.png`` (the paper's Figure 3: one column per method, loss and eigenvalues of
-``C`` against the gradient step, kernel theory dashed) and, for ``d ≥ 3``,
-``projections.png`` (the paper's Figure 1: the Barlow Twins network's view embeddings on
-their top-3 principal directions before the first step and between steps: a point, a line,
-a plane).
+``C`` against the gradient step, kernel theory dashed) and ``projections.png`` (the paper's
+Figure 1: the Barlow Twins network's view embeddings on their top principal directions
+before the first step and between steps: a point, a line, a plane; for ``d ≥ 2``).
 """
 
 from __future__ import annotations
@@ -52,7 +51,12 @@ from stepwise_ntk.experiments._network import (
     plan_run,
     rise_times,
 )
-from stepwise_ntk.experiments._plots import plot_alignment_matrix, plot_method_staircases, plot_projections
+from stepwise_ntk.experiments._plots import (
+    plot_alignment_matrix,
+    plot_method_staircases,
+    plot_projections,
+    plot_projections_2d,
+)
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import KERNELS, compare_run, init_network, predict_run, subspace_alignment
@@ -252,13 +256,13 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
                           [f"{x} flow" for x in labels[:k]] + [THEORY_LABEL],
                           title=f"the same for each loss's kernel flow ({s.kernel} NTK), held-out views")
     bt = next((r for r in runs if r["embeddings"] is not None), None)
-    if bt is not None and d >= 3:  # the paper's Figure 1 for this network: a point, a line, a plane
+    if bt is not None and d >= 2:  # the paper's Figure 1 for this network: a point, a line, a plane
         idx = snapshot_indices(bt["network_times"], bt["network_step_times"])
-        plot_projections(out.path / "projections.png", bt["embeddings"][idx],
-                         [float(bt["network_times"][i]) for i in idx],
-                         labels=np.concatenate([problem.labels, problem.labels]),
-                         title=f"Barlow Twins, {arch.name} width {s.width}: view embeddings on their top-3 principal "
-                               "directions, before the first step and between steps")
+        plot = plot_projections if d >= 3 else plot_projections_2d
+        plot(out.path / "projections.png", bt["embeddings"][idx], [float(bt["network_times"][i]) for i in idx],
+             labels=np.concatenate([problem.labels, problem.labels]),
+             title=f"Barlow Twins, {arch.name} width {s.width}: view embeddings on their top-{min(d, 3)} principal "
+                   "directions, before the first step and between steps")
         arrays_extra = {"snapshot_times": bt["network_times"][idx], "snapshots": bt["embeddings"][idx]}
     else:
         arrays_extra = {}

@@ -35,6 +35,7 @@ __all__ = [
     "plot_statistic_strengths",
     "plot_alignment_matrix",
     "plot_method_staircases",
+    "plot_projections_2d",
 ]
 
 
@@ -529,4 +530,35 @@ def plot_statistic_strengths(path, names: Sequence[str], strengths, statistics: 
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.02, label="|r| (hue: circular R)")
     if title:
         fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_projections_2d(path, snapshots, times, *, labels=None, title: str = "") -> Path:
+    """Two-dimensional embeddings at a few times on the last snapshot's principal directions.
+
+    The ``d = 2`` form of :func:`plot_projections` (a point, a line, a plane).
+
+    Args:
+      snapshots: (S, N, 2) embeddings at S times.
+      times: (S,).
+      labels: optional (N,) class labels for colour.
+    """
+    snapshots = np.asarray(snapshots, np.float64)
+    if snapshots.ndim != 3 or snapshots.shape[2] != 2:
+        raise ValueError(f"snapshots must be (S, N, 2), got shape {snapshots.shape}; for d >= 3 use plot_projections.")
+    dirs = principal_directions(snapshots[-1], 2)
+    lim = np.abs(snapshots[-1] @ dirs).max() * 1.1
+    fig, axes = plt.subplots(1, len(times), figsize=(3.6 * len(times), 3.6), squeeze=False)
+    for s, (ax, t) in enumerate(zip(axes[0], times, strict=True)):
+        p = snapshots[s] @ dirs
+        colour = {"c": labels, "cmap": "tab10"} if labels is not None else {"color": "C0"}
+        ax.scatter(p[:, 0], p[:, 1], s=6, alpha=0.7, **colour)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel(r"$f \cdot u_1$")
+        ax.set_ylabel(r"$f \cdot u_2$")
+        ax.set_title(f"t = {t:.3g}")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
