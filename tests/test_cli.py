@@ -208,6 +208,8 @@ BAD_INPUT = [
     ("network", ["--n-records", "1"], "--n-records"),
     ("sweep", ["--n-records", "1"], "--n-records"),
     ("linear", ["--downsample", "3"], "--downsample"),
+    ("linear", ["--gallery-pool", "3"], "--gallery-pool"),
+    ("network", ["--gallery-pool", "5"], "--gallery-pool"),
     ("linear", ["--n-pairs", "999999"], "--n-pairs"),
     ("network", ["--n-test", "999999"], "--n-test"),
     ("linear", ["--d", "x"], "--d"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -185,6 +186,13 @@ def _check_combinations(settings: Any, data: dict[str, Any]) -> None:
         except ValueError as err:
             raise ValueError(f"--arch {settings.arch} with --downsample {ds} ({shape[0]}×{shape[1]} images): {err}") \
                 from None
+    pool = getattr(settings, "gallery_pool", None)
+    if pool is not None:
+        from stepwise_ntk.experiments._plots import plot_mode_gallery
+
+        n_show = inspect.signature(plot_mode_gallery).parameters["n_show"].default
+        if pool < n_show:
+            raise ValueError(f"--gallery-pool must be at least the {n_show} images shown per mode, got {pool}.")
     folder = Path(data["data_folder"])
     if not (folder / "data_batch_1").exists() and not (folder / "test_batch").exists():
         return  # not there yet: the run downloads it (and says so if it cannot)
