@@ -209,6 +209,7 @@ BAD_INPUT = [
     ("sweep", ["--n-records", "1"], "--n-records"),
     ("linear", ["--downsample", "3"], "--downsample"),
     ("linear", ["--gallery-pool", "3"], "--gallery-pool"),
+    ("linear", ["--n-pairs", "4", "--d", "5"], "--d must be at most --n-pairs"),
     ("network", ["--gallery-pool", "5"], "--gallery-pool"),
     ("linear", ["--n-pairs", "999999"], "--n-pairs"),
     ("network", ["--n-test", "999999"], "--n-test"),

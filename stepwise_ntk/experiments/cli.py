@@ -186,6 +186,11 @@ def _check_combinations(settings: Any, data: dict[str, Any]) -> None:
         except ValueError as err:
             raise ValueError(f"--arch {settings.arch} with --downsample {ds} ({shape[0]}×{shape[1]} images): {err}") \
                 from None
+    d, n = getattr(settings, "d", None), getattr(settings, "n_pairs", None)
+    if isinstance(d, int) and isinstance(n, int) and d > n:
+        # Z (the pair swap) has n positive eigenvalues, so Lᵀ Z L has at most n (Sylvester).
+        raise ValueError(f"--d must be at most --n-pairs = {n}: d = {d} embedding dimensions need {d} positive "
+                         f"contrastive eigenvalues, and at most n = {n} are positive; lower --d or raise --n-pairs.")
     pool = getattr(settings, "gallery_pool", None)
     if pool is not None:
         from stepwise_ntk.experiments._plots import plot_mode_gallery
