@@ -29,8 +29,10 @@ The contract:
   the marker is written is ignored (a terminal and ``uv run`` each deliver one Ctrl-C).
 * **Rerun to resume.** Running the same command again (the same ``fingerprint`` in
   ``config.json``: command, settings, data folder, package version) continues in
-  ``OUT.partial``: network training from its last checkpoint, a width sweep from its
-  finished widths; the numbers are identical to an uninterrupted run's. A partial run with
+  ``OUT.partial``: network training from its last checkpoint (``resume/train/``, every
+  1000 steps and at the end), a width sweep from its finished widths
+  (``resume/widths/width_W.pkl``); everything else is recomputed, so the numbers are
+  identical to an uninterrupted run's. The other subcommands start over. A partial run with
   other settings is left alone: the rerun is refused unless ``overwrite`` discards it.
   Delete ``OUT.partial`` by hand to start from nothing.
 
