@@ -13,6 +13,7 @@
 """
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,18 +115,43 @@ def test_the_checker_catches_a_private_import(tmp_path):
     ]
 
 
+# One fresh process for the import checks below: each import adds to what the previous ones
+# loaded, and the top level (which every subpackage import runs first) comes first, so a heavy
+# module showing up after an import is that import's. kernels is checked absent right before
+# snt.MLP, so it is that attribute that loads it.
+_IMPORTS = """
+import json, sys
+heavy = lambda: [m for m in ('neural_tangents', 'flax', 'optax', 'matplotlib') if m in sys.modules]
+out = {}
+import stepwise_ntk as snt
+out['stepwise_ntk'] = heavy()
+out['kernels at start'] = 'stepwise_ntk.kernels' in sys.modules
+import stepwise_ntk.theory
+out['stepwise_ntk.theory'] = heavy()
+import stepwise_ntk.solver
+out['stepwise_ntk.solver'] = heavy()
+out['kernels before snt.MLP'] = 'stepwise_ntk.kernels' in sys.modules
+snt.MLP
+out['kernels after snt.MLP'] = 'stepwise_ntk.kernels' in sys.modules
+out['snt.solve is solver.solve'] = snt.solve is __import__('stepwise_ntk.solver', fromlist=['solve']).solve
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def imports():
+    out = subprocess.run([sys.executable, "-c", _IMPORTS], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("module", ["stepwise_ntk", "stepwise_ntk.theory", "stepwise_ntk.solver"])
-def test_light_imports(module):
+def test_light_imports(module, imports):
     """The closed forms and the solver (with the losses and data they import) need only JAX and NumPy."""
-    code = (f"import sys, {module}; heavy = [m for m in ('neural_tangents', 'flax', 'optax', 'matplotlib') "
-            f"if m in sys.modules]; print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "", f"import {module} loaded {out.stdout.strip()}"
+    assert imports[module] == [], f"import {module} loaded {imports[module]}"
 
 
-def test_top_level_names_resolve_lazily():
-    code = ("import sys, stepwise_ntk as snt; assert 'stepwise_ntk.kernels' not in sys.modules; "
-            "snt.MLP; assert 'stepwise_ntk.kernels' in sys.modules; "
-            "assert snt.solve is __import__('stepwise_ntk.solver', fromlist=['solve']).solve; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.strip() == "ok", out.stderr
+def test_top_level_names_resolve_lazily(imports):
+    assert imports["kernels at start"] is False and imports["kernels before snt.MLP"] is False
+    assert imports["kernels after snt.MLP"] is True
+    assert imports["snt.solve is solver.solve"] is True
