@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.predictor import cross_validated_accuracy, linear_probe, pair_groups, probe_curve
+from stepwise_ntk.predictor._probe import _fit_predict
 
 
 def _direct_ridge_predictions(X, y, X_test, rho):
@@ -25,6 +26,18 @@ def test_probe_matches_the_directly_solved_ridge_classifier():
     res = linear_probe(X[:80], y[:80], X_test, y_test, ridges=[r])
     expected = np.mean(_direct_ridge_predictions(X[:80], y[:80], X_test, r * 80) == y_test)
     assert res.ridge == r and res.accuracy == pytest.approx(expected)
+
+
+def test_dual_form_with_more_features_than_rows_matches_the_direct_solve():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 60)
+    X = rng.normal(size=(60, 150)) + np.repeat(np.eye(3)[y], 50, axis=1) * 0.5  # 150 features, 40 training rows
+    for r in (1e-4, 0.1, 10.0):
+        res = linear_probe(X[:40], y[:40], X[40:], y[40:], ridges=[r])
+        direct = _direct_ridge_predictions(X[:40], y[:40], X[40:], r * 40)
+        assert res.accuracy == pytest.approx(np.mean(direct == y[40:]))
+        onehot = (y[:40, None] == np.arange(3)).astype(float)
+        np.testing.assert_array_equal(_fit_predict(X[:40], onehot, X[40:], np.array([r]))[0], direct)
 
 
 def test_probe_separates_separable_classes_and_is_at_chance_on_noise():

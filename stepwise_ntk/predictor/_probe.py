@@ -3,13 +3,15 @@
 The probe is ridge regression onto one-hot labels (the "ridge classifier"): features are
 standardised with the training rows' mean and standard deviation, and
 
-    W = argmin ‖X W − Y‖²_F + ρ ‖W‖²_F = V diag(s / (s² + ρ)) Uᵀ Y      (X = U diag(s) Vᵀ),
+    W = argmin ‖X W − Y‖²_F + ρ ‖W‖²_F = (Xᵀ X + ρ I)⁻¹ Xᵀ Y = Xᵀ (X Xᵀ + ρ I)⁻¹ Y,
 
 prediction ``argmax_c (x W)_c``. The ridge ``ρ = r · N`` is chosen from a log grid of ``r``
 by k-fold cross-validation on the training rows, with the folds drawn by *image*: both views
 of an image land in the same fold (``groups``), so a view is never scored by a probe fitted
 on its twin. The chosen probe is refitted on all training rows and scored on the held-out
-rows (e.g. clean test images). One SVD per fit serves every ``ρ``.
+rows (e.g. clean test images). One eigendecomposition per fit serves every ``ρ``: of the
+``k × k`` Gram matrix ``Xᵀ X``, or with more features than rows of the ``N × N`` one ``X Xᵀ``
+(the dual form).
 
 :func:`probe_curve` does this for the leading ``k`` columns, ``k = 1 … K``: the accuracy of
 the top-``k`` modes against ``k``.
@@ -91,12 +93,19 @@ def _fit_predict(X: np.ndarray, y_onehot: np.ndarray, X_eval: np.ndarray, ridges
     """Predicted classes ``(R, M)`` of the ridge probes at every ``r`` in ``ridges``."""
     Xs, Xe = _standardise(X, X_eval)
     Ym = y_onehot.mean(axis=0)
-    U, s, Vt = np.linalg.svd(Xs, full_matrices=False)
-    UtY = U.T @ (y_onehot - Ym)  # (k, C)
-    A = Xe @ Vt.T  # (M, k)
     rho = ridges[:, None] * X.shape[0]
-    shrink = s[None, :] / (np.square(s)[None, :] + rho)  # (R, k)
-    scores = np.einsum("mk,rk,kc->rmc", A, shrink, UtY) + Ym
+    Yc = y_onehot - Ym
+    # W = (XsᵀXs + ρI)⁻¹ Xsᵀ Yc = Xsᵀ (XsXsᵀ + ρI)⁻¹ Yc, from the eigendecomposition of the
+    # smaller Gram matrix (features × features, or rows × rows: the dual form); no division by
+    # a singular value, so tiny ones are harmless.
+    if Xs.shape[1] <= Xs.shape[0]:
+        w, V = np.linalg.eigh(Xs.T @ Xs)
+        A, B = Xe @ V, V.T @ (Xs.T @ Yc)  # (M, k), (k, C)
+    else:
+        w, U = np.linalg.eigh(Xs @ Xs.T)
+        A, B = (Xe @ Xs.T) @ U, U.T @ Yc  # (M, N), (N, C)
+    shrink = 1.0 / (np.clip(w, 0.0, None)[None, :] + rho)  # (R, ·)
+    scores = np.einsum("mk,rk,kc->rmc", A, shrink, B, optimize=True) + Ym
     return np.argmax(scores, axis=-1)
 
 
@@ -187,8 +196,8 @@ def linear_probe(
     onehot = (y[:, None] == classes[None, :]).astype(np.float64)
     best = int(np.flatnonzero(cv >= cv.max() - 1e-12)[-1])
     chosen = ridges[best: best + 1]
-    pred_test = classes[_fit_predict(X, onehot, X_test, chosen)[0]]
-    pred_train = classes[_fit_predict(X, onehot, X, chosen)[0]]
+    pred = classes[_fit_predict(X, onehot, np.concatenate([X_test, X]), chosen)[0]]  # one fit, both scores
+    pred_test, pred_train = pred[: X_test.shape[0]], pred[X_test.shape[0]:]
     return ProbeResult(float(np.mean(pred_test == y_test)), float(chosen[0]), cv, ridges,
                        float(np.mean(pred_train == y)))
 
