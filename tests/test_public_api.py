@@ -53,7 +53,7 @@ PUBLIC = {
         "mode_functions_new", "plateau_levels", "procrustes_align", "procrustes_error", "step_times",
         "PRECONDITIONERS", "Preconditioner", "precondition_factor", "precondition_matrix",
         "preconditioned_aligned_eigenvalues", "preconditioned_step_times", "preconditioned_time",
-        "preconditioned_stable_step",
+        "preconditioned_stable_step", "contrastive_eigensystem_from_factor", "jittered_cholesky",
     ],
     "stepwise_ntk.solver": [
         "INTEGRATORS", "METHODS", "ODEResult", "ODESettings", "ODEStats", "SolveStats", "SolverSettings",

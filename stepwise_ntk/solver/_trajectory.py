@@ -31,6 +31,13 @@ class SolveStats(NamedTuple):
       truncation_embedding_bound: the matching bound on ``‖ΔF‖_F`` of the final embeddings.
       jitter: ``τ`` used in the factorisation of ``K + τ I`` (eigen route), else 0.
       n_devices: devices ``K`` was sharded over (function route), else 1.
+      error_estimate: estimate of ``max_{t, j} |λ_j(t) − λ_j^exact(t)|`` over the requested
+        times (the time-integration estimate plus ``truncation_bound``); NaN where the
+        route does not estimate it.
+      n_eigen_modes: eigen route: modes of the contrastive eigensystem computed (``2n``
+        for the full decomposition, fewer for the partial one), else -1.
+      eigen_residual: eigen route: the largest residual ``‖H p − γ p‖₂`` of the partial
+        eigensystem's modes (0 for the full decomposition), else NaN.
     """
 
     n_steps: Any
@@ -42,6 +49,9 @@ class SolveStats(NamedTuple):
     truncation_embedding_bound: Any
     jitter: Any
     n_devices: Any
+    error_estimate: Any = float("nan")
+    n_eigen_modes: Any = -1
+    eigen_residual: Any = float("nan")
 
 
 @jax.tree_util.register_dataclass
