@@ -452,6 +452,24 @@ def _kernel_report(pred, cmp, net_steps: np.ndarray, is_bt: bool) -> dict[str, A
     }
 
 
+def _continued(first, second, offset: int):
+    """One record of a run continued from ``first.params`` by ``second`` (its step 0 is ``first``'s end)."""
+    keep = second.steps > 0
+    lr = float(first.settings.learning_rate)
+    steps = np.concatenate([first.steps, second.steps[keep] + offset])
+    return dataclasses.replace(
+        second,
+        steps=steps,
+        effective_times=lr * steps.astype(np.float64),
+        loss=np.concatenate([first.loss, second.loss[keep]]),
+        eigenvalues=np.concatenate([first.eigenvalues, second.eigenvalues[keep]]),
+        embeddings=None if first.embeddings is None else np.concatenate([first.embeddings, second.embeddings[keep]]),
+        settings=dataclasses.replace(first.settings, steps=offset + second.settings.steps),
+        steps_done=offset + second.steps_done,
+        diverged_at=None if second.diverged_at is None else offset + second.diverged_at,
+    )
+
+
 def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True) -> str:
     """Train the network, build its theory on all three kernels, write ``results.json``, ``arrays.npz`` and figures."""
     from stepwise_ntk.training import TrainSettings, train
@@ -478,6 +496,18 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     # last checkpoint with a bit-identical result.
     res = train(arch, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress,
                 checkpoint_dir=out.resume_dir("train"), resume=True, **fresh)
+    planned = steps
+    # A finite network can step later than its kernel models (a narrow one leaves the kernel
+    # regime): Barlow Twins training goes on, doubling its length up to --max-steps, until the
+    # network has taken all d steps (each eigenvalue of C past 1/2).
+    while (s.loss == "barlow_twins" and res.diverged_at is None and steps < s.max_steps
+           and not np.all(np.isfinite(rise_times(res.effective_times, res.eigenvalues, relative=False)))):
+        more = min(steps, s.max_steps - steps)
+        cont = train(arch, dataclasses.replace(cfg, steps=more, n_records=max(s.n_records // 2, 2)), views_t,
+                     key=jax.random.fold_in(jax.random.key(s.seed), steps), test_views=test_t,
+                     init_params=res.params, progress=progress, **fresh)
+        res = _continued(res, cont, steps)
+        steps += more
     train_seconds = time.perf_counter() - t0
     if res.diverged_at is not None:
         raise RunFailedError(
@@ -571,6 +601,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         "batch_size": s.batch_size,
         "fresh_views": s.fresh_views,
         "steps": steps,
+        "planned_steps": planned,
         "planned_last_step_time": t_plan,
         "gammas": g[: d + 4],
         "gap_ratio_d": pred.gap,
@@ -587,6 +618,9 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         "step_time_median_relative_error_flow": float(np.nanmedian(rel_flow)),
         "plateau_loss": plateau_losses(net_t[net_t > 0], net_loss[net_t > 0], closed) if is_bt and d > 1 else None,
         "plateau_expected": d - np.arange(1, d) if is_bt and d > 1 else None,
+        # The loss midway (in log time) between the network's own steps: the staircase as trained.
+        "plateau_loss_network": plateau_losses(net_t[net_t > 0], net_loss[net_t > 0], net_steps)
+        if is_bt and d > 1 and np.all(np.isfinite(net_steps)) else None,
         "final_loss": float(net_loss[-1]),
         "final_loss_theory": float(th_loss[-1]),
         "final_eigenvalues": net_eig[-1],
