@@ -10,6 +10,10 @@ same function drives the kernel solver (``dF/dt = −K ∇_F L``) and network tr
 * :func:`simclr_loss`: NT-Xent with temperature τ (Chen et al. 2020) over all 2n views.
 * :func:`vicreg_loss`: invariance / variance / covariance with weights 25 / 25 / 1
   (Bardes et al. 2022, as in their reference implementation).
+* :func:`loss_gradient`: ``∇_F L`` (closed form for SimCLR's dot-product form: one
+  ``exp`` pass, no autodiff through ``logsumexp``; ``jax.grad`` otherwise), and
+  :func:`loss_quadratic_part`: the loss's quadratic part around ``F = 0`` acting on each
+  column (what the solver's Galerkin route treats implicitly).
 * :data:`LOSSES`: the one registry, name -> loss function (default hyper-parameters), and
   :func:`resolve_loss`, which turns a name (with optional keyword arguments) or a callable
   into the loss function; the solver and training both use them.
@@ -37,6 +41,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stepwise_ntk._checks import check_array, check_bool, check_choice, check_number, check_type
 from stepwise_ntk.data import pair_gram, swap_pairs
@@ -45,6 +50,8 @@ __all__ = [
     "LOSSES",
     "barlow_twins_loss",
     "cross_correlation",
+    "loss_gradient",
+    "loss_quadratic_part",
     "resolve_loss",
     "simclr_loss",
     "vicreg_loss",
@@ -250,3 +257,94 @@ def resolve_loss(loss: str | Callable[[jax.Array], jax.Array], *,
     if loss_kwargs:
         raise ValueError("loss_kwargs only go with a loss name; bind them into your callable instead.")
     return loss
+
+
+def _named(loss: Callable) -> tuple[Callable, dict]:
+    """``(registry function, keyword arguments)`` of a resolved loss (a callable: itself, {})."""
+    if isinstance(loss, _BoundLoss):
+        return loss.fn, dict(loss.kwargs)
+    return loss, {}
+
+
+def _simclr_dot_gradient(F: jax.Array, temperature: Any) -> jax.Array:
+    """``∇_F L = ((P + Pᵀ) F − 2 Z F) / (Nτ)`` of the dot-product SimCLR loss, ``P`` the row
+    softmax of ``s_ij = f_iᵀ f_j / τ`` over ``j ≠ i``.
+
+    ``E = exp(S − c)`` (zero diagonal) with one global shift ``c = max_i ‖f_i‖² / τ ≥ max
+    s_ij`` is symmetric, so ``(P + Pᵀ) F = D⁻¹ E F + E D⁻¹ F`` (``D = E 1``): one
+    exponential per entry and two products with ``E``. Every ``s_ij ≥ −c``, so no row sum underflows while
+    ``2c < −ln(tiny)``; beyond that the row-shifted autodiff gradient is used.
+    """
+    N = F.shape[0]
+    hi = jax.lax.Precision.HIGHEST
+    sq = jnp.sum(jnp.square(F), axis=1)
+    c = jnp.max(sq) / temperature
+
+    def fast(F):
+        # The diagonal is masked, not subtracted afterwards: it can dominate a row sum.
+        E = jnp.where(jnp.eye(N, dtype=bool), 0.0,
+                      jnp.exp(jnp.matmul(F, F.T, precision=hi) / temperature - c))
+        EF1 = jnp.matmul(E, jnp.concatenate([F, jnp.ones((N, 1), F.dtype)], axis=1), precision=hi)
+        D = EF1[:, -1:]
+        PF = EF1[:, :-1] / D + jnp.matmul(E, F / D, precision=hi)
+        return (PF - 2.0 * swap_pairs(F)) / (N * temperature)
+
+    def slow(F):
+        return jax.grad(simclr_loss)(F, temperature, normalize=False)
+
+    safe = 0.45 * float(-np.log(np.finfo(np.dtype(F.dtype)).tiny))
+    return jax.lax.cond(c <= safe, fast, slow, F)
+
+
+def loss_gradient(loss: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+    """``F -> ∇_F L(F)`` for a loss from :func:`resolve_loss` (a closed form where one is faster).
+
+    SimCLR in its dot-product form (``normalize=False``) gets a closed form with one
+    exponential per pair of views (see the module docstring); every other loss, and any
+    callable, ``jax.grad(loss)``.
+
+    Example:
+        >>> F = jax.random.normal(jax.random.key(0), (8, 3))
+        >>> f = resolve_loss("simclr", loss_kwargs={"normalize": False})
+        >>> bool(jnp.allclose(loss_gradient(f)(F), jax.grad(f)(F), atol=1e-6))
+        True
+    """
+    fn, kwargs = _named(loss)
+    if fn is simclr_loss and kwargs.get("normalize", True) is False and kwargs.get("eps", 1e-12) == 1e-12:
+        temperature = kwargs.get("temperature", 0.5)
+        return lambda F: _simclr_dot_gradient(_check_F(F), temperature)
+    return jax.grad(loss)
+
+
+def loss_quadratic_part(loss: Callable[[jax.Array], jax.Array], n_pairs: int,
+                        d: int) -> tuple[float, float, float] | None:
+    """``(α, β, ω)`` with ``∇_F L(F) = (α I + β Z + ω 11ᵀ) F + O(‖F‖²)`` column by column.
+
+    ``Z`` swaps the two views of each image (``(ZF)_i = f_{p(i)}``). The part is what an
+    implicit integrator can treat exactly (it is linear and the same for every column):
+
+    * Barlow Twins at ``C ≈ 0``: ``∇L = (2/n) Z F (C − I) ≈ −(2/n) Z F``: ``(0, −2/n, 0)``.
+    * SimCLR, dot-product form (``P → (11ᵀ − I)/(N − 1)`` at ``F = 0``):
+      ``∇L ≈ (2/(Nτ)) [(11ᵀ − I)/(N − 1) − Z] F``.
+    * VICReg: the invariance term ``λ mean((A − B)²)`` gives ``(2λ/(nd)) (I − Z) F``; its
+      variance hinge and covariance term are left out (the hinge's curvature at ``F = 0``
+      holds only while the standard deviations are below ``√ε``, the covariance is quartic).
+
+    Returns None for SimCLR's cosine form and for a callable (nothing is declared).
+
+    Example:
+        >>> loss_quadratic_part(resolve_loss("barlow_twins"), 4, 2)
+        (0.0, -0.5, 0.0)
+    """
+    fn, kw = _named(loss)
+    N = 2 * n_pairs
+    if fn is barlow_twins_loss:
+        return 0.0, -2.0 / n_pairs, 0.0
+    if fn is simclr_loss and kw.get("normalize", True) is False:
+        tau = float(kw.get("temperature", 0.5))
+        a = 2.0 / (N * tau)
+        return -a / (N - 1), -a, a / (N - 1)
+    if fn is vicreg_loss:
+        c = 2.0 * float(kw.get("sim_coeff", 25.0)) / (n_pairs * d)
+        return c, -c, 0.0
+    return None

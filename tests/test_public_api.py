@@ -45,6 +45,7 @@ PUBLIC = {
     ],
     "stepwise_ntk.losses": [
         "LOSSES", "barlow_twins_loss", "cross_correlation", "resolve_loss", "simclr_loss", "vicreg_loss",
+        "loss_gradient", "loss_quadratic_part",
     ],
     "stepwise_ntk.theory": [
         "ContrastiveEigensystem", "aligned_eigenvalues", "check_enough_modes", "check_factorization",
