@@ -10,6 +10,7 @@ benchmark under ``jax.distributed`` with two processes on this machine (marked s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -496,12 +497,21 @@ def test_width_sweep_builds_the_cli_sweeps_problem(monkeypatch, tmp_path):
                     settings=args[0] if args else kwargs.get("settings", kwargs.get("config")))
         raise Captured
 
+    class Out:  # the run folder's interface as run_sweep uses it
+        path = tmp_path
+
+        def resume_dir(self, name):
+            (tmp_path / name).mkdir(exist_ok=True)
+            return tmp_path / name
+
     monkeypatch.setattr(_sweep, "width_sweep", capture)
     with pytest.raises(Captured):
-        _sweep.run_sweep(settings, tmp_path, progress=False)
+        _sweep.run_sweep(settings, Out(), progress=False)
     np.testing.assert_array_equal(problem.views, seen["views"])
     np.testing.assert_array_equal(problem.test_views, seen["test_views"])
     assert problem.views.shape == (32, 8, 8, 3) and problem.test_views.shape == (16, 8, 8, 3)
     assert arch == seen["arch"] and arch.d == problem.d
-    assert sweep_settings == seen["settings"]
-    assert sweep_settings.step_size == problem.step_size
+    # The CLI may sweep one width at a time (resumable): the first call sees the first width.
+    assert seen["settings"].widths[0] == sweep_settings.widths[0]
+    assert sweep_settings == dataclasses.replace(seen["settings"], widths=sweep_settings.widths)
+    assert sweep_settings.step_size == settings.step_size  # None: each width's step from its own kernel
