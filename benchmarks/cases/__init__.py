@@ -3,6 +3,8 @@
 ========================  =================================================================
 ``dynamics``              ``dynamics``: the solver's routes against neural-tangents'
                           ``predict.gradient_descent`` and parameter-space gradient descent
+``losses_speed``          ``losses_speed``: SimCLR and VICReg through ``solve``'s defaults
+                          and the Galerkin route against ``predict.gradient_descent``
 ``scaling``               ``scaling``, ``scaling_d``: cost against ``2n`` and ``d``, fitted
                           exponents
 ``training``              ``training``: ``train()`` against a hand-written optax step
@@ -22,7 +24,7 @@ import importlib
 __all__ = ["CASES", "load"]
 
 # Imported in this order, which is the order of ``--list`` and of a run of every benchmark.
-CASES = ("kernels", "width_sweep", "dynamics", "scaling", "training")
+CASES = ("kernels", "width_sweep", "dynamics", "losses_speed", "scaling", "training")
 
 
 def load() -> None:
