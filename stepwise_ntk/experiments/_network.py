@@ -37,6 +37,7 @@ import numpy as np
 from stepwise_ntk.data import cifar10_pairs, downsample, normalize, positive_pairs, uint8_to_float
 from stepwise_ntk.experiments._kernel import architecture_from_options, parse_options
 from stepwise_ntk.experiments._kernel_model import load_problem_data
+from stepwise_ntk.experiments._monitoring import training_monitoring
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.experiments._settings import check_settings
@@ -541,6 +542,12 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     rel_closed = np.abs(net_steps - closed) / closed
     rel_flow = np.abs(net_steps - flow_steps) / flow_steps
     g = np.asarray(pred.gammas, np.float64)
+    # Label-free spectral metrics and linear probes along training, next to the theory's (spectral.png).
+    monitoring = training_monitoring(
+        out.path / "spectral.png", net_t, net_eig, res.embeddings, problem.labels, theory_times=th_t,
+        theory_eigenvalues=th_eig, step_times=closed if is_bt else flow_steps,
+        final_embeddings=res.train_embeddings, test_embeddings=res.test_embeddings,
+        test_labels=problem.test_labels, seed=s.seed)
 
     mode = ("fresh views" if s.fresh_views else "fixed views") + (f", batch {s.batch_size}" if s.batch_size else "")
     title = (f"{arch.name} width {s.width}, {s.loss}, CIFAR-10 n={n}, d={d}, α={s.alpha} ({mode}): "
@@ -635,6 +642,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         "eigenvalue_error_max": cmp.eigenvalue_error_max,
         # The same comparison on each of the three kernels (the headline above is --kernel's).
         "kernels": reports,
+        **monitoring,  # "spectral" and "probe": per training record
         "train_seconds": train_seconds,
         "wall_time_s": time.perf_counter() - started,
     }
