@@ -31,6 +31,12 @@ Measured in one case (``bt 2n=… d=…``):
   ``eigh(K)`` (``extra.x_eigh_interleaved``, the median ratio), which a changing machine
   load does not skew.
 
+Defaults (cases ``defaults KIND …``, ``--set default_kernels=linear,noise,rff,ridge``):
+``solve`` with no settings (``SolverSettings()``: accuracy 1e-3) against
+``nt.predict.gradient_descent`` on the same ``K`` and loss, on four kernels (see
+:func:`_default_problem`), with the error against the float64 reference, the solver's own
+``error_estimate``, and for the linear kernel the ratio to one ``eigh(K)`` timed back to back.
+
 Other losses (case ``simclr …`` at a smaller ``2n``; ``--set losses=simclr,vicreg``): the
 function route against ``nt.predict.gradient_descent`` with the same loss, from O(1)
 initial embeddings (``W0`` with unit entries: SimCLR normalises the embeddings, so a tiny
@@ -79,7 +85,11 @@ PRESETS = {
     "loss_source": {"tiny": "synthetic", "small": "synthetic", "full": "synthetic"},
     "loss_n_views": {"tiny": 32, "small": 100, "full": 200},
     "source": {"tiny": "auto", "small": "auto", "full": "auto"},
+    # Kernels of the defaults case (`solve` with no settings): comma-separated names of
+    # DEFAULT_KERNELS; "" skips it.
+    "default_kernels": {"tiny": "linear", "small": "linear,noise,rff,ridge", "full": "linear,noise,rff,ridge"},
 }
+DEFAULTS_NAME = "solve (defaults)"
 
 
 def _observables(loss_fn, F_t):
@@ -452,6 +462,126 @@ def _loss_case(
     return out
 
 
+def _default_problem(kind: str, n_views: int, d: int, ctx: Context, source: str):
+    """(K, F0, times, source) of one of DEFAULT_KERNELS, float64 numpy, 200 log-spaced times
+    until 1.5 × the theory's last step time (so all d steps happen).
+
+    ``linear``: the CIFAR-10 linear kernel with the default crop/flip/jitter views (the BT
+    case's problem); ``noise``: the linear kernel of unaugmented CIFAR-10 images plus additive
+    pixel noise as the second view; ``rff``: random Fourier features (an RBF kernel) of
+    synthetic noisy pairs, random small F0 (not in the span of the features); ``ridge``: the
+    scaling benchmark's full-rank synthetic ``X Xᵀ + ρ I``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk.theory import contrastive_eigensystem, step_times
+
+    n = n_views // 2
+    rng = np.random.default_rng(17)
+    if kind == "linear":
+        prob = linear_kernel_problem(n, d, source=source, data_dir=ctx.data_dir, n_times=N_TIMES)
+        return prob.K, prob.F0, prob.times, prob.source
+    if kind == "noise":
+        from benchmarks.harness.problems import find_cifar_dir
+
+        cifar = find_cifar_dir(ctx.data_dir) if source != "synthetic" else None
+        if cifar is not None:
+            from stepwise_ntk.data import AugmentSettings, cifar10_pairs
+
+            views, _, _ = cifar10_pairs(jax.random.key(5), n, data_dir=cifar, settings=AugmentSettings.identity(),
+                                        dtype=jnp.float64)
+            X = np.asarray(views, np.float64).reshape(n_views, -1)
+            X[n:] = X[:n] + 0.5 * rng.standard_normal(X[n:].shape)
+            used = "cifar10"
+        else:
+            base = rng.standard_normal((n, 3072)) * np.arange(1, 3073) ** -0.5
+            X = np.concatenate([base, base + 0.5 * rng.standard_normal(base.shape) * np.arange(1, 3073) ** -0.5])
+            used = "synthetic"
+        X = X / np.sqrt(X.shape[1])
+        K = X @ X.T
+        F0 = X @ (INIT_SCALE * rng.standard_normal((d, X.shape[1]))).T
+    elif kind == "rff":
+        x = rng.standard_normal((n, 16))
+        views = np.concatenate([x + 0.3 * rng.standard_normal(x.shape), x + 0.3 * rng.standard_normal(x.shape)])
+        m = 2048
+        W, b = rng.standard_normal((16, m)) / 3.0, rng.uniform(0, 2 * np.pi, m)
+        X = np.sqrt(2.0 / m) * np.cos(views @ W + b)
+        K = X @ X.T
+        F0 = INIT_SCALE * rng.standard_normal((n_views, d))
+        used = "synthetic"
+    elif kind == "ridge":
+        from benchmarks.harness.problems import ridge_kernel_problem
+
+        prob = ridge_kernel_problem(n_views, d)
+        K, F0, used = prob.K, prob.F0, prob.source
+    else:
+        raise ValueError(f"unknown default kernel {kind!r}; choose from {DEFAULT_KERNELS}.")
+    K = 0.5 * (K + K.T)
+    es = contrastive_eigensystem(jnp.asarray(K), n)
+    t_last = 1.5 * float(np.max(np.asarray(step_times(es, jnp.asarray(F0)))))
+    times = np.geomspace(1e-2 / (8.0 * float(es.gammas[0])), t_last, N_TIMES)
+    return K, F0, times, used
+
+
+DEFAULT_KERNELS = ("linear", "noise", "rff", "ridge")
+
+
+def _defaults_case(ctx: Context, dtype: np.dtype, kind: str, n_views: int, d: int, source: str) -> list[Measurement]:
+    """``solve`` with no settings against neural-tangents on the same K and loss; for the
+    linear kernel also against one ``eigh(K)``, back to back."""
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk.losses import barlow_twins_loss
+    from stepwise_ntk.solver import SolverSettings, solve
+
+    K64, F64, t64, used = _default_problem(kind, n_views, d, ctx, source)
+    n = n_views // 2
+    case = f"defaults {kind} 2n={n_views} d={d}"
+    sizes = {"n_views": n_views, "d": d, "n_times": int(t64.size)}
+    ref = solve(jnp.asarray(K64), n, jnp.asarray(F64), jnp.asarray(t64), method="eigen",
+                settings=SolverSettings(rtol=1e-10, mode_tol=0.0, eigensystem="full"))
+    ref_eig = np.asarray(ref.eigenvalues)
+    K, F0, times = (jnp.asarray(a, dtype) for a in (K64, F64, t64))
+    out = []
+    if dtype == np.float64:
+        base_name, base_fn = NT_NAME, _nt_predict_fn(barlow_twins_loss)
+    else:
+        base_name, base_fn = ODEINT_NAME, _odeint_fn(barlow_twins_loss, 1e-5)
+    tb = ctx.time_jitted(base_fn, K, F0, times, repeats=1 if ctx.size == "full" else None)
+    err_base = _err(tb.output[1], ref_eig)
+    out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=base_name, role="baseline", sizes=sizes,
+                               dtype=dtype, extra={"max_abs_err": err_base, "source": used}))
+    ts = ctx.time(lambda: solve(K, n, F0, times))
+    st = ts.output.stats
+    err = _err(ts.output.eigenvalues, ref_eig)
+    extra = {
+        "max_abs_err": err, "accuracy_target": ACCURACY, "within_accuracy": bool(err <= ACCURACY),
+        "error_estimate": float(st.error_estimate), "truncation_bound": float(st.truncation_bound),
+        "n_modes": int(st.n_modes), "n_eigen_modes": int(st.n_eigen_modes),
+        "eigen_residual": float(st.eigen_residual), "n_steps": int(st.n_steps),
+        "method": ts.output.method, "integrator": ts.output.integrator, "source": used,
+    }
+    baselines = [base_name]
+    if kind == "linear":
+        eigh = jax.jit(jnp.linalg.eigh)
+        timed(lambda: eigh(K))  # compile
+        ratios = []
+        for _ in range(INTERLEAVED if ctx.size != "tiny" else 1):
+            t_eigh, _ = timed(lambda: eigh(K))
+            t_solve, _ = timed(lambda: solve(K, n, F0, times))
+            ratios.append(t_solve / t_eigh)
+        extra["x_eigh_interleaved"] = float(np.median(ratios))
+        te = ctx.time_jitted(eigh, K)
+        out.append(ctx.measurement(te, benchmark=NAME, case=case, name=EIGH_NAME, role="floor", sizes=sizes,
+                                   dtype=dtype))
+        baselines.append(EIGH_NAME)
+    out.append(ctx.measurement(ts, benchmark=NAME, case=case, name=DEFAULTS_NAME, role="subject", sizes=sizes,
+                               dtype=dtype, baselines=baselines, extra=extra))
+    return out
+
+
 @register(
     NAME,
     "Kernel dynamics: the solver's eigen and function routes (Barlow Twins, CIFAR-10 linear kernel; "
@@ -471,4 +601,6 @@ def run(ctx: Context) -> list[Measurement]:
     loss_source = str(ctx.param("loss_source", PRESETS["loss_source"]))
     for loss in losses:
         out += _loss_case(ctx, dtype, loss, loss_n, d, loss_source)
+    for kind in [s for s in str(ctx.param("default_kernels", PRESETS["default_kernels"])).split(",") if s]:
+        out += _defaults_case(ctx, dtype, kind, n_views, d, source)
     return out

@@ -19,11 +19,25 @@ The modes are ranked by this bound with the a-priori ``E = 1.25 T`` (``‖I − 
 integrated (rounded up to a multiple of 64). After the run the bound is re-evaluated
 with the measured ``E`` (trapezoid rule on the accepted steps of the computed trajectory,
 of :func:`spectral_norm_bound`, an upper bound on ``‖I − C‖₂`` within 3% at ``d ≤ 32``);
-if it exceeds ``mode_tol``, the number of modes is doubled and the solve repeated. The
+if it exceeds ``mode_tol``, more modes are integrated (re-ranked with the measured ``E``)
+and the solve repeated. The
 final bound is ``stats.truncation_bound``: a bound on the truncated modes' own
 contribution to ``C`` (hence, by Weyl's inequality, to each eigenvalue); their feedback on
 the integrated modes through ``C`` is of the same order but not part of the bound.
 ``mode_tol = 0`` integrates all ``2n`` modes.
+
+*Partial eigensystem.* From ``2n = 1024`` on only the ``r`` modes of largest ``|γ|`` are
+computed (block Krylov on products with ``Lᵀ Z L``; :func:`contrastive_eigensystem_from_factor`),
+``r`` doubled while the bound on the modes not computed (all with ``|γ| ≤ es.rest``, their
+weights known exactly from ``‖L⁻¹ F0‖`` and ``‖Lᵀ Z F0‖``) exceeds ``mode_tol / 4``; the full
+decomposition where that would not be cheaper.
+
+*Accuracy.* ``SolverSettings.accuracy`` (default 1e-3) bounds the error in every eigenvalue
+of ``C`` at every requested time: ``mode_tol = accuracy / 10``, the truncation runs at
+``10 × rtol`` and the final run at ``rtol = max(accuracy / 300, 100 eps)``; their difference
+estimates the integration error (``rtol`` tightened while the estimate plus the truncation
+bound exceeds the accuracy); ``stats.error_estimate`` is that estimate plus the truncation bound. Products
+that decide accuracy are traced at ``precision=HIGHEST``.
 
 *Time integration.* The flow is stiff (fastest scale ``1/8γ_1``, horizon
 ``ln(1/λ(0))/8γ_d``). ``integrator="rosw"`` uses the Rosenbrock-W method ROS34PW2 with
@@ -36,6 +50,11 @@ needs about ``8γ_1 T / 3.3`` steps; ``"auto"`` picks the cheaper by a step-coun
 a callable). Integrates ``F`` itself with Dormand–Prince: one ``(2n × 2n)·(2n × d)``
 product per right-hand side. ``K`` (and ``K(test, views)``) can be sharded by rows over
 all local devices (``jax.sharding.NamedSharding`` on a 1-D mesh).
+
+``method="galerkin"`` (any loss, opt-in): the function-space flow reduced to the top
+eigenvectors of ``K`` with an a-posteriori bound on the dropped part
+(:mod:`stepwise_ntk.solver._galerkin`); it pays over short horizons and on fast-decaying
+spectra. The function and Galerkin routes refuse a non-PSD ``K`` before integrating.
 
 ``method="auto"`` picks by a cost model (see :func:`choose_method`) and says why in
 ``Trajectory.reason``.
@@ -83,69 +102,120 @@ from stepwise_ntk._checks import (
     check_type,
 )
 from stepwise_ntk.data import pair_gram
-from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, resolve_loss
+from stepwise_ntk.losses import (
+    barlow_twins_loss,
+    cross_correlation,
+    loss_gradient,
+    resolve_loss,
+)
+from stepwise_ntk.solver._galerkin import (
+    GalerkinConfig,
+    check_psd,
+    galerkin_integrate,
+    initial_modes,
+    kernel_spectrum,
+    next_modes,
+    smallest_eigenvalue_bound,
+)
 from stepwise_ntk.solver._integrate import ODESettings, check_tolerances, integrate
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 from stepwise_ntk.theory import (
     ContrastiveEigensystem,
     check_enough_modes,
     check_factorization,
-    contrastive_eigensystem_core,
+    contrastive_eigensystem_from_factor,
     default_jitter_rtol,
+    jittered_cholesky,
 )
 
 __all__ = ["METHODS", "INTEGRATORS", "SolverSettings", "choose_method", "solve"]
 
-METHODS = ("auto", "eigen", "function")
+METHODS = ("auto", "eigen", "function", "galerkin")
 INTEGRATORS = ("auto", "dopri5", "rosw")
 _MODE_BLOCK = 64
+
+
+EIGENSYSTEMS = ("auto", "full", "partial")
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverSettings:
     """Settings of :func:`solve` (hashable; part of the compiled computation).
 
+    The default states an accuracy, not tolerances: every eigenvalue of ``C`` at every
+    requested time within ``accuracy`` of the exact flow. The eigen route derives the
+    integration tolerance and the mode truncation from it and from the problem, checks the
+    result (see the module docstring, *Accuracy*) and reports its estimate in
+    ``Trajectory.stats.error_estimate``.
+
     Attributes:
+      accuracy: target of ``max_{t, j} |λ_j(t) − λ_j^exact(t)|`` (default 1e-3).
       rtol, atol: local error tolerances of the time integration (see
-        :mod:`stepwise_ntk.solver._integrate`; ``atol=None`` follows the scale of the initial
-        state). The global error of the eigenvalues is typically 10–100 × rtol.
+        :mod:`stepwise_ntk.solver._integrate`). ``rtol=None`` derives it from ``accuracy``
+        and the dtype (:meth:`resolved_rtol`); a given ``rtol`` is used as is (no accuracy
+        check by re-integration). ``atol=None`` follows the scale of the initial state.
       max_steps: limit on attempted time steps.
-      integrator: ``"auto"``, ``"dopri5"`` or ``"rosw"`` (``"rosw"``: eigen route only).
+      integrator: ``"auto"``, ``"dopri5"`` or ``"rosw"`` (``"rosw"``: eigen and Galerkin
+        routes).
       mode_tol: eigen route: the truncated modes may move ``C`` by at most this much in the
-        2-norm (see the module docstring); 0 keeps every mode.
+        2-norm (see the module docstring); 0 keeps every mode; None: ``accuracy / 10``.
       jitter_rtol: relative jitter of the factorisation (None: ``2n · eps``; see
         :mod:`stepwise_ntk.theory._eigensystem`).
       shard: function route: shard ``K``'s rows over ``jax.local_devices()`` (None: when
         there is more than one device and ``2n`` is divisible by their number).
+      eigensystem: eigen route: ``"partial"`` (only the modes the truncation needs, by a
+        block Krylov iteration), ``"full"`` (one dense eigendecomposition), or ``"auto"``
+        (partial where it is cheaper: ``2n ≥ 1024`` and few modes needed).
     """
 
-    rtol: float = 1e-6
+    accuracy: float = 1e-3
+    rtol: float | None = None
     atol: float | None = None
     max_steps: int = 1_000_000
     integrator: str = "auto"
-    mode_tol: float = 1e-6
+    mode_tol: float | None = None
     jitter_rtol: float | None = None
     shard: bool | None = None
+    eigensystem: str = "auto"
 
     def __post_init__(self):
-        check_tolerances("SolverSettings", self.rtol, self.atol, self.max_steps)
+        check_number("SolverSettings.accuracy", self.accuracy, low=0.0, open_low=True)
+        if self.rtol is not None:
+            check_tolerances("SolverSettings", self.rtol, self.atol, self.max_steps)
+        else:
+            check_tolerances("SolverSettings", 1.0, self.atol, self.max_steps)
         check_choice("SolverSettings.integrator", self.integrator, INTEGRATORS)
-        check_number("SolverSettings.mode_tol", self.mode_tol, low=0.0)
+        if self.mode_tol is not None:
+            check_number("SolverSettings.mode_tol", self.mode_tol, low=0.0, hint=" or None")
         if self.jitter_rtol is not None:
             check_number("SolverSettings.jitter_rtol", self.jitter_rtol, low=0.0, hint=" or None")
         if self.shard is not None:
             check_bool("SolverSettings.shard", self.shard)
+        check_choice("SolverSettings.eigensystem", self.eigensystem, EIGENSYSTEMS)
 
     @property
     def ode(self) -> ODESettings:
         """The static part of the integrator settings (tolerances travel as traced values)."""
         return ODESettings(atol=None if self.atol is None else 1.0)
 
-    def tolerances(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def resolved_rtol(self, dtype) -> float:
+        """``rtol``, or from ``accuracy``: ``max(accuracy / 300, 100 eps(dtype))`` (float64 at
+        the default accuracy: ``3.3e-6``; float32: ``1.2e-5``). The first guess of the eigen
+        route's accuracy loop, which tightens it where the estimate asks for it."""
+        if self.rtol is not None:
+            return float(self.rtol)
+        return max(self.accuracy / 300.0, 100.0 * float(np.finfo(np.dtype(dtype)).eps))
+
+    def resolved_mode_tol(self) -> float:
+        """``mode_tol``, or ``accuracy / 10``."""
+        return self.accuracy / 10.0 if self.mode_tol is None else float(self.mode_tol)
+
+    def tolerances(self, dtype, rtol: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(rtol, atol, max_steps)`` as arrays (``atol`` is NaN, unused, when it follows the
-        state's scale)."""
+        state's scale; ``rtol`` given here overrides :meth:`resolved_rtol`)."""
         atol = np.nan if self.atol is None else self.atol
-        return (jnp.asarray(self.rtol, dtype), jnp.asarray(atol, dtype),
+        rtol = self.resolved_rtol(dtype) if rtol is None else rtol
+        return (jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype),
                 jnp.asarray(min(self.max_steps, 2**31 - 1), jnp.int32))
 
 
@@ -160,6 +230,10 @@ def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "
     eigensolvers reach a far smaller fraction of peak than matrix products), against
     function ``≈ 6 · S · 2 N² d / n_devices`` with ``S = 400`` time steps (a typical
     optimistic count; stiff problems need more, which only favours the eigen route).
+    Other losses take the function route; ``method="galerkin"`` (one eigendecomposition of
+    ``K``, then ``O(N r d)`` per right-hand side) pays where few eigenvectors of ``K`` move
+    within the horizon (short horizons, fast-decaying spectra), which a cost model cannot
+    know before the solve.
 
     Args:
       n_pairs: ``n`` (``N = 2n`` views).
@@ -176,14 +250,16 @@ def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "
     d = check_positive_int("d", d, hint=" (the embedding dimension)")
     n_devices = check_positive_int("n_devices", n_devices)
     check_type("platform", platform, str)
-    if not check_bool("barlow_twins", barlow_twins):
-        return "function", "only the function route handles this loss"
+    bt = check_bool("barlow_twins", barlow_twins)
     N = 2.0 * n_pairs
     factor = 1.0 if platform == "cpu" else 3.0
     eigen = 10.0 * N**3 * factor
     function = 6.0 * 400.0 * 2.0 * N**2 * d / n_devices
-    method = "eigen" if eigen <= function else "function"
-    return method, (f"cost model: eigen ≈ {eigen:.2g} flops, function ≥ {function:.2g} flops "
+    if not bt:
+        return "function", "only the function route integrates this loss in full (the Galerkin route is opt-in)"
+    fast = "eigen"
+    method = fast if eigen <= function else "function"
+    return method, (f"cost model: {fast} ≈ {eigen:.2g} flops, function ≥ {function:.2g} flops "
                     f"(N={2 * n_pairs}, d={d}, {platform}, {n_devices} device(s))")
 
 
@@ -200,18 +276,40 @@ def _rosw_is_cheaper(gamma1: float, t_end: float, d: int, rtol: float) -> bool:
 
 class _EigenPrep(NamedTuple):
     es: ContrastiveEigensystem
-    M0: jax.Array  # (d, N) mode coordinates of F0
+    M0: jax.Array  # (d, r) mode coordinates of F0 (the r computed modes)
     C0: jax.Array  # (d, d) cross-correlation of F0
     L_norm: jax.Array  # upper bound on ‖L‖₂ = ‖K + τI‖₂^½ (max absolute row sum of K, plus τ)
+    W_rest: jax.Array  # Σ_{modes not computed} ‖m_j(0)‖²
+    Q_rest: jax.Array  # Σ_{modes not computed} γ_j² ‖m_j(0)‖²
 
 
 @jax.jit
-def _eigen_prepare(K, F0, jitter_rtol):
-    es = contrastive_eigensystem_core(K, jitter_rtol)
-    B0 = jax.scipy.linalg.solve_triangular(es.factor, F0, lower=True)
-    M0 = (es.vectors.T @ B0).T
-    L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(K), axis=1)) + es.jitter)
-    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm)
+def _eigen_prepare(es, K, F0):
+    with jax.default_matmul_precision("highest"):
+        L, P, g = es.factor, es.vectors, es.gammas
+        N = K.shape[0]
+        B0 = jax.scipy.linalg.solve_triangular(L, F0, lower=True)
+        M0 = (P.T @ B0).T
+        # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
+        n = N // 2
+        HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
+        R = HB0 - P @ (g[:, None] * M0.T)
+        W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
+        L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(K), axis=1)) + es.jitter)
+    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm,
+                      W_rest=W_rest, Q_rest=jnp.sum(jnp.square(R)))
+
+
+def _rest_bounds(xp, g_rest, W_rest, Q_rest, E):
+    """Bounds on ``Σ |γ| w ρ (2 + ρ)`` and ``Σ w ρ²`` over the modes not computed, all with
+    ``|γ| ≤ g_rest``: both ``|γ| ρ(2 + ρ) / γ²`` and ``ρ² / γ²`` increase with ``|γ|``, so
+    each sum is at most its value at ``g_rest`` times ``min(Σ w, Σ γ² w / g_rest²)``."""
+    g = xp.maximum(g_rest, 0.0)
+    rho = xp.expm1(4.0 * g * E)
+    safe = xp.where(g > 0, g, 1.0)
+    c = xp.where(g > 0, xp.minimum(g * rho * (2.0 + rho) * W_rest, rho * (2.0 + rho) / safe * Q_rest), 0.0)
+    f2 = xp.where(g > 0, xp.minimum(rho**2 * W_rest, (rho / safe) ** 2 * Q_rest), 0.0)
+    return c, f2
 
 
 def spectral_norm_bound(A: jax.Array, squarings: int = 6) -> jax.Array:
@@ -261,6 +359,7 @@ class _EigenOut(NamedTuple):
     t_final: jax.Array
     bound_C: jax.Array
     bound_F: jax.Array
+    E: jax.Array  # ∫_0^T ‖I − C‖₂ dt (its upper bound, on the accepted steps)
 
 
 def _tolerance_kwargs(ode: ODESettings, tols):
@@ -290,7 +389,18 @@ def _lyapunov_solve(prep, tau, b):
     return b + (U @ Xt @ U.T) @ MG
 
 
+def _highest(f):
+    """Trace ``f`` with full-precision matrix products (accelerators default to reduced
+    precision, e.g. TF32, which the accuracy target cannot afford)."""
+    @functools.wraps(f)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return f(*args, **kwargs)
+    return wrapped
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
+@_highest
 def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test, F0_test, tols):
     es = prep.es
     dtype = F0.dtype
@@ -326,40 +436,47 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, F0, times, K_test
     weights = jnp.sum(jnp.square(prep.M0), axis=0)
     frozen = jnp.ones(weights.shape, dtype=bool).at[idx].set(False)
     c, rho = _truncation_terms(es.gammas, jnp.where(frozen, weights, 0.0), res.integral)
-    bound_C = jnp.sum(c)
+    c_rest, f2_rest = _rest_bounds(jnp, es.rest, prep.W_rest, prep.Q_rest, res.integral)
+    bound_C = jnp.sum(c) + c_rest
     # ‖L‖₂² = ‖K + τI‖₂ ≤ ‖K‖_∞ + τ, so ‖ΔF‖_F ≤ ‖L‖₂ ‖ΔM_frozen‖_F.
-    bound_F = prep.L_norm * jnp.sqrt(jnp.sum(jnp.where(frozen, weights * rho**2, 0.0)))
+    bound_F = prep.L_norm * jnp.sqrt(jnp.sum(jnp.where(frozen, weights * rho**2, 0.0)) + f2_rest)
     loss, lam = res.observed[0], res.observed[1]
     test = res.observed[2] if cfg.has_test else None
     st = res.stats
     return _EigenOut(loss, lam, F_T, test, st.n_steps, st.n_rejected, st.n_rhs, st.success, st.t_final,
-                     bound_C, bound_F)
+                     bound_C, bound_F, res.integral)
 
 
-def _mode_ranking(prep: _EigenPrep, t_end: float, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """A-priori truncation bound per mode (``E = 1.25 T``) and the modes ranked by it.
+def _mode_ranking(prep: _EigenPrep, E: float, d: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Truncation bound per computed mode for ``E = ∫‖I − C‖₂ dt``, the modes ranked by it,
+    and the bound on all the modes not computed.
 
     The top-``d`` modes by ``γ`` come first whatever their bound (they carry the steps).
     """
     gammas = np.asarray(prep.es.gammas, dtype=np.float64)
     weights = np.sum(np.square(np.asarray(prep.M0, dtype=np.float64)), axis=0)
     with np.errstate(over="ignore", invalid="ignore"):
-        rho = np.expm1(4.0 * np.abs(gammas) * 1.25 * t_end)
+        rho = np.expm1(4.0 * np.abs(gammas) * E)
         c = np.where(weights > 0, np.abs(gammas) * weights * rho * (2.0 + rho), 0.0)
+        rest = _rest_bounds(np, float(prep.es.rest), float(prep.W_rest), float(prep.Q_rest), E)[0]
     c = np.nan_to_num(c, nan=np.inf)
     c_ranked = np.where(np.arange(len(c)) < d, np.inf, c)
-    return c, np.argsort(-c_ranked, kind="stable")
+    return c, np.argsort(-c_ranked, kind="stable"), float(np.nan_to_num(rest, nan=np.inf))
 
 
-def _mode_count(c: np.ndarray, order: np.ndarray, mode_tol: float, d: int) -> int:
-    """Fewest ranked modes whose neglected a-priori bounds sum to ≤ mode_tol / 2 (a multiple of 64)."""
-    N = len(c)
-    if mode_tol <= 0:
-        return N
+def _mode_count(c: np.ndarray, order: np.ndarray, budget: float, d: int) -> int | None:
+    """Fewest ranked modes whose neglected bounds sum to ≤ budget (a multiple of 64, at most
+    all computed ones), or None when even all computed modes leave more than the budget."""
+    r = len(c)
+    if budget < 0:
+        return None
     with np.errstate(over="ignore", invalid="ignore"):  # infinite bounds: modes that must stay
         tail = np.concatenate([np.cumsum(c[order][::-1])[::-1], [0.0]])  # tail[k] = Σ_{rank ≥ k}
-    k = max(int(np.argmax(tail <= mode_tol / 2)), d)
-    return min(N, _MODE_BLOCK * math.ceil(k / _MODE_BLOCK))
+    ok = tail <= budget
+    if not ok.any():
+        return None
+    k = max(int(np.argmax(ok)), d)
+    return min(r, _MODE_BLOCK * math.ceil(k / _MODE_BLOCK))
 
 
 # ------------------------------------------------------------------------------ function route
@@ -371,8 +488,9 @@ class _FunctionConfig(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
+@_highest
 def _function_integrate(cfg: _FunctionConfig, K, F0, times, K_test, F0_test, tols):
-    grad = jax.grad(cfg.loss)
+    grad = loss_gradient(cfg.loss)
     rep = _replicated_like(F0)
 
     def rhs(t, y, args):
@@ -452,7 +570,7 @@ def solve(
         × step), e.g. ``jnp.geomspace(1e-2, 1e4, 200)``.
       loss: ``"barlow_twins"``, ``"simclr"``, ``"vicreg"`` or a callable ``F -> scalar``.
       loss_kwargs: keyword arguments of a named loss (e.g. ``{"temperature": 0.2}``).
-      method: ``"auto"``, ``"eigen"`` (Barlow Twins only) or ``"function"``.
+      method: ``"auto"``, ``"eigen"`` (Barlow Twins only), ``"function"`` or ``"galerkin"``.
       K_test: optional ``(m, 2n)`` kernel between test inputs and the views.
       F0_test: optional ``(m, d)`` initial test embeddings (default 0, as in
         neural-tangents' ``predict``).
@@ -470,13 +588,15 @@ def solve(
         when the integration does not reach the last time within ``max_steps``.
     """
     n_pairs = check_n_pairs(n_pairs)
+    _check_x64(K=K, F0=F0, times=times, K_test=K_test, F0_test=F0_test)
     K = check_kernel(K, n_pairs)
     F0 = check_embeddings(F0, n_pairs, "F0", dtype=K.dtype)
     times = check_times(times, K.dtype)
     loss_fn = resolve_loss(loss, loss_kwargs=loss_kwargs)
     check_choice("method", method, METHODS)
     check_type("settings", settings, SolverSettings)
-    _check_rtol_resolvable(settings.rtol, K.dtype)
+    if settings.rtol is not None:
+        _check_rtol_resolvable(settings.rtol, K.dtype)
     K_test, F0_test = _test_inputs(K_test, F0_test, n_pairs, F0)
 
     devices = jax.local_devices()
@@ -486,7 +606,23 @@ def solve(
     method, reason = _route(method, is_bt, loss, settings.integrator, n_pairs, F0.shape[1], n_dev)
     if method == "eigen":
         return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason)
+    if method == "galerkin":
+        return _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason)
     return _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev)
+
+
+def _check_x64(**arrays: Any) -> None:
+    """float64 arrays while JAX runs in float32 (``jax_enable_x64`` off) would be rounded
+    to float32 silently: refuse them, naming the first one."""
+    if jax.config.jax_enable_x64:
+        return
+    for name, a in arrays.items():
+        if getattr(a, "dtype", None) == np.float64:
+            raise ValueError(
+                f"{name} is float64 but jax_enable_x64 is off, so JAX would round it to float32 "
+                f"silently. Call jax.config.update('jax_enable_x64', True) before creating arrays, "
+                f"or pass float32 inputs ({name}.astype(np.float32))."
+            )
 
 
 def _check_rtol_resolvable(rtol: float, dtype: Any) -> None:
@@ -525,7 +661,7 @@ def _use_sharding(shard: bool | None, N: int, devices: list) -> bool:
 
 def _route(method: str, is_bt: bool, loss: Any, integrator: str, n_pairs: int, d: int,
            n_dev: int) -> tuple[str, str]:
-    """The route that runs (``"eigen"`` or ``"function"``) and why."""
+    """The route that runs (``"eigen"``, ``"galerkin"`` or ``"function"``) and why."""
     if method == "auto":
         method, reason = choose_method(n_pairs, d, is_bt, platform=jax.default_backend(), n_devices=n_dev)
     else:
@@ -537,7 +673,8 @@ def _route(method: str, is_bt: bool, loss: Any, integrator: str, n_pairs: int, d
             f"contrastive eigenbasis); for loss={name!r} use method='function'."
         )
     if integrator == "rosw" and method == "function":
-        raise ValueError("integrator='rosw' is for the eigen route; the function route uses 'dopri5'.")
+        raise ValueError("integrator='rosw' is for the eigen and Galerkin routes; the function route "
+                         "uses 'dopri5'.")
     return method, reason
 
 
@@ -554,36 +691,114 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     N = K.shape[0]
     dtype = K.dtype
     jr = default_jitter_rtol(N // 2, dtype) if settings.jitter_rtol is None else settings.jitter_rtol
-    prep = _eigen_prepare(K, F0, jnp.asarray(jr, dtype))
-    check_factorization(prep.es, K)
-    check_enough_modes(prep.es, d)
+    L, tau = jittered_cholesky(K, jnp.asarray(jr, dtype))
+    check_factorization(ContrastiveEigensystem(jnp.diagonal(L), L, L, tau), K)
     t_end = float(times[-1])
+    accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
+    prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy)
+    check_enough_modes(prep.es, d)
+    rtol = settings.resolved_rtol(dtype)
     integrator = settings.integrator
     if integrator == "auto":
-        cheaper = _rosw_is_cheaper(float(prep.es.gammas[0]), t_end, d, settings.rtol)
+        cheaper = _rosw_is_cheaper(float(prep.es.gammas[0]), t_end, d, rtol)
         integrator = "rosw" if cheaper else "dopri5"
-    c, order = _mode_ranking(prep, t_end, d)
-    k = _mode_count(c, order, settings.mode_tol, d)
-    while True:
+    has_test = K_test is not None
+
+    def run(prep, k, rtol):
+        c, order, _ = _mode_ranking(prep, t_end, d)
         idx = jnp.asarray(np.sort(order[:k]).astype(np.int32))
-        cfg = _EigenConfig(k=k, integrator=integrator, ode=settings.ode, has_test=K_test is not None)
-        out = _eigen_integrate(cfg, prep, idx, F0, times, K_test, F0_test, settings.tolerances(dtype))
+        cfg = _EigenConfig(k=k, integrator=integrator, ode=settings.ode, has_test=has_test)
+        out = _eigen_integrate(cfg, prep, idx, F0, times, K_test, F0_test, settings.tolerances(dtype, rtol))
         _raise_if_failed(out.success, out.n_steps, out.t_final, times, settings)
-        if k >= N or float(out.bound_C) <= settings.mode_tol:
+        return out
+
+    # Truncation: the a-priori count (E = T), checked with the measured E; more modes
+    # (computing more if the partial eigensystem ran out) until the bound is met. With a
+    # derived rtol these runs use 10 × rtol: the last one is the accuracy check's companion.
+    auto_rtol = settings.rtol is None
+    rtol_trunc = 10.0 * rtol if auto_rtol else rtol
+    c, order, rest = _mode_ranking(prep, t_end, d)
+    k = _mode_count(c, order, mode_tol / 2 - rest, d) or r
+    if prep.es.partial:
+        k = r  # the first run integrates every computed mode: its E decides how many are needed
+    while True:
+        out = run(prep, k, rtol_trunc)
+        bound = float(out.bound_C)
+        if mode_tol == 0 or bound <= mode_tol or (k >= r and not prep.es.partial):
             break
-        # The a-priori ranking was too optimistic (e.g. C left [0, I]): integrate more modes.
-        k = min(N, 2 * k)
+        E = 1.1 * _measured_E(out, prep, t_end)
+        c, order, rest = _mode_ranking(prep, E, d)
+        if prep.es.partial and rest > mode_tol / 4:  # the modes not computed weigh too much
+            prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=2 * r,
+                                   start=prep.es.vectors)
+            c, order, rest = _mode_ranking(prep, E, d)
+        k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
+        k = min(r, 2 * k) if k_new is None or k_new <= k else k_new
+    # Accuracy: the same modes at rtol, against the run at 10 × rtol; tighter while the
+    # estimate exceeds the budget (at most three times, never below 10 eps).
+    estimate = np.nan
+    if auto_rtol:
+        floor = 10.0 * float(np.finfo(np.dtype(dtype)).eps)
+        budget = accuracy - float(out.bound_C)
+        prev, prev_rtol = out, rtol_trunc
+        for _ in range(4):
+            cur = run(prep, k, rtol)
+            diff = float(jnp.max(jnp.abs(cur.eigenvalues - prev.eigenvalues)))
+            # Tolerance proportionality (error ∝ rtol) gives err ≈ diff / (ratio − 1);
+            # three times that allows for an integrator that is not quite proportional.
+            estimate = 3.0 * diff / (prev_rtol / rtol - 1.0)
+            prev, prev_rtol = cur, rtol
+            if estimate <= budget or rtol <= floor:
+                break
+            # err ∝ rtol: the factor that brings the estimate to half the budget, 2× to 10×.
+            rtol = max(rtol * min(0.5, max(0.1, 0.5 * budget / estimate)), floor)
+        out = prev
+        estimate = estimate + float(out.bound_C)
+    es = prep.es
     stats = SolveStats(
         n_steps=out.n_steps, n_rejected=out.n_rejected, n_rhs=out.n_rhs, success=out.success,
         n_modes=jnp.asarray(k), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
-        jitter=prep.es.jitter, n_devices=jnp.asarray(1),
+        jitter=es.jitter, n_devices=jnp.asarray(1), error_estimate=jnp.asarray(estimate, dtype),
+        n_eigen_modes=jnp.asarray(es.gammas.shape[0]),
+        eigen_residual=jnp.asarray(0.0 if es.residuals is None else jnp.max(es.residuals), dtype),
     )
     return Trajectory(times=times, loss=out.loss, eigenvalues=out.eigenvalues, embeddings=out.embeddings,
                       test_embeddings=out.test_embeddings, stats=stats, method="eigen",
                       integrator=integrator, reason=reason)
 
 
+def _measured_E(out, prep, t_end) -> float:
+    """``E`` of the run (the a-posteriori bound's), at most the a-priori ``1.25 T``."""
+    return min(float(out.E), 1.25 * t_end)
+
+
+def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None):
+    """The eigensystem the truncation starts from, its preparation, and how many modes it has.
+
+    Partial (``settings.eigensystem`` ``"partial"``, or ``"auto"`` from ``2n = 1024``): the
+    ``r`` modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve
+    doubles it while the a-posteriori bound on the modes not computed asks for it); full
+    otherwise, or where the partial one would not be cheaper.
+    """
+    N = K.shape[0]
+    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto" and N >= 1024)
+    if mode_tol == 0 or not want_partial:
+        es = contrastive_eigensystem_from_factor(L, tau)
+        return _eigen_prepare(es, K, F0), N
+    r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
+    # Residual tolerance: a γ error δ moves λ by about 8 δ T λ, kept below accuracy / 10.
+    gamma_max = float(jnp.max(jnp.sum(jnp.abs(K), axis=1))) / N
+    res_rtol = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))
+    # ... but not below the round-off of one product with H (float32: ~1e-4 at 2n = 2000).
+    res_rtol = max(res_rtol, 30.0 * math.sqrt(N) * float(np.finfo(np.dtype(K.dtype)).eps))
+    es = contrastive_eigensystem_from_factor(L, tau, top=min(r, N), which="magnitude", start=start,
+                                             residual_rtol=res_rtol)
+    return _eigen_prepare(es, K, F0), es.gammas.shape[0]
+
+
 def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev):
+    theta_min, theta_max = smallest_eigenvalue_bound(K)
+    check_psd(theta_min, theta_max, K, estimate=True)
     if shard:
         K, F0, K_test, F0_test = _shard_rows([(K, True), (F0, False), (K_test, True), (F0_test, False)], devices)
     cfg = _FunctionConfig(loss=loss_fn, ode=settings.ode, has_test=K_test is not None)
@@ -598,3 +813,37 @@ def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, sh
     )
     return Trajectory(times=times, loss=loss, eigenvalues=lam, embeddings=F_T, test_embeddings=test,
                       stats=stats, method="function", integrator="dopri5", reason=reason)
+
+
+def _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason):
+    """The function-space flow on the top eigenvectors of ``K`` (:mod:`._galerkin`): modes
+    doubled until the a-posteriori bound on the dropped part is within ``mode_tol``."""
+    N, d = F0.shape
+    dtype = K.dtype
+    lam, U = kernel_spectrum(K)
+    check_psd(lam[-1], lam[0], K)
+    mode_tol = settings.resolved_mode_tol()
+    t_end = float(times[-1])
+    integrator = settings.integrator
+    if integrator == "auto":
+        integrator = "dopri5"  # ROS34PW2 with W from the quadratic part is opt-in (integrator="rosw")
+    r = N if mode_tol == 0 else initial_modes(np.asarray(lam), t_end, d)
+    tols = settings.tolerances(dtype)
+    while True:
+        cfg = GalerkinConfig(loss=loss_fn, r=r, integrator=integrator, ode=settings.ode,
+                             has_test=K_test is not None)
+        out = galerkin_integrate(cfg, lam, U, F0, times, K_test, F0_test, tols)
+        st = out.stats
+        _raise_if_failed(st.success, st.n_steps, st.t_final, times, settings)
+        if r >= N or float(out.bound_C) <= mode_tol:
+            break
+        r = next_modes(2 * r - 1, N)
+    stats = SolveStats(
+        n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
+        n_modes=jnp.asarray(r), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
+        jitter=jnp.asarray(0.0, dtype), n_devices=jnp.asarray(1),
+    )
+    kept = f"{r} of {N} eigenvectors of K kept (truncation bound {float(out.bound_C):.2g}, mode_tol {mode_tol:g})"
+    return Trajectory(times=times, loss=out.loss, eigenvalues=out.eigenvalues, embeddings=out.embeddings,
+                      test_embeddings=out.test_embeddings, stats=stats, method="galerkin",
+                      integrator=integrator, reason=f"{reason}; {kept}")

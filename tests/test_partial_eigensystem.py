@@ -1,0 +1,144 @@
+"""The partial contrastive eigensystem (block Krylov on H = Lᵀ Z L / 2n) against the full one,
+the solver's partial eigen route against a float64 full-decomposition reference, and the
+precision the routes request (lowered computations).
+
+Sizes are the smallest at which the partial route runs (2n = 1024); each test takes seconds.
+"""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.theory import (
+    contrastive_eigensystem,
+    contrastive_eigensystem_core,
+    contrastive_eigensystem_from_factor,
+    jittered_cholesky,
+    step_times,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_theory import paired_features  # noqa: E402
+
+N_PAIRS = 512
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """Views where some strong features flip sign between the views: large negative γ."""
+    X = paired_features(N_PAIRS, 80, noise=0.6, seed=21, decay=0.6)
+    X[N_PAIRS:, 1:12:3] = -X[:N_PAIRS, 1:12:3]  # anti-correlated across the pair
+    K = X @ X.T
+    full = contrastive_eigensystem(K, N_PAIRS)
+    return dict(X=X, K=K, full=full)
+
+
+@pytest.mark.parametrize("which", ["largest", "magnitude"])
+def test_partial_matches_full(kernel, which):
+    K, full = kernel["K"], kernel["full"]
+    r = 12
+    part = contrastive_eigensystem(K, N_PAIRS, top=r, which=which)
+    assert part.partial and part.gammas.shape == (r,) and part.vectors.shape == (2 * N_PAIRS, r)
+    g = np.asarray(full.gammas)
+    key = np.abs(g) if which == "magnitude" else g
+    want = np.sort(g[np.argsort(-key)[:r]])[::-1]
+    if which == "magnitude":
+        assert np.any(want < 0)  # the kernel was built so that negative modes are among them
+    # Residual bound: |γ_Ritz − γ| ≤ ‖H p − γ p‖; both sides at round-off here.
+    res = np.asarray(part.residuals)
+    assert np.all(res <= 1e-9 * np.abs(g).max())
+    np.testing.assert_allclose(np.asarray(part.gammas), want, atol=1e-12 * np.abs(g).max() + res.max())
+    # Residuals recomputed independently in float64 numpy from H = Lᵀ Z L / 2n.
+    L = np.asarray(part.factor)
+    P = np.asarray(part.vectors)
+    n = N_PAIRS
+    ZLP = np.concatenate([(L @ P)[n:], (L @ P)[:n]])
+    R = L.T @ ZLP / (2 * n) - P * np.asarray(part.gammas)
+    np.testing.assert_allclose(np.linalg.norm(R, axis=0), res, atol=1e-12 * np.abs(g).max())
+    np.testing.assert_allclose(P.T @ P, np.eye(r), atol=1e-10)
+    # The next value by the ranking, estimated within its residual.
+    assert abs(float(part.rest) - np.sort(key)[::-1][r]) <= 1e-8 * np.abs(g).max()
+    # The same eigenvectors as the full decomposition (up to sign): |p_fullᵀ p_part| = 1.
+    idx = np.argsort(-key)[:r]
+    overlap = np.abs(np.sum(np.asarray(full.vectors)[:, np.sort(idx)] * P, axis=0))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+
+
+def test_partial_falls_back_to_full(kernel):
+    K = kernel["K"]
+    # Few views: the full decomposition is returned (and truncated by the public function).
+    small = K[:200, :200]
+    es = contrastive_eigensystem(small, 100, top=5)
+    ref = contrastive_eigensystem(small, 100)
+    np.testing.assert_allclose(np.asarray(es.gammas), np.asarray(ref.gammas[:5]), rtol=1e-12)
+    # A Krylov basis that would not be small against 2n: the full decomposition.
+    L, tau = jittered_cholesky(jnp.asarray(K), jnp.asarray(1e-12))
+    assert not contrastive_eigensystem_from_factor(L, tau, top=400).partial
+    # No convergence within the restarts: the full decomposition.
+    assert not contrastive_eigensystem_from_factor(L, tau, top=12, max_restarts=0, residual_rtol=1e-30).partial
+
+
+def test_non_psd_messages():
+    n = 10
+    K = -np.eye(2 * n)
+    with pytest.raises(ValueError, match="not a kernel Gram matrix") as err:
+        contrastive_eigensystem(K, n)
+    assert "jitter_rtol (e.g." not in str(err.value)
+    # Round-off-sized negative eigenvalue: a larger jitter is the advice, and it works.
+    X = paired_features(n, 5, seed=1)
+    K = X @ X.T
+    lam, V = np.linalg.eigh(K)
+    K_bad = K - 1e-12 * np.abs(lam).max() * V[:, :1] @ V[:, :1].T
+    with pytest.raises(ValueError, match=r"round-off.*jitter_rtol \(e\.g\. ([0-9.e+-]+)\)") as err:
+        contrastive_eigensystem(K_bad, n, jitter_rtol=0.0)
+    suggested = float(str(err.value).rsplit("e.g. ", 1)[1].split(")")[0])
+    assert suggested < 1e-6
+    contrastive_eigensystem(K_bad, n, jitter_rtol=suggested)
+    # The solver refuses the same way before any work, on both routes' entry.
+    F0 = 1e-3 * np.ones((2 * n, 2))
+    with pytest.raises(ValueError, match="not a kernel Gram matrix"):
+        solve(-np.eye(2 * n), n, F0, np.array([1.0]), method="eigen")
+
+
+def test_solver_partial_route_meets_accuracy(kernel):
+    """Default settings on the partial route: within the accuracy of a float64 full reference."""
+    X, K, full = kernel["X"], kernel["K"], kernel["full"]
+    d = 3
+    W0 = np.random.default_rng(5).normal(size=(d, X.shape[1])) * 1e-3
+    F0 = X @ W0.T
+    T = 1.5 * float(np.max(np.asarray(step_times(full, jnp.asarray(F0)))))
+    times = np.geomspace(1e-3 * T, T, 30)
+    # Reference: full decomposition, no truncation, rtol 1e-9 (integration error ~1e-7).
+    ref = solve(K, N_PAIRS, F0, times, method="eigen",
+                settings=SolverSettings(rtol=1e-9, mode_tol=0.0, eigensystem="full"))
+    tr = solve(K, N_PAIRS, F0, times, method="eigen")
+    st = tr.stats
+    assert int(st.n_eigen_modes) < 2 * N_PAIRS  # the partial eigensystem ran
+    assert float(st.eigen_residual) > 0
+    assert int(ref.stats.n_eigen_modes) == 2 * N_PAIRS
+    assert float(ref.eigenvalues[-1, d - 1]) > 0.5  # every mode has stepped
+    err = float(np.max(np.abs(np.asarray(tr.eigenvalues) - np.asarray(ref.eigenvalues))))
+    est = float(st.error_estimate)
+    assert err <= 1e-3, err
+    assert np.isfinite(est) and est <= 1e-3
+    assert float(st.truncation_bound) <= 1e-4
+
+
+def test_routes_request_highest_precision():
+    """Products that decide accuracy carry precision=HIGHEST (accelerators default lower)."""
+    K = jnp.eye(8)
+    text = jax.jit(contrastive_eigensystem_core).lower(K, jnp.asarray(1e-12)).as_text()
+    dots = [ln for ln in text.splitlines() if "dot_general" in ln]
+    assert dots and all("HIGHEST" in ln for ln in dots)
+    from stepwise_ntk.theory._eigensystem import _krylov_modes  # the jitted Krylov core
+
+    L = jnp.eye(8)
+    text = _krylov_modes.lower(L, jnp.ones((8, 3)), jnp.ones((3, 2)), jnp.asarray(1e-10),
+                               jnp.asarray(1, jnp.int32), r=2, depth=1, which="largest").as_text()
+    dots = [ln for ln in text.splitlines() if "dot_general" in ln]
+    assert dots and all("HIGHEST" in ln for ln in dots)
