@@ -97,10 +97,11 @@ def smoke_sharded(tmp_path_factory):
 
     Only that case: simulated CPU devices share this machine's cores, so every sharded
     right-hand side waits on a four-way rendezvous (the SimCLR case's float64 reference
-    alone takes minutes that way; it runs on one device in ``smoke``).
+    alone takes minutes that way; it runs on one device in ``smoke``). On synthetic views:
+    the sharding does not depend on the data, and ``smoke`` runs the CIFAR-10 problem.
     """
     out = tmp_path_factory.mktemp("bench4")
-    data, _ = _run_tiny(out, "sharded", 4, "dynamics", "--set", "losses=")
+    data, _ = _run_tiny(out, "sharded", 4, "dynamics", "--set", "losses=", "--set", "source=synthetic")
     return data
 
 
@@ -156,7 +157,7 @@ def test_smoke_environment_and_settings(smoke, smoke_sharded):
             if b["status"] == "ok":
                 assert len(b["loadavg_before"]) == 3 and b["wall_s"] > 0
     assert set(smoke_sharded["benchmarks"]) == {"dynamics"}
-    assert smoke_sharded["settings"]["overrides"] == {"losses": ""}
+    assert smoke_sharded["settings"]["overrides"] == {"losses": "", "source": "synthetic"}
 
 
 @pytest.mark.parametrize("devices", [1, 4])
