@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the README's figures (docs/figures/*.png) with the CLI's default experiments.
+# Regenerates the README's figures (docs/figures/*.png) with the CLI's default experiments
+# (tens of minutes on a 2-core CPU; each command is also documented in the README).
 # Usage: STEPWISE_NTK_DATA=../shared/cifar10 bash tools/readme_figures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,12 @@ cp runs/readme-network/results.json docs/figures/network_mlp_results.json
 cp runs/readme-sweep/width_sweep.png docs/figures/sweep_mlp_width_sweep.png
 cp runs/readme-sweep/curves.png docs/figures/sweep_mlp_curves.png
 cp runs/readme-sweep/results.json docs/figures/sweep_mlp_results.json
+# The convolutional network (Myrtle-5 with the CLI's per-architecture defaults), Barlow Twins,
+# SimCLR and VICReg from one initialisation: Figure 3's staircases, the cross-method alignment
+# tables (networks and kernel flows) and Figure 1's projections of the Barlow Twins network's
+# embeddings (a point, a line, a plane).
+uv run stepwise-ntk methods --arch myrtle --out runs/readme-methods-myrtle --overwrite --no-progress
+for f in staircases alignment alignment_theory projections; do
+  cp "runs/readme-methods-myrtle/$f.png" "docs/figures/methods_myrtle_$f.png"
+done
+cp runs/readme-methods-myrtle/results.json docs/figures/methods_myrtle_results.json
