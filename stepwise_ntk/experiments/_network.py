@@ -1,9 +1,13 @@
 """``stepwise-ntk network``: a finite Flax network trained on CIFAR-10 pairs against its NTK theory.
 
-The embedding ``f = α · net`` of a registered architecture (``--arch``, default a one-hidden-
-layer MLP of width 1024 on 8×8 images) is trained full batch with plain gradient descent
-from a small initialisation (output scale α) at ``learning_rate = c / α²``, i.e. gradient
-steps of size ``c`` on the per-output NTK ``Θ`` (:mod:`stepwise_ntk.training._train`). Its kernel
+The embedding ``f = α · net`` of a registered architecture (``--arch``: a one-hidden-layer
+MLP, Myrtle-5 or a wide ResNet, each with its own defaults, :data:`ARCH_DEFAULTS`) is
+trained with plain gradient descent from a small initialisation (output scale α) at
+``learning_rate = c / α²``, i.e. gradient steps of size ``c`` on the per-output NTK ``Θ``
+(:mod:`stepwise_ntk.training._train`), with ``c = rate / (8 γ_1(Θ_0))`` from the network's own
+empirical NTK ``Θ_0`` at initialisation. Full batch on the fixed views by default; with
+``--batch-size`` / ``--fresh-views`` minibatches of the views or fresh augmentations of the
+images at every step, the records (eigenvalues of ``C``) always on the fixed views. Its kernel
 model ``K = α² Θ`` (:mod:`stepwise_ntk.predictor._predict`) is integrated from the network's own
 initial embeddings ``F0`` on the same effective-time axis ``t = learning_rate × step``.
 
@@ -11,7 +15,9 @@ Reported (``results.json``): the contrastive eigenvalues, the closed-form step t
 ``t_j = ln(1/λ_j(0) − 1)/(8γ_j)``, the kernel flow's and the network's step times (the
 ``j``-th crossing of 1/2 by the sorted eigenvalues of ``C``) with their ratios and relative
 errors, the loss plateaus, the final losses, and the alignment of the network's held-out
-embeddings (test-split pairs) with the predicted top-``d`` modes. For ``--loss simclr`` /
+embeddings (test-split pairs) with the predicted top-``d`` modes; the same comparison for
+each of the three kernels (analytic, empirical at initialisation, empirical after training)
+under ``kernels``, ``--kernel`` choosing the one of the figures and headline numbers. For ``--loss simclr`` /
 ``vicreg`` there is no closed form: the theory is the kernel flow of that loss, and a
 "step" is when an eigenvalue reaches half its value at the end of the run (same rule on
 both sides). Figures: network vs theory curves (``staircase.png``), the network's view
