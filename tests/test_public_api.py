@@ -73,8 +73,8 @@ PUBLIC = {
         "network_kernel", "plan_steps", "plateau_losses", "predict_run", "principal_cosines",
         "step_time_ratios", "subspace_alignment", "width_sweep",
         "DEFAULT_RIDGES", "ModeStatistics", "ProbeResult", "SpectralMetrics", "alpha_req",
-        "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum", "learned_modes",
-        "linear_probe", "mode_statistics", "pair_groups", "participation_ratio", "predicted_spectral_metrics",
+        "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum",
+        "learned_modes", "linear_probe", "mode_statistics", "pair_groups", "participation_ratio", "predicted_spectral_metrics",
         "probe_curve", "rankme", "spectral_metrics", "stable_step_size",
     ],
     "stepwise_ntk.experiments": [
