@@ -74,7 +74,8 @@ PUBLIC = {
         "step_time_ratios", "subspace_alignment", "width_sweep",
         "DEFAULT_RIDGES", "ModeStatistics", "ProbeResult", "SpectralMetrics", "alpha_req",
         "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum",
-        "learned_modes", "linear_probe", "mode_statistics", "pair_groups", "participation_ratio", "predicted_spectral_metrics",
+        "learned_modes", "linear_probe", "mode_statistics", "pair_groups", "participation_ratio",
+        "predicted_spectral_metrics",
         "probe_curve", "rankme", "spectral_metrics", "stable_step_size",
     ],
     "stepwise_ntk.experiments": [
