@@ -89,6 +89,6 @@ def training_monitoring(
                            np.concatenate([t, t]), groups=groups, seed=seed)
         probe["test_accuracy_final"] = res.accuracy
     plot_spectral_metrics(path, times, curves, theory_times=theory_times, theory_metrics=theory,
-                          step_times=step_times, title="monitoring along training: network (solid), kernel theory "
-                                                      "(dashed)")
+                          step_times=step_times, label="network", theory_label="kernel theory",
+                          title="monitoring along training: network (solid), kernel theory (dashed)")
     return {"spectral": spectral, "probe": probe}

@@ -451,7 +451,8 @@ def plot_annotated_mode_gallery(path, images, mode_values, *, annotations=None, 
 
 
 def plot_spectral_metrics(path, times, metrics, *, theory_times=None, theory_metrics=None, step_times=None,
-                          title: str = "", time_label: str = "effective time  t = lr x step") -> Path:
+                          label: str = "simulation", theory_label: str = "closed-form theory", title: str = "",
+                          time_label: str = "effective time  t = lr x step") -> Path:
     """Spectral monitoring metrics (RankMe, α-ReQ, participation ratio, learned modes) against log time.
 
     Args:
@@ -465,11 +466,11 @@ def plot_spectral_metrics(path, times, metrics, *, theory_times=None, theory_met
     t = np.asarray(times, np.float64)
     for ax, name in zip(axes[0], names, strict=True):
         keep = t > 0
-        ax.plot(t[keep], np.asarray(metrics[name], np.float64)[keep], color="k", lw=2, label="simulation")
+        ax.plot(t[keep], np.asarray(metrics[name], np.float64)[keep], color="k", lw=2, label=label)
         if theory_metrics is not None and name in theory_metrics:
             tt = np.asarray(theory_times, np.float64)
             ax.plot(tt[tt > 0], np.asarray(theory_metrics[name], np.float64)[tt > 0], color="C3", ls="--",
-                    lw=1.5, label="closed-form theory")
+                    lw=1.5, label=theory_label)
         for st in np.asarray(step_times if step_times is not None else [], np.float64):
             if np.isfinite(st):
                 ax.axvline(st, color="gray", ls=":", lw=0.8)
