@@ -62,6 +62,7 @@ def test_tiny_conv_network_runs_end_to_end_on_its_own_step(tmp_path, cifar_dir, 
         assert 0 <= report["test_alignment"] <= 1 + 1e-12 and len(report["step_time_ratio"]) == 2
 
 
+@pytest.mark.slow  # minibatch with fresh augmentations: tests/test_training.py covers the loop itself
 def test_fresh_views_minibatch_records_on_the_fixed_views(tmp_path, cifar_dir):
     r, a = _run(tmp_path, cifar_dir, "--arch", "myrtle", "--fresh-views", "true", "--batch-size", "4",
                 "--loss", "simclr")

@@ -59,7 +59,7 @@ def _init(K, scale, seed):
 
 
 _slow = pytest.mark.slow
-CASES = [("rbf", "simclr"), ("rbf", "vicreg"),
+CASES = [pytest.param("rbf", "simclr", marks=_slow), ("rbf", "vicreg"),
          pytest.param("linear", "simclr", marks=_slow), pytest.param("relu_features", "simclr", marks=_slow),
          pytest.param("relu_features", "barlow_twins", marks=_slow), pytest.param("linear", "callable", marks=_slow)]
 
