@@ -50,6 +50,7 @@ from stepwise_ntk.experiments._network import (
     network_problem,
     plan_run,
     rise_times,
+    with_loss_flow,
 )
 from stepwise_ntk.experiments._plots import (
     plot_alignment_matrix,
@@ -60,7 +61,7 @@ from stepwise_ntk.experiments._plots import (
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import KERNELS, compare_run, init_network, predict_run, subspace_alignment
-from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.solver import SolverSettings
 
 __all__ = ["METHOD_LABELS", "MethodsSettings", "alignment_table", "run_methods", "snapshot_indices"]
 
@@ -164,13 +165,7 @@ def _run_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bo
     pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=kernel,
                        params=params, F0_test=init.F0_test, solver_settings=_SOLVER, progress=progress)
     is_bt = loss == "barlow_twins"
-    if not is_bt:  # this loss's own kernel flow; the closed form (top-d modes) stays Barlow Twins'
-        traj = solve(pred.K, s.n_pairs, jnp.asarray(init.F0, jnp.float64), times, loss=loss,
-                     loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", K_test=pred.K_test,
-                     F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER)
-        pred = dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
-                                   embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
-                                   trajectory=traj)
+    pred = with_loss_flow(pred, init, times, loss)  # the closed form (top-d modes) stays Barlow Twins'
     cmp = compare_run(pred, res, arch=arch)
     net_t, net_eig = res.effective_times, np.asarray(res.eigenvalues, np.float64)
     th_t, th_eig = np.asarray(pred.times, np.float64), np.asarray(pred.eigenvalues, np.float64)

@@ -79,6 +79,7 @@ __all__ = [
     "plan_run",
     "rise_times",
     "run_network",
+    "with_loss_flow",
 ]
 
 # The losses as trained and integrated. SimCLR in its dot-product form (the cosine form is
@@ -424,14 +425,23 @@ def _theory(arch, problem: NetworkProblem, init, nk, times, s: SharedNetworkSett
     """
     pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=nk,
                        F0_test=init.F0_test, solver_settings=_SOLVER)
-    if loss != "barlow_twins":
-        traj = solve(pred.K, s.n_pairs, jnp.asarray(init.F0, jnp.float64), times, loss=loss,
-                     loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", K_test=pred.K_test,
-                     F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER)
-        pred = dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
-                                   embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
-                                   trajectory=traj)
-    return pred
+    return with_loss_flow(pred, init, times, loss)
+
+
+def with_loss_flow(pred, init, times, loss: str):
+    """``pred`` with its curves and embeddings from the kernel flow of ``loss`` (Barlow Twins: unchanged).
+
+    The flow is the solver's function route on the prediction's ``K = α² Θ`` from the
+    network's own ``F0``; the closed-form quantities (step times, top-d modes) stay Barlow Twins'.
+    """
+    if loss == "barlow_twins":
+        return pred
+    traj = solve(pred.K, pred.n_pairs, jnp.asarray(init.F0, jnp.float64), times, loss=loss,
+                 loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", K_test=pred.K_test,
+                 F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER)
+    return dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
+                               embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
+                               trajectory=traj)
 
 
 def _kernel_report(pred, cmp, net_steps: np.ndarray, is_bt: bool) -> dict[str, Any]:
