@@ -8,8 +8,8 @@ import pytest
 
 from stepwise_ntk.experiments import NetworkSettings, SweepSettings, cli
 from stepwise_ntk.experiments._kernel_model import load_problem_data
-from stepwise_ntk.experiments._network import ARCH_DEFAULTS, init_key
-from stepwise_ntk.predictor import init_network, network_kernel, stable_step_size
+from stepwise_ntk.experiments._network import ARCH_DEFAULTS
+from stepwise_ntk.predictor import init_key, init_network, network_kernel, stable_step_size
 
 # 8 pairs at the architecture's image size (myrtle 8×8, wrn 4×4), width 8. d = 2 so that the
 # tiny kernel's gap γ_d/γ_d+1 cannot make the automatic choice refuse.
@@ -121,5 +121,5 @@ def test_stable_step_size_against_a_dense_eigensolve():
 
 
 def test_init_key_is_the_other_half_of_the_views_key():
-    # load_problem_data draws the views from split(key)[0] and initialises from split(key)[1].
+    # load_problem_data draws the views from split(key)[0]; network and sweep initialise from split(key)[1].
     np.testing.assert_array_equal(np.asarray(init_key(3)), np.asarray(jax.random.split(jax.random.PRNGKey(3))[1]))

@@ -70,7 +70,7 @@ PUBLIC = {
         "EmbeddingComparison", "KERNELS", "NetworkInit", "NetworkKernel", "Prediction", "RunComparison",
         "SweepResult", "TrajectoryError", "WidthResult", "WidthSweepSettings", "choose_d",
         "compare_embeddings", "compare_run", "crossing_times", "eigenvalue_trajectory_error", "init_network",
-        "network_kernel", "plan_steps", "plateau_losses", "predict_run", "principal_cosines",
+        "init_key", "network_kernel", "plan_steps", "plateau_losses", "predict_run", "principal_cosines",
         "step_time_ratios", "subspace_alignment", "width_sweep",
         "DEFAULT_RIDGES", "ModeStatistics", "ProbeResult", "SpectralMetrics", "alpha_req",
         "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum",

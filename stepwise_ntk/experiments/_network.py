@@ -56,6 +56,7 @@ from stepwise_ntk.predictor import (
     choose_d,
     compare_run,
     crossing_times,
+    init_key,
     init_network,
     network_kernel,
     plan_steps,
@@ -73,7 +74,6 @@ __all__ = [
     "NetworkProblem",
     "NetworkSettings",
     "SharedNetworkSettings",
-    "init_key",
     "network_problem",
     "per_arch_help",
     "plan_run",
@@ -307,17 +307,13 @@ def _held_out_views(s: SharedNetworkSettings, key: jax.Array) -> tuple[np.ndarra
     return np.asarray(views), labels
 
 
-def init_key(seed: int) -> jax.Array:
-    """The initialisation key of every network experiment with this seed (the views use the other half)."""
-    return jax.random.split(jax.random.PRNGKey(seed))[1]
-
-
 def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, progress: bool = False) -> NetworkProblem:
     """Add held-out views, choose ``d``, initialise the network and choose the step ``c`` from its kernel.
 
     ``d``: ``s.d``, or 3 or 4, whichever has the larger gap ``γ_d/γ_{d+1}`` of the analytic
     NTK (:func:`stepwise_ntk.predictor.choose_d`). The network ``arch`` at ``width`` with ``d``
-    outputs is initialised with :func:`init_key` ``(s.seed)``; ``c``: ``s.step_size``, or
+    outputs is initialised with :func:`stepwise_ntk.predictor.init_key` ``(s.seed)`` (as in
+    ``sweep``: the same width starts from the same parameters); ``c``: ``s.step_size``, or
     ``s.rate / (8 γ_1(Θ_0))`` with ``Θ_0`` its empirical NTK at initialisation
     (:func:`stepwise_ntk.predictor.stable_step_size`): the stable step of *this* network.
     """

@@ -78,6 +78,7 @@ from stepwise_ntk.predictor._sweep import (
     WidthResult,
     WidthSweepSettings,
     choose_d,
+    init_key,
     plan_steps,
     width_sweep,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "eigenvalue_trajectory_error",
     "init_network",
     "network_kernel",
+    "init_key",
     "plan_steps",
     "plateau_losses",
     "predict_run",
