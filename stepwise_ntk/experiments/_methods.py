@@ -39,15 +39,14 @@ import functools
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.experiments._network import (
     LOSS_SETTINGS,
     SharedNetworkSettings,
     network_problem,
+    network_views,
     plan_run,
     rise_times,
     with_loss_flow,
@@ -60,7 +59,7 @@ from stepwise_ntk.experiments._plots import (
 )
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.losses import LOSSES
-from stepwise_ntk.predictor import KERNELS, compare_run, init_network, predict_run, subspace_alignment
+from stepwise_ntk.predictor import KERNELS, compare_run, predict_run, subspace_alignment
 from stepwise_ntk.solver import SolverSettings
 
 __all__ = ["METHOD_LABELS", "MethodsSettings", "alignment_table", "run_methods", "snapshot_indices"]
@@ -215,20 +214,10 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
     """Train every loss from one initialisation; write the alignment table, figures and arrays."""
     s = settings
     started = time.perf_counter()
-    # The views and initialisation key of every other experiment with this seed.
-    key_views, key_init = jax.random.split(jax.random.PRNGKey(s.seed))
-    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=s.augment(),
-                                     downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
+    # The views and the initial network of every other network experiment with this seed.
+    views, labels = network_views(s)
     problem = network_problem(s, views, labels, s.width, progress=progress)
-    d = problem.d
-    # The network experiment's own initialisation when its problem carries one (the planning
-    # then also uses that network's kernel), else the same key's.
-    arch, init = getattr(problem, "arch", None), getattr(problem, "init", None)
-    if arch is None or init is None:
-        arch = s.base_architecture(s.width).replace(d=d)
-        train_dt = np.dtype(s.train_dtype)
-        init = init_network(arch, problem.views.astype(train_dt), problem.test_views.astype(train_dt),
-                            alpha=s.alpha, key=key_init)
+    d, arch, init = problem.d, problem.arch, problem.init
     runs = [_run_method(s, loss, arch, problem, init, progress) for loss in s.losses]
 
     # The Barlow Twins theory's top-d modes: of the analytic kernel (shared by every run), or

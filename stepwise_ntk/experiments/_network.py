@@ -75,6 +75,7 @@ __all__ = [
     "NetworkSettings",
     "SharedNetworkSettings",
     "network_problem",
+    "network_views",
     "per_arch_help",
     "plan_run",
     "rise_times",
@@ -305,6 +306,18 @@ def _held_out_views(s: SharedNetworkSettings, key: jax.Array) -> tuple[np.ndarra
     views, labels, _ = cifar10_pairs(key, s.n_test, split=other, data_dir=s.data_dir, settings=s.augment(),
                                      downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
     return np.asarray(views), labels
+
+
+def network_views(s: SharedNetworkSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The training views and labels of a network experiment with ``s.seed``: (2n, H, W, C) float64, (n,).
+
+    The views come from the first half of ``split(PRNGKey(seed))`` (the kernel-model
+    experiments' key); the network is initialised from the second (:func:`init_key`).
+    """
+    key_views, _ = jax.random.split(jax.random.PRNGKey(s.seed))
+    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=s.augment(),
+                                     downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
+    return np.asarray(views), np.asarray(labels)
 
 
 def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, progress: bool = False) -> NetworkProblem:

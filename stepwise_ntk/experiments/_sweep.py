@@ -21,13 +21,16 @@ import pickle
 import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from stepwise_ntk._io import write_bytes
-from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.experiments._network import ARCH_DEFAULTS, SharedNetworkSettings, network_problem, per_arch_help
+from stepwise_ntk.experiments._network import (
+    ARCH_DEFAULTS,
+    SharedNetworkSettings,
+    network_problem,
+    network_views,
+    per_arch_help,
+)
 from stepwise_ntk.experiments._plots import plot_width_curves, plot_width_sweep
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
 from stepwise_ntk.predictor import KERNELS, WidthSweepSettings, width_sweep
@@ -76,10 +79,7 @@ def run_sweep(settings: SweepSettings, out: RunDir, *, progress: bool = True) ->
     """Run the sweep, write ``results.json``, ``arrays.npz`` and figures into ``out``."""
     s = settings
     started = time.perf_counter()
-    # The same views as the other experiments with this seed (load_problem_data's key).
-    key_views, _ = jax.random.split(jax.random.PRNGKey(s.seed))
-    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=s.augment(),
-                                     downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
+    views, labels = network_views(s)  # the same views as the other experiments with this seed
     problem = network_problem(s, views, labels, s.widths[0], progress=progress)
     arch = s.base_architecture(s.widths[0]).replace(d=problem.d)
     config = sweep_config(s, s.step_size)  # None: every width's step from its own kernel
