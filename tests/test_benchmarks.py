@@ -406,7 +406,7 @@ def test_memory_probe_sees_a_64_mib_buffer():
 
 def test_cli_rejects_unknown_names_and_bad_options(monkeypatch, capsys):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-    assert cli.main(["no_such_benchmark", "--no-xla-workaround"]) == 2
+    assert cli.main(["no_such_benchmark"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.parse_args(["--set", "novalue"])

@@ -14,12 +14,7 @@ import time
 import traceback
 from typing import Any
 
-__all__ = ["YNN_WORKAROUND", "main", "parse_args"]
-
-# jaxlib 0.10.x's YNNPACK dot kernels for float64 on AVX-512 CPUs segfault on some
-# (2n × d)-shaped products inside the solver's loops (2n ≥ ~1200, d = 32); XLA's own dot
-# emitter does not. The flag must be in place before JAX creates its CPU client.
-YNN_WORKAROUND = "--xla_cpu_experimental_ynn_fusion_type="
+__all__ = ["main", "parse_args"]
 
 
 def _parse_value(text: str) -> Any:
@@ -87,11 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument(
-        "--no-xla-workaround",
-        action="store_true",
-        help=f"do not add {YNN_WORKAROUND} to XLA_FLAGS on jaxlib 0.10 CPUs",
-    )
-    p.add_argument(
         "--distributed",
         action="store_true",
         help="call jax.distributed.initialize() first (multi-host)",
@@ -118,25 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _prepare_xla_flags(disable: bool) -> None:
-    if disable:
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "ynn_fusion_type" in flags:
-        return
-    try:
-        import importlib.metadata
-
-        jaxlib = importlib.metadata.version("jaxlib")
-    except Exception:  # noqa: BLE001 - no jaxlib metadata: leave the flags alone
-        return
-    if jaxlib.startswith("0.10."):
-        os.environ["XLA_FLAGS"] = (flags + " " + YNN_WORKAROUND).strip()
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _prepare_xla_flags(args.no_xla_workaround)
+    # Before JAX starts: the package's XLA CPU flags against jaxlib's float64 crashes (the
+    # import loads neither numpy nor JAX, so --blas-threads below still takes effect).
+    import stepwise_ntk._xla_flags
+
+    stepwise_ntk._xla_flags.apply()
     if args.blas_threads is not None:
         if "numpy" in sys.modules:  # too late: the BLAS has read its settings
             print("WARNING: --blas-threads has no effect once numpy is imported", file=sys.stderr)
