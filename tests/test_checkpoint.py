@@ -176,8 +176,10 @@ def assert_results_bit_identical(a, b):
     assert (a.steps_done, a.finished, a.diverged_at) == (b.steps_done, b.finished, b.diverged_at)
 
 
+@pytest.mark.parametrize("stepwise", [False, True])  # scanned chunks, stepped chunks
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_pause_and_resume_is_bit_identical(tmp_path, data, mode):
+def test_pause_and_resume_is_bit_identical(tmp_path, data, mode, stepwise, monkeypatch):
+    monkeypatch.setattr(_train_loop, "stepwise_wanted", lambda *args: stepwise)
     cfg, extra = MODES[mode]
     straight = run(cfg, extra, data)
     half = run(cfg, extra, data, checkpoint_dir=tmp_path, stop_after=45)

@@ -62,6 +62,23 @@ class TinyMLP(nn.Module):
         return nn.Dense(self.d, param_dtype=self.dtype)(x)
 
 
+class TinyCNN(nn.Module):
+    """One 3×3 convolution, mean pooling, a dense readout: a CNN that compiles in a second."""
+
+    d: int = 2
+    dtype: type = jnp.float64
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.tanh(nn.Conv(3, (3, 3), param_dtype=self.dtype)(x))
+        return nn.Dense(self.d, param_dtype=self.dtype)(x.mean(axis=(1, 2)))
+
+
+def force_path(monkeypatch, stepwise):
+    """Make train() run its chunks scanned (False) or stepped (True) whatever the network."""
+    monkeypatch.setattr(_train_loop, "stepwise_wanted", lambda *args: stepwise)
+
+
 def linear_problem(seed=0, n=12, m=5, d=2, noise=0.3, w0_scale=0.05):
     """Pairs X, X' (rows are views), Γ, and a small initial W: (d, m)."""
     rng = np.random.default_rng(seed)
@@ -410,11 +427,99 @@ def test_one_compilation_for_all_chunks_and_repeat_calls(mlp_data):
     assert _train_loop.run_chunk._cache_size() == before + 1
 
 
+# --------------------------------------------------------------------------- stepped chunks
+
+
+@pytest.fixture(scope="module")
+def cnn_views():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(6, 4, 4, 3))
+    return jnp.asarray(np.concatenate([X, X + 0.2 * rng.normal(size=X.shape)]))
+
+
+def test_stepped_chunks_are_chosen_for_convolutions_on_cpu(mlp_data, cnn_views):
+    def wanted(net, views):
+        program = _train_loop.Program(net, bt_loss, "sgd", 0.1, 0.9, None, 10, None, False)
+        data = _train_loop.LoopData(views, None, jnp.zeros(1, jnp.int32), jnp.asarray(1),
+                                    jnp.asarray(1.0), jnp.asarray(1e6))
+        state = _train_loop.init_state(program, data, jax.random.key(0), None)
+        return _train_loop.stepwise_wanted(program, state, data)
+
+    assert jax.default_backend() == "cpu"
+    assert wanted(TinyCNN(), cnn_views)
+    assert not wanted(TinyMLP(), mlp_data[0])
+
+
+STEPPED_MODES = {
+    "full_batch_sgd": dict(learning_rate=0.3, alpha=0.5),
+    "minibatch_momentum_embeddings": dict(
+        optimizer="momentum", learning_rate=0.02, alpha=0.5, batch_size=3, record_embeddings=True
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(STEPPED_MODES))
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_stepped_chunks_give_the_scanned_result(monkeypatch, mlp_data, cnn_views, net, mode):
+    # The same operations in another XLA program (top level vs inside while/cond): float64
+    # results agree to rounding, 1e-12 after 23 steps on these well-conditioned problems.
+    model, views = (TinyMLP(), mlp_data[0]) if net == "mlp" else (TinyCNN(), cnn_views)
+    cfg = TrainSettings(steps=23, n_records=8, chunk_size=5, **STEPPED_MODES[mode])
+    runs = {}
+    for stepwise in (False, True):
+        force_path(monkeypatch, stepwise)
+        runs[stepwise] = train(model, cfg, views, key=jax.random.key(2), progress=False)
+    scanned, stepped = runs[False], runs[True]
+    assert stepped.finished and scanned.finished and stepped.steps_done == 23
+    np.testing.assert_array_equal(stepped.steps, scanned.steps)
+    assert np.all(np.isfinite(scanned.loss)) and scanned.loss[-1] < scanned.loss[0]
+    for name in ("loss", "eigenvalues", "embeddings", "train_embeddings"):
+        x, y = getattr(stepped, name), getattr(scanned, name)
+        assert (x is None) == (y is None) == (name == "embeddings" and mode == "full_batch_sgd")
+        if x is not None:
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=name)
+    tree_close(stepped.params, scanned.params, atol=1e-12)
+
+
+def test_stepped_chunks_compile_once_for_all_chunks(cnn_views):
+    traces = []
+
+    def counting_loss(F):
+        traces.append(1)  # Python side effect: runs only while JAX traces
+        return bt_loss(F)
+
+    cfg = TrainSettings(loss=counting_loss, learning_rate=0.05, steps=47, n_records=6,
+                        chunk_size=5)
+    before = _train_loop.run_step._cache_size()
+    chunks_before = _train_loop.run_chunk._cache_size()
+    r = train(TinyCNN(), cfg, cnn_views, progress=False)  # 10 chunks, picked stepped (CNN on CPU)
+    assert r.finished and r.steps.size == 7
+    # Two variants of the step (with and without the record), not one per chunk or per step.
+    assert _train_loop.run_step._cache_size() == before + 2
+    assert _train_loop.run_chunk._cache_size() == chunks_before  # the scan was not used
+    first = len(traces)
+    assert first == 3  # init_state's shape check and the two variants
+    train(TinyCNN(), cfg, cnn_views, key=jax.random.key(9), progress=False)
+    assert len(traces) == first and _train_loop.run_step._cache_size() == before + 2
+
+
+def test_stepped_chunks_leave_init_params_usable(cnn_views):
+    # The stepped loop donates the state's buffers; the caller's initial variables survive.
+    init = TinyCNN().init(jax.random.key(1), cnn_views[:1])
+    copy = jax.tree.map(np.array, init)
+    cfg = TrainSettings(learning_rate=0.1, steps=5, chunk_size=2)
+    r = train(TinyCNN(), cfg, cnn_views, init_params=init, progress=False)
+    tree_close(init, copy, atol=0)
+    assert not np.allclose(r.params["params"]["Dense_0"]["kernel"], copy["params"]["Dense_0"]["kernel"])
+
+
 # --------------------------------------------------------------------------- divergence
 
 
+@pytest.mark.parametrize("stepwise", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 3, 5, 50])  # 5: the bad step opens a chunk
-def test_divergence_is_reported_at_the_exact_step(chunk_size):
+def test_divergence_is_reported_at_the_exact_step(monkeypatch, chunk_size, stepwise):
+    force_path(monkeypatch, stepwise)
     views, gamma, W0 = linear_problem(seed=2)
     lr, thr = 0.4, 1e4  # above the stability limit 2 / (8 γ_1 λ) of GD at the minimum
     Ws = numpy_gd(gamma, W0, lr, 60)

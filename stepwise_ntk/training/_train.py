@@ -27,9 +27,11 @@ Records at log-spaced steps (:func:`record_steps`): the loss and the eigenvalues
 ``C = Fᵀ Z F / (2n)`` on the fixed views (optionally the embeddings ``F`` themselves);
 at the end, the embeddings of the training views and of held-out test views.
 
-The loop runs in jitted chunks of ``chunk_size`` steps (``lax.scan``; no per-step Python,
-one compilation per program and shapes), shows a progress bar, detects divergence and can
-checkpoint and resume with a bit-identical result.
+The loop runs in chunks of ``chunk_size`` steps (one compilation per program and shapes):
+one jitted ``lax.scan`` per chunk, or, for a network with convolutions on a CPU (whose
+convolutions are many times slower inside a scan), a Python loop of one jitted step per
+iteration. It shows a progress bar, detects divergence and can checkpoint and resume with
+a bit-identical result.
 
 Example::
 
@@ -118,8 +120,8 @@ class TrainSettings:
       n_records: number of log-spaced record steps (plus step 0; duplicates collapse).
       record_every: also record every this many steps (None: log-spaced only).
       record_embeddings: also record the embeddings ``F: (2n, d)`` at each record step.
-      chunk_size: steps per jitted ``lax.scan`` chunk (the granularity of progress,
-        divergence stops and checkpoints).
+      chunk_size: steps per chunk (the granularity of progress, divergence stops and
+        checkpoints).
       seed: seed of the default PRNG key (initialisation, batches, augmentations).
       divergence_threshold: a loss above this (or a non-finite loss) stops the run;
         None: only non-finite losses. The Barlow Twins loss starts near ``d`` at small α.
@@ -413,6 +415,9 @@ def train(
             _checkpoint.save_checkpoint(checkpoint_dir, state, fingerprint=fingerprint)
 
     it, diverged = (int(v) for v in jax.device_get((state.it, state.diverged_at)))
+    stepwise = _train_loop.stepwise_wanted(program, state, data)
+    if stepwise:  # its steps donate the state's buffers: own them (init_params are the caller's)
+        state = jax.tree.map(jnp.copy, state)
     paused = False
     with tqdm(
         total=settings.steps,
@@ -423,7 +428,12 @@ def train(
     ) as bar:
         chunks = 0
         while it <= settings.steps and diverged < 0:
-            state = _train_loop.run_chunk(program, state, data)
+            if stepwise:
+                state = _train_loop.run_chunk_stepwise(
+                    program, state, data, it, settings.steps, rec_steps
+                )
+            else:
+                state = _train_loop.run_chunk(program, state, data)
             new_it, diverged = (int(v) for v in jax.device_get((state.it, state.diverged_at)))
             bar.update(min(new_it, settings.steps) - min(it, settings.steps))
             last = int(np.searchsorted(rec_steps, new_it - 1, side="right")) - 1
