@@ -7,6 +7,7 @@ for the random choices. Images are random noise in [0.01, 1] so that distinct cr
 flips and colour transforms can never coincide by accident.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -22,6 +23,7 @@ from stepwise_ntk.data._augment import (
     AugmentSettings,
     adjust_brightness,
     adjust_contrast,
+    adjust_hue,
     adjust_saturation,
     cifar10_pairs,
     crop_with_padding,
@@ -172,6 +174,52 @@ def test_jitter_factors_within_strength():
     assert factors.min() >= 1 - s and factors.max() <= 1 + s
     # uniform on [0.7, 1.3]: KS test, a correct sampler gives p < 1e-4 with prob. 1e-4
     assert scipy.stats.kstest(factors, "uniform", args=(1 - s, 2 * s)).pvalue > 1e-4
+
+
+def np_hue(x, delta):
+    """colorsys, pixel by pixel: RGB -> HSV, h + delta mod 1, HSV -> RGB."""
+    import colorsys
+
+    out = np.empty_like(x)
+    for idx in np.ndindex(x.shape[:-1]):
+        h, sat, v = colorsys.rgb_to_hsv(*x[idx])
+        out[idx] = colorsys.hsv_to_rgb((h + delta) % 1.0, sat, v)
+    return out
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.13, -0.27, 0.5, -0.5])
+def test_adjust_hue_matches_colorsys(delta):
+    x = noise(1, 5, 5, seed=11)[0]
+    x[0, 0] = [0.4, 0.4, 0.4]  # grey: hue undefined, stays grey
+    x[0, 1] = [0.9, 0.2, 0.2]  # pure-ish red, blue max, green max: every hue sector's formula
+    x[0, 2] = [0.1, 0.8, 0.3]
+    x[0, 3] = [0.2, 0.3, 0.95]
+    np.testing.assert_allclose(np.asarray(adjust_hue(jnp.asarray(x), delta)), np_hue(x, delta), atol=1e-12)
+
+
+def test_hue_jitter_draws_a_rotation_within_strength_and_leaves_the_rest_unchanged():
+    """Views with hue on are the views without it with one rotation δ ∈ [−h, h] per view."""
+    h, n = 0.1, 40
+    x = noise(n, 3, 3, seed=5)
+    base = AugmentSettings(**{**OFF, "jitter_prob": 1.0, "brightness": 0.3})
+    assert dataclasses.replace(base, hue=0).jitters and not AugmentSettings(**OFF, hue=0.2).jitters
+    plain = np.asarray(positive_pairs(jax.random.key(4), x, base))
+    np.testing.assert_array_equal(np.asarray(positive_pairs(jax.random.key(4), x, dataclasses.replace(base, hue=0))),
+                                  plain)  # hue 0 is off
+    hued = np.asarray(positive_pairs(jax.random.key(4), x, dataclasses.replace(base, hue=h)))
+    deltas = []
+    for v in range(2 * n):
+        # Recover the rotation from one saturated pixel, then check the whole view with it.
+        import colorsys
+
+        h0 = colorsys.rgb_to_hsv(*plain[v, 0, 0])[0]
+        h1 = colorsys.rgb_to_hsv(*hued[v, 0, 0])[0]
+        delta = (h1 - h0 + 0.5) % 1.0 - 0.5
+        np.testing.assert_allclose(hued[v], np_hue(plain[v], delta), atol=1e-9)
+        deltas.append(delta)
+    deltas = np.asarray(deltas)
+    assert np.all(np.abs(deltas) <= h + 1e-9)
+    assert scipy.stats.kstest(deltas, "uniform", args=(-h, 2 * h)).pvalue > 1e-4
 
 
 # --------------------------------------------------------------------------- resized crop
@@ -334,6 +382,8 @@ def test_dtype_preserved_and_same_draws(crop, default_views):
         ({"brightness": -0.1}, "brightness", ValueError),
         ({"contrast": float("inf")}, "contrast", ValueError),
         ({"saturation": -1}, "saturation", ValueError),
+        ({"hue": 0.6}, "hue", ValueError),
+        ({"hue": -0.1}, "hue", ValueError),
     ],
 )
 def test_bad_config_raises_naming_parameter(kwargs, name, error):

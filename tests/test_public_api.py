@@ -26,7 +26,7 @@ PUBLIC = {
     "stepwise_ntk.data": [
         "AugmentSettings", "CIFAR10Dataset", "CIFAR10Error", "CIFAR10_FOLDER", "CIFAR10_MD5", "CIFAR10_MEAN",
         "CIFAR10_STD", "CIFAR10_URL", "DATA_ENV_VAR", "adjust_brightness", "adjust_contrast",
-        "adjust_saturation", "augment_image", "balanced_subset", "channel_stats", "cifar10_pairs",
+        "adjust_hue", "adjust_saturation", "augment_image", "balanced_subset", "channel_stats", "cifar10_pairs",
         "crop_with_padding", "default_cache_dir", "download_cifar10", "downsample", "grayscale", "hflip",
         "load_cifar10", "normalize", "pair_gram", "positive_pairs", "resized_crop", "resolve_cifar10_dir",
         "sample_resized_crop_box", "swap_pairs", "uint8_to_float",

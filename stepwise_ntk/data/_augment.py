@@ -11,8 +11,10 @@ SimCLR / Barlow Twins one, in this order:
 1. crop: random crop of the zero-padded image (``"pad"``), or a random resized crop
    (``"resized"``, torchvision's ``RandomResizedCrop`` box sampling, bilinear);
 2. horizontal flip with probability ``flip_prob``;
-3. colour jitter with probability ``jitter_prob``: brightness, contrast, saturation in
-   that fixed order, each factor uniform in ``[max(0, 1 − s), 1 + s]``, clipped to [0, 1];
+3. colour jitter with probability ``jitter_prob``: brightness, contrast, saturation, hue in
+   that fixed order (torchvision's order without its random permutation), each factor
+   uniform in ``[max(0, 1 − s), 1 + s]``, clipped to [0, 1]; the hue rotated by a uniform
+   ``δ ∈ [−h, h]`` of a turn (off by default);
 4. grayscale with probability ``gray_prob`` (ITU-R BT.601 luma, copied to 3 channels).
 
 Randomness: view ``v ∈ {0, 1}`` of the image with id ``i`` uses the key
@@ -64,6 +66,7 @@ __all__ = [
     "AugmentSettings",
     "adjust_brightness",
     "adjust_contrast",
+    "adjust_hue",
     "adjust_saturation",
     "augment_image",
     "cifar10_pairs",
@@ -81,7 +84,7 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # Constants folded into a view's key, one per stage, so stages draw independently and
 # switching one stage off leaves the others' draws unchanged.
-_CROP, _FLIP, _JITTER, _GRAY = 0, 1, 2, 3
+_CROP, _FLIP, _JITTER, _GRAY, _HUE = 0, 1, 2, 3, 4
 
 
 # --------------------------------------------------------------------------- settings
@@ -120,6 +123,11 @@ class AugmentSettings:
       jitter_prob: probability that colour jitter is applied to a view.
       brightness, contrast, saturation: jitter strengths ``s ≥ 0``; each factor is
         uniform in ``[max(0, 1 − s), 1 + s]``.
+      hue: hue jitter strength ``h ∈ [0, 0.5]`` (torchvision's ``ColorJitter(hue=h)``): the
+        hue of every pixel rotated by ``δ ~ U[−h, h]`` turns (:func:`adjust_hue`), after
+        saturation, inside the jitter stage (same ``jitter_prob`` coin). Default ``None``
+        (off): the default pipeline, and every setting without it, draws exactly the views
+        it drew before the hue existed (its draw uses a key of its own).
       gray_prob: probability of converting a view to grayscale.
 
     Example::
@@ -146,6 +154,7 @@ class AugmentSettings:
     contrast: float | None = 0.4
     saturation: float | None = 0.4
     gray_prob: float | None = 0.2
+    hue: float | None = None
 
     def __post_init__(self):
         check_choice("AugmentSettings.crop", self.crop, ("pad", "resized", None))
@@ -163,6 +172,9 @@ class AugmentSettings:
             if getattr(self, name) is not None:
                 check_number(f"AugmentSettings.{name}", getattr(self, name), low=0,
                              hint=" (a strength; 0 or None turns it off)")
+        if self.hue is not None:
+            check_number("AugmentSettings.hue", self.hue, low=0, high=0.5,
+                         hint=" (a fraction of a turn; 0 or None turns it off)")
 
     @classmethod
     def identity(cls) -> AugmentSettings:
@@ -176,7 +188,7 @@ class AugmentSettings:
 
     @property
     def jitters(self) -> bool:
-        return bool(self.jitter_prob) and any((self.brightness, self.contrast, self.saturation))
+        return bool(self.jitter_prob) and any((self.brightness, self.contrast, self.saturation, self.hue))
 
 
 # --------------------------------------------------------------------------- single ops
@@ -337,6 +349,57 @@ def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
     return _blend(image, grayscale(image), factor)
 
 
+def _rgb_to_hsv(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    # torchvision's tensor _rgb2hsv: h in [0, 1), s, v = max channel; grey pixels get h = 0.
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    maxc, minc = jnp.max(image, axis=-1), jnp.min(image, axis=-1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = jnp.ones_like(maxc)
+    s = cr / jnp.where(eqc, ones, maxc)
+    cr_div = jnp.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
+    hr = jnp.where(maxc == r, bc - gc, 0)
+    hg = jnp.where((maxc == g) & (maxc != r), 2.0 + rc - bc, 0)
+    hb = jnp.where((maxc != g) & (maxc != r), 4.0 + gc - rc, 0)
+    h = jnp.mod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return h, s, maxc
+
+
+def _hsv_to_rgb(h: jax.Array, s: jax.Array, v: jax.Array) -> jax.Array:
+    # torchvision's tensor _hsv2rgb (the sector i = floor(6h) picks the channel formulas).
+    i = jnp.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.astype(jnp.int32) % 6
+    p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+    q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+    t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+    r = jnp.choose(i, (v, q, p, p, t, v), mode="clip")
+    g = jnp.choose(i, (t, v, v, q, p, p), mode="clip")
+    b = jnp.choose(i, (p, p, t, v, v, q), mode="clip")
+    return jnp.stack([r, g, b], axis=-1)
+
+
+def adjust_hue(image: jax.Array, delta: Any) -> jax.Array:
+    """Rotate the hue of every pixel by ``delta`` turns (``|delta| ≤ 0.5``), as torchvision's ``adjust_hue``.
+
+    RGB → HSV, ``h ← (h + delta) mod 1``, HSV → RGB; saturation and value (the largest
+    channel) are unchanged, grey pixels stay grey. ``(H, W, 3)`` in ``[0, 1]`` -> same shape and dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> red = jnp.array([[[1.0, 0.0, 0.0]]])
+        >>> adjust_hue(red, 1 / 3).round(6).tolist()    # a third of a turn: red -> green
+        [[[0.0, 1.0, 0.0]]]
+    """
+    image = jnp.asarray(image)
+    if is_concrete(delta) and not -0.5 <= float(delta) <= 0.5:
+        raise ValueError(f"hue delta must lie in [-0.5, 0.5] (a fraction of a turn), got {delta}.")
+    h, s, v = _rgb_to_hsv(image)
+    h = jnp.mod(h + jnp.asarray(delta, image.dtype), 1.0)
+    return _hsv_to_rgb(h, s, v).astype(image.dtype)
+
+
 # --------------------------------------------------------------------------- one view
 
 
@@ -381,6 +444,11 @@ def augment_image(key: jax.Array, image: jax.Array, settings: AugmentSettings) -
             factor = _factor(k, strength, x.dtype)
             if factor is not None:
                 y = op(y, factor)
+        if settings.hue:
+            # A key of its own (not a fifth split of the jitter key): the other factors'
+            # draws stay those of the settings without hue.
+            delta = jax.random.uniform(jax.random.fold_in(key, _HUE), (), jnp.float32, -settings.hue, settings.hue)
+            y = adjust_hue(y, delta.astype(x.dtype))
         x = jnp.where(_coin(k_apply, settings.jitter_prob), y, x)
     if settings.gray_prob:
         x = jnp.where(_coin(jax.random.fold_in(key, _GRAY), settings.gray_prob), grayscale(x), x)
