@@ -134,6 +134,14 @@ def _odeint_fn(loss_fn, rtol):
     return jax.jit(run)
 
 
+def _baseline(loss_fn, dtype):
+    """The baseline route for a dtype: neural-tangents in float64, else its integrator at a
+    float32-reachable tolerance. Returns ``(name, jitted fn(K, F0, times))``."""
+    if dtype == np.float64:
+        return NT_NAME, _nt_predict_fn(loss_fn)
+    return ODEINT_NAME, _odeint_fn(loss_fn, 1e-5)
+
+
 def _err(eig, ref) -> float:
     return float(np.max(np.abs(np.asarray(eig, np.float64) - np.asarray(ref, np.float64))))
 
@@ -229,11 +237,7 @@ def _bt_case(
     common = {"source": prob.source, "steps_past_half": steps_done, "modes_past_0_99": converged}
 
     out = []
-    # Baseline: neural-tangents (float64) or its integrator at a float32-reachable tolerance.
-    if dtype == np.float64:
-        base_name, base_fn = NT_NAME, _nt_predict_fn(barlow_twins_loss)
-    else:
-        base_name, base_fn = ODEINT_NAME, _odeint_fn(barlow_twins_loss, 1e-5)
+    base_name, base_fn = _baseline(barlow_twins_loss, dtype)
     tb = ctx.time_jitted(base_fn, K, F0, times, repeats=1 if ctx.size == "full" else None)
     err_base = _err(tb.output[1], ref_main)
     out.append(
@@ -407,10 +411,7 @@ def _loss_case(
     ref_eig = np.asarray(ref.eigenvalues)
     common = {"source": prob.source}
     out = []
-    if dtype == np.float64:
-        base_name, base_fn = NT_NAME, _nt_predict_fn(loss_fn)
-    else:
-        base_name, base_fn = ODEINT_NAME, _odeint_fn(loss_fn, 1e-5)
+    base_name, base_fn = _baseline(loss_fn, dtype)
     tb = ctx.time_jitted(base_fn, K, F0, times)
     err_base = _err(tb.output[1], ref_eig)
     out.append(
@@ -545,10 +546,7 @@ def _defaults_case(ctx: Context, dtype: np.dtype, kind: str, n_views: int, d: in
     ref_eig = np.asarray(ref.eigenvalues)
     K, F0, times = (jnp.asarray(a, dtype) for a in (K64, F64, t64))
     out = []
-    if dtype == np.float64:
-        base_name, base_fn = NT_NAME, _nt_predict_fn(barlow_twins_loss)
-    else:
-        base_name, base_fn = ODEINT_NAME, _odeint_fn(barlow_twins_loss, 1e-5)
+    base_name, base_fn = _baseline(barlow_twins_loss, dtype)
     tb = ctx.time_jitted(base_fn, K, F0, times, repeats=1 if ctx.size == "full" else None)
     err_base = _err(tb.output[1], ref_eig)
     out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=base_name, role="baseline", sizes=sizes,
