@@ -72,8 +72,8 @@ def test_parse_augmentation_presets_and_fields():
     assert (name, a.crop, a.crop_scale, a.gray_prob, a.flip_prob) == ("mine", "resized", (0.5, 1.0), 0.3, None)
     with pytest.raises(ValueError, match="unknown preset"):
         parse_augmentation("rotate")
-    with pytest.raises(ValueError, match="unknown field 'hue'"):
-        parse_augmentation("x: hue=0.1")
+    with pytest.raises(ValueError, match="unknown field 'rotation'"):
+        parse_augmentation("x: rotation=0.1")
     with pytest.raises(ValueError, match="distinct"):
         AugmentationsSettings(augmentations=("crop", "crop"))
 

@@ -39,8 +39,8 @@ from stepwise_ntk.experiments._kernel import parse_options
 from stepwise_ntk.experiments._linear import flatten_scaled, held_out_images
 from stepwise_ntk.experiments._plots import (
     plot_alignment_matrix,
-    plot_annotated_mode_gallery,
     plot_gamma_spectra,
+    plot_mode_gallery,
     plot_statistic_strengths,
 )
 from stepwise_ntk.experiments._run_dir import RunDir
@@ -209,9 +209,9 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
         }
         k = min(s.gallery_modes, s.d)
         notes = [f"{r['strongest']} {r['strength']:.2f}\nclass η²={r['class_eta2']:.2f}" for r in rows[:k]]
-        plot_annotated_mode_gallery(out.path / f"modes_{name}.png", pool_images, G[:, :k], annotations=notes,
-                                    class_names=dataset.class_names, labels=pool_labels,
-                                    title=f"{name}: top modes, highest values (left), lowest (right)")
+        plot_mode_gallery(out.path / f"modes_{name}.png", pool_images, G[:, :k], annotations=notes,
+                          class_names=dataset.class_names, labels=pool_labels,
+                          title=f"{name}: top modes, highest values (left), lowest (right)")
         if progress:
             print(f"  {name}: γ_1 = {g[0]:.4g}, top-{s.d} probe {probe.accuracy:.3f}, "
                   f"mode 1 tracks {rows[0]['strongest']} ({rows[0]['strength']:.2f}) "

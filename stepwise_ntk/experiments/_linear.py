@@ -35,7 +35,7 @@ import numpy as np
 from stepwise_ntk.data import balanced_subset, image_statistics, load_cifar10, normalize
 from stepwise_ntk.data import downsample as _downsample
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, Problem, load_problem_data, run_kernel_model
-from stepwise_ntk.experiments._plots import plot_annotated_mode_gallery, plot_probe_curve, plot_spectral_metrics
+from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_probe_curve, plot_spectral_metrics
 from stepwise_ntk.experiments._run_dir import RunDir
 from stepwise_ntk.predictor import (
     linear_probe,
@@ -172,8 +172,8 @@ def run_linear(settings: LinearSettings, out: RunDir, *, progress: bool = True) 
     )
     # After the shared experiment: its gallery annotated, and the spectral metrics of its trajectory.
     ds = problem.dataset
-    plot_annotated_mode_gallery(out.path / "modes.png", gallery[0], gallery[1], annotations=gallery[2],
-                                class_names=ds.class_names, labels=ds.labels[problem.pool_index])
+    plot_mode_gallery(out.path / "modes.png", gallery[0], gallery[1], annotations=gallery[2],
+                      class_names=ds.class_names, labels=ds.labels[problem.pool_index])
     results = json.loads((out.path / "results.json").read_text())
     results.pop("status", None)
     results.update(_spectral(out, s))

@@ -29,7 +29,6 @@ __all__ = [
     "plot_network_vs_theory",
     "plot_width_curves",
     "plot_probe_curve",
-    "plot_annotated_mode_gallery",
     "plot_spectral_metrics",
     "plot_gamma_spectra",
     "plot_statistic_strengths",
@@ -163,35 +162,6 @@ def gallery_indices(mode_values: np.ndarray, n_show: int) -> tuple[np.ndarray, n
         raise ValueError(f"n_show={n_show} exceeds the {mode_values.shape[0]} images; lower n_show.")
     order = np.argsort(mode_values, axis=0, kind="stable")
     return order[::-1][:n_show].T, order[:n_show].T
-
-
-def plot_mode_gallery(path, images, mode_values, *, n_show: int = 6, class_names=None, labels=None) -> Path:
-    """For each mode, the images with the highest (left) and lowest (right) mode values.
-
-    Args:
-      images: (N, H, W, 3) uint8 or floats in [0, 1].
-      mode_values: (N, k).
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        lo, hi = images.min(), images.max()
-        images = (images - lo) / max(hi - lo, 1e-12)
-    top, bottom = gallery_indices(mode_values, n_show)
-    k = top.shape[0]
-    fig, axes = plt.subplots(k, 2 * n_show + 1, figsize=(1.1 * (2 * n_show + 1), 1.2 * k), squeeze=False)
-    for j in range(k):
-        picks = list(top[j]) + [None] + list(bottom[j])
-        for c, idx in enumerate(picks):
-            ax = axes[j, c]
-            ax.axis("off")
-            if idx is None:
-                ax.text(0.5, 0.5, f"mode {j + 1}", ha="center", va="center", fontsize=8)
-                continue
-            ax.imshow(images[idx])
-            if labels is not None and class_names is not None:
-                ax.set_title(class_names[int(labels[idx])], fontsize=6)
-    fig.suptitle("top modes: highest values (left), lowest values (right)")
-    return _save(fig, path)
 
 
 def plot_width_sweep(path, widths: Sequence[int], alignment, step_time_ratio=None, *, title: str = "") -> Path:
@@ -415,14 +385,15 @@ def plot_probe_curve(path, ks, accuracy, *, chance=None, references=None, marks=
     return _save(fig, path)
 
 
-def plot_annotated_mode_gallery(path, images, mode_values, *, annotations=None, n_show: int = 6, class_names=None,
-                                labels=None, title: str = "") -> Path:
-    """The mode gallery of :func:`plot_mode_gallery`, each mode's row annotated (e.g. its strongest statistic).
+def plot_mode_gallery(path, images, mode_values, *, annotations=None, n_show: int = 6, class_names=None,
+                      labels=None, title: str = "") -> Path:
+    """For each mode, the images with the highest (left) and lowest (right) mode values.
 
     Args:
-      images: (N, H, W, 3) uint8 or floats.
+      images: (N, H, W, 3) uint8 or floats (rescaled to [0, 1]).
       mode_values: (N, k).
-      annotations: k strings written under each mode's name (None: as plot_mode_gallery).
+      annotations: k strings written under each mode's name (e.g. its strongest statistic), or None.
+      class_names, labels: class names and (N,) labels: each image titled with its class.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
