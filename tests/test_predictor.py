@@ -228,3 +228,103 @@ def test_a_diverged_run_is_reported_not_compared(small_images):
     assert res.diverged_at is not None
     with pytest.raises(ValueError, match=f"diverged at step {res.diverged_at}"):
         compare_run(pred, res, arch=mlp)
+
+
+# ---- the loss-aware stable step (predictor._step_size) --------------------------------------
+
+def _tiny_kernel(n=3, m=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, m))
+    views = np.concatenate([X + 0.3 * rng.normal(size=(n, m)), X + 0.3 * rng.normal(size=(n, m))])
+    return views @ views.T / m, views
+
+
+def _dense_hessian(fn, F, eps=1e-5):
+    """Central finite differences of the float64 gradient: an independent dense Hessian."""
+    g = jax.grad(fn)
+    N = F.size
+    H = np.zeros((N, N))
+    for i in range(N):
+        e = np.zeros(N)
+        e[i] = eps
+        H[:, i] = (np.asarray(g(jnp.asarray(F + e.reshape(F.shape)))) -
+                   np.asarray(g(jnp.asarray(F - e.reshape(F.shape))))).ravel() / (2 * eps)
+    return 0.5 * (H + H.T)
+
+
+@pytest.mark.parametrize("loss,kw", [("barlow_twins", None), ("simclr", {"normalize": False, "temperature": 0.5}),
+                                     ("vicreg", {"smooth": 0.01})])
+def test_loss_curvature_matches_a_dense_numpy_hessian(loss, kw):
+    from stepwise_ntk.losses import resolve_loss
+    from stepwise_ntk.predictor import loss_curvature
+
+    theta, _ = _tiny_kernel()
+    F = np.random.default_rng(1).normal(size=(6, 2)) * 0.5
+    H = _dense_hessian(resolve_loss(loss, loss_kwargs=kw), F)
+    # Θ ⊗ I_d acting on vec(F) (row-major: F[i, a] at i·d + a), eigenvalues of (Θ⊗I) H.
+    big = np.kron(theta, np.eye(2))
+    want = float(np.max(np.linalg.eigvals(big @ H).real))
+    got = float(loss_curvature(theta, 3, loss, F, loss_kwargs=kw))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_barlow_twins_curvature_at_the_fixed_point_is_8_gamma_1():
+    from stepwise_ntk.predictor import loss_curvature, stable_step_size
+    from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings
+
+    theta, _ = _tiny_kernel()
+    es = contrastive_eigensystem(jnp.asarray(theta), 3)
+    g = np.asarray(es.gammas)
+    F_star = np.asarray(final_embeddings(es, None, 2))  # aligned fixed point C = I
+    C = F_star[:3].T @ F_star[3:] / 3
+    np.testing.assert_allclose(0.5 * (C + C.T), np.eye(2), atol=1e-8)
+    assert float(loss_curvature(theta, 3, "barlow_twins", F_star)) == pytest.approx(8 * g[0], rel=1e-8)
+    # From a small F0 the flow ends at the fixed point: the same step as the closed form (within 5%).
+    F0 = 1e-3 * np.random.default_rng(2).normal(size=(6, 2))
+    c_closed = stable_step_size(theta, 3, 0.2)
+    c_flow = stable_step_size(theta, 3, 0.2, loss="barlow_twins", F=F0)
+    assert c_flow == pytest.approx(c_closed, rel=0.05)
+    assert c_closed == pytest.approx(0.2 / (8 * g[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss,kw", [("barlow_twins", None), ("vicreg", {"smooth": 0.01})])
+def test_gradient_descent_is_bounded_below_the_predicted_limit_and_diverges_above(loss, kw):
+    """Kernel-model GD F <- F − c Θ ∇L(F) near a fixed point (SimCLR's dot-product form has none: it grows)."""
+    from stepwise_ntk.losses import resolve_loss
+    from stepwise_ntk.predictor import loss_curvature
+
+    theta, _ = _tiny_kernel()
+    fn = resolve_loss(loss, loss_kwargs=kw)
+    grad = jax.jit(jax.grad(fn))
+    # Relax to a stationary state by small steps first (the curvature there is the limit).
+    F = 0.5 * np.random.default_rng(3).normal(size=(6, 2))
+    c_small = 0.05 / float(loss_curvature(theta, 3, loss, F, loss_kwargs=kw) + 1.0)
+    for _ in range(4000):
+        F = F - c_small * theta @ np.asarray(grad(jnp.asarray(F)))
+    mu = float(loss_curvature(theta, 3, loss, F, loss_kwargs=kw))
+    assert mu > 0
+    limit = 2.0 / mu
+
+    def run(c):
+        G = F + 1e-4 * np.random.default_rng(4).normal(size=F.shape)
+        for _ in range(3000):
+            G = G - c * theta @ np.asarray(grad(jnp.asarray(G)))
+            if not np.all(np.isfinite(G)) or np.abs(G - F).max() > 1.0:
+                return False
+        return np.abs(G - F).max() < 1e-2
+
+    assert run(0.9 * limit)
+    assert not run(1.2 * limit)
+
+
+def test_stable_step_size_argument_errors():
+    from stepwise_ntk.predictor import stable_step_size
+
+    theta, _ = _tiny_kernel()
+    with pytest.raises(ValueError, match="pass F"):
+        stable_step_size(theta, 3, 0.1, loss="simclr")
+    with pytest.raises(ValueError, match="go with a loss"):
+        stable_step_size(theta, 3, 0.1, F=np.zeros((6, 2)))
+    with pytest.raises(ValueError, match="rate"):
+        stable_step_size(theta, 3, 2.5)

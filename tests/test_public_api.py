@@ -76,7 +76,7 @@ PUBLIC = {
         "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum",
         "learned_modes", "linear_probe", "mode_statistics", "pair_groups", "participation_ratio",
         "predicted_spectral_metrics",
-        "probe_curve", "rankme", "spectral_metrics", "stable_step_size",
+        "probe_curve", "rankme", "spectral_metrics", "stable_step_size", "loss_curvature",
     ],
     "stepwise_ntk.experiments": [
         "KernelSettings", "LinearSettings", "NetworkProblem", "NetworkSettings", "RunFailedError",

@@ -72,7 +72,7 @@ from stepwise_ntk.predictor._spectral import (
     rankme,
     spectral_metrics,
 )
-from stepwise_ntk.predictor._step_size import stable_step_size
+from stepwise_ntk.predictor._step_size import loss_curvature, stable_step_size
 from stepwise_ntk.predictor._sweep import (
     SweepResult,
     WidthResult,
@@ -104,6 +104,7 @@ __all__ = [
     "rankme",
     "spectral_metrics",
     "stable_step_size",
+    "loss_curvature",
     "KERNELS",
     "EmbeddingComparison",
     "NetworkInit",
