@@ -5,7 +5,9 @@ MLP, Myrtle-5 or a wide ResNet, each with its own defaults, :data:`ARCH_DEFAULTS
 trained with plain gradient descent from a small initialisation (output scale α) at
 ``learning_rate = c / α²``, i.e. gradient steps of size ``c`` on the per-output NTK ``Θ``
 (:mod:`stepwise_ntk.training._train`), with ``c = rate / (8 γ_1(Θ_0))`` from the network's own
-empirical NTK ``Θ_0`` at initialisation. Full batch on the fixed views by default; with
+empirical NTK ``Θ_0`` at initialisation (SimCLR, VICReg: ``c = rate / μ_max``, the largest
+curvature of ``Θ_0 ∇²L`` on that loss's kernel flow, :func:`stepwise_ntk.predictor.stable_step_size`).
+Full batch on the fixed views by default; with
 ``--batch-size`` / ``--fresh-views`` minibatches of the views or fresh augmentations of the
 images at every step, the records (eigenvalues of ``C``) always on the fixed views. Its kernel
 model ``K = α² Θ`` (:mod:`stepwise_ntk.predictor._predict`) is integrated from the network's own
@@ -320,7 +322,8 @@ def network_views(s: SharedNetworkSettings) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(views), np.asarray(labels)
 
 
-def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, progress: bool = False) -> NetworkProblem:
+def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, progress: bool = False,
+                    loss: str = "barlow_twins") -> NetworkProblem:
     """Add held-out views, choose ``d``, initialise the network and choose the step ``c`` from its kernel.
 
     ``d``: ``s.d``, or 3 or 4, whichever has the larger gap ``γ_d/γ_{d+1}`` of the analytic
@@ -329,6 +332,10 @@ def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, prog
     ``sweep``: the same width starts from the same parameters); ``c``: ``s.step_size``, or
     ``s.rate / (8 γ_1(Θ_0))`` with ``Θ_0`` its empirical NTK at initialisation
     (:func:`stepwise_ntk.predictor.stable_step_size`): the stable step of *this* network.
+    For another ``loss`` (SimCLR, VICReg: more curved than Barlow Twins) ``8 γ_1`` is replaced
+    by the largest curvature ``μ`` of ``Θ_0 ∇²L`` on the kernel flow of that loss from the
+    network's ``F0`` (``LOSS_SETTINGS``), so ``rate`` keeps its meaning (``c · μ_max``).
+    Barlow Twins keeps the closed form (its flow's ``μ_max`` is ``8 γ_1`` within a few percent).
     """
     views = np.asarray(views, np.float64)
     test_views, test_labels = _held_out_views(s, jax.random.fold_in(jax.random.PRNGKey(s.seed), 1))
@@ -348,7 +355,13 @@ def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, prog
     init_kernel = network_kernel(arch, views, test_views, kernel="empirical_init", params=init.params,
                                  progress=progress)
     g0 = np.asarray(contrastive_eigensystem(jnp.asarray(init_kernel.K), s.n_pairs).gammas, np.float64)
-    step = s.step_size if s.step_size is not None else stable_step_size(init_kernel.K, s.n_pairs, s.rate)
+    if s.step_size is not None:
+        step = s.step_size
+    elif loss == "barlow_twins":
+        step = stable_step_size(init_kernel.K, s.n_pairs, s.rate)
+    else:
+        step = stable_step_size(init_kernel.K, s.n_pairs, s.rate, loss=loss, loss_kwargs=LOSS_SETTINGS[loss] or None,
+                                F=np.asarray(init.F0, np.float64))
     return NetworkProblem(views, test_views, np.asarray(labels), np.asarray(test_labels), kernel, g, d, float(step),
                           arch=arch, init=init, init_kernel=init_kernel, init_gammas=g0)
 
@@ -503,7 +516,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     s = settings
     started = time.perf_counter()
     data = load_problem_data(s)  # the views and clean pool of the kernel-model experiments
-    problem = network_problem(s, data.views, data.labels, s.width, progress=progress)
+    problem = network_problem(s, data.views, data.labels, s.width, progress=progress, loss=s.loss)
     d, n = problem.d, s.n_pairs
     arch, init = problem.arch, problem.init
     train_dt = np.dtype(s.train_dtype)
