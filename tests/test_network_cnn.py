@@ -123,3 +123,27 @@ def test_stable_step_size_against_a_dense_eigensolve():
 def test_init_key_is_the_other_half_of_the_views_key():
     # load_problem_data draws the views from split(key)[0]; network and sweep initialise from split(key)[1].
     np.testing.assert_array_equal(np.asarray(init_key(3)), np.asarray(jax.random.split(jax.random.PRNGKey(3))[1]))
+
+
+@pytest.mark.slow  # a few minutes on 2 cores: the loss's flow is integrated for the step and the plan
+@pytest.mark.parametrize(("loss", "extra"), [("simclr", ()), ("vicreg", ("--max-steps", "40000"))])
+def test_tiny_cnn_with_a_curved_loss_trains_on_its_loss_aware_step(tmp_path, cifar_dir, loss, extra):
+    from stepwise_ntk.experiments._network import LOSS_SETTINGS
+    from stepwise_ntk.losses import resolve_loss
+
+    r, a = _run(tmp_path, cifar_dir, "--arch", "myrtle", "--loss", loss, *extra)
+    # The width-8 CNN did not diverge at the chosen step: the run completed with finite records.
+    assert r["status"] == "complete" and r["loss"] == loss
+    assert np.all(np.isfinite(a["network_eigenvalues"])) and np.all(np.isfinite(a["network_loss"]))
+    # The step is c = rate / μ_max with μ_max ≥ μ(F0); μ(F0) here from a dense jax.hessian of the
+    # loss (kron(Θ, I_d) H, its largest real eigenvalue): a second route to the curvature.
+    s = NetworkSettings(arch="myrtle", n_pairs=8, n_test=4, width=8, d=2, data_dir=str(cifar_dir))
+    views = np.asarray(load_problem_data(s).views)
+    net = s.base_architecture(8).replace(d=2)
+    init = init_network(net, views.astype(np.float32), alpha=s.alpha, key=init_key(0))
+    theta = np.asarray(network_kernel(net, views, kernel="empirical_init", params=init.params).K, np.float64)
+    F0 = jax.numpy.asarray(np.asarray(init.F0, np.float64))
+    fn = resolve_loss(loss, loss_kwargs=LOSS_SETTINGS[loss] or None)
+    H = np.asarray(jax.hessian(fn)(F0), np.float64).reshape(F0.size, F0.size)
+    mu0 = float(np.max(np.linalg.eigvals(np.kron(theta, np.eye(2)) @ H).real))
+    assert mu0 > 0 and r["step_size"] <= ARCH_DEFAULTS["myrtle"].rate / mu0 * (1 + 1e-6)
