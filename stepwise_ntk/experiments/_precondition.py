@@ -35,18 +35,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from stepwise_ntk.data import cifar10_pairs
-from stepwise_ntk.experiments._kernel import parse_options
+from stepwise_ntk.experiments._kernel import architecture_from_options, parse_options
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data
 from stepwise_ntk.experiments._linear import flatten_scaled
+from stepwise_ntk.experiments._network import ARCH_DEFAULTS, LOSS_SETTINGS, per_arch_help
 from stepwise_ntk.experiments._run_dir import RunDir
-from stepwise_ntk.experiments._settings import check_settings
-from stepwise_ntk.kernels import ARCHITECTURES, make_architecture
+from stepwise_ntk.experiments._settings import PreconditionerFlags, check_settings
+from stepwise_ntk.kernels import ARCHITECTURES
 from stepwise_ntk.losses import LOSSES
-from stepwise_ntk.predictor import crossing_times, init_network, linear_probe, network_kernel, pair_groups
+from stepwise_ntk.predictor import (
+    choose_d,
+    crossing_times,
+    init_key,
+    init_network,
+    linear_probe,
+    network_kernel,
+    pair_groups,
+    stable_step_size,
+)
 from stepwise_ntk.predictor import subspace_alignment as _alignment
 from stepwise_ntk.solver import solve, solve_preconditioned
 from stepwise_ntk.theory import (
-    PRECONDITIONERS,
     Preconditioner,
     contrastive_eigensystem,
     final_embeddings,
@@ -60,23 +69,21 @@ from stepwise_ntk.theory import (
 
 __all__ = ["PreconditionSettings", "run_precondition", "kernel_gd"]
 
-# As in ``stepwise-ntk network``: SimCLR in its dot-product form, VICReg with a smoothed hinge.
-_NET_LOSS_KWARGS: dict[str, dict[str, Any]] = {
-    "barlow_twins": {},
-    "simclr": {"normalize": False, "temperature": 0.5},
-    "vicreg": {"smooth": 0.01},
-}
+
+
+def _net_help(text: str, field: str) -> str:
+    return f"{text} ({per_arch_help(field)}: the `network` defaults)"
 
 
 @dataclasses.dataclass(frozen=True)
-class PreconditionSettings(ExperimentSettings):
-    """Settings of ``stepwise-ntk precondition`` (each is a flag: ``--eps 0.01``)."""
+class PreconditionSettings(PreconditionerFlags, ExperimentSettings):
+    """Settings of ``stepwise-ntk precondition`` (each is a flag: ``--eps 0.01``).
 
-    form: str = dataclasses.field(
-        default="inverse", metadata={"help": "preconditioner P(C) = (C+εI)^-k", "choices": PRECONDITIONERS}
-    )
-    eps: float = dataclasses.field(default=1e-2, metadata={"help": "ε of the preconditioner", "above": 0})
-    power: float = dataclasses.field(default=1.0, metadata={"help": "k for --form power", "above": 0})
+    The network part's settings left at None take the ``network`` subcommand's defaults of
+    ``--net-arch`` (:data:`stepwise_ntk.experiments._network.ARCH_DEFAULTS`), filled in when
+    the settings are made (so ``config.json`` shows the values used).
+    """
+
     eps_sweep: tuple[float, ...] = dataclasses.field(
         default=(1e-1, 1e-2, 1e-3), metadata={"help": "ε values of the kernel-model sweep"}
     )
@@ -94,34 +101,68 @@ class PreconditionSettings(ExperimentSettings):
     net_arch: str = dataclasses.field(
         default="mlp", metadata={"help": "network architecture", "choices": tuple(sorted(ARCHITECTURES))}
     )
-    net_arch_options: str = dataclasses.field(default="depth=1", metadata={"help": "architecture fields key=value,..."})
-    net_width: int = dataclasses.field(default=1024, metadata={"help": "hidden width of the network", "min": 1})
-    net_pairs: int = dataclasses.field(default=256, metadata={"help": "training images of the network", "min": 1})
-    net_test: int = dataclasses.field(default=256, metadata={"help": "held-out images (probe)", "min": 1})
-    net_d: int = dataclasses.field(default=4, metadata={"help": "embedding dimension of the network", "min": 1})
-    net_downsample: int = dataclasses.field(default=4, metadata={"help": "average-pool images (network)", "min": 1})
-    net_alphas: tuple[float, ...] = dataclasses.field(
-        default=(0.05, 1.0), metadata={"help": "output scales α (0.05: the small init of `network`; 1: standard)"}
+    net_arch_options: str = dataclasses.field(
+        default="", metadata={"help": "architecture fields key=value,... on top of the `network` defaults (mlp: "
+                                      "depth=1, myrtle: depth=5,activation=erf, wrn: blocks_per_group=1)"}
     )
-    net_rate: float = dataclasses.field(
-        default=0.1, metadata={"help": "first step of the search: c_0 = rate/(8 γ_1(Θ))", "above": 0}
+    net_width: int | None = dataclasses.field(
+        default=None, metadata={"help": _net_help("hidden width of the network", "width"), "min": 1}
+    )
+    net_pairs: int | None = dataclasses.field(
+        default=None, metadata={"help": _net_help("training images of the network", "n_pairs"), "min": 1}
+    )
+    net_test: int | None = dataclasses.field(
+        default=None, metadata={"help": _net_help("held-out images (probe)", "n_test"), "min": 1}
+    )
+    net_d: int | None = dataclasses.field(
+        default=None, metadata={"help": "embedding dimension of the network (none: 3 or 4, whichever has the "
+                                        "larger γ_d/γ_d+1, as `network`)", "min": 1}
+    )
+    net_downsample: int | None = dataclasses.field(
+        default=None, metadata={"help": _net_help("average-pool images (network)", "downsample"), "min": 1}
+    )
+    net_alphas: tuple[float, ...] | None = dataclasses.field(
+        default=None, metadata={"help": "output scales α (none: the `network` default small α of --net-arch, "
+                                        f"{per_arch_help('alpha')}, and 1, the standard initialisation)"}
+    )
+    net_rate: float | None = dataclasses.field(
+        default=None, metadata={"help": _net_help("first step of the search: the network's own step c_0 = "
+                                                  "rate/(8 γ_1(Θ_0)), Θ_0 its empirical NTK at init", "rate"),
+                                "above": 0}
     )
     net_doublings: int = dataclasses.field(default=7, metadata={"help": "step sizes tried: c_0·2^k", "min": 1})
     net_max_steps: int = dataclasses.field(default=3000, metadata={"help": "gradient steps per run", "min": 10})
 
     def __post_init__(self):
-        check_settings(self)
-        for flag, values in (("--eps-sweep", self.eps_sweep), ("--scale-sweep", self.scale_sweep),
-                             ("--net-alphas", self.net_alphas)):
+        check_settings(self)  # net_arch first: the defaults are looked up by it
+        a = ARCH_DEFAULTS[self.net_arch]
+        for name, value in (("net_width", a.width), ("net_pairs", a.n_pairs), ("net_test", a.n_test),
+                            ("net_downsample", a.downsample), ("net_alphas", (a.alpha, 1.0)),
+                            ("net_rate", a.rate)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        for flag_, values in (("--eps-sweep", self.eps_sweep), ("--scale-sweep", self.scale_sweep),
+                              ("--net-alphas", self.net_alphas)):
             if not values or not all(np.isfinite(v) and v > 0 for v in values):
-                raise ValueError(f"{flag} must be one or more finite numbers > 0, got {list(values)}.")
+                raise ValueError(f"{flag_} must be one or more finite numbers > 0, got {list(values)}.")
         try:
             parse_options(self.net_arch_options)
         except ValueError as err:
             raise ValueError(f"--net-arch-options: {err}") from None
+        if 32 % self.net_downsample:
+            raise ValueError(f"--net-downsample must divide the image side 32 (1, 2, 4, 8, 16, 32), "
+                             f"got {self.net_downsample}.")
+        side = 32 // self.net_downsample
+        try:
+            self.net_architecture().check_input_shape((side, side, 3))
+        except ValueError as err:
+            raise ValueError(f"--net-arch {self.net_arch} with --net-downsample {self.net_downsample} "
+                             f"({side}×{side} images): {err}") from None
 
-    def preconditioner(self, eps: float | None = None) -> Preconditioner:
-        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power)
+    def net_architecture(self):
+        """The network part's architecture at ``--net-width`` with ``d = 1`` (``network``'s options underneath)."""
+        return architecture_from_options(self.net_arch, self.net_arch_options, ARCH_DEFAULTS[self.net_arch].options,
+                                         width=self.net_width, d=1)
 
 
 # ------------------------------------------------------------------------------ kernel model
@@ -322,23 +363,35 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                                                downsample=s.net_downsample, dtype=jnp.float64, download=True,
                                                subset_seed=s.seed)
     test_views = np.asarray(test_views)
-    options = parse_options(s.net_arch_options)
-    base = make_architecture(s.net_arch, width=s.net_width, d=1, **options)
+    base = s.net_architecture()
     theta = network_kernel(base, views, test_views, progress=progress)
     g = np.asarray(contrastive_eigensystem(jnp.asarray(theta.K), s.net_pairs).gammas, np.float64)
-    arch = base.replace(d=s.net_d)
+    d = choose_d(g) if s.net_d is None else s.net_d  # as `network`: the larger gap of d = 3, 4
+    arch = base.replace(d=d)
     views32, test32 = views.astype(np.float32), test_views.astype(np.float32)
     labels = np.concatenate([data.labels, data.labels])
     tlabels = np.concatenate([np.asarray(test_labels)] * 2)
     groups = pair_groups(s.net_pairs)
+    # θ_0 does not depend on α (f = α·net), so one empirical NTK at init serves every α:
+    # the search starts at the network's own step c_0 = rate/(8 γ_1(Θ_0)), as `network` trains.
+    init0 = init_network(arch, views32, test32, alpha=1.0, key=init_key(s.seed))
+    theta0 = network_kernel(arch, views, test_views, kernel="empirical_init", params=init0.params, progress=progress)
+    g0 = np.asarray(contrastive_eigensystem(jnp.asarray(theta0.K), s.net_pairs).gammas, np.float64)
+    c0 = stable_step_size(theta0.K, s.net_pairs, s.net_rate)
     results: dict[str, Any] = {"architecture": arch.to_config(), "gamma_1": float(g[0]), "gamma_min": float(g.min()),
-                               "n_pairs": s.net_pairs, "d": s.net_d, "runs": []}
+                               "gamma_1_init": float(g0[0]), "gamma_min_init": float(g0.min()),
+                               "gamma_d_init": float(g0[d - 1]), "first_step_size": float(c0), "rate": s.net_rate,
+                               "n_pairs": s.net_pairs, "n_test": s.net_test, "d": d, "downsample": s.net_downsample,
+                               "preconditioner": s.preconditioner().describe(),
+                               "stable_step_theory": {
+                                   "plain": preconditioned_stable_step(g0, Preconditioner("none")),
+                                   "preconditioned": preconditioned_stable_step(g0, s.preconditioner())},
+                               "runs": []}
     curves = []
     for alpha in s.net_alphas:
-        init = init_network(arch, views32, test32, alpha=alpha, key=data.key_init)
-        c0 = s.net_rate / (8.0 * g[0])
+        init = init_network(arch, views32, test32, alpha=alpha, key=init_key(s.seed))
         for loss in s.net_losses:
-            kw = _NET_LOSS_KWARGS[loss]
+            kw = LOSS_SETTINGS[loss]  # as trained by `network`
             row: dict[str, Any] = {"loss": loss, "alpha": alpha}
             chosen_res = {}
             searches = {}
@@ -359,7 +412,7 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
 
                 searches[name] = _largest_stable(run, c0, s.net_doublings)
             ref_run = searches["plain"]["chosen"] or searches["preconditioned"]["chosen"]
-            reference = (np.ones(s.net_d) if loss == "barlow_twins" or ref_run is None
+            reference = (np.ones(d) if loss == "barlow_twins" or ref_run is None
                          else np.asarray(ref_run["_res"].eigenvalues[-1], np.float64))
             row["pass_reference"] = reference
             chosen_res = {}

@@ -44,6 +44,9 @@ from typing import Any
 from stepwise_ntk._checks import check_bool, check_choice, check_int, check_number, check_type
 
 __all__ = [
+    "PRECONDITIONER_FORMS",
+    "PreconditionedRunFlags",
+    "PreconditionerFlags",
     "SEED_MAX",
     "add_settings_arguments",
     "check_settings",
@@ -231,3 +234,63 @@ def resolve_settings(cls: type, args: argparse.Namespace | None = None, config: 
 def settings_to_dict(settings) -> dict[str, Any]:
     """JSON-ready dict of a settings dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
+# ------------------------------------------------------------------------------ shared flags
+
+# The preconditioner's forms (stepwise_ntk.theory.PRECONDITIONERS; "none" is the plain flow, a
+# cross-check). A literal so that this module imports no JAX; a test checks it against the theory.
+PRECONDITIONER_FORMS = ("none", "inverse", "power")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreconditionerFlags:
+    """The spectral preconditioner ``P(C) = (C₊ + εI)^(−k)`` as flags: ``--form``, ``--eps``, ``--power``.
+
+    A mixin of every subcommand that runs the preconditioned flow or trains with it (put it
+    first among the bases so its flags follow the subcommand's own): ``precondition`` (its
+    sweep), and through :class:`PreconditionedRunFlags` ``linear`` and ``kernel``.
+
+    Example:
+        >>> PreconditionerFlags(eps=0.1).preconditioner().describe()
+        '(C+0.1I)^-1'
+    """
+
+    form: str = dataclasses.field(
+        default="inverse",
+        metadata={"help": "preconditioner P(C) = (C+εI)^-k: inverse (k = 1), power (k = --power) or none",
+                  "choices": PRECONDITIONER_FORMS},
+    )
+    eps: float = dataclasses.field(default=1e-2, metadata={"help": "ε of the preconditioner", "above": 0})
+    power: float = dataclasses.field(default=1.0, metadata={"help": "k for --form power", "above": 0})
+
+    def __post_init__(self):
+        check_settings(self)
+
+    def preconditioner(self, eps: float | None = None):
+        """The :class:`stepwise_ntk.theory.Preconditioner` of these flags (``eps`` overrides ``--eps``)."""
+        from stepwise_ntk.theory import Preconditioner
+
+        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreconditionedRunFlags(PreconditionerFlags):
+    """``--precondition`` (default off) with the preconditioner's flags: also run preconditioned.
+
+    Off, the run is the plain one, its outputs unchanged. On, the subcommand also runs the
+    preconditioned flow (or training) from the same start and overlays the two in
+    ``precondition.png``, with the step times and the speed-up under ``precondition`` in
+    ``results.json``.
+
+    Example:
+        >>> s = PreconditionedRunFlags(precondition=True, form="power", power=0.5)
+        >>> s.preconditioner().describe()
+        '(C+0.01I)^-0.5'
+    """
+
+    precondition: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "also run with the spectral preconditioner (--form, --eps, --power) from the same start "
+                          "and overlay it on the plain run: precondition.png, results.json 'precondition'"},
+    )
