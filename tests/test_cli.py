@@ -325,3 +325,10 @@ def test_the_projections_figure_has_axis_labels(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close(figures[0])
+
+
+def test_linear_without_precondition_writes_no_precondition_outputs(linear_run):
+    results = json.loads((linear_run / "results.json").read_text())
+    assert "precondition" not in results and not (linear_run / "precondition.png").exists()
+    assert json.loads((linear_run / "config.json").read_text())["settings"]["precondition"] is False
+    assert not any(k.startswith("precondition") for k in np.load(linear_run / "arrays.npz").files)

@@ -1,5 +1,7 @@
 """``stepwise-ntk precondition``: bad input is one line on stderr, exit 2, before any work."""
 
+import json
+
 import pytest
 
 from stepwise_ntk.experiments import cli
@@ -43,3 +45,147 @@ def test_network_defaults_are_the_network_subcommands():
         net = s.net_architecture()
         assert all(getattr(net, k) == v for k, v in a.options.items())
     assert PreconditionSettings(net_width=64).net_width == 64  # a flag still overrides
+
+
+# ------------------------------------------------------------------ linear / kernel --precondition
+# Slow (the solver's compilation: ~20 s for the overlay on a small random kernel, 15-25 s per
+# tiny CLI run on 2 shared cores); the flag's parsing and the plain run's outputs without it
+# (tests/test_cli.py) stay in the default suite.
+
+TINY = ["--n-pairs", "30", "--d", "3", "--downsample", "4", "--n-times", "60", "--gallery-pool", "20",
+        "--gallery-modes", "2", "--probe-modes", "4", "--probe-test", "40", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_overlay_step_times_are_the_theorys(tmp_path):
+    """The overlay on a small random kernel: closed form from the library, solver agrees, figure written."""
+    import contextlib
+    import types
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from stepwise_ntk.experiments import LinearSettings
+    from stepwise_ntk.experiments._precondition import precondition_overlay
+    from stepwise_ntk.solver import solve
+    from stepwise_ntk.theory import (
+        Preconditioner,
+        aligned_eigenvalues,
+        contrastive_eigensystem,
+        initial_eigenvalues,
+        preconditioned_step_times,
+        step_times,
+    )
+
+    X = jax.random.normal(jax.random.PRNGKey(0), (24, 6), jnp.float64) / np.sqrt(6)
+    K, n, d = X @ X.T, 12, 2
+    F0 = 1e-3 * X[:, :d]
+    es = contrastive_eigensystem(K, n)
+    plain_t = step_times(es, F0)
+    times = jnp.asarray(np.geomspace(float(plain_t.min()) / 100, 3 * float(plain_t.max()), 120))
+    plain = solve(K, n, F0, times)
+    theory = np.sort(np.asarray(aligned_eigenvalues(es.gammas[:d], initial_eigenvalues(es, F0), times)), axis=1)
+    s = LinearSettings(n_pairs=n, d=d, precondition=True, eps=0.05)
+    out = types.SimpleNamespace(path=tmp_path, phase=lambda _msg: contextlib.nullcontext())
+    pc, arrays = precondition_overlay(s, out, es, K, F0, plain, times, theory[:, ::-1], title="test")
+    closed = np.sort(np.asarray(preconditioned_step_times(es, F0, Preconditioner("inverse", eps=0.05))))
+    np.testing.assert_allclose(pc["closed_form_step_times"], closed, rtol=1e-12)
+    np.testing.assert_allclose(pc["simulated_step_times"], closed, rtol=0.05)
+    assert pc["closed_form_time_speedup"] == pytest.approx(float(np.max(plain_t) / closed.max()), rel=1e-10)
+    assert pc["time_speedup"] == pytest.approx(pc["closed_form_time_speedup"], rel=0.1) and pc["time_speedup"] > 2
+    assert pc["final_alignment_with_plain"] > 0.999
+    assert (tmp_path / "precondition.png").stat().st_size > 0
+    assert arrays["precondition_eigenvalues"].shape == (times.shape[0], d)
+
+
+def test_bare_bool_flag_means_true(tmp_path, cifar_dir):
+    from stepwise_ntk.experiments.cli import prepare
+
+    base = ["linear", "--out", str(tmp_path / "o"), "--data-dir", str(cifar_dir)]
+    for flags, want in (((), False), (("--precondition",), True), (("--precondition", "false"), False),
+                        (("--precondition", "--d", "3"), True)):
+        assert prepare([*base, *flags]).settings.precondition is want, flags
+    off = prepare(["precondition", "--out", str(tmp_path / "p"), "--kernel-part", "false"])
+    assert off.settings.kernel_part is False
+
+
+@pytest.fixture(scope="module")
+def linear_runs(tmp_path_factory, cifar_dir):
+    root = tmp_path_factory.mktemp("linear_pc")
+    runs = {}
+    for name, extra in (("plain", []), ("pc", ["--precondition", "--eps", "0.05"])):
+        runs[name] = root / name
+        assert cli.main(["linear", "--out", str(runs[name]), "--data-dir", str(cifar_dir), *TINY, *extra]) == 0
+    return runs
+
+
+def _problem(cifar_dir):
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk.experiments import LinearSettings
+    from stepwise_ntk.experiments._kernel_model import load_problem_data
+    from stepwise_ntk.experiments._linear import flatten_scaled
+
+    s = LinearSettings(n_pairs=30, d=3, downsample=4, data_dir=str(cifar_dir))
+    problem = load_problem_data(s)
+    X = flatten_scaled(problem.views)
+    F0 = X @ (s.init_scale * jax.random.normal(problem.key_init, (3, X.shape[1]), jnp.float64)).T
+    return X @ X.T, F0
+
+
+@pytest.mark.slow
+def test_linear_precondition_step_times_are_the_theorys(linear_runs, cifar_dir):
+    import numpy as np
+
+    from stepwise_ntk.theory import Preconditioner, contrastive_eigensystem, preconditioned_step_times, step_times
+
+    run = linear_runs["pc"]
+    assert (run / "precondition.png").stat().st_size > 0
+    pc = json.loads((run / "results.json").read_text())["precondition"]
+    assert pc["preconditioner"] == "(C+0.05I)^-1"
+    # Second route: the closed form from the library on the same K and F0.
+    K, F0 = _problem(cifar_dir)
+    es = contrastive_eigensystem(K, 30)
+    closed = np.sort(np.asarray(preconditioned_step_times(es, F0, Preconditioner("inverse", eps=0.05))))
+    np.testing.assert_allclose(pc["closed_form_step_times"], closed, rtol=1e-10)
+    # The solver's preconditioned crossings agree with the closed form (small init: aligned).
+    np.testing.assert_allclose(pc["simulated_step_times"], closed, rtol=0.1)
+    plain = np.sort(np.asarray(step_times(es, F0)))
+    assert pc["closed_form_time_speedup"] == pytest.approx(plain.max() / closed.max(), rel=1e-10)
+    assert pc["time_speedup"] == pytest.approx(pc["closed_form_time_speedup"], rel=0.15)
+    assert pc["time_speedup"] > 1.5  # a preconditioner that does nothing would give 1
+    # Both flows end at the same minimiser (the top-d kernel PCA subspace).
+    assert pc["final_alignment_with_plain"] > 0.99
+
+
+@pytest.mark.slow
+def test_linear_plain_outputs_unchanged_without_the_flag(linear_runs):
+    import numpy as np
+
+    plain = json.loads((linear_runs["plain"] / "results.json").read_text())
+    pc = json.loads((linear_runs["pc"] / "results.json").read_text())
+    assert "precondition" not in plain and not (linear_runs["plain"] / "precondition.png").exists()
+    assert json.loads((linear_runs["plain"] / "config.json").read_text())["settings"]["precondition"] is False
+    pc.pop("precondition")
+    for r in (plain, pc):
+        r.pop("wall_time_s")
+    assert plain == pc  # the plain run's numbers do not depend on the flag
+    a, b = np.load(linear_runs["plain"] / "arrays.npz"), np.load(linear_runs["pc"] / "arrays.npz")
+    assert set(b.files) - set(a.files) == {"precondition_times", "precondition_eigenvalues",
+                                          "precondition_theory_eigenvalues", "precondition_loss"}
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.slow
+def test_kernel_precondition_power_form(tmp_path, cifar_dir):
+    out = tmp_path / "k"
+    flags = ["--n-pairs", "30", "--d", "3", "--downsample", "4", "--gallery-pool", "20", "--n-times", "60",
+             "--arch-options", "depth=1", "--no-progress", "--precondition", "true", "--form", "power",
+             "--power", "0.5"]
+    assert cli.main(["kernel", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
+    pc = json.loads((out / "results.json").read_text())["precondition"]
+    assert pc["preconditioner"] == "(C+0.01I)^-0.5" and (out / "precondition.png").exists()
+    assert pc["closed_form_time_speedup"] > 1 and pc["step_time_median_relative_error"] < 0.1

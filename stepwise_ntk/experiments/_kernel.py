@@ -21,13 +21,14 @@ import numpy as np
 from stepwise_ntk._checks import check_type
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_problem_data, run_kernel_model
 from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.experiments._settings import PreconditionedRunFlags
 from stepwise_ntk.kernels import ARCHITECTURES, analytic_ntk, make_architecture
 
 __all__ = ["KernelSettings", "architecture_from_options", "run_kernel", "parse_options", "gaussian_embeddings"]
 
 
 @dataclasses.dataclass(frozen=True)
-class KernelSettings(ExperimentSettings):
+class KernelSettings(PreconditionedRunFlags, ExperimentSettings):
     """Settings of ``stepwise-ntk kernel``."""
 
     arch: str = dataclasses.field(

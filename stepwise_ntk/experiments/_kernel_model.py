@@ -178,6 +178,12 @@ def run_kernel_model(
             labels=np.concatenate([problem.labels, problem.labels]),
             title="views' embeddings on the top-3 principal directions after three steps",
         )
+    precondition, precondition_arrays = None, {}
+    if getattr(s, "precondition", False):  # ``linear`` / ``kernel`` --precondition: same F0, preconditioned
+        from stepwise_ntk.experiments._precondition import precondition_overlay
+
+        precondition, precondition_arrays = precondition_overlay(s, out, es, K, F0, traj, times, theory_eig,
+                                                                 title=title)
     modes = np.asarray(mode_functions_new(es, K_pool, min(s.gallery_modes, s.d)))
     ds = problem.dataset
     plot_mode_gallery(
@@ -204,6 +210,7 @@ def run_kernel_model(
         labels=problem.labels,
         indices=problem.indices,
         gallery_mode_values=modes,
+        **precondition_arrays,
     )
     results: dict[str, Any] = {
         **(extra_results or {}),
@@ -231,10 +238,21 @@ def run_kernel_model(
         },
         "wall_time_s": time.perf_counter() - t_start,
     }
+    if precondition is not None:
+        results["precondition"] = precondition
     out.write_results(results)
     return (
         f"step times: median relative error {100 * results['step_time_median_relative_error']:.1f}%, "
         f"worst {100 * results['step_time_worst_relative_error']:.1f}%; "
         f"final-embedding Procrustes error {final_err:.2e} (gap γ_d/γ_d+1 = {gap:.2f}); "
         f"solver {traj.method}/{traj.integrator}"
+        + ("" if precondition is None else
+           f"\npreconditioned {precondition['preconditioner']}: all {s.d} modes past 1/2 "
+           f"{_speedup(precondition['time_speedup'])} sooner in effective time (closed form "
+           f"{_speedup(precondition['closed_form_time_speedup'])}); final alignment with the plain run "
+           f"{precondition['final_alignment_with_plain']:.4f}")
     )
+
+
+def _speedup(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}x"

@@ -37,6 +37,7 @@ from stepwise_ntk.data import downsample as _downsample
 from stepwise_ntk.experiments._kernel_model import ExperimentSettings, Problem, load_problem_data, run_kernel_model
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_probe_curve, plot_spectral_metrics
 from stepwise_ntk.experiments._run_dir import RunDir
+from stepwise_ntk.experiments._settings import PreconditionedRunFlags
 from stepwise_ntk.predictor import (
     linear_probe,
     mode_statistics,
@@ -52,7 +53,7 @@ __all__ = ["LinearSettings", "run_linear", "flatten_scaled", "held_out_images"]
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearSettings(ExperimentSettings):
+class LinearSettings(PreconditionedRunFlags, ExperimentSettings):
     """Settings of ``stepwise-ntk linear`` (each is a flag: ``--n-pairs 500``)."""
 
     probe_modes: int = dataclasses.field(

@@ -166,6 +166,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if base is bool:
             kwargs["type"] = _parse_bool
             kwargs["metavar"] = "BOOL"
+            # A bare ``--flag`` means true; ``--flag false`` still turns a default-on one off.
+            kwargs["nargs"] = "?"
+            kwargs["const"] = True
         elif base is tuple:
             kwargs["type"] = _tuple_item_type(tp)
             kwargs["nargs"] = "+"
