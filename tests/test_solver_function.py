@@ -174,6 +174,29 @@ def test_non_psd_kernel_refused_before_integrating(method):
         solve(-jnp.eye(2 * N_PAIRS), N_PAIRS, F0, jnp.geomspace(1e-2, 1.0, 5), loss="vicreg", method=method)
 
 
+def test_rank_deficient_kernel_is_psd_and_its_flow_runs():
+    """Identical views (no augmentation) give K of rank n: Lanczos exhausts its Krylov space.
+
+    Its Ritz values must stay inside the spectrum of numpy's eigvalsh (continuing past the
+    breakdown on normalised round-off once gave θ_min = −451 for λ ∈ [0, 10.7]), and the
+    function route accepts the kernel.
+    """
+    from stepwise_ntk.solver._galerkin import smallest_eigenvalue_bound
+
+    X = np.random.default_rng(3).normal(size=(N_PAIRS, 30))
+    X = np.concatenate([X, X])  # both views of every image identical
+    K = jnp.asarray(X @ X.T / 30)
+    lam = np.linalg.eigvalsh(np.asarray(K))
+    lo, hi = (float(v) for v in smallest_eigenvalue_bound(K))
+    tol = 1e-12 * lam[-1]
+    assert lam[0] - tol <= lo <= hi <= lam[-1] + tol
+    assert hi == pytest.approx(lam[-1], rel=1e-10)  # the largest Ritz value converged
+    F0 = 1e-3 * (K @ jnp.asarray(np.random.default_rng(4).normal(size=(2 * N_PAIRS, 2))))
+    traj = solve(K, N_PAIRS, F0, jnp.geomspace(1e-2, 1.0, 3), loss="simclr", loss_kwargs=LOSSES["simclr"],
+                 method="function")
+    assert np.all(np.isfinite(np.asarray(traj.eigenvalues)))
+
+
 @pytest.mark.parametrize("method", ["galerkin", "function"])
 def test_nan_inputs_refused(method):
     K = jnp.asarray(KERNELS["rbf"])

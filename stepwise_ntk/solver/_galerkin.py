@@ -116,6 +116,12 @@ def smallest_eigenvalue_bound(K: jax.Array, iters: int = 48) -> tuple[jax.Array,
     Ritz values lie inside the spectrum, so ``θ_min ≥ λ_min(K)``: ``θ_min < 0`` proves a
     negative eigenvalue, and the extreme eigenvalues are the ones Lanczos finds first
     (``O(N² · iters)`` flops, against ``O(N³)`` for a decomposition).
+
+    The iteration stops when the Krylov space is exhausted (``β_j ≤ 100 N eps ‖K‖_∞``, e.g.
+    a rank-deficient ``K`` such as identical views): normalising the round-off left after
+    that would add a vector that is not orthogonal to the others, and Ritz values outside
+    the spectrum. The unused rows of the tridiagonal matrix are filled with ``α_1``, a
+    Rayleigh quotient, so they add no value outside the spectrum.
     """
     N = K.shape[0]
     m = min(iters, N)
@@ -125,20 +131,23 @@ def smallest_eigenvalue_bound(K: jax.Array, iters: int = 48) -> tuple[jax.Array,
     Q = jnp.zeros((m, N), dtype).at[0].set(v0)
     alpha = jnp.zeros((m,), dtype)
     beta = jnp.zeros((m,), dtype)
+    tol = 100 * N * jnp.finfo(dtype).eps * jnp.max(jnp.sum(jnp.abs(K), axis=1))
 
     def body(j, c):
-        Q, alpha, beta = c
+        Q, alpha, beta, active = c
         w = _mm(K, Q[j])
         a = jnp.dot(w, Q[j], precision=_HIGHEST)
         mask = (jnp.arange(m) <= j).astype(dtype)[:, None]
         w = w - _mm((Q * mask).T, _mm(Q * mask, w))
         w = w - _mm((Q * mask).T, _mm(Q * mask, w))  # twice: classical Gram–Schmidt
         b = jnp.linalg.norm(w)
-        nxt = jnp.where(b > 0, w / jnp.where(b > 0, b, 1.0), 0.0)
+        go_on = active & (b > tol)
+        nxt = jnp.where(go_on, w / jnp.where(go_on, b, 1.0), 0.0)
         Q = jax.lax.cond(j + 1 < m, lambda: Q.at[jnp.minimum(j + 1, m - 1)].set(nxt), lambda: Q)
-        return Q, alpha.at[j].set(a), beta.at[j].set(b)
+        return (Q, alpha.at[j].set(jnp.where(active, a, alpha[0])), beta.at[j].set(jnp.where(go_on, b, 0.0)),
+                go_on)
 
-    Q, alpha, beta = jax.lax.fori_loop(0, m, body, (Q, alpha, beta))
+    Q, alpha, beta, _ = jax.lax.fori_loop(0, m, body, (Q, alpha, beta, jnp.array(True)))
     T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
     theta = jnp.linalg.eigvalsh(T)
     return theta[0], theta[-1]
