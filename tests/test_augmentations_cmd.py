@@ -66,8 +66,62 @@ def test_numbers_match_the_library_and_the_identical_views_closed_form(aug_run, 
     np.testing.assert_allclose(g0, expected[: len(g0)], rtol=1e-8, atol=1e-12)
 
 
+def test_loss_flows_match_a_direct_solve_and_fill_the_table(aug_run, cifar_dir):
+    """The SimCLR entries against the solver called here, and the (setting, loss) table's layout."""
+    from stepwise_ntk.experiments._network import LOSS_SETTINGS
+    from stepwise_ntk.predictor import subspace_alignment
+    from stepwise_ntk.solver import solve
+    from stepwise_ntk.theory import step_times
+
+    r = json.loads((aug_run / "results.json").read_text())
+    a = np.load(aug_run / "arrays.npz")
+    assert r["losses"] == ["barlow_twins", "simclr", "vicreg"]
+    assert r["labels"] == ["none BT", "flip BT", "none SimCLR", "flip SimCLR", "none VICReg", "flip VICReg"]
+    A = np.asarray(r["alignment"])
+    assert A.shape == (6, 6) and (aug_run / "statistics_simclr.png").exists()
+    np.testing.assert_allclose(A, a["alignment"], rtol=0, atol=0)
+    # The flip setting's SimCLR flow, rebuilt: F0 = K R at rms 1e-3, to 3 × the last BT step.
+    key = jax.random.PRNGKey(0)
+    views, _, _ = cifar10_pairs(key, 20, split="test", data_dir=str(cifar_dir), settings=PRESETS["flip"],
+                                dtype=jnp.float64, subset_seed=0)
+    X = flatten_scaled(views)
+    K = X @ X.T
+    R = jax.random.normal(jax.random.fold_in(key, 1), (40, 2), jnp.float64)
+    F0 = K @ R
+    c = 1e-3 / jnp.sqrt(jnp.mean(F0**2))
+    T = 3.0 * float(jnp.max(step_times(contrastive_eigensystem(K, 20), c * F0)))
+    flow = r["settings"]["flip"]["flows"]["simclr"]
+    assert flow["time"] == pytest.approx(T, rel=1e-10)
+    ds = load_cifar10("test", str(cifar_dir))
+    X_pool = flatten_scaled(jnp.asarray(normalize(ds.images[:24], dtype=np.float64)))
+    traj = solve(K, 20, c * F0, jnp.array([T / 2, T]), loss="simclr", loss_kwargs=LOSS_SETTINGS["simclr"],
+                 method="function", K_test=X_pool @ X.T, F0_test=c * (X_pool @ X.T @ R))
+    np.testing.assert_allclose(flow["final_eigenvalues"], np.asarray(traj.eigenvalues[-1]), rtol=1e-6)
+    E = np.asarray(traj.test_embeddings[-1])
+    G_bt = mode_functions_new(contrastive_eigensystem(K, 20), X_pool @ X.T, 2)
+    assert flow["alignment_with_barlow_twins"] == pytest.approx(float(subspace_alignment(E, G_bt)), abs=1e-6)
+    assert A[1, 3] == pytest.approx(flow["alignment_with_barlow_twins"], abs=1e-12)
+    assert 0 <= flow["settled_alignment"] <= 1 + 1e-12 and 0 <= flow["probe_accuracy"] <= 1
+
+
+def test_without_losses_the_barlow_twins_outputs_are_unchanged(aug_run, tmp_path, cifar_dir):
+    out = tmp_path / "bt"
+    assert cli.main(["augmentations", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *TINY,
+                     "--losses"]) == 0
+    r0 = json.loads((out / "results.json").read_text())
+    r = json.loads((aug_run / "results.json").read_text())
+    assert r0["labels"] == r0["names"] == ["none", "flip"] and r0["losses"] == ["barlow_twins"]
+    np.testing.assert_allclose(r0["alignment"], np.asarray(r["alignment"])[:2, :2], rtol=0, atol=0)
+    for name in ("none", "flip"):
+        a, b = r0["settings"][name], r["settings"][name]
+        assert a["flows"] == {} and a["probe_accuracy"] == b["probe_accuracy"]
+        assert a["mode_statistics"] == b["mode_statistics"] and a["gammas"] == b["gammas"]
+
+
 def test_parse_augmentation_presets_and_fields():
     assert parse_augmentation("all")[1] == PRESETS["all"]
+    hue = parse_augmentation("hue")[1]
+    assert (hue.hue, hue.jitter_prob, hue.brightness) == (0.1, 0.8, None) and hue.jitters
     name, a = parse_augmentation("mine: crop=resized, crop_scale=(0.5, 1.0), gray_prob=0.3")
     assert (name, a.crop, a.crop_scale, a.gray_prob, a.flip_prob) == ("mine", "resized", (0.5, 1.0), 0.3, None)
     with pytest.raises(ValueError, match="unknown preset"):

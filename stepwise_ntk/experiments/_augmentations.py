@@ -15,6 +15,20 @@ spectra side by side (``gammas.png``), the alignment heatmap (``alignment.png``)
 mode-statistic heatmaps (``statistics.png``) and one annotated gallery of the top modes per
 setting (``modes_<name>.png``).
 
+*Methods.* Barlow Twins learns the top-``d`` modes (the closed form above). Each loss of
+``--losses`` (SimCLR, VICReg, as ``stepwise-ntk network`` trains them) has no closed form:
+its kernel flow ``dF/dt = −K ∇L(F)`` is integrated (the solver's function route) from
+``F0 = K R`` (``R`` seeded Gaussian, ``F0`` of rms ``init_scale``: a linear model's
+``X W(0)ᵀ`` for the linear kernel) to ``T = horizon × t_d``, ``t_d`` the closed-form last
+Barlow Twins step time from the same ``F0``. Its learned functions are the flow's ``d``
+embedding columns on the clean images (ordered by their principal directions for the
+statistics). Per setting and loss (``results.json`` ``flows``): the probe accuracy, what
+the principal directions track, the eigenvalues of ``C`` at ``T`` and the alignment of the
+embeddings at ``T/2`` and ``T`` (near 1: the subspace has settled). The alignment table
+then runs over every (setting, loss) pair, so it holds both questions: how the settings
+change one method's modes, and how alike the methods are under one setting
+(``statistics_<loss>.png``: what each loss's directions track).
+
 Settings are a list (``--augmentations crop flip ...``, or ``augmentations = [...]`` in a
 ``--config`` file), each a preset name of :data:`PRESETS` or ``"name: field=value, ..."``
 with :class:`~stepwise_ntk.data.AugmentSettings` fields, starting from no augmentation::
@@ -37,6 +51,8 @@ from stepwise_ntk.data import AugmentSettings, cifar10_pairs, image_statistics, 
 from stepwise_ntk.data import downsample as _downsample
 from stepwise_ntk.experiments._kernel import parse_options
 from stepwise_ntk.experiments._linear import flatten_scaled, held_out_images
+from stepwise_ntk.experiments._methods import METHOD_LABELS
+from stepwise_ntk.experiments._network import LOSS_SETTINGS
 from stepwise_ntk.experiments._plots import (
     plot_alignment_matrix,
     plot_gamma_spectra,
@@ -47,7 +63,8 @@ from stepwise_ntk.experiments._run_dir import RunDir
 from stepwise_ntk.experiments._settings import check_settings
 from stepwise_ntk.kernels import ARCHITECTURES, analytic_ntk, make_architecture
 from stepwise_ntk.predictor import linear_probe, mode_statistics, pair_groups, subspace_alignment
-from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, mode_functions_new
+from stepwise_ntk.solver import solve
+from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, mode_functions_new, step_times
 
 __all__ = ["AugmentationsSettings", "PRESETS", "parse_augmentation", "run_augmentations"]
 
@@ -60,6 +77,8 @@ PRESETS: dict[str, AugmentSettings] = {
     "resized_crop": dataclasses.replace(_OFF, crop="resized", crop_scale=(0.2, 1.0)),
     "flip": dataclasses.replace(_OFF, flip_prob=0.5),
     "jitter": dataclasses.replace(_OFF, jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4),
+    # Hue alone at SimCLR's strength (ColorJitter(0.4, 0.4, 0.4, 0.1)); the default pipeline has none.
+    "hue": dataclasses.replace(_OFF, jitter_prob=0.8, brightness=None, contrast=None, saturation=None, hue=0.1),
     "gray": dataclasses.replace(_OFF, gray_prob=0.2),
     "all": AugmentSettings(),
 }
@@ -123,6 +142,18 @@ class AugmentationsSettings:
     probe_test: int = dataclasses.field(
         default=2000, metadata={"help": "held-out clean images (other split) the top-d probe is scored on", "min": 1}
     )
+    losses: tuple[str, ...] = dataclasses.field(
+        default=("simclr", "vicreg"),
+        metadata={"help": "losses whose kernel flows are compared with Barlow Twins' closed form (a bare --losses: "
+                          "only Barlow Twins)", "choices": tuple(x for x in LOSS_SETTINGS if x != "barlow_twins"),
+                  "may_be_empty": True},
+    )
+    horizon: float = dataclasses.field(
+        default=3.0, metadata={"help": "the flows run to horizon × the last Barlow Twins step time", "above": 0}
+    )
+    init_scale: float = dataclasses.field(
+        default=1e-3, metadata={"help": "rms of the flows' initial embeddings F0 = K R", "above": 0}
+    )
     arch: str = dataclasses.field(
         default="linear",
         metadata={"help": "kernel: linear (K = X Xᵀ) or a registered architecture's NTK",
@@ -145,6 +176,8 @@ class AugmentationsSettings:
             raise ValueError("--augmentations needs at least one setting.")
         if len(set(names)) != len(names):
             raise ValueError(f"--augmentations names must be distinct, got {names}.")
+        if len(set(self.losses)) != len(self.losses):
+            raise ValueError(f"--losses must be distinct, got {' '.join(self.losses)}.")
         self.kernel_fn()
 
     def kernel_fn(self):
@@ -159,6 +192,30 @@ class AugmentationsSettings:
         arch = make_architecture(self.arch, d=1, **options)
         return lambda A, B: jnp.asarray(analytic_ntk(arch, np.asarray(A), None if B is A else np.asarray(B),
                                                      dtype=np.float64))
+
+
+def _principal_directions(E: np.ndarray) -> np.ndarray:
+    """``(m, d)`` embeddings -> their coordinates on their principal directions, by variance."""
+    Ec = E - E.mean(axis=0)
+    _, _, Vt = np.linalg.svd(Ec, full_matrices=False)
+    return Ec @ Vt.T
+
+
+def _loss_flow(s: AugmentationsSettings, loss: str, K, K_out, es, R) -> dict[str, Any]:
+    """The kernel flow of ``loss`` from ``F0 = K R`` to ``horizon ×`` the last Barlow Twins step.
+
+    ``K_out``: ``(m, 2n)`` kernel of the clean images (pool, then probe test images).
+    """
+    F0 = K @ R
+    scale = s.init_scale / jnp.sqrt(jnp.mean(F0**2))
+    F0, F0_out = scale * F0, scale * (K_out @ R)
+    T = s.horizon * float(jnp.max(step_times(es, F0)))
+    traj = solve(K, s.n_pairs, F0, jnp.array([T / 2, T]), loss=loss, loss_kwargs=LOSS_SETTINGS[loss] or None,
+                 method="function", K_test=K_out, F0_test=F0_out)
+    E_out = np.asarray(traj.test_embeddings, np.float64)
+    return {"views": np.asarray(traj.embeddings, np.float64), "out": E_out[-1], "T": T,
+            "eigenvalues": np.asarray(traj.eigenvalues[-1], np.float64),
+            "settled": float(subspace_alignment(E_out[0], E_out[-1]))}
 
 
 def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress: bool = True) -> str:
@@ -178,22 +235,42 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
     key = jax.random.PRNGKey(s.seed)
     test_images, test_labels = held_out_images(s)
 
+    # One R for every setting and loss: the flows of one setting start from the same F0.
+    R = jax.random.normal(jax.random.fold_in(key, 1), (2 * s.n_pairs, s.d), jnp.float64)
+    n_pool = pool.shape[0]
     names, gammas, modes, tables, per_setting = [], [], [], [], {}
+    flow_modes: dict[str, list[np.ndarray]] = {loss: [] for loss in s.losses}
+    flow_tables: dict[str, list[Any]] = {loss: [] for loss in s.losses}
     for name, aug in specs:
         t0 = time.perf_counter()
         views, labels, _ = cifar10_pairs(key, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=aug,
                                     downsample=s.downsample, dtype=jnp.float64, subset_seed=s.seed)
-        es = contrastive_eigensystem(kernel(views, views), s.n_pairs)
+        K = kernel(views, views)
+        es = contrastive_eigensystem(K, s.n_pairs)
         g = np.asarray(es.gammas)
         n_pos = int(np.sum(g > 0))
         if n_pos < s.d:
             raise ValueError(f"setting {name!r} has only {n_pos} positive contrastive eigenvalues for d={s.d}; "
                              f"lower --d or raise --n-pairs.")
-        G = np.asarray(mode_functions_new(es, kernel(pool, views), s.d))
-        probe = linear_probe(np.asarray(final_embeddings(es, None, s.d)), np.concatenate([labels, labels]),
-                             np.asarray(final_embeddings(es, kernel(test_images, views), s.d)), test_labels,
+        K_pool, K_test = kernel(pool, views), kernel(test_images, views)
+        G = np.asarray(mode_functions_new(es, K_pool, s.d))
+        view_labels = np.concatenate([labels, labels])
+        probe = linear_probe(np.asarray(final_embeddings(es, None, s.d)), view_labels,
+                             np.asarray(final_embeddings(es, K_test, s.d)), test_labels,
                              groups=pair_groups(s.n_pairs), seed=s.seed)
         table = mode_statistics(G, stats, labels=pool_labels)
+        flows = {}
+        for loss in s.losses:
+            t1 = time.perf_counter()
+            f = _loss_flow(s, loss, K, jnp.concatenate([K_pool, K_test]), es, R)
+            f_probe = linear_probe(f["views"], view_labels, f["out"][n_pool:], test_labels,
+                                   groups=pair_groups(s.n_pairs), seed=s.seed)
+            f_table = mode_statistics(_principal_directions(f["out"][:n_pool]), stats, labels=pool_labels)
+            flow_modes[loss].append(f["out"][:n_pool])
+            flow_tables[loss].append(f_table)
+            flows[loss] = {"time": f["T"], "final_eigenvalues": f["eigenvalues"], "settled_alignment": f["settled"],
+                           "probe_accuracy": f_probe.accuracy, "mode_statistics": f_table.table(),
+                           "seconds": time.perf_counter() - t1}
         names.append(name)
         gammas.append(g)
         modes.append(G)
@@ -205,6 +282,7 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
             "gap_ratio_d": float(g[s.d - 1] / g[s.d]) if g[s.d] > 0 else None,
             "mode_statistics": rows,
             "probe_accuracy": probe.accuracy,
+            "flows": flows,
             "seconds": time.perf_counter() - t0,
         }
         k = min(s.gallery_modes, s.d)
@@ -214,19 +292,35 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
                           title=f"{name}: top modes, highest values (left), lowest (right)")
         if progress:
             print(f"  {name}: γ_1 = {g[0]:.4g}, top-{s.d} probe {probe.accuracy:.3f}, "
-                  f"mode 1 tracks {rows[0]['strongest']} ({rows[0]['strength']:.2f}) "
-                  f"[{per_setting[name]['seconds']:.1f} s]", flush=True)
+                  f"mode 1 tracks {rows[0]['strongest']} ({rows[0]['strength']:.2f})"
+                  + "".join(f"; {METHOD_LABELS[x]} probe {f['probe_accuracy']:.3f}" for x, f in flows.items())
+                  + f" [{per_setting[name]['seconds']:.1f} s]", flush=True)
 
-    A = np.array([[float(subspace_alignment(a, b)) for b in modes] for a in modes])
+    # Every (setting, loss) pair: Barlow Twins' closed-form modes first, then each flow's.
+    entries = modes + [E for loss in s.losses for E in flow_modes[loss]]
+    labels = names if not s.losses else (
+        [f"{x} BT" for x in names] + [f"{x} {METHOD_LABELS[loss]}" for loss in s.losses for x in names])
+    A = np.array([[float(subspace_alignment(a, b)) for b in entries] for a in entries])
+    k = len(names)
+    for j, loss in enumerate(s.losses, start=1):
+        for i, name in enumerate(names):
+            per_setting[name]["flows"][loss]["alignment_with_barlow_twins"] = float(A[i, j * k + i])
     kernel_name = "linear kernel" if s.arch == "linear" else f"{s.arch} NTK"
     plot_gamma_spectra(out.path / "gammas.png", names, gammas,
                        title=f"contrastive eigenvalues, {kernel_name}, CIFAR-10 n={s.n_pairs}")
-    plot_alignment_matrix(out.path / "alignment.png", A, names,
-                          title=f"subspace alignment of the top-{s.d} modes on {pool.shape[0]} clean images")
+    plot_alignment_matrix(out.path / "alignment.png", A, labels,
+                          title=f"subspace alignment of the top-{s.d} modes on {pool.shape[0]} clean images"
+                                + (" (BT: closed form; others: kernel flows)" if s.losses else ""))
     plot_statistic_strengths(out.path / "statistics.png", names, [t.strength for t in tables], tables[0].names,
                              eta2=[t.eta2 for t in tables],
                              title="what each setting's top modes track (|r|; hue: circular R; classes: η²)")
-    out.save_arrays(names=np.array(names), gammas=np.stack(gammas), alignment=A,
+    for loss in s.losses:
+        plot_statistic_strengths(out.path / f"statistics_{loss}.png", names,
+                                 [t.strength for t in flow_tables[loss]], tables[0].names,
+                                 eta2=[t.eta2 for t in flow_tables[loss]],
+                                 title=f"what each setting's {METHOD_LABELS[loss]} kernel flow tracks (its principal "
+                                       "directions)")
+    out.save_arrays(names=np.array(names), labels=np.array(labels), gammas=np.stack(gammas), alignment=A,
                     strengths=np.stack([t.strength for t in tables]), eta2=np.stack([t.eta2 for t in tables]),
                     statistic_names=np.array(tables[0].names), pool_index=pool_index)
     results = {
@@ -236,17 +330,23 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
         "n_pool_images": int(pool.shape[0]),
         "n_probe_test_images": int(test_labels.shape[0]),
         "names": names,
+        "losses": ["barlow_twins", *s.losses],
+        "labels": labels,
         "alignment": A,
         "settings": per_setting,
         "strongest": {n: [r["strongest"] for r in per_setting[n]["mode_statistics"]] for n in names},
         "wall_time_s": time.perf_counter() - started,
     }
     out.write_results(results)
-    off = ~np.eye(len(names), dtype=bool)
-    lo = np.unravel_index(np.argmin(np.where(off, A, np.inf)), A.shape) if len(names) > 1 else (0, 0)
+    bt = A[:k, :k]
+    off = ~np.eye(k, dtype=bool)
+    lo = np.unravel_index(np.argmin(np.where(off, bt, np.inf)), bt.shape) if k > 1 else (0, 0)
     return (
-        f"{len(names)} settings; mode 1 tracks (top-{s.d} probe accuracy): "
+        f"{k} settings; mode 1 tracks (top-{s.d} probe accuracy): "
         + ", ".join(f"{n} {per_setting[n]['mode_statistics'][0]['strongest']} ({per_setting[n]['probe_accuracy']:.3f})"
                     for n in names)
-        + (f"; least aligned pair {names[lo[0]]}/{names[lo[1]]} {A[lo]:.3f}" if len(names) > 1 else "")
+        + (f"; least aligned pair {names[lo[0]]}/{names[lo[1]]} {bt[lo]:.3f}" if k > 1 else "")
+        + "".join(f"; {METHOD_LABELS[loss]} flow alignment with BT "
+                  + ", ".join(f"{n} {per_setting[n]['flows'][loss]['alignment_with_barlow_twins']:.2f}" for n in names)
+                  for loss in s.losses)
     )

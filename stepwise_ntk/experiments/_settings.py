@@ -171,7 +171,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["const"] = True
         elif base is tuple:
             kwargs["type"] = _tuple_item_type(tp)
-            kwargs["nargs"] = "+"
+            # A bare ``--flag`` is the empty list where a field allows one ("may_be_empty").
+            kwargs["nargs"] = "*" if f.metadata.get("may_be_empty") else "+"
         else:
             kwargs["type"] = _parse_optional(base) if optional else base
         if "choices" in f.metadata:
