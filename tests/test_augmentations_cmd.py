@@ -148,3 +148,44 @@ def test_config_file_lists_the_settings(tmp_path):
     path.write_text('augmentations = ["none", "big: crop=resized, crop_scale=(0.2, 1.0)"]\nd = 3\n')
     s = resolve_settings(AugmentationsSettings, None, load_config_file(path))
     assert s.augmentations == ("none", "big: crop=resized, crop_scale=(0.2, 1.0)") and s.d == 3
+
+
+@pytest.mark.slow  # four tiny MLP trainings and two `methods`-style theories (about a minute here)
+def test_train_network_reproduces_the_methods_run_under_its_setting(tmp_path, cifar_dir, monkeypatch):
+    """Under the `methods` command's own view setting the network part is that command's run.
+
+    The MLP's network defaults are made tiny (12 pairs of 4×4 images, width 32, d = 2); the
+    same network trained by ``stepwise-ntk methods`` with those values as flags must give the
+    same steps and the same held-out alignment between its Barlow Twins and VICReg runs.
+    """
+    import dataclasses
+
+    from stepwise_ntk.experiments import _network
+    from stepwise_ntk.experiments._views import ViewSettings
+
+    monkeypatch.setitem(_network.ARCH_DEFAULTS, "mlp", dataclasses.replace(
+        _network.ARCH_DEFAULTS["mlp"], n_pairs=12, n_test=6, downsample=8, width=32))
+    monkeypatch.setattr(_network, "choose_d", lambda gammas: 2)
+    spec = ("default: crop=pad, crop_padding=4, flip_prob=0.5, jitter_prob=0.8, brightness=0.4, contrast=None, "
+            "saturation=None, gray_prob=None")
+    assert parse_augmentation(spec)[1] == ViewSettings().augment()
+    out = tmp_path / "aug"
+    assert cli.main(["augmentations", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress",
+                     "--arch", "mlp", "--n-pairs", "20", "--d", "2", "--pool", "24", "--probe-test", "30",
+                     "--gallery-modes", "1", "--augmentations", spec, "none", "--losses", "vicreg",
+                     "--train-network", "true"]) == 0
+    net = json.loads((out / "results.json").read_text())["network"]
+    assert net["labels"] == ["default BT", "none BT", "default VICReg", "none VICReg"] and net["d"] == 2
+    M = np.asarray(net["alignment"])
+    np.testing.assert_allclose(M, M.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(M), 1.0, atol=1e-9)
+    assert (out / "alignment_network.png").exists()
+
+    ref = tmp_path / "methods"
+    assert cli.main(["methods", "--out", str(ref), "--data-dir", str(cifar_dir), "--no-progress", "--n-pairs", "12",
+                     "--n-test", "6", "--downsample", "8", "--d", "2", "--width", "32",
+                     "--losses", "barlow_twins", "vicreg"]) == 0
+    r = json.loads((ref / "results.json").read_text())
+    for loss in ("barlow_twins", "vicreg"):
+        assert net["settings"]["default"][loss]["steps"] == r["methods"][loss]["steps"]
+    assert M[0, 2] == pytest.approx(np.asarray(r["alignment_matrix"])[0, 1], abs=1e-6)

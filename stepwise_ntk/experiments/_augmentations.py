@@ -29,6 +29,16 @@ then runs over every (setting, loss) pair, so it holds both questions: how the s
 change one method's modes, and how alike the methods are under one setting
 (``statistics_<loss>.png``: what each loss's directions track).
 
+*Networks* (``--train-network true``, with ``--arch`` a network). Under every setting the
+finite network is also trained, once per loss (Barlow Twins and ``--losses``), as
+``stepwise-ntk methods`` trains it: at the network defaults of ``--arch`` (images, width,
+``n``, ``α``, step from its own kernel), from the same initial parameters, on that setting's
+views; ``d`` is chosen on the first setting and kept. Its held-out views (the other split,
+the default pipeline, the same for every setting) give a second table, the subspace
+alignment of the networks' held-out embeddings over every (setting, loss) pair
+(``results.json`` ``network``, ``alignment_network.png``), with each run's alignment with its
+own kernel flow and its steps.
+
 Settings are a list (``--augmentations crop flip ...``, or ``augmentations = [...]`` in a
 ``--config`` file), each a preset name of :data:`PRESETS` or ``"name: field=value, ..."``
 with :class:`~stepwise_ntk.data.AugmentSettings` fields, starting from no augmentation::
@@ -154,6 +164,10 @@ class AugmentationsSettings:
     init_scale: float = dataclasses.field(
         default=1e-3, metadata={"help": "rms of the flows' initial embeddings F0 = K R", "above": 0}
     )
+    train_network: bool = dataclasses.field(
+        default=False, metadata={"help": "also train the network of --arch under every setting and loss (at the "
+                                         "network defaults of --arch)"}
+    )
     arch: str = dataclasses.field(
         default="linear",
         metadata={"help": "kernel: linear (K = X Xᵀ) or a registered architecture's NTK",
@@ -178,7 +192,19 @@ class AugmentationsSettings:
             raise ValueError(f"--augmentations names must be distinct, got {names}.")
         if len(set(self.losses)) != len(self.losses):
             raise ValueError(f"--losses must be distinct, got {' '.join(self.losses)}.")
+        if self.train_network:
+            if self.arch == "linear":
+                raise ValueError(f"--train-network needs --arch {', '.join(sorted(ARCHITECTURES))} (a network to "
+                                 "train), not linear.")
+            self.network_settings()  # bad --arch-options for the network fail here
         self.kernel_fn()
+
+    def network_settings(self, d: int | None = None):
+        """The ``methods`` settings the networks train with: the defaults of ``--arch``, this seed and data."""
+        from stepwise_ntk.experiments._methods import MethodsSettings
+
+        return MethodsSettings(arch=self.arch, arch_options=self.arch_options, d=d, seed=self.seed,
+                               data_dir=self.data_dir, split=self.split)
 
     def kernel_fn(self):
         """``(A, B) -> K(A, B)`` on normalised images: the linear kernel or the NTK of ``--arch``."""
@@ -192,6 +218,11 @@ class AugmentationsSettings:
         arch = make_architecture(self.arch, d=1, **options)
         return lambda A, B: jnp.asarray(analytic_ntk(arch, np.asarray(A), None if B is A else np.asarray(B),
                                                      dtype=np.float64))
+
+
+def _label(setting: str, loss: str) -> str:
+    """A (setting, loss) entry of the alignment tables: ``"crop BT"``, ``"crop SimCLR"``."""
+    return f"{setting} {'BT' if loss == 'barlow_twins' else METHOD_LABELS[loss]}"
 
 
 def _principal_directions(E: np.ndarray) -> np.ndarray:
@@ -216,6 +247,43 @@ def _loss_flow(s: AugmentationsSettings, loss: str, K, K_out, es, R) -> dict[str
     return {"views": np.asarray(traj.embeddings, np.float64), "out": E_out[-1], "T": T,
             "eigenvalues": np.asarray(traj.eigenvalues[-1], np.float64),
             "settled": float(subspace_alignment(E_out[0], E_out[-1]))}
+
+
+def _train_networks(s: AugmentationsSettings, specs, out: RunDir, progress: bool) -> dict[str, Any]:
+    """Train the network once per (setting, loss); the alignment table of their held-out embeddings."""
+    from stepwise_ntk.experiments._methods import alignment_table, train_method
+    from stepwise_ntk.experiments._network import network_problem, network_views
+
+    losses = ("barlow_twins", *s.losses)
+    ms, d, runs, per_setting, problem = s.network_settings(), None, {}, {}, None
+    for name, aug in specs:
+        views, labels = network_views(ms, aug)
+        problem = network_problem(ms, views, labels, ms.width, progress=progress)
+        if d is None:  # chosen on the first setting, kept for the others
+            d = problem.d
+            ms = s.network_settings(d)
+        per_setting[name] = {}
+        for loss in losses:
+            r = train_method(ms, loss, problem.arch, problem, problem.init, progress)
+            runs[name, loss] = r["test_embeddings"]
+            per_setting[name][loss] = {
+                "steps": r["steps"], "train_seconds": r["train_seconds"], "learning_rate": r["lr"],
+                "network_step_times": r["network_step_times"], "theory_step_times": r["theory_step_times"],
+                "final_eigenvalues": r["network_eigenvalues"][-1],
+                "test_alignment_flow": r["comparison"].test_alignment_flow,
+            }
+            if progress:
+                print(f"  network {name} {METHOD_LABELS[loss]}: {r['steps']} steps, held-out alignment with its "
+                      f"kernel flow {r['comparison'].test_alignment_flow:.3f}", flush=True)
+    names = [name for name, _ in specs]
+    labels = [_label(x, loss) for loss in losses for x in names]
+    M = alignment_table([runs[x, loss] for loss in losses for x in names])
+    plot_alignment_matrix(out.path / "alignment_network.png", M, labels,
+                          title=f"{problem.arch.name} width {ms.width} (n={ms.n_pairs}, d={d}): held-out subspace "
+                                f"alignment of the trained networks")
+    return {"architecture": problem.arch.to_config(), "n_pairs": ms.n_pairs, "d": d,
+            "n_test_views": int(problem.test_views.shape[0]), "labels": labels, "alignment": M,
+            "settings": per_setting}
 
 
 def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress: bool = True) -> str:
@@ -298,8 +366,7 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
 
     # Every (setting, loss) pair: Barlow Twins' closed-form modes first, then each flow's.
     entries = modes + [E for loss in s.losses for E in flow_modes[loss]]
-    labels = names if not s.losses else (
-        [f"{x} BT" for x in names] + [f"{x} {METHOD_LABELS[loss]}" for loss in s.losses for x in names])
+    labels = names if not s.losses else [_label(x, loss) for loss in ("barlow_twins", *s.losses) for x in names]
     A = np.array([[float(subspace_alignment(a, b)) for b in entries] for a in entries])
     k = len(names)
     for j, loss in enumerate(s.losses, start=1):
@@ -335,8 +402,10 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
         "alignment": A,
         "settings": per_setting,
         "strongest": {n: [r["strongest"] for r in per_setting[n]["mode_statistics"]] for n in names},
-        "wall_time_s": time.perf_counter() - started,
     }
+    if s.train_network:
+        results["network"] = _train_networks(s, specs, out, progress)
+    results["wall_time_s"] = time.perf_counter() - started
     out.write_results(results)
     bt = A[:k, :k]
     off = ~np.eye(k, dtype=bool)

@@ -1,9 +1,11 @@
 """``stepwise-ntk methods``: Barlow Twins, SimCLR and VICReg on the same views, and how alike they learn.
 
 The experiment of ``stepwise-ntk network`` run once per loss from one problem: the same
-views, held-out views, architecture, step ``c`` and initial parameters ``θ_0`` (hence the
-same ``F0``), each loss trained full batch for ``horizon ×`` its own kernel model's last
-step time and held against the kernel flow of that loss (:mod:`stepwise_ntk.experiments._network`).
+views, held-out views, architecture and initial parameters ``θ_0`` (hence the same ``F0``),
+each loss at its own stable step ``c`` (as ``network`` takes it:
+:func:`~stepwise_ntk.experiments._network.network_step_size`), trained full batch for
+``horizon ×`` its own kernel model's last step time and held against the kernel flow of
+that loss (:mod:`stepwise_ntk.experiments._network`).
 
 The paper's cross-method claim is that different methods learn similar embeddings. With
 ``A_a`` the ``(m, d)`` final embeddings of the held-out views learned with loss ``a``, the
@@ -46,6 +48,7 @@ from stepwise_ntk.experiments._network import (
     LOSS_SETTINGS,
     SharedNetworkSettings,
     network_problem,
+    network_step_size,
     network_views,
     plan_run,
     rise_times,
@@ -62,7 +65,7 @@ from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import KERNELS, compare_run, predict_run, subspace_alignment
 from stepwise_ntk.solver import SolverSettings
 
-__all__ = ["METHOD_LABELS", "MethodsSettings", "alignment_table", "run_methods", "snapshot_indices"]
+__all__ = ["METHOD_LABELS", "MethodsSettings", "alignment_table", "run_methods", "snapshot_indices", "train_method"]
 
 METHOD_LABELS = {"barlow_twins": "Barlow Twins", "simclr": "SimCLR", "vicreg": "VICReg"}
 THEORY_LABEL = "BT theory (top-d modes)"
@@ -139,12 +142,18 @@ def _train_loss(loss: str):
     return functools.partial(LOSSES[loss], **kw) if kw else loss
 
 
-def _run_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bool) -> dict[str, Any]:
-    """Train ``loss`` from ``init`` and build its kernel theory (as ``stepwise-ntk network`` does)."""
+def train_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bool) -> dict[str, Any]:
+    """Train ``loss`` from ``init`` and build its kernel theory (as ``stepwise-ntk network`` does).
+
+    Returns the run's curves (network and theory), step times, held-out embeddings (of the
+    network, of the loss's kernel flow and of the Barlow Twins closed form) and comparison.
+    """
     from stepwise_ntk.training import TrainSettings, train
 
     train_dt = np.dtype(s.train_dtype)
     views_t, test_t = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
+    # Each loss at its own stable step (SimCLR and VICReg are more curved than Barlow Twins).
+    problem = dataclasses.replace(problem, step_size=network_step_size(s, problem.init_kernel, init, loss))
     steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, loss)
     lr = problem.step_size / s.alpha**2
     # Barlow Twins keeps its view embeddings at every record (the projections figure).
@@ -172,6 +181,7 @@ def _run_method(s: MethodsSettings, loss: str, arch, problem, init, progress: bo
     flow_steps = rise_times(th_t, th_eig, relative=not is_bt)
     return {
         "loss": loss, "steps": steps, "planned_last_step_time": t_plan, "train_seconds": seconds, "lr": lr,
+        "step_size": problem.step_size,
         "network_times": np.asarray(net_t, np.float64), "network_loss": np.asarray(res.loss, np.float64),
         "network_eigenvalues": net_eig, "theory_times": th_t, "theory_loss": np.asarray(pred.loss, np.float64),
         "theory_eigenvalues": th_eig, "network_step_times": net_steps, "theory_step_times": flow_steps,
@@ -218,7 +228,7 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
     views, labels = network_views(s)
     problem = network_problem(s, views, labels, s.width, progress=progress)
     d, arch, init = problem.d, problem.arch, problem.init
-    runs = [_run_method(s, loss, arch, problem, init, progress) for loss in s.losses]
+    runs = [train_method(s, loss, arch, problem, init, progress) for loss in s.losses]
 
     # The Barlow Twins theory's top-d modes: of the analytic kernel (shared by every run), or
     # of the first Barlow Twins run's empirical kernel (else the first run's).
@@ -273,6 +283,8 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
                     "theory_eigenvalues", "test_embeddings", "flow_test_embeddings"):
             arrays[f"{name}_{key}"] = r[key]
         per_method[name] = {
+            "step_size": r["step_size"],
+            "learning_rate": r["lr"],
             "steps": r["steps"],
             "train_seconds": r["train_seconds"],
             "planned_last_step_time": r["planned_last_step_time"],
@@ -298,7 +310,8 @@ def run_methods(settings: MethodsSettings, out: RunDir, *, progress: bool = True
         "d": d,
         "alpha": s.alpha,
         "step_size": problem.step_size,
-        "learning_rate": runs[0]["lr"],
+        # Barlow Twins' step; each method's own is under "methods".
+        "learning_rate": problem.step_size / s.alpha**2,
         "gammas": ref["gammas"][: d + 4],
         "labels": labels,
         "alignment_matrix": M,

@@ -77,6 +77,7 @@ __all__ = [
     "NetworkSettings",
     "SharedNetworkSettings",
     "network_problem",
+    "network_step_size",
     "network_views",
     "per_arch_help",
     "plan_run",
@@ -310,14 +311,16 @@ def _held_out_views(s: SharedNetworkSettings, key: jax.Array) -> tuple[np.ndarra
     return np.asarray(views), labels
 
 
-def network_views(s: SharedNetworkSettings) -> tuple[np.ndarray, np.ndarray]:
+def network_views(s: SharedNetworkSettings, augment=None) -> tuple[np.ndarray, np.ndarray]:
     """The training views and labels of a network experiment with ``s.seed``: (2n, H, W, C) float64, (n,).
 
     The views come from the first half of ``split(PRNGKey(seed))`` (the kernel-model
     experiments' key); the network is initialised from the second (:func:`init_key`).
+    ``augment``: an :class:`~stepwise_ntk.data.AugmentSettings` instead of the view flags of ``s``.
     """
     key_views, _ = jax.random.split(jax.random.PRNGKey(s.seed))
-    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=s.augment(),
+    augment = s.augment() if augment is None else augment
+    views, labels, _ = cifar10_pairs(key_views, s.n_pairs, split=s.split, data_dir=s.data_dir, settings=augment,
                                      downsample=s.downsample, dtype=jnp.float64, download=True, subset_seed=s.seed)
     return np.asarray(views), np.asarray(labels)
 
@@ -355,15 +358,24 @@ def network_problem(s: SharedNetworkSettings, views, labels, width: int, *, prog
     init_kernel = network_kernel(arch, views, test_views, kernel="empirical_init", params=init.params,
                                  progress=progress)
     g0 = np.asarray(contrastive_eigensystem(jnp.asarray(init_kernel.K), s.n_pairs).gammas, np.float64)
-    if s.step_size is not None:
-        step = s.step_size
-    elif loss == "barlow_twins":
-        step = stable_step_size(init_kernel.K, s.n_pairs, s.rate)
-    else:
-        step = stable_step_size(init_kernel.K, s.n_pairs, s.rate, loss=loss, loss_kwargs=LOSS_SETTINGS[loss] or None,
-                                F=np.asarray(init.F0, np.float64))
+    step = network_step_size(s, init_kernel, init, loss)
     return NetworkProblem(views, test_views, np.asarray(labels), np.asarray(test_labels), kernel, g, d, float(step),
                           arch=arch, init=init, init_kernel=init_kernel, init_gammas=g0)
+
+
+def network_step_size(s: SharedNetworkSettings, init_kernel, init, loss: str) -> float:
+    """The gradient step ``c`` on ``Θ``: ``s.step_size``, or ``s.rate`` over the curvature of ``loss``.
+
+    Barlow Twins: ``rate / (8 γ_1(Θ_0))``; another loss: ``rate / μ_max``, the largest
+    curvature of ``Θ_0 ∇²L`` on that loss's kernel flow from the network's ``F0``
+    (:func:`stepwise_ntk.predictor.stable_step_size`), ``Θ_0 = init_kernel.K``.
+    """
+    if s.step_size is not None:
+        return float(s.step_size)
+    if loss == "barlow_twins":
+        return float(stable_step_size(init_kernel.K, s.n_pairs, s.rate))
+    return float(stable_step_size(init_kernel.K, s.n_pairs, s.rate, loss=loss, loss_kwargs=LOSS_SETTINGS[loss] or None,
+                                  F=np.asarray(init.F0, np.float64)))
 
 
 def rise_times(times, eigenvalues, *, relative: bool) -> np.ndarray:
