@@ -168,6 +168,9 @@ class AugmentationsSettings:
         default=False, metadata={"help": "also train the network of --arch under every setting and loss (at the "
                                          "network defaults of --arch)"}
     )
+    max_steps: int = dataclasses.field(
+        default=20_000, metadata={"help": "with --train-network: refuse network runs longer than this", "min": 1}
+    )
     arch: str = dataclasses.field(
         default="linear",
         metadata={"help": "kernel: linear (K = X Xᵀ) or a registered architecture's NTK",
@@ -204,7 +207,7 @@ class AugmentationsSettings:
         from stepwise_ntk.experiments._methods import MethodsSettings
 
         return MethodsSettings(arch=self.arch, arch_options=self.arch_options, d=d, seed=self.seed,
-                               data_dir=self.data_dir, split=self.split)
+                               data_dir=self.data_dir, split=self.split, max_steps=self.max_steps)
 
     def kernel_fn(self):
         """``(A, B) -> K(A, B)`` on normalised images: the linear kernel or the NTK of ``--arch``."""
