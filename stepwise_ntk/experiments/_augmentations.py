@@ -61,7 +61,7 @@ from stepwise_ntk.data import AugmentSettings, cifar10_pairs, image_statistics, 
 from stepwise_ntk.data import downsample as _downsample
 from stepwise_ntk.experiments._kernel import parse_options
 from stepwise_ntk.experiments._linear import flatten_scaled, held_out_images
-from stepwise_ntk.experiments._methods import METHOD_LABELS
+from stepwise_ntk.experiments._methods import METHOD_LABELS, alignment_table
 from stepwise_ntk.experiments._network import LOSS_SETTINGS
 from stepwise_ntk.experiments._plots import (
     plot_alignment_matrix,
@@ -254,7 +254,7 @@ def _loss_flow(s: AugmentationsSettings, loss: str, K, K_out, es, R) -> dict[str
 
 def _train_networks(s: AugmentationsSettings, specs, out: RunDir, progress: bool) -> dict[str, Any]:
     """Train the network once per (setting, loss); the alignment table of their held-out embeddings."""
-    from stepwise_ntk.experiments._methods import alignment_table, train_method
+    from stepwise_ntk.experiments._methods import train_method
     from stepwise_ntk.experiments._network import network_problem, network_views
 
     losses = ("barlow_twins", *s.losses)
@@ -331,9 +331,10 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
                              groups=pair_groups(s.n_pairs), seed=s.seed)
         table = mode_statistics(G, stats, labels=pool_labels)
         flows = {}
+        K_out = jnp.concatenate([K_pool, K_test]) if s.losses else None
         for loss in s.losses:
             t1 = time.perf_counter()
-            f = _loss_flow(s, loss, K, jnp.concatenate([K_pool, K_test]), es, R)
+            f = _loss_flow(s, loss, K, K_out, es, R)
             f_probe = linear_probe(f["views"], view_labels, f["out"][n_pool:], test_labels,
                                    groups=pair_groups(s.n_pairs), seed=s.seed)
             f_table = mode_statistics(_principal_directions(f["out"][:n_pool]), stats, labels=pool_labels)
@@ -370,7 +371,7 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
     # Every (setting, loss) pair: Barlow Twins' closed-form modes first, then each flow's.
     entries = modes + [E for loss in s.losses for E in flow_modes[loss]]
     labels = names if not s.losses else [_label(x, loss) for loss in ("barlow_twins", *s.losses) for x in names]
-    A = np.array([[float(subspace_alignment(a, b)) for b in entries] for a in entries])
+    A = alignment_table(entries)
     k = len(names)
     for j, loss in enumerate(s.losses, start=1):
         for i, name in enumerate(names):

@@ -152,8 +152,10 @@ def train_method(s: MethodsSettings, loss: str, arch, problem, init, progress: b
 
     train_dt = np.dtype(s.train_dtype)
     views_t, test_t = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
-    # Each loss at its own stable step (SimCLR and VICReg are more curved than Barlow Twins).
-    problem = dataclasses.replace(problem, step_size=network_step_size(s, problem.init_kernel, init, loss))
+    # Each loss at its own stable step (SimCLR and VICReg are more curved than Barlow Twins);
+    # the problem's step is already Barlow Twins'.
+    if loss != "barlow_twins":
+        problem = dataclasses.replace(problem, step_size=network_step_size(s, problem.init_kernel, init, loss))
     steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, loss)
     lr = problem.step_size / s.alpha**2
     # Barlow Twins keeps its view embeddings at every record (the projections figure).
