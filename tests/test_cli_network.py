@@ -25,6 +25,7 @@ from stepwise_ntk.theory import contrastive_eigensystem, final_embeddings, step_
 # Tiny network run: 40 pairs of 8x8 images, width 128, d = 3.
 NET = dict(n_pairs=40, n_test=20, d=3, width=128, gallery_pool=50, gallery_modes=2, n_records=60, n_times=80)
 NET_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in NET.items()]
+PC_EPS = 0.02
 # Tiny sweep: 12 pairs of 4x4 images (as tests/test_sweep.py), widths 16 and 64, d = 2.
 SWEEP_FLAGS = ["--n-pairs", "12", "--n-test", "6", "--downsample", "8", "--d", "2", "--widths", "16", "64",
                "--step-size", "0.03", "--n-records", "40"]
@@ -33,7 +34,10 @@ SWEEP_FLAGS = ["--n-pairs", "12", "--n-test", "6", "--downsample", "8", "--d", "
 @pytest.fixture(scope="module")
 def network_run(tmp_path_factory, cifar_dir):
     out = tmp_path_factory.mktemp("network")
-    assert cli.main(["network", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *NET_FLAGS]) == 0
+    # With --precondition: the plain part is checked against the library below regardless, and
+    # the preconditioned part adds one short training from the same initialisation.
+    assert cli.main(["network", "--out", str(out), "--data-dir", str(cifar_dir), "--no-progress", *NET_FLAGS,
+                     "--precondition", "--eps", str(PC_EPS)]) == 0
     return out
 
 
@@ -187,3 +191,51 @@ def test_network_with_vicreg_uses_that_loss_on_both_sides(tmp_path, cifar_dir):
     np.testing.assert_allclose(r["network_step_times"],
                                rise_times(a["network_times"], a["network_eigenvalues"], relative=True), rtol=1e-12)
     assert r["step_time_relative_error"] is None and r["plateau_loss"] is None
+
+
+def test_network_precondition_is_the_preconditioned_training_and_flow(network_run, cifar_dir):
+    from stepwise_ntk.experiments._precondition import steps_to_pass
+    from stepwise_ntk.solver import solve_preconditioned
+    from stepwise_ntk.theory import Preconditioner, preconditioned_step_times
+    from stepwise_ntk.training import TrainSettings, preconditioned_loss, train
+
+    r = json.loads((network_run / "results.json").read_text())
+    pc, a = r["precondition"], np.load(network_run / "arrays.npz")
+    assert (network_run / "precondition.png").stat().st_size > 0
+    assert pc["preconditioner"] == "(C+0.02I)^-1" and pc["step_size_tries"][0]["diverged_at"] is None
+    assert pc["step_size"] == pytest.approx(r["step_size"], rel=1e-12)
+    # Second route: the same network from the same views and key, trained by the library with
+    # the preconditioned loss. Same float32 program, so equal to float32 rounding of C.
+    s = NetworkSettings(**NET, data_dir=str(cifar_dir))
+    problem = load_problem_data(s)
+    views = np.asarray(problem.views)
+    arch = s.base_architecture(128).replace(d=3)
+    init = init_network(arch, views.astype(np.float32), alpha=s.alpha, key=problem.key_init)
+    precond = Preconditioner("inverse", eps=PC_EPS)
+    cfg = TrainSettings(loss=preconditioned_loss("barlow_twins", precond), learning_rate=r["learning_rate"],
+                        steps=pc["steps"], alpha=s.alpha, n_records=NET["n_records"], record_embeddings=True)
+    res = train(arch, cfg, views.astype(np.float32), init_params=init.params, progress=False)
+    np.testing.assert_array_equal(a["precondition_steps"], res.steps)
+    np.testing.assert_allclose(a["precondition_eigenvalues"], res.eigenvalues, atol=2e-4)
+    # The step counts are the crossings of the saved curves.
+    np.testing.assert_allclose(pc["steps_to_pass_preconditioned"],
+                               steps_to_pass(a["precondition_steps"], a["precondition_eigenvalues"], np.ones(3)),
+                               rtol=1e-12)
+    # The kernel flow: the preconditioned solver on K = α² Θ from the network's F0, and its
+    # aligned closed form (small init: the step times agree to a few percent, as in the
+    # linear kernel model; a wrong ε or a plain flow is off by a factor of several).
+    theta = network_kernel(arch, views).K
+    K = jnp.asarray(s.alpha**2 * theta)
+    t = a["precondition_theory_times"]
+    flow = solve_preconditioned(K, s.n_pairs, jnp.asarray(a["F0"]), jnp.asarray(t), precond=precond)
+    np.testing.assert_allclose(a["precondition_theory_eigenvalues"], flow.eigenvalues, rtol=1e-5, atol=1e-8)
+    es = contrastive_eigensystem(K, s.n_pairs)
+    closed = np.sort(np.asarray(preconditioned_step_times(es, jnp.asarray(a["F0"]), precond))) / r["learning_rate"]
+    np.testing.assert_allclose(pc["theory_steps_to_pass_preconditioned"], closed, rtol=0.1)
+    # What the preconditioner is for: every mode passes 1/2 in fewer gradient steps, in the
+    # network and in its kernel model, and the run still reaches C = I.
+    assert pc["step_speedup"] > 3 and pc["theory_step_speedup"] > 3
+    assert np.all(np.asarray(pc["steps_to_pass_preconditioned"]) < np.asarray(pc["steps_to_pass_plain"]))
+    np.testing.assert_allclose(pc["final_eigenvalues"], 1.0, atol=1e-3)
+    assert pc["test_alignment_plain_vs_preconditioned"] == pytest.approx(float(subspace_alignment(
+        a["test_embeddings"], a["precondition_test_embeddings"])), rel=1e-12)

@@ -189,3 +189,16 @@ def test_kernel_precondition_power_form(tmp_path, cifar_dir):
     pc = json.loads((out / "results.json").read_text())["precondition"]
     assert pc["preconditioner"] == "(C+0.01I)^-0.5" and (out / "precondition.png").exists()
     assert pc["closed_form_time_speedup"] > 1 and pc["step_time_median_relative_error"] < 0.1
+
+
+def test_step_search_doubles_to_the_limit_and_halves_below_an_unstable_start():
+    from stepwise_ntk.experiments._precondition import _largest_stable
+
+    def search(limit):
+        return _largest_stable(lambda c: {"step_size": c, "stable": c <= limit}, 1.0, 5)
+
+    up = search(5.0)  # 1, 2, 4 stable, 8 not
+    assert up["chosen"]["step_size"] == 4.0 and [r["step_size"] for r in up["tried"]] == [1, 2, 4, 8]
+    down = search(0.3)  # 1 unstable, then 0.5 unstable, 0.25 stable
+    assert down["chosen"]["step_size"] == 0.25 and [r["step_size"] for r in down["tried"]] == [1, 0.5, 0.25]
+    assert search(1e-6)["chosen"] is None and len(search(1e-6)["tried"]) == 6

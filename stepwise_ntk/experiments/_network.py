@@ -48,7 +48,7 @@ from stepwise_ntk.experiments._kernel_model import load_problem_data
 from stepwise_ntk.experiments._monitoring import training_monitoring
 from stepwise_ntk.experiments._plots import plot_mode_gallery, plot_network_vs_theory, plot_projections
 from stepwise_ntk.experiments._run_dir import RunDir, RunFailedError
-from stepwise_ntk.experiments._settings import check_settings
+from stepwise_ntk.experiments._settings import PreconditionedRunFlags, check_settings
 from stepwise_ntk.experiments._views import ViewSettings
 from stepwise_ntk.kernels import ARCHITECTURES
 from stepwise_ntk.losses import LOSSES
@@ -245,8 +245,12 @@ class SharedNetworkSettings(ViewSettings):
 
 
 @dataclasses.dataclass(frozen=True)
-class NetworkSettings(SharedNetworkSettings):
-    """Settings of ``stepwise-ntk network`` (each is a flag: ``--width 2048``)."""
+class NetworkSettings(PreconditionedRunFlags, SharedNetworkSettings):
+    """Settings of ``stepwise-ntk network`` (each is a flag: ``--width 2048``).
+
+    With ``--precondition`` the network is also trained with the spectral preconditioner
+    from the same initialisation (:func:`stepwise_ntk.experiments._precondition.network_precondition_overlay`).
+    """
 
     width: int | None = dataclasses.field(
         default=None, metadata={"help": f"hidden width of the network ({per_arch_help('width')})", "min": 1}
@@ -624,6 +628,13 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     plot_mode_gallery(out.path / "modes.png", data.dataset.images[data.pool_index], np.asarray(net_modes)[:, :k],
                       class_names=data.dataset.class_names, labels=data.dataset.labels[data.pool_index])
 
+    precondition, precondition_arrays = None, {}
+    if s.precondition:  # the same network, views and steps, trained with the preconditioned loss
+        from stepwise_ntk.experiments._precondition import network_precondition_overlay
+
+        precondition, precondition_arrays = network_precondition_overlay(
+            s, out, arch, problem, cfg, res, pred, steps=steps, solver_settings=_SOLVER, progress=progress, **fresh)
+
     out.save_arrays(
         network_times=net_t, network_loss=net_loss, network_eigenvalues=net_eig,
         theory_times=th_t, theory_loss=th_loss, theory_eigenvalues=th_eig,
@@ -639,6 +650,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         gallery_network_modes=np.asarray(net_modes), gallery_theory_modes=theory_pool,
         **{f"theory_eigenvalues_{name}": np.asarray(p.eigenvalues) for name, p in preds.items()},
         **{f"closed_form_test_embeddings_{name}": np.asarray(p.test_embeddings) for name, p in preds.items()},
+        **precondition_arrays,
     )
     results: dict[str, Any] = {
         "architecture": arch.to_config(),
@@ -696,6 +708,8 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         "train_seconds": train_seconds,
         "wall_time_s": time.perf_counter() - started,
     }
+    if precondition is not None:
+        results["precondition"] = precondition
     out.write_results(results)
     med = np.nanmedian(ratio)
     per_kernel = ", ".join(f"{name} {r['test_alignment']:.3f}" for name, r in reports.items())
@@ -704,4 +718,16 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
         f"(per mode {np.round(ratio, 3).tolist()}); held-out alignment with the predicted modes "
         f"{cmp.test_alignment:.4f} (with the kernel flow {cmp.test_alignment_flow:.4f}); by kernel: {per_kernel}; "
         f"final loss {net_loss[-1]:.3g}"
+        + ("" if precondition is None else _precondition_summary(precondition, d))
     )
+
+
+def _precondition_summary(pc: dict[str, Any], d: int) -> str:
+    def show(x, spec):
+        return "never" if x is None else format(x, spec)
+
+    return (f"\npreconditioned {pc['preconditioner']} at c = {pc['step_size']:.4g}: all {d} modes passed at step "
+            f"{show(pc['all_passed_step_preconditioned'], '.0f')} (plain {show(pc['all_passed_step_plain'], '.0f')}; "
+            f"speed-up {show(pc['step_speedup'], '.2f')}, kernel flows {show(pc['theory_step_speedup'], '.2f')}); "
+            f"probe accuracy {pc['probe_accuracy_preconditioned']:.3f} (plain {pc['probe_accuracy_plain']:.3f}); "
+            f"held-out alignment with the plain run {pc['test_alignment_plain_vs_preconditioned']:.3f}")

@@ -12,7 +12,8 @@ The preconditioned flow ``dF/dt = −K ∇_F L · P(C)`` with ``P = (C₊ + εI)
 * finite networks (``--net-losses``; the ``network`` defaults: a one-hidden-layer MLP of
   width 1024 on 8×8 images, ``n = 256``, ``α = 0.05``), trained plain and preconditioned
   (:func:`stepwise_ntk.training.preconditioned_loss`), each at its own largest stable
-  gradient step ``c`` on the NTK (doubling from ``c_0 = rate/(8 γ_1(Θ))`` until divergence),
+  gradient step ``c`` on the NTK (doubling from ``c_0 = rate/(8 γ_1(Θ))`` until divergence;
+  halving instead if ``c_0`` itself diverges),
   reporting the gradient steps until every mode has stepped, and a ridge linear probe of
   the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`).
 
@@ -67,7 +68,14 @@ from stepwise_ntk.theory import (
     preconditioned_step_times,
 )
 
-__all__ = ["PreconditionSettings", "run_precondition", "kernel_gd", "precondition_overlay"]
+__all__ = [
+    "PreconditionSettings",
+    "kernel_gd",
+    "network_precondition_overlay",
+    "precondition_overlay",
+    "run_precondition",
+    "steps_to_pass",
+]
 
 
 def _net_help(text: str, field: str) -> str:
@@ -214,7 +222,11 @@ def kernel_gd(es, F0, c: float, precond: Preconditioner, max_steps: int) -> dict
 
 
 def _largest_stable(run, c0: float, doublings: int) -> dict[str, Any]:
-    """Double ``c`` from ``c0`` until a run is unstable; the last stable run and all tried."""
+    """Double ``c`` from ``c0`` until a run is unstable; the last stable run and all tried.
+
+    If ``c0`` itself is unstable, halve it instead (at most ``doublings`` times) until a run
+    is stable: the same search for every run, whichever side of ``c0`` its limit lies.
+    """
     tried, best = [], None
     for k in range(doublings):
         r = run(c0 * 2.0**k)
@@ -222,6 +234,12 @@ def _largest_stable(run, c0: float, doublings: int) -> dict[str, Any]:
         if not r["stable"]:
             break
         best = r
+    for k in range(1, doublings + 1 if best is None else 0):
+        r = run(c0 * 2.0**-k)
+        tried.append(r)
+        if r["stable"]:
+            best = r
+            break
     return {"chosen": best, "tried": tried}
 
 
@@ -511,6 +529,178 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
             results["runs"].append(row)
     results["_curves"] = curves
     return results
+
+
+# ------------------------------------------------------------------------------ network --precondition
+
+# Halvings of the plain run's step c tried when the preconditioned network diverges at it.
+_NETWORK_HALVINGS = 3
+
+
+def steps_to_pass(steps, eigenvalues, reference) -> np.ndarray:
+    """Gradient step at which each eigenvalue column of ``C`` first passes half of ``reference``.
+
+    Log-step interpolation between records (:func:`stepwise_ntk.predictor.crossing_times`),
+    NaN if never. ``reference``: ``(d,)``, ones for Barlow Twins (the level 1/2); for SimCLR
+    and VICReg, which have no fixed point at ``C = I``, one run's final eigenvalues, the same
+    for the runs compared.
+
+    Args:
+      steps: ``(R,)`` record steps (step 0 is ignored: the axis is log steps).
+      eigenvalues: ``(R, d)`` eigenvalues of ``C``, descending.
+    """
+    steps = np.asarray(steps, np.float64)
+    keep = steps > 0
+    lam = np.asarray(eigenvalues, np.float64)[keep] / np.asarray(reference, np.float64)[None, :]
+    return crossing_times(steps[keep], lam)
+
+
+def _probe(train_embeddings, test_embeddings, labels, test_labels) -> float:
+    labels2 = np.concatenate([labels, labels])  # pairing order: [x_1..x_n, x'_1..x'_n]
+    probe = linear_probe(np.asarray(train_embeddings, np.float64), labels2, np.asarray(test_embeddings, np.float64),
+                         np.concatenate([test_labels, test_labels]), groups=pair_groups(labels.shape[0]))
+    return float(probe.accuracy)
+
+
+def network_precondition_overlay(
+    s: Any, out: RunDir, arch, problem, cfg, plain, pred, *, steps: int, solver_settings=None,
+    progress: bool = False, **fresh,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``network --precondition``: the same network trained with the preconditioned loss.
+
+    The network is retrained from the plain run's initialisation with
+    :func:`stepwise_ntk.training.preconditioned_loss` (``P`` = ``s.preconditioner()``) at
+    the plain run's step ``c``, the same number of steps, batches and views; if it diverges,
+    at ``c/2``, ``c/4``, ``c/8`` (each try is recorded). Its kernel model is the
+    preconditioned flow on the plain run's kernel ``K = α² Θ`` from the same ``F0``
+    (:func:`stepwise_ntk.solver.solve_preconditioned`). Writes ``precondition.png`` (loss and
+    eigenvalues against gradient steps: plain dashed, preconditioned solid, kernel flows
+    dotted) and returns the ``precondition`` entry of ``results.json`` — the step at which
+    each mode passed half of the reference (Barlow Twins: 1/2; other losses: the plain
+    network's final eigenvalues), the step speed-up to all ``d`` modes (network and kernel
+    model), the linear-probe accuracy of both runs' held-out embeddings, their subspace
+    alignment with each other and with the theory — and the arrays to save.
+
+    Args:
+      cfg: the plain run's :class:`stepwise_ntk.training.TrainSettings`; ``plain``: its
+        :class:`~stepwise_ntk.training.TrainResult` after ``steps`` steps; ``pred``: its
+        prediction on ``s.kernel`` (``pred.K``: ``(2n, 2n)``, ``pred.K_test``: ``(2m, 2n)``);
+        ``solver_settings``: the :class:`~stepwise_ntk.solver.SolverSettings` of the plain
+        run's kernel flows (None: the solver's defaults); ``fresh``: the ``augment`` /
+        ``images`` of a fresh-views run.
+    """
+    from stepwise_ntk.experiments._run_dir import RunFailedError
+    from stepwise_ntk.training import preconditioned_loss, train
+
+    pc = s.preconditioner()
+    kw = LOSS_SETTINGS[s.loss] or None
+    loss = preconditioned_loss(s.loss, pc, loss_kwargs=kw)
+    train_dt = np.dtype(s.train_dtype)
+    views, test_views = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
+    c_plain = cfg.learning_rate * s.alpha**2
+    tries, t0 = [], time.perf_counter()
+    for k in range(_NETWORK_HALVINGS + 1):
+        c = c_plain / 2**k
+        with out.phase(f"preconditioned {pc.describe()} network, c = {c:.4g}, {steps} steps"):
+            res = train(arch, dataclasses.replace(cfg, loss=loss, learning_rate=c / s.alpha**2, steps=steps), views,
+                        test_views=test_views, init_params=problem.init.params, progress=progress, **fresh)
+        tries.append({"step_size": c, "diverged_at": res.diverged_at})
+        if res.diverged_at is None:
+            break
+    else:
+        raise RunFailedError(
+            f"the preconditioned network ({pc.describe()}) diverged at every step size from c = {c_plain:.4g} to "
+            f"c/{2**_NETWORK_HALVINGS} (first at step {tries[0]['diverged_at']}); raise --eps or lower --rate.")
+    train_seconds = time.perf_counter() - t0
+
+    n, d = s.n_pairs, problem.d
+    lr, lr_plain = c / s.alpha**2, cfg.learning_rate
+    grid = np.geomspace(lr, lr * steps, s.n_times)  # effective time t = learning rate × step
+    with out.phase(f"preconditioned {s.loss} kernel flow ({grid.shape[0]} times)"):
+        flow = solve_preconditioned(pred.K, n, jnp.asarray(problem.init.F0, jnp.float64), jnp.asarray(grid),
+                                    precond=pc, loss=s.loss, loss_kwargs=kw, K_test=pred.K_test,
+                                    F0_test=jnp.asarray(problem.init.F0_test, jnp.float64),
+                                    **({} if solver_settings is None else {"settings": solver_settings}))
+    reference = (np.ones(d) if s.loss == "barlow_twins" else np.asarray(plain.eigenvalues[-1], np.float64))
+    # Both networks and both kernel flows on one axis: gradient steps (theory: t / learning rate).
+    curves = {
+        "plain": (np.asarray(plain.steps, np.float64), np.asarray(plain.loss), np.asarray(plain.eigenvalues)),
+        "preconditioned": (np.asarray(res.steps, np.float64), np.asarray(res.loss), np.asarray(res.eigenvalues)),
+    }
+    theory = {
+        "plain": (np.asarray(pred.times, np.float64) / lr_plain, np.asarray(pred.loss), np.asarray(pred.eigenvalues)),
+        "preconditioned": (grid / lr, np.asarray(flow.loss), np.asarray(flow.eigenvalues)),
+    }
+    passed = {name: steps_to_pass(t, eig, reference) for name, (t, _, eig) in curves.items()}
+    passed_theory = {name: steps_to_pass(t, eig, reference) for name, (t, _, eig) in theory.items()}
+    all_passed = {name: _all_passed(v) for name, v in passed.items()}
+    all_passed_theory = {name: _all_passed(v) for name, v in passed_theory.items()}
+    probe = {name: _probe(r.train_embeddings, r.test_embeddings, problem.labels, problem.test_labels)
+             for name, r in (("plain", plain), ("preconditioned", res))}
+    test_pc = jnp.asarray(res.test_embeddings, jnp.float64)
+    _plot_network_overlay(out.path / "precondition.png", curves, theory, reference,
+                          title=f"{arch.name} width {arch.width}, {s.loss}, n={n}, d={d}, α={s.alpha}: "
+                                f"plain vs {pc.describe()}, {s.kernel} NTK flows dotted")
+    results = {
+        "preconditioner": pc.describe(),
+        "form": pc.form, "eps": pc.eps, "power": s.power,
+        "step_size": c,
+        "step_size_plain": c_plain,
+        "step_size_tries": tries,
+        "steps": steps,
+        "pass_reference": reference,
+        "steps_to_pass_plain": passed["plain"],
+        "steps_to_pass_preconditioned": passed["preconditioned"],
+        "all_passed_step_plain": all_passed["plain"],
+        "all_passed_step_preconditioned": all_passed["preconditioned"],
+        "step_speedup": _ratio(all_passed["plain"], all_passed["preconditioned"]),
+        "theory_steps_to_pass_plain": passed_theory["plain"],
+        "theory_steps_to_pass_preconditioned": passed_theory["preconditioned"],
+        "theory_step_speedup": _ratio(all_passed_theory["plain"], all_passed_theory["preconditioned"]),
+        "probe_accuracy_plain": probe["plain"],
+        "probe_accuracy_preconditioned": probe["preconditioned"],
+        "probe_accuracy_change_points": 100 * (probe["preconditioned"] - probe["plain"]),
+        "test_alignment_plain_vs_preconditioned": float(_alignment(
+            jnp.asarray(plain.test_embeddings, jnp.float64), test_pc)),
+        "test_alignment": float(_alignment(test_pc, pred.test_embeddings)),
+        "test_alignment_flow": float(_alignment(test_pc, flow.test_embeddings[-1])),
+        "final_loss": float(res.loss[-1]),
+        "final_eigenvalues": np.asarray(res.eigenvalues[-1], np.float64),
+        "final_loss_theory": float(flow.loss[-1]),
+        "train_seconds": train_seconds,
+    }
+    arrays = {"precondition_steps": curves["preconditioned"][0], "precondition_loss": curves["preconditioned"][1],
+              "precondition_eigenvalues": curves["preconditioned"][2], "precondition_theory_times": grid,
+              "precondition_theory_eigenvalues": np.asarray(flow.eigenvalues),
+              "precondition_test_embeddings": np.asarray(test_pc)}
+    return results, arrays
+
+
+def _plot_network_overlay(path, curves, theory, reference, *, title):
+    """Loss and eigenvalues of C / reference against gradient steps: plain dashed, preconditioned solid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
+    ref = np.asarray(reference, np.float64)
+    for name, style, color in (("plain", "--", "tab:gray"), ("preconditioned", "-", "tab:blue")):
+        for (t, loss, eig), is_theory in ((curves[name], False), (theory[name], True)):
+            keep = t > 0
+            ls, lw = (":", 1.0) if is_theory else (style, 1.5)
+            label = f"{name} ({'kernel flow' if is_theory else 'network'})"
+            ax_l.plot(t[keep], loss[keep], ls, color=color, lw=lw, label=label)
+            for j in range(eig.shape[1]):
+                ax_e.plot(t[keep], eig[keep, j] / ref[j], ls, color=color, lw=lw, label=label if j == 0 else None)
+    ax_e.axhline(0.5, color="tab:red", lw=0.5)
+    for ax, ylabel in ((ax_l, "loss"), (ax_e, "eigenvalues of C" + ("" if np.all(ref == 1) else " / plain final"))):
+        ax.set_xscale("log")
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel(ylabel)
+    ax_e.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 # ------------------------------------------------------------------------------ outputs

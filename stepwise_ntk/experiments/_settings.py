@@ -253,7 +253,7 @@ class PreconditionerFlags:
 
     A mixin of every subcommand that runs the preconditioned flow or trains with it (put it
     first among the bases so its flags follow the subcommand's own): ``precondition`` (its
-    sweep), and through :class:`PreconditionedRunFlags` ``linear`` and ``kernel``.
+    sweep), and through :class:`PreconditionedRunFlags` ``linear``, ``kernel`` and ``network``.
 
     Example:
         >>> PreconditionerFlags(eps=0.1).preconditioner().describe()
@@ -269,7 +269,13 @@ class PreconditionerFlags:
     power: float = dataclasses.field(default=1.0, metadata={"help": "k for --form power", "above": 0})
 
     def __post_init__(self):
-        check_settings(self)
+        # Cooperative: the subcommand's own settings (after this mixin in the MRO) check every
+        # field and may fill in defaults; alone, the mixin checks its fields itself.
+        parent = getattr(super(), "__post_init__", None)
+        if parent is None:
+            check_settings(self)
+        else:
+            parent()
 
     def preconditioner(self, eps: float | None = None):
         """The :class:`stepwise_ntk.theory.Preconditioner` of these flags (``eps`` overrides ``--eps``)."""
