@@ -93,15 +93,49 @@ def test_network_numbers_match_the_library(network_run, cifar_dir):
     np.testing.assert_allclose(r["final_eigenvalues"], 1.0, atol=1e-3)
 
 
-def test_rise_times_relative_levels():
+def test_rise_times_cross_one_half_whatever_the_run_length():
     t = np.geomspace(0.1, 100, 400)
-    lam = 1 / (1 + np.exp(-8 * 0.5 * (t[:, None] - [[3.0, 20.0]])))  # steps at 3 and 20
-    np.testing.assert_allclose(rise_times(t, lam, relative=False), [3.0, 20.0], rtol=2e-3)
-    # Scaled curves (no fixed point at 1): half of the final value is crossed at the same times.
-    np.testing.assert_allclose(rise_times(t, 7.0 * lam, relative=True), [3.0, 20.0], rtol=2e-3)
-    # Records at t = 0 are ignored (log axis).
+    lam = 1 / (1 + np.exp(-8 * 0.5 * (t[:, None] - [[3.0, 20.0]])))  # logistic steps at 3 and 20
+    np.testing.assert_allclose(rise_times(t, lam), [3.0, 20.0], rtol=2e-3)
+    # A longer run, with curves that go on growing after their step (SimCLR), leaves the
+    # step times where they were: the level is 1/2, not a fraction of the last value.
+    t_long = np.geomspace(0.1, 1000, 520)
+    lam_long = 1 / (1 + np.exp(-8 * 0.5 * (t_long[:, None] - [[3.0, 20.0]]))) * (1 + np.log1p(t_long[:, None] / 50))
+    np.testing.assert_allclose(rise_times(t_long, lam_long), rise_times(t_long[:400], lam_long[:400]), rtol=0)
+    np.testing.assert_allclose(rise_times(t_long, lam_long), [3.0, 20.0], rtol=5e-2)
+    # A mode that never passes 1/2 has no step time; records at t = 0 are ignored (log axis).
+    assert np.isnan(rise_times(t, 0.4 * lam)).all()
     t0 = np.concatenate([[0.0], t])
-    np.testing.assert_allclose(rise_times(t0, np.vstack([lam[:1], lam]), relative=False), [3.0, 20.0], rtol=2e-3)
+    np.testing.assert_allclose(rise_times(t0, np.vstack([lam[:1], lam])), [3.0, 20.0], rtol=2e-3)
+
+
+@pytest.mark.parametrize("loss", ["simclr", "vicreg"])
+def test_plan_of_a_loss_without_closed_form_does_not_depend_on_the_step_limit(cifar_dir, loss):
+    from stepwise_ntk.experiments._network import LOSS_SETTINGS, network_problem, network_views, plan_run
+    from stepwise_ntk.solver import solve
+
+    kw = dict(arch="mlp", n_pairs=10, n_test=4, width=32, d=2, downsample=8, data_dir=str(cifar_dir))
+    s = NetworkSettings(**kw)
+    views, labels = network_views(s)
+    p = network_problem(s, views, labels, s.width, loss=loss)
+    steps, t_last = plan_run(p.arch, p, p.init, p.kernel, s, loss)
+    # Four times the limit integrates the flow four times longer: the step times, and so the
+    # plan, stay where they were (only the log grid's resolution differs).
+    s4 = NetworkSettings(**kw, max_steps=4 * s.max_steps)
+    steps4, t_last4 = plan_run(p.arch, p, p.init, p.kernel, s4, loss)
+    assert t_last4 == pytest.approx(t_last, rel=0.03) and steps4 == pytest.approx(steps, rel=0.03)
+    # Second route: the last crossing of 1/2 on a direct solve of both kernels' flows.
+    lr = p.step_size / s.alpha**2
+    grid = np.geomspace(lr, 2 * t_last, 400)
+    last = max(
+        float(np.max(crossing_times(grid, np.asarray(solve(
+            s.alpha**2 * jnp.asarray(k.K), s.n_pairs, jnp.asarray(p.init.F0, jnp.float64), grid, loss=loss,
+            loss_kwargs=LOSS_SETTINGS[loss] or None, method="function").eigenvalues))))
+        for k in (p.kernel, p.init_kernel))
+    assert t_last == pytest.approx(last, rel=0.03) and steps == int(np.ceil(s.horizon * t_last / lr))
+    # A limit below the flow's last step is refused with the remedy, before any training.
+    with pytest.raises(ValueError, match="raise --max-steps"):
+        plan_run(p.arch, p, p.init, p.kernel, NetworkSettings(**kw, max_steps=max(steps // 4, 1)), loss)
 
 
 def test_sweep_numbers_match_the_library(tmp_path, cifar_dir):
@@ -185,11 +219,11 @@ def test_network_with_vicreg_uses_that_loss_on_both_sides(tmp_path, cifar_dir):
     th = a["theory_loss"]
     assert 0.9 * loss0 <= th[0] <= loss0
     assert np.all(np.diff(th) <= 1e-9 * loss0)
-    # Without a closed form, steps are crossings of half the final value, on both sides.
-    np.testing.assert_allclose(r["theory_step_times"],
-                               rise_times(a["theory_times"], a["theory_eigenvalues"], relative=True), rtol=1e-12)
-    np.testing.assert_allclose(r["network_step_times"],
-                               rise_times(a["network_times"], a["network_eigenvalues"], relative=True), rtol=1e-12)
+    # Without a closed form, steps are the crossings of 1/2, on both sides.
+    np.testing.assert_allclose(r["theory_step_times"], rise_times(a["theory_times"], a["theory_eigenvalues"]),
+                               rtol=1e-12)
+    np.testing.assert_allclose(r["network_step_times"], rise_times(a["network_times"], a["network_eigenvalues"]),
+                               rtol=1e-12)
     assert r["step_time_relative_error"] is None and r["plateau_loss"] is None
 
 

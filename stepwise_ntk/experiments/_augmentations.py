@@ -169,7 +169,7 @@ class AugmentationsSettings:
                                          "network defaults of --arch)"}
     )
     max_steps: int = dataclasses.field(
-        default=20_000, metadata={"help": "with --train-network: refuse network runs longer than this", "min": 1}
+        default=100_000, metadata={"help": "with --train-network: refuse network runs longer than this", "min": 1}
     )
     arch: str = dataclasses.field(
         default="linear",

@@ -52,6 +52,7 @@ from stepwise_ntk.experiments._network import (
     network_views,
     plan_run,
     rise_times,
+    train_until_stepped,
     with_loss_flow,
 )
 from stepwise_ntk.experiments._plots import (
@@ -163,6 +164,7 @@ def train_method(s: MethodsSettings, loss: str, arch, problem, init, progress: b
                         n_records=s.n_records, record_embeddings=loss == "barlow_twins", seed=s.seed)
     t0 = time.perf_counter()
     res = train(arch, cfg, views_t, test_views=test_t, init_params=init.params, progress=progress)
+    res, steps = train_until_stepped(arch, cfg, views_t, res, s, test_views=test_t, progress=progress)
     seconds = time.perf_counter() - t0
     if res.diverged_at is not None:
         raise RunFailedError(
@@ -174,13 +176,12 @@ def train_method(s: MethodsSettings, loss: str, arch, problem, init, progress: b
     params = {"analytic": None, "empirical_init": init.params, "empirical_final": res.params}[s.kernel]
     pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=kernel,
                        params=params, F0_test=init.F0_test, solver_settings=_SOLVER, progress=progress)
-    is_bt = loss == "barlow_twins"
     pred = with_loss_flow(pred, init, times, loss)  # the closed form (top-d modes) stays Barlow Twins'
     cmp = compare_run(pred, res, arch=arch)
     net_t, net_eig = res.effective_times, np.asarray(res.eigenvalues, np.float64)
     th_t, th_eig = np.asarray(pred.times, np.float64), np.asarray(pred.eigenvalues, np.float64)
-    net_steps = rise_times(net_t, net_eig, relative=not is_bt)
-    flow_steps = rise_times(th_t, th_eig, relative=not is_bt)
+    net_steps = rise_times(net_t, net_eig)
+    flow_steps = rise_times(th_t, th_eig)
     return {
         "loss": loss, "steps": steps, "planned_last_step_time": t_plan, "train_seconds": seconds, "lr": lr,
         "step_size": problem.step_size,
