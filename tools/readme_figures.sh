@@ -22,13 +22,8 @@ cp runs/readme-sweep/results.json docs/figures/sweep_mlp_results.json
 # SimCLR and VICReg from one initialisation: Figure 3's staircases, the cross-method alignment
 # tables (networks and kernel flows) and Figure 1's projections of the Barlow Twins network's
 # embeddings (a point, a line, a plane).
-# Not fatal: with the CNN defaults VICReg's training diverges at the step size chosen from
-# the kernel (see the README), and the other figures should still be regenerated.
-if uv run stepwise-ntk methods --arch myrtle --out runs/readme-methods-myrtle --overwrite --no-progress; then
-  for f in staircases alignment alignment_theory projections; do
-    cp "runs/readme-methods-myrtle/$f.png" "docs/figures/methods_myrtle_$f.png"
-  done
-  cp runs/readme-methods-myrtle/results.json docs/figures/methods_myrtle_results.json
-else
-  echo "readme_figures.sh: stepwise-ntk methods --arch myrtle failed; its figures were not updated" >&2
-fi
+uv run stepwise-ntk methods --arch myrtle --out runs/readme-methods-myrtle --overwrite --no-progress
+for f in staircases alignment alignment_theory projections; do
+  cp "runs/readme-methods-myrtle/$f.png" "docs/figures/methods_myrtle_$f.png"
+done
+cp runs/readme-methods-myrtle/results.json docs/figures/methods_myrtle_results.json
