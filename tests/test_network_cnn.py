@@ -30,10 +30,7 @@ def _pair_gamma_1(K: np.ndarray, n: int) -> float:
     return float(np.max(np.linalg.eigvals(K @ Z).real) / (2 * n))
 
 
-# The residual network's end-to-end run is slow (about 2 minutes here: its neural-tangents
-# kernels compile for minutes on a CPU without AVX-512); its architecture, kernels and
-# training are covered by the default suite elsewhere (tests/test_architectures.py).
-@pytest.mark.parametrize("arch", ["myrtle", pytest.param("wrn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["myrtle", "wrn"])
 def test_tiny_conv_network_runs_end_to_end_on_its_own_step(tmp_path, cifar_dir, arch):
     r, a = _run(tmp_path, cifar_dir, "--arch", arch)
     assert r["status"] == "complete" and r["architecture"]["arch"] == arch and r["architecture"]["width"] == 8
