@@ -83,6 +83,20 @@ def test_partial_falls_back_to_full(kernel):
     assert not contrastive_eigensystem_from_factor(L, tau, top=12, max_restarts=0, residual_rtol=1e-30).partial
 
 
+def test_partial_is_cheaper_is_a_monotone_cost_model():
+    """More views make the partial eigensystem pay, more modes make it pay less; never
+    below 1024 views or where the Krylov basis would not be small against 2n."""
+    from stepwise_ntk.theory import partial_is_cheaper
+
+    sizes, tops = [512, 1024, 2000, 4000, 9320, 40000], [8, 32, 64, 128, 256, 512, 2048]
+    table = np.array([[partial_is_cheaper(N, r) for r in tops] for N in sizes], dtype=int)
+    assert not table[0].any() and table[-1, :3].all()
+    assert np.all(np.diff(table, axis=0) >= 0) and np.all(np.diff(table, axis=1) <= 0)
+    assert not partial_is_cheaper(4000, 1000)  # a basis of 1500 + 128 columns: not small
+    with pytest.raises(ValueError):
+        partial_is_cheaper(2000, 0)
+
+
 def test_non_psd_messages():
     n = 10
     K = -np.eye(2 * n)
@@ -106,7 +120,7 @@ def test_non_psd_messages():
 
 
 def test_solver_partial_route_meets_accuracy(kernel):
-    """Default settings on the partial route: within the accuracy of a float64 full reference."""
+    """Default accuracy on the partial route: within the accuracy of a float64 full reference."""
     X, K, full = kernel["X"], kernel["K"], kernel["full"]
     d = 3
     W0 = np.random.default_rng(5).normal(size=(d, X.shape[1])) * 1e-3
@@ -116,7 +130,7 @@ def test_solver_partial_route_meets_accuracy(kernel):
     # Reference: full decomposition, no truncation, rtol 1e-9 (integration error ~1e-7).
     ref = solve(K, N_PAIRS, F0, times, method="eigen",
                 settings=SolverSettings(rtol=1e-9, mode_tol=0.0, eigensystem="full"))
-    tr = solve(K, N_PAIRS, F0, times, method="eigen")
+    tr = solve(K, N_PAIRS, F0, times, method="eigen", settings=SolverSettings(eigensystem="partial"))
     st = tr.stats
     assert int(st.n_eigen_modes) < 2 * N_PAIRS  # the partial eigensystem ran
     assert float(st.eigen_residual) > 0
@@ -127,6 +141,12 @@ def test_solver_partial_route_meets_accuracy(kernel):
     assert err <= 1e-3, err
     assert np.isfinite(est) and est <= 1e-3
     assert float(st.truncation_bound) <= 1e-4
+    # The defaults at this size: the cost model prefers the full decomposition (64 modes
+    # by Krylov cost more than all 1024), with the same accuracy.
+    auto = solve(K, N_PAIRS, F0, times, method="eigen")
+    assert int(auto.stats.n_eigen_modes) == 2 * N_PAIRS and float(auto.stats.eigen_residual) == 0
+    err = float(np.max(np.abs(np.asarray(auto.eigenvalues) - np.asarray(ref.eigenvalues))))
+    assert err <= 1e-3 and float(auto.stats.error_estimate) <= 1e-3, err
 
 
 def test_routes_request_highest_precision():
@@ -142,3 +162,23 @@ def test_routes_request_highest_precision():
                                jnp.asarray(1, jnp.int32), r=2, depth=1, which="largest").as_text()
     dots = [ln for ln in text.splitlines() if "dot_general" in ln]
     assert dots and all("HIGHEST" in ln for ln in dots)
+
+
+def test_more_modes_follows_the_spectrum_between_double_and_quadruple():
+    """The next partial eigensystem's size: at least 2r, at most 4r, and where the power-law
+    spectrum says the rest's bound fits the budget (checked with that law's next value)."""
+    from types import SimpleNamespace
+
+    from stepwise_ntk.solver._solve import _more_modes, _rest_bounds
+
+    r, N, E = 64, 100_000, 50.0
+    for power, budget in [(1.0, 1e-4), (1.0, 1e-2), (2.0, 1e-6), (0.5, 1e-5)]:
+        gammas = np.arange(1, r + 1, dtype=float) ** -power
+        es = SimpleNamespace(gammas=gammas, rest=(r + 1.0) ** -power)
+        prep = SimpleNamespace(es=es, W_rest=1e-3, Q_rest=1.0)
+        nxt = _more_modes(prep, E, budget, r, N)
+        assert 2 * r <= nxt <= 4 * r and nxt % 64 == 0
+        if nxt < 4 * r:  # the law's first mode beyond nxt keeps the rest within the budget
+            assert _rest_bounds(np, (nxt + 1.0) ** -power, 1e-3, 1.0, E)[0] <= budget
+        else:  # capped at 4r: the law asked for more than 4r − 64 after its quarter more
+            assert _rest_bounds(np, ((4 * r - 64) / 1.25) ** -power, 1e-3, 1.0, E)[0] > budget

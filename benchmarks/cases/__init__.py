@@ -7,6 +7,8 @@
                           and the Galerkin route against ``predict.gradient_descent``
 ``scaling``               ``scaling``, ``scaling_d``: cost against ``2n`` and ``d``, fitted
                           exponents
+``whole_subset``          ``whole_subset``: the whole CIFAR-10 subset (``2n = 9,320``) as
+                          one problem, both routes with their defaults, against ``eigh(K)``
 ``training``              ``training``: ``train()`` against a hand-written optax step
 ``kernels``               ``kernels``: analytic NTK Grams against direct neural-tangents
                           calls (also a stand-alone script, ``python -m
@@ -24,7 +26,7 @@ import importlib
 __all__ = ["CASES", "load"]
 
 # Imported in this order, which is the order of ``--list`` and of a run of every benchmark.
-CASES = ("kernels", "width_sweep", "dynamics", "losses_speed", "scaling", "training")
+CASES = ("kernels", "width_sweep", "dynamics", "losses_speed", "scaling", "whole_subset", "training")
 
 
 def load() -> None:

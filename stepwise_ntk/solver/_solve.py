@@ -26,11 +26,14 @@ contribution to ``C`` (hence, by Weyl's inequality, to each eigenvalue); their f
 the integrated modes through ``C`` is of the same order but not part of the bound.
 ``mode_tol = 0`` integrates all ``2n`` modes.
 
-*Partial eigensystem.* From ``2n = 1024`` on only the ``r`` modes of largest ``|γ|`` are
-computed (block Krylov on products with ``Lᵀ Z L``; :func:`contrastive_eigensystem_from_factor`),
-``r`` doubled while the bound on the modes not computed (all with ``|γ| ≤ es.rest``, their
-weights known exactly from ``‖L⁻¹ F0‖`` and ``‖Lᵀ Z F0‖``) exceeds ``mode_tol / 4``; the full
-decomposition where that would not be cheaper.
+*Partial eigensystem.* Where a flop model expects it to be cheaper than the full
+decomposition (:func:`partial_is_cheaper`: from about ``2n = 3000`` for 64 modes on CPU) only
+the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with ``Lᵀ Z L``;
+:func:`contrastive_eigensystem_from_factor`), ``r`` raised (at least doubled, up to
+quadrupled where a power law fitted to the computed spectrum predicts it is needed,
+:func:`_more_modes`) while the bound on the modes not computed (all with
+``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and ``‖Lᵀ Z F0‖``) exceeds
+``mode_tol / 4``; the full decomposition where that would not be cheaper.
 
 *Accuracy.* ``SolverSettings.accuracy`` (default 1e-3) bounds the error in every eigenvalue
 of ``C`` at every requested time: ``mode_tol = accuracy / 10``, the truncation runs at
@@ -126,6 +129,7 @@ from stepwise_ntk.theory import (
     contrastive_eigensystem_from_factor,
     default_jitter_rtol,
     jittered_cholesky,
+    partial_is_cheaper,
 )
 
 __all__ = ["METHODS", "INTEGRATORS", "SolverSettings", "choose_method", "solve"]
@@ -165,7 +169,8 @@ class SolverSettings:
         there is more than one device and ``2n`` is divisible by their number).
       eigensystem: eigen route: ``"partial"`` (only the modes the truncation needs, by a
         block Krylov iteration), ``"full"`` (one dense eigendecomposition), or ``"auto"``
-        (partial where it is cheaper: ``2n ≥ 1024`` and few modes needed).
+        (partial where :func:`~stepwise_ntk.theory.partial_is_cheaper` expects it to cost
+        less: large ``2n``, few modes needed).
     """
 
     accuracy: float = 1e-3
@@ -464,6 +469,39 @@ def _mode_ranking(prep: _EigenPrep, E: float, d: int) -> tuple[np.ndarray, np.nd
     return c, np.argsort(-c_ranked, kind="stable"), float(np.nan_to_num(rest, nan=np.inf))
 
 
+def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int) -> int:
+    """How many modes a partial eigensystem whose rest exceeds ``budget`` should compute
+    next: at least ``2r``, more where the computed spectrum predicts it.
+
+    ``g*`` is the largest ``|γ|`` of the first mode not computed at which the rest's bound
+    (:func:`_rest_bounds`, with today's rest weights, which only shrink) fits the budget;
+    a power law ``|γ_j| ∝ j^b`` fitted to the upper half of the computed ranks says at which
+    rank ``|γ|`` falls to ``g*``, and a quarter more is asked for, at most ``4r`` (the
+    extrapolation from few modes with the rest's whole weight overestimates: on the
+    CIFAR-10 linear kernel, 2n = 2000, 64 modes predicted 576 where 256 sufficed). Each
+    partial eigensystem costs about as much as the next larger one, so skipping a doubling
+    saves one; the loop's a-posteriori check still decides whether it was enough.
+    """
+    g = np.sort(np.abs(np.asarray(prep.es.gammas, dtype=np.float64)))[::-1]
+    W, Q = float(prep.W_rest), float(prep.Q_rest)
+    lo, hi = 0.0, float(prep.es.rest)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(60):  # bisection on the monotone bound
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if _rest_bounds(np, mid, W, Q, E)[0] <= budget else (lo, mid)
+    ranks = np.arange(1, g.size + 1, dtype=np.float64)
+    upper = slice(g.size // 2, g.size)
+    ok = g[upper] > 0
+    target = 2 * r
+    if lo > 0 and ok.sum() >= 4:
+        b, a = np.polyfit(np.log(ranks[upper][ok]), np.log(g[upper][ok]), 1)
+        if b < 0:
+            rank = math.exp((math.log(lo) - a) / b)
+            if math.isfinite(rank):
+                target = max(target, _MODE_BLOCK * math.ceil(1.25 * min(rank, N) / _MODE_BLOCK))
+    return min(target, 4 * r, N)
+
+
 def _mode_count(c: np.ndarray, order: np.ndarray, budget: float, d: int) -> int | None:
     """Fewest ranked modes whose neglected bounds sum to ≤ budget (a multiple of 64, at most
     all computed ones), or None when even all computed modes leave more than the budget."""
@@ -729,7 +767,8 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         E = 1.1 * _measured_E(out, prep, t_end)
         c, order, rest = _mode_ranking(prep, E, d)
         if prep.es.partial and rest > mode_tol / 4:  # the modes not computed weigh too much
-            prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=2 * r,
+            r_next = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
+            prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
                                    start=prep.es.vectors)
             c, order, rest = _mode_ranking(prep, E, d)
         k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
@@ -775,17 +814,19 @@ def _measured_E(out, prep, t_end) -> float:
 def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None):
     """The eigensystem the truncation starts from, its preparation, and how many modes it has.
 
-    Partial (``settings.eigensystem`` ``"partial"``, or ``"auto"`` from ``2n = 1024``): the
-    ``r`` modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve
-    doubles it while the a-posteriori bound on the modes not computed asks for it); full
-    otherwise, or where the partial one would not be cheaper.
+    Partial (``settings.eigensystem`` ``"partial"``, or ``"auto"`` where
+    :func:`partial_is_cheaper` expects ``r`` modes to cost less than all of them): the ``r``
+    modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve doubles it
+    while the a-posteriori bound on the modes not computed asks for it, and ``"auto"`` turns
+    to the full decomposition once the doubled count would not be cheaper); full otherwise.
     """
     N = K.shape[0]
-    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto" and N >= 1024)
+    r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
+    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto"
+                                                         and partial_is_cheaper(N, min(r, N)))
     if mode_tol == 0 or not want_partial:
         es = contrastive_eigensystem_from_factor(L, tau)
         return _eigen_prepare(es, K, F0), N
-    r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
     # Residual tolerance: a γ error δ moves λ by about 8 δ T λ, kept below accuracy / 10.
     gamma_max = float(jnp.max(jnp.sum(jnp.abs(K), axis=1))) / N
     res_rtol = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))

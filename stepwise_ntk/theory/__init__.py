@@ -32,6 +32,7 @@ from stepwise_ntk.theory._eigensystem import (
     mode_coordinates,
     mode_functions,
     mode_functions_new,
+    partial_is_cheaper,
 )
 from stepwise_ntk.theory._preconditioned import (
     PRECONDITIONERS,
@@ -63,6 +64,7 @@ __all__ = [
     "mode_coordinates",
     "mode_functions",
     "mode_functions_new",
+    "partial_is_cheaper",
     "plateau_levels",
     "precondition_factor",
     "precondition_matrix",
