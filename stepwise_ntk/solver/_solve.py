@@ -27,7 +27,7 @@ the integrated modes through ``C`` is of the same order but not part of the boun
 ``mode_tol = 0`` integrates all ``2n`` modes.
 
 *Partial eigensystem.* Where a flop model expects it to be cheaper than the full
-decomposition (:func:`partial_is_cheaper`: from about ``2n = 3000`` for 64 modes on CPU) only
+decomposition (:func:`partial_is_cheaper`: from about ``2n = 5000`` for 64 modes on CPU) only
 the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with ``Lᵀ Z L``;
 :func:`contrastive_eigensystem_from_factor`), ``r`` raised (at least doubled, up to
 quadrupled where a power law fitted to the computed spectrum predicts it is needed,
