@@ -14,8 +14,9 @@ log-spaced times up to 1.5 × the theory's last step time. One case, ``2n=… d=
   own estimate);
 * subject ``solve[function] (defaults)``: ``method="function"`` with no other setting, on
   20 log-spaced times up to the theory's first step time (the route costs one ``K·F`` per
-  right-hand side and is limited by the fastest mode: the whole horizon would take about
-  an hour here), with its error on those times;
+  right-hand side and its explicit steps are limited by the fastest mode, about
+  ``8 γ_1 T / 3.3 ≈ 2600`` steps over the whole horizon, half an hour or more here), with
+  its error on those times;
 * floor ``K@F``: one ``(2n × 2n)·(2n × d)`` product, what the function route pays per
   right-hand side;
 * the reference: the eigen route on the full decomposition, no truncation, rtol 1e-10,
