@@ -816,9 +816,10 @@ def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=Non
 
     Partial (``settings.eigensystem`` ``"partial"``, or ``"auto"`` where
     :func:`partial_is_cheaper` expects ``r`` modes to cost less than all of them): the ``r``
-    modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve doubles it
-    while the a-posteriori bound on the modes not computed asks for it, and ``"auto"`` turns
-    to the full decomposition once the doubled count would not be cheaper); full otherwise.
+    modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve raises it,
+    :func:`_more_modes`, while the a-posteriori bound on the modes not computed asks for it,
+    and ``"auto"`` turns to the full decomposition once the raised count would not be
+    cheaper); full otherwise.
     """
     N = K.shape[0]
     r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
