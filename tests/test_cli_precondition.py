@@ -202,3 +202,28 @@ def test_step_search_doubles_to_the_limit_and_halves_below_an_unstable_start():
     down = search(0.3)  # 1 unstable, then 0.5 unstable, 0.25 stable
     assert down["chosen"]["step_size"] == 0.25 and [r["step_size"] for r in down["tried"]] == [1, 0.5, 0.25]
     assert search(1e-6)["chosen"] is None and len(search(1e-6)["tried"]) == 6
+
+
+@pytest.mark.slow  # a tiny network trained 8 times (~1 min on 2 shared cores)
+def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
+    import numpy as np
+
+    out = tmp_path / "net"
+    flags = ["--kernel-part", "false", "--net-losses", "barlow_twins", "vicreg", "--net-alphas", "0.05",
+             "--net-pairs", "16", "--net-test", "8", "--net-width", "64", "--net-d", "2", "--net-doublings", "2",
+             "--net-max-steps", "60", "--no-progress"]
+    assert cli.main(["precondition", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
+    runs = {r["loss"]: r for r in json.loads((out / "results.json").read_text())["networks"]["runs"]}
+    # Barlow Twins' reference is the level 1 itself, so the two criteria are one.
+    for name in ("plain", "preconditioned"):
+        for t in runs["barlow_twins"][name]["tried"]:
+            assert t["steps_to_pass_half"] == t["steps_to_pass"]
+    # VICReg's reference is the plain run's final eigenvalues; the level-1/2 count is its own.
+    v = runs["vicreg"]
+    np.testing.assert_allclose(v["pass_reference"], v["plain"]["final_eigenvalues"])
+    for name in ("plain", "preconditioned"):
+        chosen = v[name]["largest_stable_step_size"]
+        if chosen is not None:
+            t = next(t for t in v[name]["tried"] if t["step_size"] == chosen)
+            assert v[name]["steps_to_half_at_largest_stable"] == t["steps_to_pass_half"]
+    assert "speed-up to 1/2" in (out / "sweep.md").read_text()
