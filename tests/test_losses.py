@@ -105,6 +105,23 @@ def test_vicreg_matches_numpy_reference():
                                rtol=1e-12)
 
 
+def test_vicreg_at_small_init_is_linear_and_grows_every_centred_direction():
+    # With Var ≪ ε = 1e-4 the hinge's gradient is linear: on branch A
+    #   ∇_A L = (2λ/(nd)) (A − B) − (μ/(2d(n−1)√ε)) (A − Ā),
+    # the variance term ~25× the invariance term (docs/theory.md, section 9). Checked
+    # against the autodiff Jacobian at F ~ 1e-6 (the covariance term is O(F³)).
+    n, d = 6, 3
+    F = 1e-6 * jax.random.normal(jax.random.key(0), (2 * n, d), jnp.float64)
+    J = np.asarray(jax.jacfwd(jax.grad(vicreg_loss))(F)).reshape(2 * n * d, 2 * n * d)
+    a, b = 2 * 25.0 / (n * d), 25.0 / (2 * d * (n - 1) * np.sqrt(1e-4))
+    eye, centre = np.eye(n), np.eye(n) - np.ones((n, n)) / n
+    M = a * np.block([[eye, -eye], [-eye, eye]]) - b * np.kron(np.eye(2), centre)
+    np.testing.assert_allclose(J, np.kron(M, np.eye(d)), atol=1e-6 * b)
+    # A view-dependent direction (A = −B, centred) grows while b > 2a, i.e. √Var < ~1/8.
+    u = np.concatenate([centre[:, 0], -centre[:, 0]])
+    assert u @ M @ u / (u @ u) == pytest.approx(2 * a - b) and 2 * a - b < 0
+
+
 @pytest.mark.parametrize("loss", [barlow_twins_loss, simclr_loss, vicreg_loss])
 def test_float32_close_to_float64(loss):
     loss = jax.jit(loss)
