@@ -10,8 +10,9 @@ hinge smoothed by 0.01).
 Measured per loss (case ``<loss> 2n=… d=…``): the baseline ``nt.predict.gradient_descent``
 (jitted, compiled ahead of time, same observables); the subjects ``solve[default]`` (no
 settings: the function route) and ``solve[galerkin]`` (``method="galerkin"``, default
-settings). Errors are ``max_t,j |λ_j(t) − λ_j^ref(t)|`` against the function route at rtol
-1e-9 in float64; *equal accuracy* means within ``ACCURACY = 1e-3``.
+settings); ``--set routes=default`` runs only the first. Errors are
+``max_t,j |λ_j(t) − λ_j^ref(t)|`` against the function route at rtol 1e-9 in float64;
+*equal accuracy* means within ``ACCURACY = 1e-3``.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ PRESETS = {
     "init_scale": {"tiny": 1e-3, "small": 1e-3, "full": 1e-3},
     "n_times": {"tiny": 10, "small": 50, "full": 100},
     "source": {"tiny": "auto", "small": "auto", "full": "auto"},
+    "routes": {"tiny": "default,galerkin", "small": "default,galerkin", "full": "default,galerkin"},
 }
+ROUTES = {"default": ("solve[default]", "auto"), "galerkin": ("solve[galerkin]", "galerkin")}
 
 
 def _err(eig, ref) -> float:
     return float(np.max(np.abs(np.asarray(eig, np.float64) - np.asarray(ref, np.float64))))
 
 
-def _loss_case(ctx: Context, dtype, loss: str, prob) -> list[Measurement]:
+def _loss_case(ctx: Context, dtype, loss: str, prob, routes: list[str]) -> list[Measurement]:
     import jax.numpy as jnp
 
     from benchmarks.cases.dynamics import NT_NAME, _nt_predict_fn
@@ -62,7 +65,7 @@ def _loss_case(ctx: Context, dtype, loss: str, prob) -> list[Measurement]:
     err_base = _err(tb.output[1], ref_eig)
     out.append(ctx.measurement(tb, benchmark=NAME, case=case, name=NT_NAME, role="baseline", sizes=sizes,
                                dtype=dtype, extra={"max_abs_err": err_base, "source": prob.source}))
-    for name, method in (("solve[default]", "auto"), ("solve[galerkin]", "galerkin")):
+    for name, method in (ROUTES[r] for r in routes):
         ts = ctx.time(lambda method=method: solve(K, n, F0, times, loss=loss, loss_kwargs=kw, method=method),
                       repeats=1)
         traj = ts.output
@@ -94,8 +97,12 @@ def run(ctx: Context) -> list[Measurement]:
         init_scale=float(ctx.param("init_scale", PRESETS["init_scale"])),
         n_times=int(ctx.param("n_times", PRESETS["n_times"])),
     )
+    routes = [r for r in str(ctx.param("routes", PRESETS["routes"])).split(",") if r]
+    unknown = sorted(set(routes) - set(ROUTES))
+    if unknown:
+        raise ValueError(f"routes must be among {sorted(ROUTES)} (comma-separated), got {unknown}.")
     ctx.log(describe(prob))
     out = []
     for loss in [s for s in str(ctx.param("losses", PRESETS["losses"])).split(",") if s]:
-        out += _loss_case(ctx, dtype, loss, prob)
+        out += _loss_case(ctx, dtype, loss, prob, routes)
     return out
