@@ -218,6 +218,13 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
     for name in ("plain", "preconditioned"):
         for t in runs["barlow_twins"][name]["tried"]:
             assert t["steps_to_pass_half"] == t["steps_to_pass"]
+    # A run is stable when it neither diverges nor overshoots (the search's own record).
+    from stepwise_ntk.experiments._precondition import OVERSHOOT_LIMIT
+
+    for r in runs.values():
+        for name in ("plain", "preconditioned"):
+            for t in r[name]["tried"]:
+                assert t["stable"] == (not t["diverged"] and t["overshoot"] <= OVERSHOOT_LIMIT)
     # VICReg's reference is the plain run's final eigenvalues; the level-1/2 count is its own.
     v = runs["vicreg"]
     np.testing.assert_allclose(v["pass_reference"], v["plain"]["final_eigenvalues"])
@@ -227,3 +234,20 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
             t = next(t for t in v[name]["tried"] if t["step_size"] == chosen)
             assert v[name]["steps_to_half_at_largest_stable"] == t["steps_to_pass_half"]
     assert "speed-up to 1/2" in (out / "sweep.md").read_text()
+
+
+def test_overshoot_is_relative_to_the_start_and_the_end_level():
+    import numpy as np
+
+    from stepwise_ntk.experiments._precondition import overshoot
+
+    t = np.linspace(0, 1, 50)[:, None]
+    flow = np.hstack([1 - np.exp(-8 * t), 1 - np.exp(-3 * t)])  # a monotone rise to its level
+    assert overshoot(flow) <= 1.0
+    large_start = np.hstack([1 + 2 * np.exp(-5 * t), 0.5 + 0 * t])  # α = 1: C(0) above I, decaying
+    assert overshoot(large_start) <= 1.0
+    simclr = 20 * np.hstack([t, 0.8 * t])  # keeps growing: the end is its level
+    assert overshoot(simclr) == 1.0
+    spike = flow.copy()
+    spike[5, 0] = 40.0  # a catapult: the top eigenvalue jumps and falls back
+    assert overshoot(spike) == 40.0

@@ -12,8 +12,9 @@ The preconditioned flow ``dF/dt = −K ∇_F L · P(C)`` with ``P = (C₊ + εI)
 * finite networks (``--net-losses``; the ``network`` defaults: a one-hidden-layer MLP of
   width 1024 on 8×8 images, ``n = 256``, ``α = 0.05``), trained plain and preconditioned
   (:func:`stepwise_ntk.training.preconditioned_loss`), each at its own largest stable
-  gradient step ``c`` on the NTK (doubling from ``c_0 = rate/(8 γ_1(Θ))`` until divergence;
-  halving instead if ``c_0`` itself diverges),
+  gradient step ``c`` on the NTK (doubling from ``c_0 = rate/(8 γ_1(Θ))`` until a run
+  diverges or its top eigenvalue of ``C`` overshoots, :func:`overshoot`; halving instead if
+  ``c_0`` itself fails),
   reporting the gradient steps until every mode has stepped, and a ridge linear probe of
   the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`).
   "Stepped" is counted two ways: every eigenvalue of ``C`` past 1/2 (``steps_to_pass_half``;
@@ -75,9 +76,11 @@ from stepwise_ntk.theory import (
 )
 
 __all__ = [
+    "OVERSHOOT_LIMIT",
     "PreconditionSettings",
     "kernel_gd",
     "network_precondition_overlay",
+    "overshoot",
     "precondition_overlay",
     "run_precondition",
     "steps_to_pass",
@@ -432,6 +435,36 @@ def _net_steps_to_pass(res, reference) -> float:
     return float(steps[np.argmax(passed)]) if passed.any() else float("inf")
 
 
+# A network run whose largest eigenvalue of C rises above this multiple of its level (see
+# :func:`overshoot`) is past the gradient flow's regime: its steps would be counted at a spike.
+OVERSHOOT_LIMIT = 2.0
+
+
+def overshoot(eigenvalues) -> float:
+    """``max_t λ_1(t) / max(1, λ_1(0), λ_1(T))``: how far the top eigenvalue of ``C`` overshoots.
+
+    Gradient descent at a step that its loss survives can still spike: ``C``'s top
+    eigenvalue jumps to hundreds of times its final level and falls back (the catapult of a
+    step past the stable one), and a mode then "passes 1/2" at the spike. The flow rises
+    monotonically to its level (1 for Barlow Twins; SimCLR's keeps growing, VICReg's settles
+    near 1), so the ratio stays near 1 for a run that follows it. The network search counts
+    a run as stable only if it stays within :data:`OVERSHOOT_LIMIT`.
+
+    Args:
+      eigenvalues: ``(R, d)`` recorded eigenvalues of ``C``, descending in each row.
+
+    Example:
+        >>> import numpy as np
+        >>> overshoot(np.array([[0.0, 0.0], [1.0, 0.5], [1.0, 1.0]]))
+        1.0
+        >>> overshoot(np.array([[0.0, 0.0], [30.0, 0.5], [1.0, 1.0]]))
+        30.0
+    """
+    lam = np.asarray(eigenvalues, np.float64)
+    top = lam[:, 0]
+    return float(np.max(top) / max(1.0, top[0], top[-1]))
+
+
 def _ratio(a, b):
     ok = a is not None and b is not None and np.isfinite(a) and np.isfinite(b) and b > 0
     return float(a / b) if ok else None
@@ -490,11 +523,14 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         res = train(arch, cfg, views32, test_views=test32, init_params=init.params, progress=False)
-                    ok = res.diverged_at is None and bool(np.isfinite(res.loss).all())
+                    finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
+                    peak = overshoot(res.eigenvalues) if finite else float("inf")
+                    ok = finite and peak <= OVERSHOOT_LIMIT
                     if progress:
-                        print(f"  network {loss} α={alpha:g} {name}: c = {c:.4g} "
-                              f"{'ok' if ok else 'diverged'}", flush=True)
-                    return {"step_size": c, "stable": ok, "final_loss": float(res.loss[-1]), "_res": res}
+                        state = "ok" if ok else ("diverged" if not finite else f"overshoot {peak:.3g}")
+                        print(f"  network {loss} α={alpha:g} {name}: c = {c:.4g} {state}", flush=True)
+                    return {"step_size": c, "stable": ok, "diverged": not finite, "overshoot": peak,
+                            "final_loss": float(res.loss[-1]), "_res": res}
 
                 searches[name] = _largest_stable(run, c0, s.net_doublings)
             ref_run = searches["plain"]["chosen"] or searches["preconditioned"]["chosen"]
