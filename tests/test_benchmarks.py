@@ -427,6 +427,14 @@ def test_context_rejects_bad_settings():
         Context(dtype="float16")
 
 
+def test_losses_speed_rejects_an_unknown_route_before_any_work():
+    from benchmarks.cases import losses_speed
+
+    ctx = Context(size="tiny", overrides={"routes": "default,eigen"}, progress=False)
+    with pytest.raises(ValueError, match=r"routes must be among \['default', 'galerkin'\].*'eigen'"):
+        losses_speed.run(ctx)
+
+
 def test_cheap_calls_repeat_until_min_time_and_budget_stops_them():
     def fn():
         time.sleep(0.01)

@@ -89,6 +89,11 @@ def _loss_case(ctx: Context, dtype, loss: str, prob, routes: list[str]) -> list[
     "float64 reference.",
 )
 def run(ctx: Context) -> list[Measurement]:
+    # Checked before the kernel is built: a typo should not cost the problem set-up.
+    routes = [r for r in str(ctx.param("routes", PRESETS["routes"])).split(",") if r]
+    unknown = sorted(set(routes) - set(ROUTES))
+    if unknown:
+        raise ValueError(f"routes must be among {sorted(ROUTES)} (comma-separated), got {unknown}.")
     dtype = ctx.float_dtype()
     n_views = int(ctx.param("n_views", PRESETS["n_views"]))
     d = int(ctx.param("d", PRESETS["d"]))
@@ -97,10 +102,6 @@ def run(ctx: Context) -> list[Measurement]:
         init_scale=float(ctx.param("init_scale", PRESETS["init_scale"])),
         n_times=int(ctx.param("n_times", PRESETS["n_times"])),
     )
-    routes = [r for r in str(ctx.param("routes", PRESETS["routes"])).split(",") if r]
-    unknown = sorted(set(routes) - set(ROUTES))
-    if unknown:
-        raise ValueError(f"routes must be among {sorted(ROUTES)} (comma-separated), got {unknown}.")
     ctx.log(describe(prob))
     out = []
     for loss in [s for s in str(ctx.param("losses", PRESETS["losses"])).split(",") if s]:
