@@ -273,3 +273,9 @@ def test_network_precondition_is_the_preconditioned_training_and_flow(network_ru
     np.testing.assert_allclose(pc["final_eigenvalues"], 1.0, atol=1e-3)
     assert pc["test_alignment_plain_vs_preconditioned"] == pytest.approx(float(subspace_alignment(
         a["test_embeddings"], a["precondition_test_embeddings"])), rel=1e-12)
+    # The probe change is the difference of the two accuracies; its standard error comes
+    # from the rows the two probes disagree on, so it is 0 exactly when they agree on all.
+    change = 100 * (pc["probe_accuracy_preconditioned"] - pc["probe_accuracy_plain"])
+    assert pc["probe_accuracy_change_points"] == pytest.approx(change, abs=1e-9)
+    assert pc["probe_accuracy_change_se_points"] >= 0
+    assert (pc["probe_accuracy_change_se_points"] == 0) <= (change == 0)

@@ -233,7 +233,11 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
         if chosen is not None:
             t = next(t for t in v[name]["tried"] if t["step_size"] == chosen)
             assert v[name]["steps_to_half_at_largest_stable"] == t["steps_to_pass_half"]
-    assert "speed-up to 1/2" in (out / "sweep.md").read_text()
+    table = (out / "sweep.md").read_text()
+    assert "speed-up to 1/2" in table and "probe change (points ± SE)" in table
+    for r in runs.values():
+        if "probe_accuracy_change_points" in r:
+            assert r["probe_accuracy_change_se_points"] >= 0
 
 
 def test_overshoot_is_relative_to_the_start_and_the_end_level():

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from stepwise_ntk.predictor import cross_validated_accuracy, linear_probe, pair_groups, probe_curve
+from stepwise_ntk.predictor import (
+    accuracy_difference,
+    cross_validated_accuracy,
+    linear_probe,
+    pair_groups,
+    probe_curve,
+)
 from stepwise_ntk.predictor._probe import _fit_predict
 
 
@@ -93,3 +99,47 @@ def test_cross_validated_accuracy_is_the_best_cv_accuracy_of_the_probe():
     groups = np.arange(90) // 2
     res = linear_probe(X, y, X[:3], y[:3], groups=groups, seed=1)
     assert cross_validated_accuracy(X, y, groups=groups, seed=1) == pytest.approx(res.cv_accuracy.max())
+
+
+def test_probe_reports_which_rows_it_got_right():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 120)
+    X = np.eye(3)[y] + 0.9 * rng.normal(size=(120, 3))
+    res = linear_probe(X[:80], y[:80], X[80:], y[80:])
+    pred = _direct_ridge_predictions(X[:80], y[:80], X[80:], res.ridge * 80)
+    np.testing.assert_array_equal(res.correct, pred == y[80:])
+    assert res.accuracy == pytest.approx(res.correct.mean())
+
+
+def test_accuracy_difference_against_the_sample_variance_and_under_duplication():
+    rng = np.random.default_rng(6)
+    a, b = rng.random(400) < 0.3, rng.random(400) < 0.35
+    r = accuracy_difference(a, b)
+    x = b.astype(float) - a.astype(float)
+    # One row per group: the sample mean and its textbook standard error.
+    assert r.difference == pytest.approx(x.mean())
+    assert r.standard_error == pytest.approx(x.std(ddof=1) / np.sqrt(400), rel=1e-12)
+    assert r.n_groups == 400
+    # Every row twice (two identical views of each image): grouped by image the standard
+    # error is the same as without the copies; treated as independent it would shrink by √2.
+    groups = pair_groups(400)
+    a2, b2 = np.concatenate([a, a]), np.concatenate([b, b])
+    r2 = accuracy_difference(a2, b2, groups=groups)
+    assert r2.difference == pytest.approx(r.difference)
+    assert r2.standard_error == pytest.approx(r.standard_error, rel=1e-12)
+    naive = accuracy_difference(a2, b2)
+    assert naive.standard_error < r2.standard_error / 1.3
+    # Agreement on every row: no difference and no error.
+    same = accuracy_difference(a, a)
+    assert same.difference == 0.0 and same.standard_error == 0.0
+
+
+def test_accuracy_difference_refuses_bad_input():
+    with pytest.raises(ValueError, match="same rows"):
+        accuracy_difference(np.ones(4, bool), np.ones(5, bool))
+    with pytest.raises(ValueError, match="one group per row"):
+        accuracy_difference(np.ones(4, bool), np.ones(4, bool), groups=np.arange(3))
+    with pytest.raises(ValueError, match="booleans"):
+        accuracy_difference(np.array([0, 2, 1]), np.ones(3, bool))
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        accuracy_difference(np.ones(4, bool), np.ones(4, bool), groups=np.zeros(4, int))

@@ -73,6 +73,7 @@ PUBLIC = {
         "compare_embeddings", "compare_run", "crossing_times", "eigenvalue_trajectory_error", "init_network",
         "init_key", "network_kernel", "plan_steps", "plateau_losses", "predict_run", "principal_cosines",
         "step_time_ratios", "subspace_alignment", "width_sweep",
+        "AccuracyDifference", "accuracy_difference",
         "DEFAULT_RIDGES", "ModeStatistics", "ProbeResult", "SpectralMetrics", "alpha_req",
         "circular_linear_correlation", "correlation_ratio", "cross_validated_accuracy", "embedding_spectrum",
         "learned_modes", "linear_probe", "mode_statistics", "pair_groups", "participation_ratio",

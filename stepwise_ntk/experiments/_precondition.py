@@ -52,6 +52,7 @@ from stepwise_ntk.experiments._settings import PreconditionerFlags, check_settin
 from stepwise_ntk.kernels import ARCHITECTURES
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import (
+    accuracy_difference,
     choose_d,
     crossing_times,
     init_key,
@@ -488,9 +489,7 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
     d = choose_d(g) if s.net_d is None else s.net_d  # as `network`: the larger gap of d = 3, 4
     arch = base.replace(d=d)
     views32, test32 = views.astype(np.float32), test_views.astype(np.float32)
-    labels = np.concatenate([data.labels, data.labels])
-    tlabels = np.concatenate([np.asarray(test_labels)] * 2)
-    groups = pair_groups(s.net_pairs)
+    test_labels = np.asarray(test_labels)
     # θ_0 does not depend on α (f = α·net), so one empirical NTK at init serves every α:
     # the search starts at the network's own step c_0 = rate/(8 γ_1(Θ_0)), as `network` trains.
     init0 = init_network(arch, views32, test32, alpha=1.0, key=init_key(s.seed))
@@ -537,7 +536,7 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
             reference = (np.ones(d) if loss == "barlow_twins" or ref_run is None
                          else np.asarray(ref_run["_res"].eigenvalues[-1], np.float64))
             row["pass_reference"] = reference
-            chosen_res = {}
+            chosen_res, probes = {}, {}
             for name, search in searches.items():
                 for r in search["tried"]:
                     r["steps_to_pass"] = _net_steps_to_pass(r["_res"], reference) if r["stable"] else float("inf")
@@ -554,8 +553,8 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                          "tried": [{k: v for k, v in r.items() if k != "_res"} for r in search["tried"]]}
                 if chosen is not None:
                     res = chosen["_res"]
-                    probe = linear_probe(np.asarray(res.train_embeddings, np.float64), labels,
-                                         np.asarray(res.test_embeddings, np.float64), tlabels, groups=groups)
+                    probe = _probe(res.train_embeddings, res.test_embeddings, data.labels, test_labels)
+                    probes[name] = probe
                     entry["probe_accuracy"] = float(probe.accuracy)
                     entry["final_eigenvalues"] = np.asarray(res.eigenvalues[-1], np.float64)
                     chosen_res[name] = res
@@ -566,8 +565,8 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
             row["step_speedup_best"] = _ratio(a.get("best_steps"), b.get("best_steps"))
             row["step_speedup_half_at_largest_stable"] = _ratio(a.get("steps_to_half_at_largest_stable"),
                                                                 b.get("steps_to_half_at_largest_stable"))
-            if "probe_accuracy" in a and "probe_accuracy" in b:
-                row["probe_accuracy_change_points"] = 100 * (b["probe_accuracy"] - a["probe_accuracy"])
+            if len(probes) == 2:
+                row.update(_probe_change(probes["plain"], probes["preconditioned"], s.net_test))
             if len(chosen_res) == 2:
                 row["test_alignment_plain_vs_preconditioned"] = float(_alignment(
                     jnp.asarray(chosen_res["plain"].test_embeddings, jnp.float64),
@@ -602,11 +601,19 @@ def steps_to_pass(steps, eigenvalues, reference) -> np.ndarray:
     return crossing_times(steps[keep], lam)
 
 
-def _probe(train_embeddings, test_embeddings, labels, test_labels) -> float:
+def _probe(train_embeddings, test_embeddings, labels, test_labels):
+    """The linear probe of a run's held-out embeddings; ``labels``, ``test_labels``: one per image."""
     labels2 = np.concatenate([labels, labels])  # pairing order: [x_1..x_n, x'_1..x'_n]
-    probe = linear_probe(np.asarray(train_embeddings, np.float64), labels2, np.asarray(test_embeddings, np.float64),
-                         np.concatenate([test_labels, test_labels]), groups=pair_groups(labels.shape[0]))
-    return float(probe.accuracy)
+    return linear_probe(np.asarray(train_embeddings, np.float64), labels2, np.asarray(test_embeddings, np.float64),
+                        np.concatenate([test_labels, test_labels]), groups=pair_groups(labels.shape[0]))
+
+
+def _probe_change(plain, preconditioned, n_test: int) -> dict[str, float]:
+    """Probe accuracy change in points, with its standard error over the held-out images
+    (paired, the two views of an image one group: :func:`stepwise_ntk.predictor.accuracy_difference`)."""
+    diff = accuracy_difference(plain.correct, preconditioned.correct, groups=pair_groups(n_test))
+    return {"probe_accuracy_change_points": 100 * diff.difference,
+            "probe_accuracy_change_se_points": 100 * diff.standard_error}
 
 
 def network_precondition_overlay(
@@ -684,6 +691,7 @@ def network_precondition_overlay(
     all_passed_theory = {name: _all_passed(v) for name, v in passed_theory.items()}
     probe = {name: _probe(r.train_embeddings, r.test_embeddings, problem.labels, problem.test_labels)
              for name, r in (("plain", plain), ("preconditioned", res))}
+    change = _probe_change(probe["plain"], probe["preconditioned"], len(problem.test_labels))
     test_pc = jnp.asarray(res.test_embeddings, jnp.float64)
     _plot_network_overlay(out.path / "precondition.png", curves, theory, reference,
                           title=f"{arch.name} width {arch.width}, {s.loss}, n={n}, d={d}, α={s.alpha}: "
@@ -704,9 +712,9 @@ def network_precondition_overlay(
         "theory_steps_to_pass_plain": passed_theory["plain"],
         "theory_steps_to_pass_preconditioned": passed_theory["preconditioned"],
         "theory_step_speedup": _ratio(all_passed_theory["plain"], all_passed_theory["preconditioned"]),
-        "probe_accuracy_plain": probe["plain"],
-        "probe_accuracy_preconditioned": probe["preconditioned"],
-        "probe_accuracy_change_points": 100 * (probe["preconditioned"] - probe["plain"]),
+        "probe_accuracy_plain": probe["plain"].accuracy,
+        "probe_accuracy_preconditioned": probe["preconditioned"].accuracy,
+        **change,
         "test_alignment_plain_vs_preconditioned": float(_alignment(
             jnp.asarray(plain.test_embeddings, jnp.float64), test_pc)),
         "test_alignment": float(_alignment(test_pc, pred.test_embeddings)),
@@ -847,12 +855,18 @@ def _kernel_table(kernel: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _change(row: dict[str, Any]) -> str:
+    if row.get("probe_accuracy_change_points") is None:
+        return "–"
+    return f"{row['probe_accuracy_change_points']:+.1f} ± {row['probe_accuracy_change_se_points']:.1f}"
+
+
 def _net_table(net: dict[str, Any]) -> list[str]:
     lines = ["", "## Networks", "",
               "| loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
               "| steps to 1/2 plain | precond. | speed-up to 1/2 "
-              "| c plain | c precond. | probe plain | probe precond. | alignment |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| c plain | c precond. | probe plain | probe precond. | probe change (points ± SE) | alignment |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in net["runs"]:
         a, b = r["plain"], r["preconditioned"]
         lines.append(
@@ -865,7 +879,7 @@ def _net_table(net: dict[str, Any]) -> list[str]:
             f"| {_fmt(r['step_speedup_half_at_largest_stable'], '.2f')} "
             f"| {_fmt(a.get('largest_stable_step_size'))} "
             f"| {_fmt(b.get('largest_stable_step_size'))} | {_fmt(a.get('probe_accuracy'), '.3f')} "
-            f"| {_fmt(b.get('probe_accuracy'), '.3f')} "
+            f"| {_fmt(b.get('probe_accuracy'), '.3f')} | {_change(r)} "
             f"| {_fmt(r.get('test_alignment_plain_vs_preconditioned'), '.3f')} |")
     return lines
 

@@ -56,7 +56,9 @@ from stepwise_ntk.predictor._predict import (
 )
 from stepwise_ntk.predictor._probe import (
     DEFAULT_RIDGES,
+    AccuracyDifference,
     ProbeResult,
+    accuracy_difference,
     cross_validated_accuracy,
     linear_probe,
     pair_groups,
@@ -86,8 +88,10 @@ from stepwise_ntk.predictor._sweep import (
 __all__ = [
     # what the modes are worth and what they encode; spectral monitoring metrics
     "DEFAULT_RIDGES",
+    "AccuracyDifference",
     "ModeStatistics",
     "ProbeResult",
+    "accuracy_difference",
     "SpectralMetrics",
     "alpha_req",
     "circular_linear_correlation",

@@ -33,7 +33,16 @@ import numpy as np
 
 from stepwise_ntk._checks import check_array, check_int
 
-__all__ = ["DEFAULT_RIDGES", "ProbeResult", "cross_validated_accuracy", "linear_probe", "pair_groups", "probe_curve"]
+__all__ = [
+    "DEFAULT_RIDGES",
+    "AccuracyDifference",
+    "ProbeResult",
+    "accuracy_difference",
+    "cross_validated_accuracy",
+    "linear_probe",
+    "pair_groups",
+    "probe_curve",
+]
 
 # r = ρ / N: from almost no regularisation to a probe that keeps only the strongest directions.
 DEFAULT_RIDGES = tuple(float(r) for r in np.logspace(-6, 2, 17))
@@ -48,6 +57,8 @@ class ProbeResult(NamedTuple):
       cv_accuracy: ``(R,)`` mean cross-validated accuracy of each ridge in ``ridges``.
       ridges: ``(R,)`` the grid of ``r``.
       train_accuracy: accuracy on the training rows of the refitted probe.
+      correct: ``(M,)`` whether each held-out row was classified correctly (its mean is
+        ``accuracy``; two probes on the same rows compare by :func:`accuracy_difference`).
     """
 
     accuracy: float
@@ -55,6 +66,21 @@ class ProbeResult(NamedTuple):
     cv_accuracy: np.ndarray
     ridges: np.ndarray
     train_accuracy: float
+    correct: np.ndarray | None = None
+
+
+class AccuracyDifference(NamedTuple):
+    """Paired difference of two classifiers' accuracies on the same rows (:func:`accuracy_difference`).
+
+    Attributes:
+      difference: ``accuracy(b) − accuracy(a)`` (a fraction; × 100 for percentage points).
+      standard_error: its cluster-robust standard error (0 when the two agree on every row).
+      n_groups: independent groups (e.g. images) the error is computed over.
+    """
+
+    difference: float
+    standard_error: float
+    n_groups: int
 
 
 def pair_groups(n_pairs: int) -> np.ndarray:
@@ -199,7 +225,64 @@ def linear_probe(
     pred = classes[_fit_predict(X, onehot, np.concatenate([X_test, X]), chosen)[0]]  # one fit, both scores
     pred_test, pred_train = pred[: X_test.shape[0]], pred[X_test.shape[0]:]
     return ProbeResult(float(np.mean(pred_test == y_test)), float(chosen[0]), cv, ridges,
-                       float(np.mean(pred_train == y)))
+                       float(np.mean(pred_train == y)), pred_test == y_test)
+
+
+def accuracy_difference(correct_a: Any, correct_b: Any, groups: Any = None) -> AccuracyDifference:
+    """How much more accurate ``b`` is than ``a`` on the same held-out rows, with its standard error.
+
+    With ``x_i = b_i − a_i ∈ {−1, 0, 1}`` (``a_i, b_i``: row ``i`` classified correctly), the
+    difference is ``x̄ = Σ x_i / N`` and its cluster-robust variance is
+
+        Var(x̄) = G / (G − 1) · Σ_g (Σ_{i ∈ g} (x_i − x̄))² / N²
+
+    over the ``G`` groups (rows that are not independent, e.g. the two views of one image,
+    share a group: :func:`pair_groups`). Pairing removes the rows both get right or both
+    get wrong; grouping keeps two views of one image from counting as two observations.
+    With one row per group this is the sample variance over ``N``.
+
+    Args:
+      correct_a, correct_b: ``(N,)`` booleans (or 0/1), e.g. :attr:`ProbeResult.correct`.
+      groups: ``(N,)`` group of each row (None: every row its own group).
+
+    Returns:
+      :class:`AccuracyDifference`.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.array([1, 0, 1, 1, 0, 0], bool); b = np.array([1, 1, 1, 1, 0, 1], bool)
+        >>> r = accuracy_difference(a, b, groups=pair_groups(3))
+        >>> round(r.difference, 4), round(r.standard_error, 4), r.n_groups
+        (0.3333, 0.1667, 3)
+    """
+    a = _correct("correct_a", correct_a)
+    b = _correct("correct_b", correct_b)
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a has {a.shape[0]} rows but correct_b {b.shape[0]}; score both on the same rows.")
+    n = a.shape[0]
+    if groups is None:
+        g = np.arange(n)
+    else:
+        g = check_array("groups", groups, ndim=1, dtype_kind="iu", what="a (rows,) vector of group indices")
+        if g.shape[0] != n:
+            raise ValueError(f"groups has {g.shape[0]} rows but correct_a {n}; pass one group per row.")
+    x = b.astype(np.float64) - a.astype(np.float64)
+    diff = float(x.mean())
+    _, inverse = np.unique(g, return_inverse=True)
+    sums = np.bincount(inverse, weights=x - diff)
+    k = sums.shape[0]
+    if k < 2:
+        raise ValueError("accuracy_difference needs at least 2 groups for a standard error, got 1.")
+    se = float(np.sqrt(k / (k - 1) * np.sum(sums**2)) / n)
+    return AccuracyDifference(diff, se, int(k))
+
+
+def _correct(name: str, v: Any) -> np.ndarray:
+    v = check_array(name, v, ndim=1, min_rows=1, dtype_kind="biu", what="a (rows,) vector of booleans")
+    v = np.asarray(v)
+    if not np.all((v == 0) | (v == 1)):
+        raise ValueError(f"{name} must hold booleans (or 0/1), one per row: whether that row was classified correctly.")
+    return v.astype(bool)
 
 
 def probe_curve(
