@@ -671,8 +671,9 @@ def network_precondition_overlay(
 
     The network is retrained from the plain run's initialisation with
     :func:`stepwise_ntk.training.preconditioned_loss` (``P`` = ``s.preconditioner()``) at
-    the plain run's step ``c``, the same number of steps, batches and views; if it diverges,
-    at ``c/2``, ``c/4``, ``c/8`` (each try is recorded). Its kernel model is the
+    the plain run's step ``c``, the same number of steps, batches and views; if it diverges
+    or overshoots more than twice its kernel flow (the rule of the ``precondition`` search,
+    :func:`flow_overshoot`), at ``c/2``, ``c/4``, ``c/8`` (each try is recorded). Its kernel model is the
     preconditioned flow on the plain run's kernel ``K = α² Θ`` from the same ``F0``
     (:func:`stepwise_ntk.solver.solve_preconditioned`). Writes ``precondition.png`` (loss and
     eigenvalues against gradient steps: plain dashed, preconditioned solid, kernel flows
@@ -699,29 +700,42 @@ def network_precondition_overlay(
     train_dt = np.dtype(s.train_dtype)
     views, test_views = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
     c_plain = cfg.learning_rate * s.alpha**2
+    n, d = s.n_pairs, problem.d
+    lr_plain = cfg.learning_rate
+    solver_kw = {} if solver_settings is None else {"settings": solver_settings}
+
+    def kernel_flow(grid):
+        return solve_preconditioned(pred.K, n, jnp.asarray(problem.init.F0, jnp.float64), jnp.asarray(grid),
+                                    precond=pc, loss=s.loss, loss_kwargs=kw, K_test=pred.K_test,
+                                    F0_test=jnp.asarray(problem.init.F0_test, jnp.float64), **solver_kw)
+
+    # The stability rule of `precondition`'s search: finite, and an overshoot within
+    # OVERSHOOT_LIMIT times the kernel flow's own over the run's effective time.
+    with out.phase("preconditioned kernel flow over the plain run's horizon (its overshoot)"):
+        horizon = np.concatenate([[0.0], np.geomspace(lr_plain * 1e-3, lr_plain * steps, s.n_times)])
+        horizon_eig = np.asarray(kernel_flow(horizon).eigenvalues)
     tries, t0 = [], time.perf_counter()
     for k in range(_NETWORK_HALVINGS + 1):
         c = c_plain / 2**k
         with out.phase(f"preconditioned {pc.describe()} network, c = {c:.4g}, {steps} steps"):
             res = train(arch, dataclasses.replace(cfg, loss=loss, learning_rate=c / s.alpha**2, steps=steps), views,
                         test_views=test_views, init_params=problem.init.params, progress=progress, **fresh)
-        tries.append({"step_size": c, "diverged_at": res.diverged_at})
-        if res.diverged_at is None:
+        finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
+        peak = overshoot(res.eigenvalues) if finite else None
+        limit = OVERSHOOT_LIMIT * max(1.0, flow_overshoot(horizon, horizon_eig, (c / s.alpha**2) * steps))
+        tries.append({"step_size": c, "diverged_at": res.diverged_at, "overshoot": peak, "overshoot_limit": limit})
+        if finite and peak <= limit:
             break
     else:
         raise RunFailedError(
-            f"the preconditioned network ({pc.describe()}) diverged at every step size from c = {c_plain:.4g} to "
-            f"c/{2**_NETWORK_HALVINGS} (first at step {tries[0]['diverged_at']}); raise --eps or lower --rate.")
+            f"the preconditioned network ({pc.describe()}) diverged or overshot its kernel flow at every step size "
+            f"from c = {c_plain:.4g} to c/{2**_NETWORK_HALVINGS}; raise --eps or lower --rate.")
     train_seconds = time.perf_counter() - t0
 
-    n, d = s.n_pairs, problem.d
-    lr, lr_plain = c / s.alpha**2, cfg.learning_rate
+    lr = c / s.alpha**2
     grid = np.geomspace(lr, lr * steps, s.n_times)  # effective time t = learning rate × step
     with out.phase(f"preconditioned {s.loss} kernel flow ({grid.shape[0]} times)"):
-        flow = solve_preconditioned(pred.K, n, jnp.asarray(problem.init.F0, jnp.float64), jnp.asarray(grid),
-                                    precond=pc, loss=s.loss, loss_kwargs=kw, K_test=pred.K_test,
-                                    F0_test=jnp.asarray(problem.init.F0_test, jnp.float64),
-                                    **({} if solver_settings is None else {"settings": solver_settings}))
+        flow = kernel_flow(grid)
     reference = (np.ones(d) if s.loss == "barlow_twins" else np.asarray(plain.eigenvalues[-1], np.float64))
     # Both networks and both kernel flows on one axis: gradient steps (theory: t / learning rate).
     curves = {
