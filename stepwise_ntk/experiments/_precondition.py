@@ -493,14 +493,15 @@ def flow_overshoot(times, eigenvalues, horizon: float) -> float:
     return overshoot(np.asarray(eigenvalues)[keep])
 
 
-def _flow(theta0, n, F0, loss, kw, pc, horizon: float, t0: float):
-    """The gradient flow on the empirical NTK at init (what the network follows at small
-    steps: ``f = α·net`` and step ``c`` give kernel ``Θ_0`` and effective time ``c · step``);
-    ``(times, eigenvalues)``, or None where the solver cannot reach the horizon."""
-    times = np.concatenate([[0.0], np.geomspace(t0, horizon, 300)])
+def _flow(K, n, F0, loss, kw, pc, horizon: float, t0: float, n_times: int = 300, **solver_kw):
+    """The kernel flow a network run is judged against (:func:`flow_overshoot`): from ``t = 0``
+    and ``n_times`` log-spaced times in ``[t0, horizon]``; ``(times, eigenvalues)``, or None
+    where the solver cannot reach the horizon. For the search, ``K`` is the empirical NTK at
+    init (``f = α·net`` and step ``c`` give kernel ``Θ_0`` and effective time ``c · step``)."""
+    times = np.concatenate([[0.0], np.geomspace(t0, horizon, n_times)])
     try:
-        traj = solve_preconditioned(jnp.asarray(theta0, jnp.float64), n, jnp.asarray(F0, jnp.float64),
-                                    jnp.asarray(times), precond=pc, loss=loss, loss_kwargs=kw)
+        traj = solve_preconditioned(jnp.asarray(K, jnp.float64), n, jnp.asarray(F0, jnp.float64),
+                                    jnp.asarray(times), precond=pc, loss=loss, loss_kwargs=kw, **solver_kw)
     except ValueError:
         return None
     return times, np.asarray(traj.eigenvalues)
@@ -704,16 +705,11 @@ def network_precondition_overlay(
     lr_plain = cfg.learning_rate
     solver_kw = {} if solver_settings is None else {"settings": solver_settings}
 
-    def kernel_flow(grid):
-        return solve_preconditioned(pred.K, n, jnp.asarray(problem.init.F0, jnp.float64), jnp.asarray(grid),
-                                    precond=pc, loss=s.loss, loss_kwargs=kw, K_test=pred.K_test,
-                                    F0_test=jnp.asarray(problem.init.F0_test, jnp.float64), **solver_kw)
-
     # The stability rule of `precondition`'s search: finite, and an overshoot within
     # OVERSHOOT_LIMIT times the kernel flow's own over the run's effective time.
     with out.phase("preconditioned kernel flow over the plain run's horizon (its overshoot)"):
-        horizon = np.concatenate([[0.0], np.geomspace(lr_plain * 1e-3, lr_plain * steps, s.n_times)])
-        horizon_eig = np.asarray(kernel_flow(horizon).eigenvalues)
+        horizon_flow = _flow(pred.K, n, problem.init.F0, s.loss, kw, pc, lr_plain * steps, lr_plain * 1e-3,
+                             s.n_times, **solver_kw)
     tries, t0 = [], time.perf_counter()
     for k in range(_NETWORK_HALVINGS + 1):
         c = c_plain / 2**k
@@ -722,7 +718,8 @@ def network_precondition_overlay(
                         test_views=test_views, init_params=problem.init.params, progress=progress, **fresh)
         finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
         peak = overshoot(res.eigenvalues) if finite else None
-        limit = OVERSHOOT_LIMIT * max(1.0, flow_overshoot(horizon, horizon_eig, (c / s.alpha**2) * steps))
+        flow_peak = 1.0 if horizon_flow is None else flow_overshoot(*horizon_flow, (c / s.alpha**2) * steps)
+        limit = OVERSHOOT_LIMIT * max(1.0, flow_peak)
         tries.append({"step_size": c, "diverged_at": res.diverged_at, "overshoot": peak, "overshoot_limit": limit})
         if finite and peak <= limit:
             break
@@ -735,7 +732,9 @@ def network_precondition_overlay(
     lr = c / s.alpha**2
     grid = np.geomspace(lr, lr * steps, s.n_times)  # effective time t = learning rate × step
     with out.phase(f"preconditioned {s.loss} kernel flow ({grid.shape[0]} times)"):
-        flow = kernel_flow(grid)
+        flow = solve_preconditioned(pred.K, n, jnp.asarray(problem.init.F0, jnp.float64), jnp.asarray(grid),
+                                    precond=pc, loss=s.loss, loss_kwargs=kw, K_test=pred.K_test,
+                                    F0_test=jnp.asarray(problem.init.F0_test, jnp.float64), **solver_kw)
     reference = (np.ones(d) if s.loss == "barlow_twins" else np.asarray(plain.eigenvalues[-1], np.float64))
     # Both networks and both kernel flows on one axis: gradient steps (theory: t / learning rate).
     curves = {

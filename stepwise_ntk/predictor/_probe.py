@@ -279,7 +279,6 @@ def accuracy_difference(correct_a: Any, correct_b: Any, groups: Any = None) -> A
 
 def _correct(name: str, v: Any) -> np.ndarray:
     v = check_array(name, v, ndim=1, min_rows=1, dtype_kind="biu", what="a (rows,) vector of booleans")
-    v = np.asarray(v)
     if not np.all((v == 0) | (v == 1)):
         raise ValueError(f"{name} must hold booleans (or 0/1), one per row: whether that row was classified correctly.")
     return v.astype(bool)
