@@ -11,6 +11,9 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from stepwise_ntk import _xla_flags
@@ -55,6 +58,16 @@ def test_too_late_the_kernel_is_computed_in_a_fresh_process_not_a_crash():
     """) + textwrap.dedent(CNN_KERNEL))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "ok"
+
+
+def test_float64_products_keep_full_precision():
+    """The dot kernel the flags leave in place (YNNPACK's) against numpy's float64 product: a
+    float32 or reduced-precision accumulation would miss by ~1e-7 relative, float64 by ~1e-15."""
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((700, 900)), rng.standard_normal((900, 16))
+    got = np.asarray(jax.jit(jnp.matmul)(jnp.asarray(A), jnp.asarray(B)))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, A @ B, rtol=0, atol=1e-12 * np.abs(A).sum(axis=1).max())
 
 
 def test_flag_parsing():
