@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # 2n = 6000 float64 views: above the size (about 5000) from which jaxlib's YNNPACK elementwise
 # and reduction fusions segfault (signal 11) in the function route's program unless
-# `import stepwise_ntk` restricts YNNPACK to single dot products. Three output times up to t = 1e-3 take a
-# handful of steps, so the run costs the kernel, one compilation and little else.
+# `import stepwise_ntk` restricts YNNPACK to single dot products. Three output times up to
+# t = 1e-3 take a handful of steps, so the run costs the kernel, one compilation and little
+# else.
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
