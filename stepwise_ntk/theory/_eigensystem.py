@@ -316,9 +316,9 @@ def _krylov_sizes(N: int, top: int) -> tuple[int, int, int] | None:
 # operations: on CPU it reaches about a tenth of the dense eigensolver's flop rate with
 # blocks of 64 columns and proportionally less with thinner ones, and it needs 10-20
 # restarts at the solver's residual tolerances (CIFAR-10 linear kernel, 2n = 2000: 15
-# restarts for 64 modes, 18 for 192). Measured here (2 cores, float64, YNNPACK dots): the
-# iteration given the Cholesky factor, synthetic ridge kernel, 64 modes: 2n = 2000 1.1 s
-# against 0.55 s for one eigh, 2n = 4000 3.4 s against 4.1 s; CIFAR-10 linear kernel,
+# restarts for 64 modes, 18 for 192). Measured here (2 cores, float64, YNNPACK dots, blocks
+# of 32 for 64 modes): the iteration given the Cholesky factor, synthetic ridge kernel, 64
+# modes: 2n = 2000 1.1 s against 0.55 s for one eigh, 2n = 4000 3.4 s against 4.1 s; CIFAR-10 linear kernel,
 # 2n = 9,320: 64, 128 and 256 modes 10.9, 15.3 and 32.6 s (Cholesky 3.0 s) against 50 s for
 # one eigh. The model gets these comparisons right (at 2n = 4000 the two are level).
 _KRYLOV_RESTARTS = 20
