@@ -507,6 +507,16 @@ def _flow(K, n, F0, loss, kw, pc, horizon: float, t0: float, n_times: int = 300,
     return times, np.asarray(traj.eigenvalues)
 
 
+def _stability(res, flow, horizon: float) -> tuple[bool, float | None, float]:
+    """``(finite, overshoot, limit)`` of a network run judged against its kernel flow
+    (:func:`_flow`, None: no flow) over the run's effective time ``horizon``; the overshoot
+    is None for a run that is not finite. The run is stable iff finite and overshoot ≤ limit."""
+    finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
+    peak = overshoot(res.eigenvalues) if finite else None
+    flow_peak = 1.0 if flow is None else flow_overshoot(*flow, horizon)
+    return finite, peak, OVERSHOOT_LIMIT * max(1.0, flow_peak)
+
+
 def _ratio(a, b):
     ok = a is not None and b is not None and np.isfinite(a) and np.isfinite(b) and b > 0
     return float(a / b) if ok else None
@@ -567,10 +577,8 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         res = train(arch, cfg, views32, test_views=test32, init_params=init.params, progress=False)
-                    finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
-                    peak = overshoot(res.eigenvalues) if finite else float("inf")
-                    flow_peak = 1.0 if flow is None else flow_overshoot(*flow, c * s.net_max_steps)
-                    limit = OVERSHOOT_LIMIT * max(1.0, flow_peak)
+                    finite, peak, limit = _stability(res, flow, c * s.net_max_steps)
+                    peak = float("inf") if peak is None else peak
                     ok = finite and peak <= limit
                     if progress:
                         state = "ok" if ok else ("diverged" if not finite else f"overshoot {peak:.3g} > {limit:.3g}")
@@ -716,10 +724,7 @@ def network_precondition_overlay(
         with out.phase(f"preconditioned {pc.describe()} network, c = {c:.4g}, {steps} steps"):
             res = train(arch, dataclasses.replace(cfg, loss=loss, learning_rate=c / s.alpha**2, steps=steps), views,
                         test_views=test_views, init_params=problem.init.params, progress=progress, **fresh)
-        finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
-        peak = overshoot(res.eigenvalues) if finite else None
-        flow_peak = 1.0 if horizon_flow is None else flow_overshoot(*horizon_flow, (c / s.alpha**2) * steps)
-        limit = OVERSHOOT_LIMIT * max(1.0, flow_peak)
+        finite, peak, limit = _stability(res, horizon_flow, (c / s.alpha**2) * steps)
         tries.append({"step_size": c, "diverged_at": res.diverged_at, "overshoot": peak, "overshoot_limit": limit})
         if finite and peak <= limit:
             break
