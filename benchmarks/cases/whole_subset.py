@@ -8,10 +8,11 @@ log-spaced times up to 1.5 × the theory's last step time. One case, ``2n=… d=
 * floor ``eigh(K)``: one dense eigendecomposition, the cost the eigen route must stay
   below (``jax.jit(jnp.linalg.eigh)``, compiled ahead of time);
 * subject ``solve (defaults)``: ``solve(K, n, F0, times)`` with no settings; ``auto`` takes
-  the eigen route and, where :func:`stepwise_ntk.theory.partial_is_cheaper` says so, the
-  partial eigensystem (``extra``: modes computed and integrated, the largest residual
-  ``‖H p − γ p‖`` of a returned mode, the error against the reference and the solver's
-  own estimate);
+  the eigen route and, since the kernel has rank ≤ 3,072, the low-rank eigensystem (else,
+  where :func:`stepwise_ntk.theory.partial_is_cheaper` says so, the partial one; ``extra``:
+  modes computed and integrated, the largest residual ``‖H p − γ p‖`` of a returned mode
+  (0 for an exact eigensystem), the error against the reference and the solver's own
+  estimate);
 * subject ``solve[function] (defaults)``: ``method="function"`` with no other setting, on
   20 log-spaced times up to the theory's first step time (the route costs one ``K·F`` per
   right-hand side and its explicit steps are limited by the fastest mode, about
@@ -51,7 +52,7 @@ PRESETS = {
 @register(
     NAME,
     "The whole CIFAR-10 subset (2n = 9,320 views, float64) as one problem: solve's defaults "
-    "(eigen route, partial eigensystem) against one eigh(K), and the function route's defaults.",
+    "(eigen route, low-rank eigensystem) against one eigh(K), and the function route's defaults.",
 )
 def run(ctx: Context) -> list[Measurement]:
     import jax

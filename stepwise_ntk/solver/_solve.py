@@ -35,6 +35,12 @@ quadrupled where a power law fitted to the computed spectrum predicts it is need
 ``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and ``‖Lᵀ Z F0‖``) exceeds
 ``mode_tol / 4``; the full decomposition where that would not be cheaper.
 
+*Low-rank kernel.* Where ``K`` has rank well below ``2n`` (at most half the Cholesky
+columns carry it) and ``F0`` lies in its range, ``"auto"`` drops the other columns and
+solves the kernel ``L_S L_Sᵀ`` exactly from a ``p × p`` eigendecomposition (a kernel change
+within the partial eigensystem's residual tolerance, added to ``stats.jitter``; see
+:func:`_eigen_modes` and docs/theory.md).
+
 *Accuracy.* ``SolverSettings.accuracy`` (default 1e-3) bounds the error in every eigenvalue
 of ``C`` at every requested time: ``mode_tol = accuracy / 10``, the truncation runs at
 ``10 × rtol`` and the final run at ``rtol = max(accuracy / 300, 100 eps)``; their difference
@@ -129,6 +135,7 @@ from stepwise_ntk.theory import (
     contrastive_eigensystem_from_factor,
     default_jitter_rtol,
     jittered_cholesky,
+    low_rank_columns,
     partial_is_cheaper,
 )
 
@@ -169,8 +176,9 @@ class SolverSettings:
         there is more than one device and ``2n`` is divisible by their number).
       eigensystem: eigen route: ``"partial"`` (only the modes the truncation needs, by a
         block Krylov iteration), ``"full"`` (one dense eigendecomposition), or ``"auto"``
-        (partial where :func:`~stepwise_ntk.theory.partial_is_cheaper` expects it to cost
-        less: large ``2n``, few modes needed).
+        (the low-rank eigensystem where ``K``'s rank is at most ``n`` and ``F0`` lies in its
+        range; else partial where :func:`~stepwise_ntk.theory.partial_is_cheaper` expects it
+        to cost less: large ``2n``, few modes needed).
     """
 
     accuracy: float = 1e-3
@@ -286,6 +294,7 @@ class _EigenPrep(NamedTuple):
     L_norm: jax.Array  # upper bound on ‖L‖₂ = ‖K + τI‖₂^½ (max absolute row sum of K, plus τ)
     W_rest: jax.Array  # Σ_{modes not computed} ‖m_j(0)‖²
     Q_rest: jax.Array  # Σ_{modes not computed} γ_j² ‖m_j(0)‖²
+    outside: jax.Array  # ‖F0 − L P M0ᵀ‖_F: what the computed modes do not span of F0
 
 
 @jax.jit
@@ -301,8 +310,9 @@ def _eigen_prepare(es, K, F0):
         R = HB0 - P @ (g[:, None] * M0.T)
         W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
         L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(K), axis=1)) + es.jitter)
+        outside = jnp.sqrt(jnp.sum(jnp.square(F0 - L @ (P @ M0.T))))
     return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm,
-                      W_rest=W_rest, Q_rest=jnp.sum(jnp.square(R)))
+                      W_rest=W_rest, Q_rest=jnp.sum(jnp.square(R)), outside=outside)
 
 
 def _rest_bounds(xp, g_rest, W_rest, Q_rest, E):
@@ -735,6 +745,9 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
     prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy)
     check_enough_modes(prep.es, d)
+    if not prep.es.partial and r < N:
+        reason = (f"{reason}; low-rank kernel: {r} of {N} Cholesky columns kept (kernel moved by "
+                  f"≤ {float(prep.es.jitter):.2g})")
     rtol = settings.resolved_rtol(dtype)
     integrator = settings.integrator
     if integrator == "auto":
@@ -814,6 +827,13 @@ def _measured_E(out, prep, t_end) -> float:
 def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None):
     """The eigensystem the truncation starts from, its preparation, and how many modes it has.
 
+    Low-rank (``settings.eigensystem="auto"``, first call): where dropping the Cholesky
+    columns of smallest norm moves the kernel by at most ``res_rtol · max_i Σ_j |K_ij|``
+    (the partial eigensystem's residual tolerance, below) and leaves at most half of them,
+    and ``F0`` lies in the range of the rest (within ``accuracy / 100`` relative), the exact
+    eigensystem of that kernel (:func:`~stepwise_ntk.theory.low_rank_columns`). A kernel
+    change ``δ`` moves each ``γ`` by about ``δ / 2n``, as a residual ``δ / 2n`` would.
+
     Partial (``settings.eigensystem`` ``"partial"``, or ``"auto"`` where
     :func:`partial_is_cheaper` expects ``r`` modes to cost less than all of them): the ``r``
     modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve raises it,
@@ -822,20 +842,38 @@ def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=Non
     cheaper); full otherwise.
     """
     N = K.shape[0]
+    first = r is None
     r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
-    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto"
-                                                         and partial_is_cheaper(N, min(r, N)))
-    if mode_tol == 0 or not want_partial:
-        es = contrastive_eigensystem_from_factor(L, tau)
-        return _eigen_prepare(es, K, F0), N
     # Residual tolerance: a γ error δ moves λ by about 8 δ T λ, kept below accuracy / 10.
     gamma_max = float(jnp.max(jnp.sum(jnp.abs(K), axis=1))) / N
     res_rtol = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))
     # ... but not below the round-off of one product with H (float32: ~1e-4 at 2n = 2000).
     res_rtol = max(res_rtol, 30.0 * math.sqrt(N) * float(np.finfo(np.dtype(K.dtype)).eps))
+    if mode_tol > 0 and first and settings.eigensystem == "auto":
+        low = _low_rank_prep(K, F0, L, tau, res_rtol * gamma_max * N, accuracy)
+        if low is not None:
+            return low, low.es.gammas.shape[0]
+    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto"
+                                                         and partial_is_cheaper(N, min(r, N)))
+    if mode_tol == 0 or not want_partial:
+        es = contrastive_eigensystem_from_factor(L, tau)
+        return _eigen_prepare(es, K, F0), N
     es = contrastive_eigensystem_from_factor(L, tau, top=min(r, N), which="magnitude", start=start,
                                              residual_rtol=res_rtol)
     return _eigen_prepare(es, K, F0), es.gammas.shape[0]
+
+
+def _low_rank_prep(K, F0, L, tau, tol, accuracy):
+    """The low-rank eigensystem's preparation (:func:`_eigen_modes`), or None where more than
+    half the columns stay or ``F0`` has more than ``accuracy / 100`` of its norm outside."""
+    N = K.shape[0]
+    columns = low_rank_columns(L, tol)
+    if columns.size > N // 2:
+        return None
+    prep = _eigen_prepare(contrastive_eigensystem_from_factor(L, tau, columns=columns), K, F0)
+    if float(prep.outside) > accuracy / 100.0 * float(jnp.sqrt(jnp.sum(jnp.square(F0)))):
+        return None
+    return prep
 
 
 def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev):

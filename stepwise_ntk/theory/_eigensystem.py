@@ -25,6 +25,16 @@ positive semi-definite up to that tolerance: if ``K + τ I`` has no Cholesky fac
 ``λ_min(K) < −τ`` (about) and a ValueError is raised. Pass ``jitter_rtol`` larger for
 kernels with more noise (e.g. float32 kernels from long computations).
 
+**Low-rank K.** For a kernel of rank ``p`` well below ``2n`` (a linear kernel on ``p``
+features, random features) the Cholesky factor of ``K + τ I`` has ``2n − p`` columns of norm
+``~√τ``: the views already spanned by earlier ones. Dropping the columns of smallest norm
+while their squared norms sum to at most ``tol`` (:func:`low_rank_columns`) leaves
+``L_S: (2n, p)`` with ``‖L_S L_Sᵀ − K‖₂ ≤ τ + tol``; the eigensystem of that kernel comes
+from the ``p × p`` matrix ``L_Sᵀ Z L_S / (2n)`` (``2n p²`` flops to form, one ``p × p``
+eigendecomposition) and is exact for it (:func:`contrastive_eigensystem_from_factor` with
+``columns``). Embeddings outside the range of ``L_S`` are not represented (the solver checks
+that ``F0`` lies in it).
+
 Example::
 
     >>> import jax, jax.numpy as jnp
@@ -66,6 +76,7 @@ __all__ = [
     "default_jitter_rtol",
     "jittered_cholesky",
     "gamma_tolerance",
+    "low_rank_columns",
     "mode_coordinates",
     "mode_functions",
     "mode_functions_new",
@@ -80,9 +91,11 @@ class ContrastiveEigensystem(NamedTuple):
         or those a partial eigensystem returned (see :func:`contrastive_eigensystem`'s
         ``top``). The null space of ``K`` gives ``|γ| ≲ τ/(2n)``, and ``γ`` can be negative.
       vectors: ``(N, r)`` orthonormal eigenvectors ``p_j`` of ``Lᵀ Z L / (2n)`` (columns, in
-        the order of ``gammas``).
+        the order of ``gammas``); for a low-rank eigensystem, of ``L_Sᵀ Z L_S / (2n)`` with
+        zeros in the rows of the dropped columns.
       factor: ``(N, N)`` lower-triangular ``L`` with ``L Lᵀ = K + τ I``.
-      jitter: ``τ`` (scalar), see the module docstring.
+      jitter: ``τ`` (scalar), see the module docstring; for a low-rank eigensystem ``τ`` plus
+        the dropped columns' squared norms (a bound on how far its kernel is from ``K``).
       residuals: ``(r,)`` ``‖H p_j − γ_j p_j‖₂`` (``H = Lᵀ Z L / (2n)``) of a partial
         eigensystem, each an upper bound on the error of its ``γ_j``; None for the full one.
       rest: a partial eigensystem's estimate of the largest ``|γ|`` (``which="magnitude"``)
@@ -103,8 +116,10 @@ class ContrastiveEigensystem(NamedTuple):
 
     @property
     def partial(self) -> bool:
-        """Whether only some modes were computed (``r < 2n``)."""
-        return self.gammas.shape[0] < self.factor.shape[0]
+        """Whether only some modes were computed (``r < 2n``). A low-rank eigensystem
+        (:func:`contrastive_eigensystem_from_factor` with ``columns``; ``residuals`` None)
+        is complete for the kernel it solves and is not partial."""
+        return self.residuals is not None and self.gammas.shape[0] < self.factor.shape[0]
 
 
 def default_jitter_rtol(n_pairs: int, dtype: Any) -> float:
@@ -355,9 +370,11 @@ def partial_is_cheaper(n_views: int, top: int) -> bool:
 def contrastive_eigensystem_from_factor(
     L: jax.Array, tau: jax.Array, *, top: int | None = None, which: str = "largest",
     start: jax.Array | None = None, residual_rtol: float | None = None, max_restarts: int = 60,
+    columns: Any = None,
 ) -> ContrastiveEigensystem:
     """The contrastive eigensystem from ``L Lᵀ = K + τ I``: all modes, or the ``top`` first
-    by ``which`` without a full eigendecomposition (see :func:`contrastive_eigensystem`).
+    by ``which`` without a full eigendecomposition (see :func:`contrastive_eigensystem`),
+    or, given ``columns``, all modes of the low-rank kernel ``L_S L_Sᵀ`` (``S`` = columns).
 
     Falls back to the full decomposition, and returns all ``2n`` modes, when that is as
     cheap (``2n < 1024`` or a Krylov basis not far below ``2n``) or when the iteration does
@@ -374,9 +391,31 @@ def contrastive_eigensystem_from_factor(
       residual_rtol: stop when every returned mode has ``‖H p − γ p‖ ≤ residual_rtol ·
         max|γ|`` (None: :func:`_default_residual_rtol`).
       max_restarts: restarts of the block Krylov iteration before the fall-back.
+      columns: ``(p,)`` increasing column indices from :func:`low_rank_columns` (``top``,
+        ``which`` and the Krylov settings are then unused): the ``p`` modes of
+        ``H_S = L_Sᵀ Z L_S / (2n)``, exact for the kernel ``L_S L_Sᵀ``, ``vectors`` padded
+        with zeros to ``(2n, p)`` so that ``L p_j`` are its mode functions; ``jitter`` is
+        ``τ`` plus the dropped squared norms, and ``residuals`` None.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> X = jax.random.normal(jax.random.key(0), (40, 6))
+        >>> L, tau = jittered_cholesky(X @ X.T, jnp.asarray(1e-6))
+        >>> low = contrastive_eigensystem_from_factor(L, tau, columns=low_rank_columns(L, 1e-2))
+        >>> full = contrastive_eigensystem_from_factor(L, tau)
+        >>> g = full.gammas[jnp.argsort(-jnp.abs(full.gammas))[:6]]
+        >>> bool(jnp.allclose(jnp.sort(low.gammas), jnp.sort(g), atol=1e-3)), low.partial
+        (True, False)
     """
     check_choice("which", which, WHICH)
     N = L.shape[0]
+    if columns is not None:
+        columns = np.asarray(columns)
+        if columns.ndim != 1 or columns.size == 0 or not np.issubdtype(columns.dtype, np.integer) \
+                or np.any(np.diff(columns) <= 0) or columns[0] < 0 or columns[-1] >= N:
+            raise ValueError(f"columns must be increasing indices in [0, {N}) (from low_rank_columns), "
+                             f"got shape {columns.shape} and dtype {columns.dtype}.")
+        return _low_rank_from_factor(L, tau, jnp.asarray(columns, jnp.int32))
     if top is None or top >= N:
         return _full_from_factor(L, tau)
     top = check_positive_int("top", top, hint=" (how many modes; None: all)")
@@ -397,6 +436,47 @@ def contrastive_eigensystem_from_factor(
         return _full_from_factor(L, tau)
     return ContrastiveEigensystem(gammas=out.gammas, vectors=out.vectors, factor=L, jitter=tau,
                                   residuals=out.residuals, rest=out.rest)
+
+
+def low_rank_columns(L: jax.Array, tol: float) -> np.ndarray:
+    """The columns of ``L`` to keep when those of smallest norm, while their squared norms
+    sum to ``≤ tol``, are dropped (increasing indices, ``(p,)``).
+
+    The dropped columns ``L_D`` move the kernel ``L Lᵀ`` by ``‖L_D L_Dᵀ‖₂ ≤ ‖L_D‖_F² ≤ tol``.
+    For ``L Lᵀ = K + τ I`` with ``K`` of rank ``p`` those are the ``2n − p`` columns of norm
+    ``~√τ`` (see the module docstring).
+
+    Args:
+      L: ``(2n, 2n)`` from :func:`jittered_cholesky`.
+      tol: the largest sum of dropped squared column norms (≥ 0).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> X = jax.random.normal(jax.random.key(0), (40, 6))
+        >>> L, tau = jittered_cholesky(X @ X.T, jnp.asarray(1e-6))
+        >>> low_rank_columns(L, 1e-2).size
+        6
+    """
+    tol = check_number("tol", tol, low=0.0)
+    norms = np.asarray(jnp.sum(jnp.square(L), axis=0), dtype=np.float64)
+    order = np.argsort(norms, kind="stable")
+    n_drop = int(np.searchsorted(np.cumsum(norms[order]), tol, side="right"))
+    return np.sort(order[n_drop:])
+
+
+@jax.jit
+def _low_rank_from_factor(L, tau, columns):
+    with jax.default_matmul_precision("highest"):
+        N = L.shape[0]
+        n = N // 2
+        Ls = L[:, columns]
+        dropped = jnp.sum(jnp.square(L)) - jnp.sum(jnp.square(Ls))
+        A = Ls[:n].T @ Ls[n:]  # L_Sᵀ Z L_S = A + Aᵀ: half the flops of the product
+        w, P = jnp.linalg.eigh((A + A.T) / N, symmetrize_input=False)
+        vectors = jnp.zeros((N, columns.shape[0]), L.dtype).at[columns].set(P[:, ::-1])
+    return ContrastiveEigensystem(gammas=w[::-1], vectors=vectors, factor=L,
+                                  jitter=tau + jnp.maximum(dropped, 0.0), residuals=None,
+                                  rest=jnp.zeros((), L.dtype))
 
 
 def _truncate(es: ContrastiveEigensystem, top: int, which: str) -> ContrastiveEigensystem:
