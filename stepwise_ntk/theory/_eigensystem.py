@@ -470,13 +470,15 @@ def _low_rank_from_factor(L, tau, columns):
         N = L.shape[0]
         n = N // 2
         Ls = L[:, columns]
-        dropped = jnp.sum(jnp.square(L)) - jnp.sum(jnp.square(Ls))
+        # Summed over the dropped columns themselves: a difference of totals would lose them
+        # in the round-off of tr K.
+        kept = jnp.zeros((N,), bool).at[columns].set(True)
+        dropped = jnp.sum(jnp.where(kept, 0.0, jnp.sum(jnp.square(L), axis=0)))
         A = Ls[:n].T @ Ls[n:]  # L_Sᵀ Z L_S = A + Aᵀ: half the flops of the product
         w, P = jnp.linalg.eigh((A + A.T) / N, symmetrize_input=False)
         vectors = jnp.zeros((N, columns.shape[0]), L.dtype).at[columns].set(P[:, ::-1])
-    return ContrastiveEigensystem(gammas=w[::-1], vectors=vectors, factor=L,
-                                  jitter=tau + jnp.maximum(dropped, 0.0), residuals=None,
-                                  rest=jnp.zeros((), L.dtype))
+    return ContrastiveEigensystem(gammas=w[::-1], vectors=vectors, factor=L, jitter=tau + dropped,
+                                  residuals=None, rest=jnp.zeros((), L.dtype))
 
 
 def _truncate(es: ContrastiveEigensystem, top: int, which: str) -> ContrastiveEigensystem:
