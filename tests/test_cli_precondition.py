@@ -13,6 +13,7 @@ BAD = [
     (["--net-alphas", "0"], "--net-alphas"),
     (["--net-losses", "byol"], "--net-losses"),
     (["--net-arch-options", "depth=1,depth=2"], "--net-arch-options"),
+    (["--kernel-part", "false"], "nothing to run"),
 ]
 
 
@@ -106,7 +107,7 @@ def test_bare_bool_flag_means_true(tmp_path, cifar_dir):
     for flags, want in (((), False), (("--precondition",), True), (("--precondition", "false"), False),
                         (("--precondition", "--d", "3"), True)):
         assert prepare([*base, *flags]).settings.precondition is want, flags
-    off = prepare(["precondition", "--out", str(tmp_path / "p"), "--kernel-part", "false"])
+    off = prepare(["precondition", "--out", str(tmp_path / "p"), "--kernel-part", "false", "--net-losses", "vicreg"])
     assert off.settings.kernel_part is False
 
 

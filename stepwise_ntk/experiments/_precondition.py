@@ -154,6 +154,8 @@ class PreconditionSettings(PreconditionerFlags, ExperimentSettings):
 
     def __post_init__(self):
         check_settings(self)  # net_arch first: the defaults are looked up by it
+        if not (self.kernel_part or self.net_losses):
+            raise ValueError("nothing to run: pass --net-losses or keep the kernel-model part on.")
         a = ARCH_DEFAULTS[self.net_arch]
         for name, value in (("net_width", a.width), ("net_pairs", a.n_pairs), ("net_test", a.n_test),
                             ("net_downsample", a.downsample), ("net_alphas", (a.alpha, 1.0)),
@@ -955,8 +957,6 @@ def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: b
 
     s = settings
     started = time.perf_counter()
-    if not (s.kernel_part or s.net_losses):
-        raise ValueError("nothing to run: pass --net-losses or keep the kernel-model part on.")
     kernel = _kernel_part(s, out, progress) if s.kernel_part else None
     net = _net_part(s, progress) if s.net_losses else None
     curves = net.pop("_curves") if net else []
