@@ -296,19 +296,25 @@ class _EigenPrep(NamedTuple):
     Q_rest: jax.Array  # Σ_{modes not computed} γ_j² ‖m_j(0)‖²
 
 
-@jax.jit
-def _eigen_prepare(es, K, F0):
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _eigen_prepare(es, row_max, F0, rows):
+    """The truncation's data (:class:`_EigenPrep`); ``row_max = max_i Σ_k |K_ik|``.
+
+    ``rows``: the leading rows of ``es.vectors`` that are not all zero (``2n``, or fewer for
+    a low-rank eigensystem), so ``B0 = L⁻¹ F0`` is needed only there (``L`` is triangular);
+    a low-rank eigensystem has no modes left out, so its ``W_rest`` and ``Q_rest`` go unused.
+    """
     with jax.default_matmul_precision("highest"):
         L, P, g = es.factor, es.vectors, es.gammas
-        N = K.shape[0]
-        B0 = jax.scipy.linalg.solve_triangular(L, F0, lower=True)
-        M0 = (P.T @ B0).T
+        N = L.shape[0]
+        B0 = jax.scipy.linalg.solve_triangular(L[:rows, :rows], F0[:rows], lower=True)
+        M0 = (P[:rows].T @ B0).T
         # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
         n = N // 2
         HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
         R = HB0 - P @ (g[:, None] * M0.T)
         W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
-        L_norm = jnp.sqrt(jnp.max(jnp.sum(jnp.abs(K), axis=1)) + es.jitter)
+        L_norm = jnp.sqrt(row_max + es.jitter)
     return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm,
                       W_rest=W_rest, Q_rest=jnp.sum(jnp.square(R)))
 
@@ -741,7 +747,8 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     check_factorization(ContrastiveEigensystem(jnp.diagonal(L), L, L, tau), K)
     t_end = float(times[-1])
     accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
-    prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy)
+    row_max = jnp.max(jnp.sum(jnp.abs(K), axis=1))  # ≥ ‖K‖₂
+    prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy)
     check_enough_modes(prep.es, d)
     if not prep.es.partial and r < N:
         reason = (f"{reason}; low-rank kernel: {r} of {N} Cholesky columns kept (kernel moved by "
@@ -779,7 +786,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         c, order, rest = _mode_ranking(prep, E, d)
         if prep.es.partial and rest > mode_tol / 4:  # the modes not computed weigh too much
             r_next = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
-            prep, r = _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
+            prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
                                    start=prep.es.vectors)
             c, order, rest = _mode_ranking(prep, E, d)
         k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
@@ -822,7 +829,7 @@ def _measured_E(out, prep, t_end) -> float:
     return min(float(out.E), 1.25 * t_end)
 
 
-def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None):
+def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None):
     """The eigensystem the truncation starts from, its preparation, and how many modes it has.
 
     Low-rank (``settings.eigensystem="auto"``, first call): where dropping the Cholesky
@@ -842,47 +849,48 @@ def _eigen_modes(K, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=Non
     and ``"auto"`` turns to the full decomposition once the raised count would not be
     cheaper); full otherwise.
     """
-    N = K.shape[0]
+    N = L.shape[0]
     first = r is None
     r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
     # Residual tolerance: a γ error δ moves λ by about 8 δ T λ, kept below accuracy / 10.
-    gamma_max = float(jnp.max(jnp.sum(jnp.abs(K), axis=1))) / N
+    gamma_max = float(row_max) / N
     res_rtol = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))
     # ... but not below the round-off of one product with H (float32: ~1e-4 at 2n = 2000).
-    res_rtol = max(res_rtol, 30.0 * math.sqrt(N) * float(np.finfo(np.dtype(K.dtype)).eps))
+    res_rtol = max(res_rtol, 30.0 * math.sqrt(N) * float(np.finfo(np.dtype(L.dtype)).eps))
     if mode_tol > 0 and first and settings.eigensystem == "auto":
-        low = _low_rank_prep(K, F0, L, tau, res_rtol * gamma_max * N, accuracy)
+        low = _low_rank_prep(row_max, F0, L, tau, res_rtol * gamma_max * N, accuracy)
         if low is not None:
             return low, low.es.gammas.shape[0]
     want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto"
                                                          and partial_is_cheaper(N, min(r, N)))
     if mode_tol == 0 or not want_partial:
         es = contrastive_eigensystem_from_factor(L, tau)
-        return _eigen_prepare(es, K, F0), N
+        return _eigen_prepare(es, row_max, F0, N), N
     es = contrastive_eigensystem_from_factor(L, tau, top=min(r, N), which="magnitude", start=start,
                                              residual_rtol=res_rtol)
-    return _eigen_prepare(es, K, F0), es.gammas.shape[0]
+    return _eigen_prepare(es, row_max, F0, N), es.gammas.shape[0]
 
 
-def _low_rank_prep(K, F0, L, tau, tol, accuracy):
+def _low_rank_prep(row_max, F0, L, tau, tol, accuracy):
     """The low-rank eigensystem's preparation (:func:`_eigen_modes`), or None where more than
     two thirds of the columns stay or ``F0`` has more than ``accuracy / 100`` of its norm outside."""
-    N = K.shape[0]
+    N = L.shape[0]
     columns = low_rank_columns(L, tol)
     if 3 * columns.size > 2 * N:
         return None
-    outside, norm = _outside_columns(L, F0, jnp.asarray(columns, jnp.int32))
+    rows = int(columns[-1]) + 1
+    outside, norm = _outside_columns(L, F0, jnp.asarray(columns, jnp.int32), rows)
     if float(outside) > accuracy / 100.0 * float(norm):
         return None
-    return _eigen_prepare(contrastive_eigensystem_from_factor(L, tau, columns=columns), K, F0)
+    return _eigen_prepare(contrastive_eigensystem_from_factor(L, tau, columns=columns), row_max, F0, rows)
 
 
-@jax.jit
-def _outside_columns(L, F0, columns):
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _outside_columns(L, F0, columns, rows):
     """``(‖F0 − L_S B_S‖_F, ‖F0‖_F)`` with ``B = L⁻¹ F0``: the part of ``F0`` that the
-    columns ``S`` of ``L`` do not carry (``L_D B_D``)."""
+    columns ``S`` of ``L`` (all below ``rows``) do not carry (``L_D B_D``)."""
     with jax.default_matmul_precision("highest"):
-        B = jax.scipy.linalg.solve_triangular(L, F0, lower=True)
+        B = jax.scipy.linalg.solve_triangular(L[:rows, :rows], F0[:rows], lower=True)
         rest = F0 - L[:, columns] @ B[columns]
     return jnp.sqrt(jnp.sum(jnp.square(rest))), jnp.sqrt(jnp.sum(jnp.square(F0)))
 
