@@ -29,7 +29,9 @@ class SolveStats(NamedTuple):
         embedding eigenvalue) from the modes that were held at their initial value; 0 when
         none were.
       truncation_embedding_bound: the matching bound on ``‖ΔF‖_F`` of the final embeddings.
-      jitter: ``τ`` used in the factorisation of ``K + τ I`` (eigen route), else 0.
+      jitter: ``τ`` used in the factorisation of ``K + τ I`` (eigen route; with a low-rank
+        eigensystem ``τ`` plus the dropped Cholesky columns' squared norms, a bound on how far
+        the solved kernel is from ``K``), else 0.
       n_devices: devices ``K`` was sharded over (function route), else 1.
       error_estimate: estimate of ``max_{t, j} |λ_j(t) − λ_j^exact(t)|`` over the requested
         times (the time-integration estimate plus ``truncation_bound``); NaN where the
