@@ -14,6 +14,8 @@ BAD = [
     (["--net-losses", "byol"], "--net-losses"),
     (["--net-arch-options", "depth=1,depth=2"], "--net-arch-options"),
     (["--kernel-part", "false"], "nothing to run"),
+    (["--part", "invariant"], "--kernel-part false"),
+    (["--part", "mean"], "--part"),
 ]
 
 
@@ -28,10 +30,11 @@ def test_bad_input_is_one_line(tmp_path, capsys, flags, needle):
 
 
 def test_preconditioner_forms_are_the_theorys():
-    from stepwise_ntk.experiments._settings import PRECONDITIONER_FORMS
-    from stepwise_ntk.theory import PRECONDITIONERS
+    from stepwise_ntk.experiments._settings import PRECONDITIONER_FORMS, PRECONDITIONER_PARTS
+    from stepwise_ntk.theory import PRECONDITIONED_PARTS, PRECONDITIONERS
 
     assert PRECONDITIONER_FORMS == PRECONDITIONERS
+    assert PRECONDITIONER_PARTS == PRECONDITIONED_PARTS
 
 
 def test_network_defaults_are_the_network_subcommands():

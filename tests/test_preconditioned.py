@@ -18,6 +18,7 @@ from stepwise_ntk.theory import (
     precondition_factor,
     precondition_matrix,
     preconditioned_aligned_eigenvalues,
+    preconditioned_gradient,
     preconditioned_stable_step,
     preconditioned_step_times,
     preconditioned_time,
@@ -102,11 +103,37 @@ def test_precondition_matrix_against_numpy():
     np.testing.assert_allclose(np.asarray(precondition_matrix(jnp.asarray(C), Preconditioner("none"))), np.eye(4))
 
 
+def _swap(N):
+    """The pair swap Z as a dense (N, N) numpy permutation."""
+    n = N // 2
+    return np.roll(np.eye(N), n, axis=1)
+
+
+@pytest.mark.parametrize("part", ["all", "invariant"])
+def test_preconditioned_gradient_against_numpy(part):
+    # all: G P; invariant: Π₊ G P + Π₋ G with Π± = (I ± Z)/2 built as dense matrices.
+    rng = np.random.default_rng(3)
+    G = rng.normal(size=(10, 3))
+    A = rng.normal(size=(3, 3))
+    C = (A + A.T) / 4
+    pc = Preconditioner("power", eps=0.1, power=1.5, part=part)
+    w, V = np.linalg.eigh(C)
+    P = V @ np.diag((np.maximum(w, 0) + 0.1) ** -1.5) @ V.T
+    Z = _swap(10)
+    plus, minus = (np.eye(10) + Z) / 2, (np.eye(10) - Z) / 2
+    ref = G @ P if part == "all" else plus @ G @ P + minus @ G
+    got = np.asarray(preconditioned_gradient(jnp.asarray(G), jnp.asarray(C), pc))
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
+
+
 def test_preconditioner_validation():
     with pytest.raises(ValueError, match="eps"):
         Preconditioner(eps=0.0)
     with pytest.raises(ValueError, match="form"):
         Preconditioner(form="sqrt")
+    with pytest.raises(ValueError, match="part"):
+        Preconditioner(part="mean")
+    assert Preconditioner(eps=0.1, part="invariant").describe() == "(C+0.1I)^-1 on the pair mean"
     with pytest.raises(TypeError, match="Preconditioner"):
         precondition_factor(jnp.ones(2), "inverse")
 
@@ -182,10 +209,41 @@ def test_random_start_step_times_and_final_subspace():
     assert float(subspace_alignment(a.embeddings, b.embeddings)) > 0.99
 
 
+def test_invariant_part_on_a_swap_symmetric_kernel():
+    # K commuting with the pair swap Z splits the flow into the pair-mean (Π₊) and the
+    # pair-difference (Π₋) parts. A start in Π₋ stays there with C ≤ 0 (so P = I/ε): the
+    # invariant part leaves it on the plain flow, the whole-gradient preconditioner runs that
+    # flow 1/ε times faster. A start in Π₊ has no difference part: both preconditioners agree.
+    n, d, eps = 10, 2, 0.1
+    K, F = _problem(n=n, d=d, scale=0.3, seed=4)
+    Z = jnp.asarray(_swap(2 * n))
+    K = (K + Z @ K @ Z) / 2
+    times = jnp.geomspace(1e-2, 3.0, 12)
+    s = SolverSettings(rtol=1e-10)
+    inv, whole = Preconditioner(eps=eps, part="invariant"), Preconditioner(eps=eps)
+
+    def run(F0, pc, t=times):
+        return solve_preconditioned(K, n, F0, t, precond=pc, method="function", settings=s)
+
+    # Separate adaptive runs at rtol 1e-10 agree to ~2e-8 in embeddings of size ~0.5; the
+    # wrong flow is off by > 1e-2 (checked below: the whole-gradient one at the same times).
+    tol = 1e-7
+    minus = F - Z @ F  # Π₋ start: the two views of a pair opposite
+    plain = np.asarray(run(minus, Preconditioner("none")).embeddings)
+    np.testing.assert_allclose(np.asarray(run(minus, inv).embeddings), plain, atol=tol)
+    np.testing.assert_allclose(np.asarray(run(minus, whole, times * eps).embeddings), plain, atol=tol)
+    assert np.max(np.abs(np.asarray(run(minus, whole).embeddings) - plain)) > 1e-2
+    plus = 1e-2 * (F + Z @ F)
+    np.testing.assert_allclose(np.asarray(run(plus, inv).eigenvalues), np.asarray(run(plus, whole).eigenvalues),
+                               atol=tol)
+
+
 def test_solver_input_errors():
     K, F0 = _problem()
     with pytest.raises(ValueError, match="Barlow Twins"):
         solve_preconditioned(K, 20, F0, jnp.array([1.0]), loss="simclr", method="eigen")
+    with pytest.raises(ValueError, match="part='invariant' needs method='function'"):
+        solve_preconditioned(K, 20, F0, jnp.array([1.0]), precond=Preconditioner(part="invariant"), method="eigen")
     with pytest.raises(TypeError, match="Preconditioner"):
         solve_preconditioned(K, 20, F0, jnp.array([1.0]), precond="inverse")
 
@@ -221,26 +279,34 @@ def test_preconditioned_stable_step_decaying_modes():
     # min(1/(4γ1 p(1)), 1/(2|γ_min| p(0))) = min(1.01/4, 0.01/0.4).
     assert preconditioned_stable_step(g, pc) == pytest.approx(0.025)
     assert preconditioned_stable_step(g, Preconditioner("none")) == pytest.approx(0.25)
+    # The invariant part leaves the decaying modes at the plain rate: min(1.01/4, 1/0.4).
+    assert preconditioned_stable_step(g, Preconditioner("inverse", eps=1e-2, part="invariant")) == \
+        pytest.approx(0.2525)
 
 
+@pytest.mark.parametrize("part", ["all", "invariant"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_preconditioned_loss_gradient(name):
-    # Value unchanged; gradient = ∇L · P(C) with P from a float64 numpy eigendecomposition.
+def test_preconditioned_loss_gradient(name, part):
+    # Value unchanged; gradient = ∇L · P(C) (invariant: Π₊ ∇L P + Π₋ ∇L) with P from a
+    # float64 numpy eigendecomposition.
     F = 0.3 * jax.random.normal(jax.random.key(2), (12, 3))
-    pc = Preconditioner("inverse", eps=0.05)
+    pc = Preconditioner("inverse", eps=0.05, part=part)
     L = preconditioned_loss(name, pc)
     assert float(L(F)) == pytest.approx(float(LOSSES[name](F)), rel=1e-12)
     C = np.asarray(cross_correlation(F))
     w, V = np.linalg.eigh(C)
     P = V @ np.diag(1 / (np.maximum(w, 0) + 0.05)) @ V.T
-    ref = np.asarray(jax.grad(LOSSES[name])(F)) @ P
+    G = np.asarray(jax.grad(LOSSES[name])(F))
+    mean = (G + _swap(12) @ G) / 2
+    ref = G @ P if part == "all" else mean @ P + (G - mean)
     np.testing.assert_allclose(np.asarray(jax.grad(L)(F)), ref, rtol=1e-9, atol=1e-12)
     assert np.allclose(np.asarray(jax.grad(preconditioned_loss(name, Preconditioner("none")))(F)),
                        np.asarray(jax.grad(LOSSES[name])(F)))
 
 
 @pytest.mark.slow  # compiles two adaptive solves / trainings (~10-20 s on a loaded 2-core machine)
-def test_preconditioned_loss_trains_faster_full_batch_and_minibatch():
+@pytest.mark.parametrize("part", ["all", "invariant"])
+def test_preconditioned_loss_trains_faster_full_batch_and_minibatch(part):
     from stepwise_ntk.kernels import MLP
     from stepwise_ntk.training import TrainSettings, train
 
@@ -251,7 +317,7 @@ def test_preconditioned_loss_trains_faster_full_batch_and_minibatch():
     alpha = 0.05
     base = functools.partial(TrainSettings, learning_rate=0.05 / alpha**2, steps=150, alpha=alpha, n_records=150,
                              record_every=1)
-    pc = preconditioned_loss(barlow_twins_loss, Preconditioner("inverse", eps=1e-2))
+    pc = preconditioned_loss(barlow_twins_loss, Preconditioner("inverse", eps=1e-2, part=part))
     plain = train(arch, base(loss="barlow_twins"), views, progress=False)
     fast = train(arch, base(loss=pc), views, progress=False)
 

@@ -56,7 +56,7 @@ PUBLIC = {
         "PRECONDITIONERS", "Preconditioner", "precondition_factor", "precondition_matrix",
         "preconditioned_aligned_eigenvalues", "preconditioned_step_times", "preconditioned_time",
         "preconditioned_stable_step", "contrastive_eigensystem_from_factor", "jittered_cholesky",
-        "low_rank_columns",
+        "low_rank_columns", "PRECONDITIONED_PARTS", "preconditioned_gradient",
     ],
     "stepwise_ntk.solver": [
         "INTEGRATORS", "METHODS", "ODEResult", "ODESettings", "ODEStats", "SolveStats", "SolverSettings",

@@ -156,6 +156,10 @@ class PreconditionSettings(PreconditionerFlags, ExperimentSettings):
         check_settings(self)  # net_arch first: the defaults are looked up by it
         if not (self.kernel_part or self.net_losses):
             raise ValueError("nothing to run: pass --net-losses or keep the kernel-model part on.")
+        if self.kernel_part and self.part != "all":
+            raise ValueError(f"--part {self.part} applies to the network part only (the kernel model's gradient "
+                             f"descent runs in the contrastive eigenbasis, where P(C) multiplies the whole "
+                             f"gradient): add --kernel-part false.")
         a = ARCH_DEFAULTS[self.net_arch]
         for name, value in (("net_width", a.width), ("net_pairs", a.n_pairs), ("net_test", a.n_test),
                             ("net_downsample", a.downsample), ("net_alphas", (a.alpha, 1.0)),

@@ -45,6 +45,7 @@ from stepwise_ntk._checks import check_bool, check_choice, check_int, check_numb
 
 __all__ = [
     "PRECONDITIONER_FORMS",
+    "PRECONDITIONER_PARTS",
     "PreconditionedRunFlags",
     "PreconditionerFlags",
     "SEED_MAX",
@@ -245,11 +246,14 @@ def settings_to_dict(settings) -> dict[str, Any]:
 # The preconditioner's forms (stepwise_ntk.theory.PRECONDITIONERS; "none" is the plain flow, a
 # cross-check). A literal so that this module imports no JAX; a test checks it against the theory.
 PRECONDITIONER_FORMS = ("none", "inverse", "power")
+# Which part of the gradient it multiplies (stepwise_ntk.theory.PRECONDITIONED_PARTS).
+PRECONDITIONER_PARTS = ("all", "invariant")
 
 
 @dataclasses.dataclass(frozen=True)
 class PreconditionerFlags:
-    """The spectral preconditioner ``P(C) = (C₊ + εI)^(−k)`` as flags: ``--form``, ``--eps``, ``--power``.
+    """The spectral preconditioner ``P(C) = (C₊ + εI)^(−k)`` as flags: ``--form``, ``--eps``,
+    ``--power``, ``--part``.
 
     A mixin of every subcommand that runs the preconditioned flow or trains with it (put it
     first among the bases so its flags follow the subcommand's own): ``precondition`` (its
@@ -267,6 +271,12 @@ class PreconditionerFlags:
     )
     eps: float = dataclasses.field(default=1e-2, metadata={"help": "ε of the preconditioner", "above": 0})
     power: float = dataclasses.field(default=1.0, metadata={"help": "k for --form power", "above": 0})
+    part: str = dataclasses.field(
+        default="all",
+        metadata={"help": "the part of the embedding gradient P(C) multiplies: all, or invariant (the mean "
+                          "over the two views of each pair; the pair difference keeps the plain gradient)",
+                  "choices": PRECONDITIONER_PARTS},
+    )
 
     def __post_init__(self):
         # Cooperative: the subcommand's own settings (after this mixin in the MRO) check every
@@ -281,7 +291,7 @@ class PreconditionerFlags:
         """The :class:`stepwise_ntk.theory.Preconditioner` of these flags (``eps`` overrides ``--eps``)."""
         from stepwise_ntk.theory import Preconditioner
 
-        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power)
+        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power, part=self.part)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,10 @@ per right-hand side. Every mode is integrated (no truncation: the preconditioner
 up the small modes too, so the plain flow's a-priori bound does not apply).
 
 ``method="function"`` (any loss). Integrates ``F`` with ``dF/dt = −K (∇_F L) P(C)``, one
-``(N × N)·(N × d)`` product and one ``d × d`` eigendecomposition per right-hand side.
+``(N × N)·(N × d)`` product and one ``d × d`` eigendecomposition per right-hand side. The
+only route for ``precond.part == "invariant"`` (``P`` on the pair mean of the gradient,
+:func:`stepwise_ntk.theory.preconditioned_gradient`), which the eigenbasis does not reduce
+unless ``K`` commutes with the pair swap.
 
 Both use DOPRI5 (:func:`stepwise_ntk.solver.integrate`). The preconditioned flow is stiffer
 than the plain one while directions of ``C`` are still near 0 (rates up to ``4|γ| p(0)``),
@@ -61,6 +64,7 @@ from stepwise_ntk.theory import (
     check_factorization,
     contrastive_eigensystem,
     precondition_matrix,
+    preconditioned_gradient,
 )
 
 __all__ = ["PRECONDITIONED_METHODS", "solve_preconditioned"]
@@ -115,7 +119,7 @@ def _function(cfg: _Config, K, F0, times, K_test, F0_test, tols):
 
     def rhs(t, y, args):
         F = y[0]
-        G = grad(F) @ precondition_matrix(cross_correlation(F), cfg.precond)
+        G = preconditioned_gradient(grad(F), cross_correlation(F), cfg.precond)
         out = (-(K @ G),)
         if cfg.has_test:
             out = out + (-(K_test @ G),)
@@ -163,8 +167,8 @@ def solve_preconditioned(
       precond: the preconditioner.
       loss: ``"barlow_twins"``, ``"simclr"``, ``"vicreg"`` or a callable ``F -> scalar``.
       loss_kwargs: keyword arguments of a named loss.
-      method: ``"auto"`` (eigen for Barlow Twins, else function), ``"eigen"`` or
-        ``"function"``.
+      method: ``"auto"`` (eigen for Barlow Twins with ``precond.part == "all"``, else
+        function), ``"eigen"`` or ``"function"``.
       K_test: optional ``(m, 2n)`` kernel between test inputs and the views.
       F0_test: optional ``(m, d)`` initial test embeddings (default 0).
       settings: :class:`SolverSettings` (``rtol``, ``atol``, ``max_steps``,
@@ -187,9 +191,12 @@ def solve_preconditioned(
     check_type("settings", settings, SolverSettings)
     is_bt = loss_fn is barlow_twins_loss
     if method == "auto":
-        method = "eigen" if is_bt else "function"
+        method = "eigen" if is_bt and precond.part == "all" else "function"
     if method == "eigen" and not is_bt:
         raise ValueError("method='eigen' solves the Barlow Twins loss only; use method='function' for this loss.")
+    if method == "eigen" and precond.part != "all":
+        raise ValueError(f"method='eigen' integrates a preconditioner of the whole gradient only; "
+                         f"part={precond.part!r} needs method='function' (or 'auto').")
     has_test = K_test is not None
     if has_test:
         K_test = check_test_kernel(K_test, n_pairs, dtype=K.dtype)

@@ -36,17 +36,20 @@ from stepwise_ntk.theory._eigensystem import (
     partial_is_cheaper,
 )
 from stepwise_ntk.theory._preconditioned import (
+    PRECONDITIONED_PARTS,
     PRECONDITIONERS,
     Preconditioner,
     precondition_factor,
     precondition_matrix,
     preconditioned_aligned_eigenvalues,
+    preconditioned_gradient,
     preconditioned_stable_step,
     preconditioned_step_times,
     preconditioned_time,
 )
 
 __all__ = [
+    "PRECONDITIONED_PARTS",
     "PRECONDITIONERS",
     "ContrastiveEigensystem",
     "Preconditioner",
@@ -71,6 +74,7 @@ __all__ = [
     "precondition_factor",
     "precondition_matrix",
     "preconditioned_aligned_eigenvalues",
+    "preconditioned_gradient",
     "preconditioned_stable_step",
     "preconditioned_step_times",
     "preconditioned_time",

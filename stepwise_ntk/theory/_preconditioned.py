@@ -19,7 +19,17 @@ time (``λ = 1/2``) is ``t_½ = [ε ln(1/(2λ_0)) + (1 + ε) ln(2 (1 − λ_0))]
 ≈ ``(ε ln(1/λ_0) + ln 2)/(8γ)`` (plain: ``ln(1/λ_0 − 1)/(8γ)``). Other powers use a
 128-point Gauss–Legendre rule on the smooth integrand.
 
+*The invariant part.* ``Preconditioner(part="invariant")`` multiplies only the pair mean
+of the gradient, ``G̃ = Π₊ G P(C) + Π₋ G`` with ``Π± = (I ± Z)/2`` (:func:`preconditioned_gradient`):
+the part that moves both views of a pair alike. Where ``K`` commutes with ``Z``
+(``K_aa = K_bb``, ``K_ab = K_ba``: a kernel symmetric in the two views, the limit of many
+augmentations) every contrastive mode lies in one of the two parts, the growing ones
+(``γ > 0``) in ``Π₊`` and the decaying ones (``γ < 0``) in ``Π₋``, so the growing modes
+follow the law above and the decaying ones keep the plain flow, whose rates are what
+limits gradient descent's step (:func:`preconditioned_stable_step`).
+
 * :func:`precondition_factor` / :func:`precondition_matrix`: ``p(λ)`` and ``P(C)``.
+* :func:`preconditioned_gradient`: ``G P(C)``, or ``Π₊ G P(C) + Π₋ G`` for the invariant part.
 * :func:`preconditioned_time`: ``t(λ_0 → λ)`` above.
 * :func:`preconditioned_step_times`: ``t_½`` per mode from ``F0`` (the analogue of
   :func:`stepwise_ntk.theory.step_times`).
@@ -48,21 +58,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from stepwise_ntk._checks import check_choice, check_number, check_type, is_concrete
+from stepwise_ntk.data import swap_pairs
 from stepwise_ntk.theory._closed_form import initial_eigenvalues
 from stepwise_ntk.theory._eigensystem import ContrastiveEigensystem
 
 __all__ = [
+    "PRECONDITIONED_PARTS",
     "PRECONDITIONERS",
     "Preconditioner",
     "precondition_factor",
     "precondition_matrix",
     "preconditioned_aligned_eigenvalues",
+    "preconditioned_gradient",
     "preconditioned_step_times",
     "preconditioned_time",
     "preconditioned_stable_step",
 ]
 
 PRECONDITIONERS = ("none", "inverse", "power")
+PRECONDITIONED_PARTS = ("all", "invariant")
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(128)
 _BISECTIONS = 200
 
@@ -80,6 +94,9 @@ class Preconditioner:
       eps: ``ε > 0``: the largest boost is ``ε^(−k)`` (small modes) and the flow near
         ``C = I`` is slowed by ``(1 + ε)^(−k)``.
       power: ``k > 0`` for ``form="power"`` (ignored otherwise).
+      part: which part of the embedding gradient ``P`` multiplies: ``"all"`` of it, or
+        ``"invariant"``, its pair mean (the pair difference keeps the plain gradient; see
+        the module docstring and :func:`preconditioned_gradient`).
 
     Example:
         >>> Preconditioner(form="inverse", eps=1e-2).exponent
@@ -93,9 +110,11 @@ class Preconditioner:
     form: str = "inverse"
     eps: float = 1e-2
     power: float = 1.0
+    part: str = "all"
 
     def __post_init__(self):
         check_choice("Preconditioner.form", self.form, PRECONDITIONERS)
+        check_choice("Preconditioner.part", self.part, PRECONDITIONED_PARTS)
         check_number("Preconditioner.eps", self.eps, low=0.0, open_low=True,
                      hint=" (ε = 0 makes P unbounded at C = 0)")
         check_number("Preconditioner.power", self.power, low=0.0, open_low=True)
@@ -106,10 +125,11 @@ class Preconditioner:
         return {"none": 0.0, "inverse": 1.0, "power": float(self.power)}[self.form]
 
     def describe(self) -> str:
-        """A short label, e.g. ``"(C+0.01I)^-1"``."""
+        """A short label, e.g. ``"(C+0.01I)^-1"`` (``" on the pair mean"`` added for the invariant part)."""
         if self.form == "none":
             return "none"
-        return f"(C+{self.eps:g}I)^-{self.exponent:g}"
+        label = f"(C+{self.eps:g}I)^-{self.exponent:g}"
+        return label if self.part == "all" else f"{label} on the pair mean"
 
 
 def _check_pc(precond) -> Preconditioner:
@@ -140,6 +160,32 @@ def precondition_matrix(C: jax.Array, precond: Preconditioner) -> jax.Array:
         return jnp.eye(C.shape[-1], dtype=C.dtype)
     lam, V = jnp.linalg.eigh((C + C.T) / 2)
     return (V * precondition_factor(lam, precond)) @ V.T
+
+
+def preconditioned_gradient(G: jax.Array, C: jax.Array, precond: Preconditioner) -> jax.Array:
+    """The preconditioned embedding gradient: ``G P(C)``, or ``Π₊ G P(C) + Π₋ G`` for
+    ``precond.part == "invariant"`` (``Π± = (I ± Z)/2``, ``Z`` swapping the views of each pair).
+
+    Args:
+      G: ``(2n, d)`` gradient ``∇_F L`` in the pairing order.
+      C: ``(d, d)`` cross-correlation ``Fᵀ Z F/(2n)`` of the same embeddings.
+      precond: :class:`Preconditioner`.
+
+    Returns:
+      ``(2n, d)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> G = jnp.array([[1.0], [0.0]])                 # one pair, d = 1
+        >>> pc = Preconditioner(eps=1.0, part="invariant")  # P(1) = 1/(1 + ε) = 1/2
+        >>> preconditioned_gradient(G, jnp.ones((1, 1)), pc).ravel().tolist()
+        [0.75, -0.25]
+    """
+    P = precondition_matrix(C, precond).astype(G.dtype)
+    if precond.part == "all":
+        return G @ P
+    mean = 0.5 * (G + swap_pairs(G))
+    return mean @ P + (G - mean)
 
 
 def _logit(lam):
@@ -264,7 +310,9 @@ def preconditioned_stable_step(gammas: jax.Array, precond: Preconditioner) -> fl
     ``4 c γ_1 p(1) < 1``; while a direction of ``C`` is still unlearned (``λ ≈ 0``) the
     decaying modes (``γ < 0``) shrink by ``1 − 4c|γ| p(0)`` per step, which needs
     ``4 c |γ_min| p(0) < 2``. So ``c_max = min(1/(4γ_1 p(1)), 1/(2|γ_min| p(0)))``
-    (the second only when some ``γ < 0``).
+    (the second only when some ``γ < 0``). For the invariant part (``precond.part``) the
+    decaying modes keep the plain rate, ``p(0)`` replaced by 1: exact where ``K`` commutes
+    with the pair swap ``Z`` (see the module docstring).
 
     Args:
       gammas: ``(N,)`` all contrastive eigenvalues (descending).
@@ -281,7 +329,7 @@ def preconditioned_stable_step(gammas: jax.Array, precond: Preconditioner) -> fl
     precond = _check_pc(precond)
     g = np.asarray(gammas, np.float64)
     p1 = float(precondition_factor(jnp.asarray(1.0), precond))
-    p0 = float(precondition_factor(jnp.asarray(0.0), precond))
+    p0 = float(precondition_factor(jnp.asarray(0.0), precond)) if precond.part == "all" else 1.0
     limit = 1.0 / (4.0 * g.max() * p1)
     if g.min() < 0:
         limit = min(limit, 1.0 / (2.0 * abs(g.min()) * p0))

@@ -7,7 +7,10 @@ so records, divergence checks and plots are unchanged) and
 
 ``P = precond`` (:class:`stepwise_ntk.theory.Preconditioner`) evaluated on the current
 embeddings and treated as a constant (a stop-gradient on the ``d × d`` factor): a
-``jax.custom_vjp`` identity on ``F`` multiplies the incoming cotangent by ``P(C)``. The
+``jax.custom_vjp`` identity on ``F`` multiplies the incoming cotangent by ``P(C)``
+(for ``precond.part == "invariant"`` only its pair mean,
+:func:`stepwise_ntk.theory.preconditioned_gradient`; the rows must then be in the pairing
+order, as the loss's). The
 chain rule then gives the parameter gradient ``J_θᵀ ∇_F L · P(C)``, so gradient descent on
 any network follows ``dF/dt ≈ −K ∇_F L · P(C)`` in the kernel regime (the flow of
 :func:`stepwise_ntk.solver.solve_preconditioned`). It is a plain loss callable, so
@@ -38,7 +41,7 @@ import jax
 
 from stepwise_ntk._checks import check_type
 from stepwise_ntk.losses import cross_correlation, resolve_loss
-from stepwise_ntk.theory import Preconditioner, precondition_matrix
+from stepwise_ntk.theory import Preconditioner, preconditioned_gradient
 
 __all__ = ["PreconditionedLoss", "preconditioned_loss"]
 
@@ -53,8 +56,7 @@ def _fwd(precond, F):
 
 
 def _bwd(precond, F, g):
-    P = jax.lax.stop_gradient(precondition_matrix(cross_correlation(F), precond))
-    return (g @ P.astype(g.dtype),)
+    return (preconditioned_gradient(g, jax.lax.stop_gradient(cross_correlation(F)), precond),)
 
 
 _precondition_cotangent.defvjp(_fwd, _bwd)
