@@ -111,17 +111,18 @@ def _swap(N):
 
 @pytest.mark.parametrize("part", ["all", "invariant"])
 def test_preconditioned_gradient_against_numpy(part):
-    # all: G P; invariant: Π₊ G P + Π₋ G with Π± = (I ± Z)/2 built as dense matrices.
+    # all: G P; invariant: Π₊ G P + Π₋ G min(P, I) with Π± = (I ± Z)/2 built as dense
+    # matrices. C has eigenvalues on both sides of 1 − ε, so min(P, I) differs from P and I.
     rng = np.random.default_rng(3)
     G = rng.normal(size=(10, 3))
-    A = rng.normal(size=(3, 3))
-    C = (A + A.T) / 4
+    w, V = np.array([-0.3, 0.2, 2.5]), np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    C = V @ np.diag(w) @ V.T
     pc = Preconditioner("power", eps=0.1, power=1.5, part=part)
-    w, V = np.linalg.eigh(C)
-    P = V @ np.diag((np.maximum(w, 0) + 0.1) ** -1.5) @ V.T
+    p = (np.maximum(w, 0) + 0.1) ** -1.5
+    P, Q = V @ np.diag(p) @ V.T, V @ np.diag(np.minimum(p, 1)) @ V.T
     Z = _swap(10)
     plus, minus = (np.eye(10) + Z) / 2, (np.eye(10) - Z) / 2
-    ref = G @ P if part == "all" else plus @ G @ P + minus @ G
+    ref = G @ P if part == "all" else plus @ G @ P + minus @ G @ Q
     got = np.asarray(preconditioned_gradient(jnp.asarray(G), jnp.asarray(C), pc))
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
 
@@ -287,18 +288,19 @@ def test_preconditioned_stable_step_decaying_modes():
 @pytest.mark.parametrize("part", ["all", "invariant"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_preconditioned_loss_gradient(name, part):
-    # Value unchanged; gradient = ∇L · P(C) (invariant: Π₊ ∇L P + Π₋ ∇L) with P from a
-    # float64 numpy eigendecomposition.
+    # Value unchanged; gradient = ∇L · P(C) (invariant: Π₊ ∇L P + Π₋ ∇L min(P, I)) with P
+    # from a float64 numpy eigendecomposition.
     F = 0.3 * jax.random.normal(jax.random.key(2), (12, 3))
     pc = Preconditioner("inverse", eps=0.05, part=part)
     L = preconditioned_loss(name, pc)
     assert float(L(F)) == pytest.approx(float(LOSSES[name](F)), rel=1e-12)
     C = np.asarray(cross_correlation(F))
     w, V = np.linalg.eigh(C)
-    P = V @ np.diag(1 / (np.maximum(w, 0) + 0.05)) @ V.T
+    p = 1 / (np.maximum(w, 0) + 0.05)
+    P, Q = V @ np.diag(p) @ V.T, V @ np.diag(np.minimum(p, 1)) @ V.T
     G = np.asarray(jax.grad(LOSSES[name])(F))
     mean = (G + _swap(12) @ G) / 2
-    ref = G @ P if part == "all" else mean @ P + (G - mean)
+    ref = G @ P if part == "all" else mean @ P + (G - mean) @ Q
     np.testing.assert_allclose(np.asarray(jax.grad(L)(F)), ref, rtol=1e-9, atol=1e-12)
     assert np.allclose(np.asarray(jax.grad(preconditioned_loss(name, Preconditioner("none")))(F)),
                        np.asarray(jax.grad(LOSSES[name])(F)))

@@ -19,9 +19,13 @@ time (``λ = 1/2``) is ``t_½ = [ε ln(1/(2λ_0)) + (1 + ε) ln(2 (1 − λ_0))]
 ≈ ``(ε ln(1/λ_0) + ln 2)/(8γ)`` (plain: ``ln(1/λ_0 − 1)/(8γ)``). Other powers use a
 128-point Gauss–Legendre rule on the smooth integrand.
 
-*The invariant part.* ``Preconditioner(part="invariant")`` multiplies only the pair mean
-of the gradient, ``G̃ = Π₊ G P(C) + Π₋ G`` with ``Π± = (I ± Z)/2`` (:func:`preconditioned_gradient`):
-the part that moves both views of a pair alike. Where ``K`` commutes with ``Z``
+*The invariant part.* ``Preconditioner(part="invariant")`` boosts only the pair mean of
+the gradient, ``G̃ = Π₊ G P(C) + Π₋ G min(P(C), I)`` with ``Π± = (I ± Z)/2``
+(:func:`preconditioned_gradient`): the part that moves both views of a pair alike. (The
+pair difference still gets ``P`` where ``P < I``, in the learned directions ``λ > 1 − ε``:
+left at ``I`` there, the difference part would push the mean part, through the kernel's
+coupling of the two, against a restoring force that ``P`` weakens, and from a large ``C``
+the flow runs away.) Where ``K`` commutes with ``Z``
 (``K_aa = K_bb``, ``K_ab = K_ba``: a kernel symmetric in the two views, the limit of many
 augmentations) every contrastive mode lies in one of the two parts, the growing ones
 (``γ > 0``) in ``Π₊`` and the decaying ones (``γ < 0``) in ``Π₋``, so the growing modes
@@ -29,7 +33,8 @@ follow the law above and the decaying ones keep the plain flow, whose rates are 
 limits gradient descent's step (:func:`preconditioned_stable_step`).
 
 * :func:`precondition_factor` / :func:`precondition_matrix`: ``p(λ)`` and ``P(C)``.
-* :func:`preconditioned_gradient`: ``G P(C)``, or ``Π₊ G P(C) + Π₋ G`` for the invariant part.
+* :func:`preconditioned_gradient`: ``G P(C)``, or ``Π₊ G P(C) + Π₋ G min(P(C), I)`` for the
+  invariant part.
 * :func:`preconditioned_time`: ``t(λ_0 → λ)`` above.
 * :func:`preconditioned_step_times`: ``t_½`` per mode from ``F0`` (the analogue of
   :func:`stepwise_ntk.theory.step_times`).
@@ -163,8 +168,13 @@ def precondition_matrix(C: jax.Array, precond: Preconditioner) -> jax.Array:
 
 
 def preconditioned_gradient(G: jax.Array, C: jax.Array, precond: Preconditioner) -> jax.Array:
-    """The preconditioned embedding gradient: ``G P(C)``, or ``Π₊ G P(C) + Π₋ G`` for
-    ``precond.part == "invariant"`` (``Π± = (I ± Z)/2``, ``Z`` swapping the views of each pair).
+    """The preconditioned embedding gradient: ``G P(C)``, or for ``precond.part == "invariant"``
+
+        Π₊ G P(C) + Π₋ G min(P(C), I)
+
+    (``Π± = (I ± Z)/2``, ``Z`` swapping the views of each pair; ``min(P, I)`` applies
+    ``min(p(λ), 1)`` to the eigenvalues of ``C``): the pair mean is preconditioned, the pair
+    difference never boosted (see the module docstring).
 
     Args:
       G: ``(2n, d)`` gradient ``∇_F L`` in the pairing order.
@@ -177,15 +187,24 @@ def preconditioned_gradient(G: jax.Array, C: jax.Array, precond: Preconditioner)
     Example:
         >>> import jax.numpy as jnp
         >>> G = jnp.array([[1.0], [0.0]])                 # one pair, d = 1
-        >>> pc = Preconditioner(eps=1.0, part="invariant")  # P(1) = 1/(1 + ε) = 1/2
-        >>> preconditioned_gradient(G, jnp.ones((1, 1)), pc).ravel().tolist()
-        [0.75, -0.25]
+        >>> pc = Preconditioner(eps=1.0, part="invariant")
+        >>> preconditioned_gradient(G, jnp.zeros((1, 1)), pc).ravel().tolist()   # P(0) = 1/ε = 1
+        [1.0, 0.0]
+        >>> preconditioned_gradient(G, jnp.ones((1, 1)), pc).ravel().tolist()    # P(1) = 1/2
+        [0.5, 0.0]
+        >>> pc = Preconditioner(eps=0.5, part="invariant")                     # P(0) = 2
+        >>> preconditioned_gradient(G, jnp.zeros((1, 1)), pc).ravel().tolist()
+        [1.5, 0.5]
     """
-    P = precondition_matrix(C, precond).astype(G.dtype)
-    if precond.part == "all":
-        return G @ P
+    precond = _check_pc(precond)
+    if precond.part == "all" or precond.form == "none":
+        return G @ precondition_matrix(C, precond).astype(G.dtype)
+    C = jnp.asarray(C)
+    lam, V = jnp.linalg.eigh((C + C.T) / 2)
+    p = precondition_factor(lam, precond)
+    V = V.astype(G.dtype)
     mean = 0.5 * (G + swap_pairs(G))
-    return mean @ P + (G - mean)
+    return ((mean @ V) * p.astype(G.dtype)) @ V.T + (((G - mean) @ V) * jnp.minimum(p, 1.0).astype(G.dtype)) @ V.T
 
 
 def _logit(lam):

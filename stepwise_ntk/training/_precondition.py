@@ -8,7 +8,7 @@ so records, divergence checks and plots are unchanged) and
 ``P = precond`` (:class:`stepwise_ntk.theory.Preconditioner`) evaluated on the current
 embeddings and treated as a constant (a stop-gradient on the ``d × d`` factor): a
 ``jax.custom_vjp`` identity on ``F`` multiplies the incoming cotangent by ``P(C)``
-(for ``precond.part == "invariant"`` only its pair mean,
+(for ``precond.part == "invariant"`` boosting only its pair mean,
 :func:`stepwise_ntk.theory.preconditioned_gradient`; the rows must then be in the pairing
 order, as the loss's). The
 chain rule then gives the parameter gradient ``J_θᵀ ∇_F L · P(C)``, so gradient descent on
