@@ -283,6 +283,9 @@ def test_preconditioned_stable_step_decaying_modes():
     # The invariant part leaves the decaying modes at the plain rate: min(1.01/4, 1/0.4).
     assert preconditioned_stable_step(g, Preconditioner("inverse", eps=1e-2, part="invariant")) == \
         pytest.approx(0.2525)
+    # ε > 1: p(0) = 1/ε < 1 slows the difference part too, min(1/(4γ1 p(1)), ε/0.4) = min(0.75, 5).
+    assert preconditioned_stable_step(g, Preconditioner("inverse", eps=2.0, part="invariant")) == \
+        pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("part", ["all", "invariant"])

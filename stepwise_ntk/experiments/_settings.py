@@ -274,7 +274,7 @@ class PreconditionerFlags:
     part: str = dataclasses.field(
         default="all",
         metadata={"help": "the part of the embedding gradient P(C) multiplies: all, or invariant (the mean "
-                          "over the two views of each pair; the pair difference keeps the plain gradient)",
+                          "over the two views of each pair; the pair difference gets min(P, I), never a boost)",
                   "choices": PRECONDITIONER_PARTS},
     )
 

@@ -100,8 +100,8 @@ class Preconditioner:
         ``C = I`` is slowed by ``(1 + ε)^(−k)``.
       power: ``k > 0`` for ``form="power"`` (ignored otherwise).
       part: which part of the embedding gradient ``P`` multiplies: ``"all"`` of it, or
-        ``"invariant"``, its pair mean (the pair difference keeps the plain gradient; see
-        the module docstring and :func:`preconditioned_gradient`).
+        ``"invariant"``, its pair mean (the pair difference gets ``min(P, I)``, never a
+        boost; see the module docstring and :func:`preconditioned_gradient`).
 
     Example:
         >>> Preconditioner(form="inverse", eps=1e-2).exponent
@@ -330,7 +330,7 @@ def preconditioned_stable_step(gammas: jax.Array, precond: Preconditioner) -> fl
     decaying modes (``γ < 0``) shrink by ``1 − 4c|γ| p(0)`` per step, which needs
     ``4 c |γ_min| p(0) < 2``. So ``c_max = min(1/(4γ_1 p(1)), 1/(2|γ_min| p(0)))``
     (the second only when some ``γ < 0``). For the invariant part (``precond.part``) the
-    decaying modes keep the plain rate, ``p(0)`` replaced by 1: exact where ``K`` commutes
+    decaying modes get ``min(p(0), 1)`` in place of ``p(0)``: exact where ``K`` commutes
     with the pair swap ``Z`` (see the module docstring).
 
     Args:
@@ -348,7 +348,9 @@ def preconditioned_stable_step(gammas: jax.Array, precond: Preconditioner) -> fl
     precond = _check_pc(precond)
     g = np.asarray(gammas, np.float64)
     p1 = float(precondition_factor(jnp.asarray(1.0), precond))
-    p0 = float(precondition_factor(jnp.asarray(0.0), precond)) if precond.part == "all" else 1.0
+    p0 = float(precondition_factor(jnp.asarray(0.0), precond))
+    if precond.part == "invariant":
+        p0 = min(p0, 1.0)
     limit = 1.0 / (4.0 * g.max() * p1)
     if g.min() < 0:
         limit = min(limit, 1.0 / (2.0 * abs(g.min()) * p0))
