@@ -192,6 +192,7 @@ def test_kernel_precondition_power_form(tmp_path, cifar_dir):
     assert cli.main(["kernel", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
     pc = json.loads((out / "results.json").read_text())["precondition"]
     assert pc["preconditioner"] == "(C+0.01I)^-0.5" and (out / "precondition.png").exists()
+    assert (pc["form"], pc["power"], pc["part"]) == ("power", 0.5, "all")
     assert pc["closed_form_time_speedup"] > 1 and pc["step_time_median_relative_error"] < 0.1
 
 
