@@ -297,26 +297,32 @@ class _EigenPrep(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("rows",))
-def _eigen_prepare(es, row_max, F0, rows):
+def _eigen_prepare(es, row_max, F0, rows, B0=None):
     """The truncation's data (:class:`_EigenPrep`); ``row_max = max_i Σ_k |K_ik|``.
 
     ``rows``: the leading rows of ``es.vectors`` that are not all zero (``2n``, or fewer for
     a low-rank eigensystem), so ``B0 = L⁻¹ F0`` is needed only there (``L`` is triangular);
-    a low-rank eigensystem has no modes left out, so its ``W_rest`` and ``Q_rest`` go unused.
+    ``B0``: those rows if the caller has them already. ``W_rest`` and ``Q_rest`` weigh the
+    modes left out, so they are computed for a partial eigensystem only (``residuals`` not
+    None); a full or low-rank one has ``rest = 0``, which zeroes their terms.
     """
     with jax.default_matmul_precision("highest"):
         L, P, g = es.factor, es.vectors, es.gammas
         N = L.shape[0]
-        B0 = jax.scipy.linalg.solve_triangular(L[:rows, :rows], F0[:rows], lower=True)
+        if B0 is None:
+            B0 = jax.scipy.linalg.solve_triangular(L[:rows, :rows], F0[:rows], lower=True)
         M0 = (P[:rows].T @ B0).T
-        # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
-        n = N // 2
-        HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
-        R = HB0 - P @ (g[:, None] * M0.T)
-        W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
         L_norm = jnp.sqrt(row_max + es.jitter)
-    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm,
-                      W_rest=W_rest, Q_rest=jnp.sum(jnp.square(R)))
+        zero = jnp.zeros((), F0.dtype)
+        W_rest, Q_rest = zero, zero
+        if es.residuals is not None:
+            # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
+            n = N // 2
+            HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
+            R = HB0 - P @ (g[:, None] * M0.T)
+            W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
+            Q_rest = jnp.sum(jnp.square(R))
+    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm, W_rest=W_rest, Q_rest=Q_rest)
 
 
 def _rest_bounds(xp, g_rest, W_rest, Q_rest, E):
@@ -879,20 +885,20 @@ def _low_rank_prep(row_max, F0, L, tau, tol, accuracy):
     if 3 * columns.size > 2 * N:
         return None
     rows = int(columns[-1]) + 1
-    outside, norm = _outside_columns(L, F0, jnp.asarray(columns, jnp.int32), rows)
+    outside, norm, B = _outside_columns(L, F0, jnp.asarray(columns, jnp.int32), rows)
     if float(outside) > accuracy / 100.0 * float(norm):
         return None
-    return _eigen_prepare(contrastive_eigensystem_from_factor(L, tau, columns=columns), row_max, F0, rows)
+    return _eigen_prepare(contrastive_eigensystem_from_factor(L, tau, columns=columns), row_max, F0, rows, B)
 
 
 @functools.partial(jax.jit, static_argnames=("rows",))
 def _outside_columns(L, F0, columns, rows):
-    """``(‖F0 − L_S B_S‖_F, ‖F0‖_F)`` with ``B = L⁻¹ F0``: the part of ``F0`` that the
-    columns ``S`` of ``L`` (all below ``rows``) do not carry (``L_D B_D``)."""
+    """``(‖F0 − L_S B_S‖_F, ‖F0‖_F, B)`` with ``B = L⁻¹ F0`` on the leading ``rows``: the part
+    of ``F0`` that the columns ``S`` of ``L`` (all below ``rows``) do not carry (``L_D B_D``)."""
     with jax.default_matmul_precision("highest"):
         B = jax.scipy.linalg.solve_triangular(L[:rows, :rows], F0[:rows], lower=True)
         rest = F0 - L[:, columns] @ B[columns]
-    return jnp.sqrt(jnp.sum(jnp.square(rest))), jnp.sqrt(jnp.sum(jnp.square(F0)))
+    return jnp.sqrt(jnp.sum(jnp.square(rest))), jnp.sqrt(jnp.sum(jnp.square(F0))), B
 
 
 def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev):
