@@ -16,6 +16,8 @@ BAD = [
     (["--kernel-part", "false"], "nothing to run"),
     (["--part", "invariant"], "--kernel-part false"),
     (["--part", "mean"], "--part"),
+    (["--net-seeds", "0"], "--net-seeds"),
+    (["--kernel-part", "false", "--net-losses", "simclr", "--seed", "4294967295", "--net-seeds", "2"], "--net-seeds"),
 ]
 
 
@@ -218,13 +220,16 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
              "--net-pairs", "16", "--net-test", "8", "--net-width", "64", "--net-d", "2", "--net-doublings", "2",
              "--net-max-steps", "60", "--no-progress"]
     assert cli.main(["precondition", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
-    runs = {r["loss"]: r for r in json.loads((out / "results.json").read_text())["networks"]["runs"]}
+    net = json.loads((out / "results.json").read_text())["networks"]
+    assert net["seeds"] == [0] and [r["seed"] for r in net["runs"]] == [0, 0]
+    runs = {r["loss"]: r for r in net["runs"]}
     # Barlow Twins' reference is the level 1 itself, so the two criteria are one.
     for name in ("plain", "preconditioned"):
         for t in runs["barlow_twins"][name]["tried"]:
             assert t["steps_to_pass_half"] == t["steps_to_pass"]
-    # A run is stable when it neither diverges nor overshoots more than twice its flow (the
-    # search's own record); the flow's overshoot over any run's horizon is at most its largest.
+    # A run is stable when it neither diverges, nor ends above its initial loss, nor
+    # overshoots more than twice its flow (the search's own record); the flow's overshoot
+    # over any run's horizon is at most its largest.
     from stepwise_ntk.experiments._precondition import OVERSHOOT_LIMIT
 
     for r in runs.values():
@@ -232,7 +237,9 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
             whole = OVERSHOOT_LIMIT * max(1.0, r["flow_overshoot"][name])
             for t in r[name]["tried"]:
                 assert OVERSHOOT_LIMIT <= t["overshoot_limit"] <= whole + 1e-12
-                assert t["stable"] == (not t["diverged"] and t["overshoot"] <= t["overshoot_limit"])
+                assert t["loss_rose"] == (not t["diverged"] and t["final_loss"] > t["initial_loss"])
+                assert t["stable"] == (not t["diverged"] and not t["loss_rose"]
+                                       and t["overshoot"] <= t["overshoot_limit"])
     # VICReg's reference is the plain run's final eigenvalues; the level-1/2 count is its own.
     v = runs["vicreg"]
     np.testing.assert_allclose(v["pass_reference"], v["plain"]["final_eigenvalues"])
@@ -246,6 +253,38 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
     for r in runs.values():
         if "probe_accuracy_change_points" in r:
             assert r["probe_accuracy_change_se_points"] >= 0
+
+
+def test_seed_summary_against_numpy_and_table():
+    import numpy as np
+
+    from stepwise_ntk.experiments._precondition import _net_table, seed_summary
+
+    rng = np.random.default_rng(0)
+    speed = {"barlow_twins": [4.0, 2.5, 9.0], "vicreg": [3.0, None, 12.0]}
+    change, se = rng.normal(size=(2, 3)), rng.uniform(0.5, 2.0, size=(2, 3))
+    runs = []
+    for seed in range(3):
+        for i, loss in enumerate(speed):
+            runs.append({"seed": 10 + seed, "loss": loss, "alpha": 0.05,
+                         "step_speedup_at_largest_stable": speed[loss][seed],
+                         "step_speedup_half_at_largest_stable": speed[loss][seed],
+                         "probe_accuracy_change_points": change[i, seed],
+                         "probe_accuracy_change_se_points": se[i, seed],
+                         "step_speedup_best": None, "plain": {}, "preconditioned": {}})
+    bt, vic = seed_summary(runs)
+    assert (bt["loss"], bt["seeds"], vic["loss"]) == ("barlow_twins", [10, 11, 12], "vicreg")
+    assert bt["step_speedup_min"] == 2.5
+    np.testing.assert_allclose(bt["step_speedup_geomean"], 90.0 ** (1 / 3), rtol=1e-12)
+    # A seed without a stable run leaves no smallest or mean speed-up (it would hide the failure).
+    assert vic["step_speedup_min"] is None and vic["step_speedup_geomean"] is None
+    for r, i in ((bt, 0), (vic, 1)):
+        np.testing.assert_allclose(r["probe_change_mean_points"], change[i].mean(), rtol=1e-12)
+        np.testing.assert_allclose(r["probe_change_mean_se_points"], np.sqrt((se[i] ** 2).mean() / 3), rtol=1e-12)
+        np.testing.assert_allclose(r["probe_change_seed_sd_points"], change[i].std(ddof=1), rtol=1e-12)
+    table = "\n".join(_net_table({"seeds": [10, 11, 12], "runs": runs, "summary": [bt, vic]}))
+    assert "Networks over seeds 10, 11, 12" in table and "| vicreg | 0.05 | 3.00, –, 12.00 | – | – |" in table
+    assert table.count("| barlow_twins |") == 4  # three seeds' rows and the summary
 
 
 def test_overshoot_is_relative_to_the_start_and_the_end_level():

@@ -49,7 +49,7 @@ from stepwise_ntk.experiments._kernel_model import ExperimentSettings, load_prob
 from stepwise_ntk.experiments._linear import flatten_scaled
 from stepwise_ntk.experiments._network import ARCH_DEFAULTS, LOSS_SETTINGS, per_arch_help
 from stepwise_ntk.experiments._run_dir import RunDir
-from stepwise_ntk.experiments._settings import PreconditionerFlags, check_settings
+from stepwise_ntk.experiments._settings import SEED_MAX, PreconditionerFlags, check_settings
 from stepwise_ntk.kernels import ARCHITECTURES
 from stepwise_ntk.losses import LOSSES
 from stepwise_ntk.predictor import (
@@ -86,6 +86,7 @@ __all__ = [
     "overshoot",
     "precondition_overlay",
     "run_precondition",
+    "seed_summary",
     "steps_to_pass",
 ]
 
@@ -151,6 +152,10 @@ class PreconditionSettings(PreconditionerFlags, ExperimentSettings):
     )
     net_doublings: int = dataclasses.field(default=7, metadata={"help": "step sizes tried: c_0·2^k", "min": 1})
     net_max_steps: int = dataclasses.field(default=3000, metadata={"help": "gradient steps per run", "min": 10})
+    net_seeds: int = dataclasses.field(
+        default=1, metadata={"help": "repeat the network part at seeds seed, seed+1, ... (each its own images, "
+                                     "views and initialisation); the table adds the mean over seeds", "min": 1}
+    )
 
     def __post_init__(self):
         check_settings(self)  # net_arch first: the defaults are looked up by it
@@ -160,6 +165,9 @@ class PreconditionSettings(PreconditionerFlags, ExperimentSettings):
             raise ValueError(f"--part {self.part} applies to the network part only (the kernel model's gradient "
                              f"descent runs in the contrastive eigenbasis, where P(C) multiplies the whole "
                              f"gradient): add --kernel-part false.")
+        if self.seed + self.net_seeds - 1 > SEED_MAX:
+            raise ValueError(f"--seed {self.seed} with --net-seeds {self.net_seeds} runs past the largest seed "
+                             f"{SEED_MAX}: lower --seed.")
         a = ARCH_DEFAULTS[self.net_arch]
         for name, value in (("net_width", a.width), ("net_pairs", a.n_pairs), ("net_test", a.n_test),
                             ("net_downsample", a.downsample), ("net_alphas", (a.alpha, 1.0)),
@@ -513,14 +521,22 @@ def _flow(K, n, F0, loss, kw, pc, horizon: float, t0: float, n_times: int = 300,
     return times, np.asarray(traj.eigenvalues)
 
 
-def _stability(res, flow, horizon: float) -> tuple[bool, float | None, float]:
-    """``(finite, overshoot, limit)`` of a network run judged against its kernel flow
-    (:func:`_flow`, None: no flow) over the run's effective time ``horizon``; the overshoot
-    is None for a run that is not finite. The run is stable iff finite and overshoot ≤ limit."""
+def _stability(res, flow, horizon: float) -> tuple[bool, bool, float | None, float]:
+    """``(finite, loss_rose, overshoot, limit)`` of a network run judged against its kernel
+    flow (:func:`_flow`, None: no flow) over the run's effective time ``horizon``; the
+    overshoot is None for a run that is not finite. The run is stable iff finite, its final
+    loss is not above its initial one, and overshoot ≤ limit.
+
+    The loss check catches a run that blows up late without overflowing: gradient descent
+    past its stable step can leave the flow's regime after the modes have stepped, and its
+    loss then ends orders of magnitude above where it began (while ``C``'s top eigenvalue
+    grows with it, so the overshoot relative to the end level stays small)."""
     finite = res.diverged_at is None and bool(np.isfinite(res.loss).all())
+    loss = np.asarray(res.loss, np.float64)
+    rose = finite and bool(loss[-1] > loss[0])
     peak = overshoot(res.eigenvalues) if finite else None
     flow_peak = 1.0 if flow is None else flow_overshoot(*flow, horizon)
-    return finite, peak, OVERSHOOT_LIMIT * max(1.0, flow_peak)
+    return finite, rose, peak, OVERSHOOT_LIMIT * max(1.0, flow_peak)
 
 
 def _ratio(a, b):
@@ -583,14 +599,17 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         res = train(arch, cfg, views32, test_views=test32, init_params=init.params, progress=False)
-                    finite, peak, limit = _stability(res, flow, c * s.net_max_steps)
+                    finite, rose, peak, limit = _stability(res, flow, c * s.net_max_steps)
                     peak = float("inf") if peak is None else peak
-                    ok = finite and peak <= limit
+                    ok = finite and not rose and peak <= limit
                     if progress:
-                        state = "ok" if ok else ("diverged" if not finite else f"overshoot {peak:.3g} > {limit:.3g}")
+                        state = ("ok" if ok else "diverged" if not finite else
+                                 f"loss rose to {float(res.loss[-1]):.3g}" if rose else
+                                 f"overshoot {peak:.3g} > {limit:.3g}")
                         print(f"  network {loss} α={alpha:g} {name}: c = {c:.4g} {state}", flush=True)
-                    return {"step_size": c, "stable": ok, "diverged": not finite, "overshoot": peak,
-                            "overshoot_limit": limit, "final_loss": float(res.loss[-1]), "_res": res}
+                    return {"step_size": c, "stable": ok, "diverged": not finite, "loss_rose": rose,
+                            "overshoot": peak, "overshoot_limit": limit, "initial_loss": float(res.loss[0]),
+                            "final_loss": float(res.loss[-1]), "_res": res}
 
                 searches[name] = _largest_stable(run, c0, s.net_doublings)
             row["flow_overshoot"] = flow_peaks
@@ -637,6 +656,70 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
             results["runs"].append(row)
     results["_curves"] = curves
     return results
+
+
+def _net_seeds(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
+    """The network part at seeds ``s.seed … s.seed + s.net_seeds − 1``: every row of every
+    seed under ``runs`` (with its ``seed``), each seed's problem under ``per_seed``, and the
+    rows' :func:`seed_summary`; the curves (figure) are the first seed's."""
+    seeds = [s.seed + k for k in range(s.net_seeds)]
+    per_seed, runs, curves = [], [], None
+    for seed in seeds:
+        if progress and len(seeds) > 1:
+            print(f"network part, seed {seed}", flush=True)
+        r = _net_part(dataclasses.replace(s, seed=seed), progress)
+        seed_curves = r.pop("_curves")
+        curves = seed_curves if curves is None else curves
+        runs += [{"seed": seed, **row} for row in r.pop("runs")]
+        per_seed.append({"seed": seed, **r})
+    return {"seeds": seeds, "per_seed": per_seed, "runs": runs, "summary": seed_summary(runs), "_curves": curves}
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Step speed-ups and probe changes of the network rows, gathered over seeds per (loss, α).
+
+    For each ``(loss, alpha)`` (first-seen order) the per-seed lists of
+    ``step_speedup_at_largest_stable``, ``step_speedup_half_at_largest_stable`` and
+    ``probe_accuracy_change_points`` (None where a run had no stable step or never passed),
+    the smallest and the geometric mean speed-up (None unless every seed has one), and the
+    mean probe change ``Δ̄ = Σ_k Δ_k / m`` with its standard error over held-out images
+    ``sqrt(Σ_k SE_k²) / m`` (the seeds' images and trainings are independent) and the
+    seeds' sample standard deviation (``m ≥ 2``).
+
+    Example:
+        >>> rows = [{"loss": "simclr", "alpha": 0.05, "step_speedup_at_largest_stable": a,
+        ...          "step_speedup_half_at_largest_stable": a, "probe_accuracy_change_points": p,
+        ...          "probe_accuracy_change_se_points": 1.0} for a, p in ((2.0, -1.0), (8.0, 0.0))]
+        >>> r = seed_summary(rows)[0]
+        >>> r["step_speedup_min"], r["step_speedup_geomean"], r["probe_change_mean_points"]
+        (2.0, 4.0, -0.5)
+        >>> round(r["probe_change_mean_se_points"], 4)
+        0.7071
+    """
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in runs:
+        groups.setdefault((row["loss"], row["alpha"]), []).append(row)
+    out = []
+    for (loss, alpha), rows in groups.items():
+        speed = [r.get("step_speedup_at_largest_stable") for r in rows]
+        change = [r.get("probe_accuracy_change_points") for r in rows]
+        se = [r.get("probe_accuracy_change_se_points") for r in rows]
+        entry = {"loss": loss, "alpha": alpha, "seeds": [r.get("seed") for r in rows],
+                 "step_speedup": speed,
+                 "step_speedup_half": [r.get("step_speedup_half_at_largest_stable") for r in rows],
+                 "step_speedup_min": None, "step_speedup_geomean": None,
+                 "probe_change_points": change, "probe_change_mean_points": None,
+                 "probe_change_mean_se_points": None, "probe_change_seed_sd_points": None}
+        if all(v is not None for v in speed):
+            entry["step_speedup_min"] = float(min(speed))
+            entry["step_speedup_geomean"] = float(np.exp(np.mean(np.log(speed))))
+        if all(v is not None for v in change):
+            m = len(change)
+            entry["probe_change_mean_points"] = float(np.mean(change))
+            entry["probe_change_mean_se_points"] = float(np.sqrt(np.sum(np.square(se))) / m)
+            entry["probe_change_seed_sd_points"] = float(np.std(change, ddof=1)) if m > 1 else None
+        out.append(entry)
+    return out
 
 
 # ------------------------------------------------------------------------------ network --precondition
@@ -686,9 +769,10 @@ def network_precondition_overlay(
 
     The network is retrained from the plain run's initialisation with
     :func:`stepwise_ntk.training.preconditioned_loss` (``P`` = ``s.preconditioner()``) at
-    the plain run's step ``c``, the same number of steps, batches and views; if it diverges
-    or overshoots more than twice its kernel flow (the rule of the ``precondition`` search,
-    :func:`flow_overshoot`), at ``c/2``, ``c/4``, ``c/8`` (each try is recorded). Its kernel model is the
+    the plain run's step ``c``, the same number of steps, batches and views; if it diverges,
+    ends above its initial loss or overshoots more than twice its kernel flow (the rule of
+    the ``precondition`` search, :func:`flow_overshoot`), at ``c/2``, ``c/4``, ``c/8`` (each
+    try is recorded). Its kernel model is the
     preconditioned flow on the plain run's kernel ``K = α² Θ`` from the same ``F0``
     (:func:`stepwise_ntk.solver.solve_preconditioned`). Writes ``precondition.png`` (loss and
     eigenvalues against gradient steps: plain dashed, preconditioned solid, kernel flows
@@ -719,8 +803,9 @@ def network_precondition_overlay(
     lr_plain = cfg.learning_rate
     solver_kw = {} if solver_settings is None else {"settings": solver_settings}
 
-    # The stability rule of `precondition`'s search: finite, and an overshoot within
-    # OVERSHOOT_LIMIT times the kernel flow's own over the run's effective time.
+    # The stability rule of `precondition`'s search: finite, a final loss not above the
+    # initial one, and an overshoot within OVERSHOOT_LIMIT times the kernel flow's own over
+    # the run's effective time.
     with out.phase("preconditioned kernel flow over the plain run's horizon (its overshoot)"):
         horizon_flow = _flow(pred.K, n, problem.init.F0, s.loss, kw, pc, lr_plain * steps, lr_plain * 1e-3,
                              s.n_times, **solver_kw)
@@ -730,13 +815,15 @@ def network_precondition_overlay(
         with out.phase(f"preconditioned {pc.describe()} network, c = {c:.4g}, {steps} steps"):
             res = train(arch, dataclasses.replace(cfg, loss=loss, learning_rate=c / s.alpha**2, steps=steps), views,
                         test_views=test_views, init_params=problem.init.params, progress=progress, **fresh)
-        finite, peak, limit = _stability(res, horizon_flow, (c / s.alpha**2) * steps)
-        tries.append({"step_size": c, "diverged_at": res.diverged_at, "overshoot": peak, "overshoot_limit": limit})
-        if finite and peak <= limit:
+        finite, rose, peak, limit = _stability(res, horizon_flow, (c / s.alpha**2) * steps)
+        tries.append({"step_size": c, "diverged_at": res.diverged_at, "loss_rose": rose, "overshoot": peak,
+                      "overshoot_limit": limit})
+        if finite and not rose and peak <= limit:
             break
     else:
         raise RunFailedError(
-            f"the preconditioned network ({pc.describe()}) diverged or overshot its kernel flow at every step size "
+            f"the preconditioned network ({pc.describe()}) diverged, ended above its initial loss or overshot its "
+            f"kernel flow at every step size "
             f"from c = {c_plain:.4g} to c/{2**_NETWORK_HALVINGS}; raise --eps or lower --rate.")
     train_seconds = time.perf_counter() - t0
 
@@ -934,14 +1021,14 @@ def _change(row: dict[str, Any]) -> str:
 
 def _net_table(net: dict[str, Any]) -> list[str]:
     lines = ["", "## Networks", "",
-              "| loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
+              "| seed | loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
               "| steps to 1/2 plain | precond. | speed-up to 1/2 "
               "| c plain | c precond. | probe plain | probe precond. | probe change (points ± SE) | alignment |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in net["runs"]:
         a, b = r["plain"], r["preconditioned"]
         lines.append(
-            f"| {r['loss']} | {r['alpha']:g} | {_fmt(a.get('steps_at_largest_stable'), '.0f')} "
+            f"| {r['seed']} | {r['loss']} | {r['alpha']:g} | {_fmt(a.get('steps_at_largest_stable'), '.0f')} "
             f"| {_fmt(b.get('steps_at_largest_stable'), '.0f')} "
             f"| {_fmt(r['step_speedup_at_largest_stable'], '.2f')} "
             f"| {_fmt(r['step_speedup_best'], '.2f')} "
@@ -952,6 +1039,19 @@ def _net_table(net: dict[str, Any]) -> list[str]:
             f"| {_fmt(b.get('largest_stable_step_size'))} | {_fmt(a.get('probe_accuracy'), '.3f')} "
             f"| {_fmt(b.get('probe_accuracy'), '.3f')} | {_change(r)} "
             f"| {_fmt(r.get('test_alignment_plain_vs_preconditioned'), '.3f')} |")
+    if len(net["seeds"]) > 1:
+        lines += ["", f"## Networks over seeds {', '.join(map(str, net['seeds']))}", "",
+                  "| loss | α | speed-up per seed | smallest | geometric mean | probe change per seed (points) "
+                  "| mean ± SE | seed SD |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in net["summary"]:
+            per = ", ".join(_fmt(v, ".2f") for v in r["step_speedup"])
+            probe = ", ".join(_fmt(v, "+.1f") for v in r["probe_change_points"])
+            mean = ("–" if r["probe_change_mean_points"] is None else
+                    f"{r['probe_change_mean_points']:+.1f} ± {r['probe_change_mean_se_points']:.1f}")
+            lines.append(f"| {r['loss']} | {r['alpha']:g} | {per} | {_fmt(r['step_speedup_min'], '.2f')} "
+                         f"| {_fmt(r['step_speedup_geomean'], '.2f')} | {probe} | {mean} "
+                         f"| {_fmt(r['probe_change_seed_sd_points'], '.1f')} |")
     return lines
 
 
@@ -962,7 +1062,7 @@ def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: b
     s = settings
     started = time.perf_counter()
     kernel = _kernel_part(s, out, progress) if s.kernel_part else None
-    net = _net_part(s, progress) if s.net_losses else None
+    net = _net_seeds(s, progress) if s.net_losses else None
     curves = net.pop("_curves") if net else []
     if curves:
         _plot_network(out.path / "network.png", curves)
@@ -977,9 +1077,16 @@ def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: b
                    f"closed-form step-time error (median) {m['preconditioned']['step_time_median_relative_error']:.3f}")
     if net:
         for r in net["runs"]:
-            summary += (f"\n{r['loss']} α={r['alpha']:g}: steps speed-up "
+            summary += (f"\n{r['loss']} α={r['alpha']:g} seed {r['seed']}: steps speed-up "
                         f"{_fmt(r['step_speedup_at_largest_stable'], '.2f')}"
                         f" (best c: {_fmt(r['step_speedup_best'], '.2f')}; to 1/2: "
                         f"{_fmt(r['step_speedup_half_at_largest_stable'], '.2f')}), probe change "
                         f"{_fmt(r.get('probe_accuracy_change_points'), '+.2f')} points")
+        if len(net["seeds"]) > 1:
+            for r in net["summary"]:
+                summary += (f"\n{r['loss']} α={r['alpha']:g} over {len(r['seeds'])} seeds: steps speed-up smallest "
+                            f"{_fmt(r['step_speedup_min'], '.2f')}, geometric mean "
+                            f"{_fmt(r['step_speedup_geomean'], '.2f')}; probe change "
+                            f"{_fmt(r['probe_change_mean_points'], '+.2f')} ± "
+                            f"{_fmt(r['probe_change_mean_se_points'], '.2f')} points")
     return summary
