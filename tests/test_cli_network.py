@@ -237,12 +237,14 @@ def test_network_precondition_is_the_preconditioned_training_and_flow(network_ru
     pc, a = r["precondition"], np.load(network_run / "arrays.npz")
     assert (network_run / "precondition.png").stat().st_size > 0
     assert pc["preconditioner"] == "(C+0.02I)^-1" and pc["step_size_tries"][0]["diverged_at"] is None
-    # The first try is kept because it follows its flow: its overshoot is within the limit,
-    # which is twice the preconditioned kernel flow's own (at least 2).
+    # The first try is kept because it follows its flow: its loss ends below where it began and
+    # its overshoot is within the limit, which is twice the preconditioned kernel flow's own
+    # (at least 2).
     from stepwise_ntk.experiments._precondition import OVERSHOOT_LIMIT
 
     first = pc["step_size_tries"][0]
     assert first["overshoot_limit"] >= OVERSHOOT_LIMIT and first["overshoot"] <= first["overshoot_limit"]
+    assert first["loss_rose"] is False
     assert pc["step_size"] == pytest.approx(r["step_size"], rel=1e-12)
     # Second route: the same network from the same views and key, trained by the library with
     # the preconditioned loss. Same float32 program, so equal to float32 rounding of C.

@@ -13,11 +13,12 @@ The preconditioned flow ``dF/dt = −K ∇_F L · P(C)`` with ``P = (C₊ + εI)
   width 1024 on 8×8 images, ``n = 256``, ``α = 0.05``), trained plain and preconditioned
   (:func:`stepwise_ntk.training.preconditioned_loss`), each at its own largest stable
   gradient step ``c`` on the NTK (doubling from ``c_0 = rate/(8 γ_1(Θ))`` until a run
-  diverges or its top eigenvalue of ``C`` overshoots by more than twice the gradient flow's
-  own overshoot over the same effective time, :func:`overshoot`; halving instead if
-  ``c_0`` itself fails),
+  diverges, ends above its initial loss, or its top eigenvalue of ``C`` overshoots by more
+  than twice the gradient flow's own overshoot over the same effective time,
+  :func:`overshoot`; halving instead if ``c_0`` itself fails),
   reporting the gradient steps until every mode has stepped, and a ridge linear probe of
-  the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`).
+  the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`);
+  with ``--net-seeds m``, at ``m`` seeds, gathered by :func:`seed_summary`.
   "Stepped" is counted two ways: every eigenvalue of ``C`` past 1/2 (``steps_to_pass_half``;
   Barlow Twins' level, and a step of SimCLR and VICReg too, whose eigenvalues rise from
   ``λ_0`` through 1/2 to a level of their own), and every eigenvalue past half of the plain
