@@ -262,20 +262,22 @@ def test_seed_summary_against_numpy_and_table():
 
     rng = np.random.default_rng(0)
     speed = {"barlow_twins": [4.0, 2.5, 9.0], "vicreg": [3.0, None, 12.0]}
+    half = {"barlow_twins": [4.0, 2.5, 9.0], "vicreg": [5.0, 4.0, 2.0]}
     change, se = rng.normal(size=(2, 3)), rng.uniform(0.5, 2.0, size=(2, 3))
     runs = []
     for seed in range(3):
         for i, loss in enumerate(speed):
             runs.append({"seed": 10 + seed, "loss": loss, "alpha": 0.05,
                          "step_speedup_at_largest_stable": speed[loss][seed],
-                         "step_speedup_half_at_largest_stable": speed[loss][seed],
+                         "step_speedup_half_at_largest_stable": half[loss][seed],
                          "probe_accuracy_change_points": change[i, seed],
                          "probe_accuracy_change_se_points": se[i, seed],
                          "step_speedup_best": None, "plain": {}, "preconditioned": {}})
     bt, vic = seed_summary(runs)
     assert (bt["loss"], bt["seeds"], vic["loss"]) == ("barlow_twins", [10, 11, 12], "vicreg")
-    assert bt["step_speedup_min"] == 2.5
+    assert bt["step_speedup_min"] == bt["step_speedup_half_min"] == 2.5 and vic["step_speedup_half_min"] == 2.0
     np.testing.assert_allclose(bt["step_speedup_geomean"], 90.0 ** (1 / 3), rtol=1e-12)
+    np.testing.assert_allclose(vic["step_speedup_half_geomean"], 40.0 ** (1 / 3), rtol=1e-12)
     # A seed without a stable run leaves no smallest or mean speed-up (it would hide the failure).
     assert vic["step_speedup_min"] is None and vic["step_speedup_geomean"] is None
     for r, i in ((bt, 0), (vic, 1)):
@@ -283,7 +285,8 @@ def test_seed_summary_against_numpy_and_table():
         np.testing.assert_allclose(r["probe_change_mean_se_points"], np.sqrt((se[i] ** 2).mean() / 3), rtol=1e-12)
         np.testing.assert_allclose(r["probe_change_seed_sd_points"], change[i].std(ddof=1), rtol=1e-12)
     table = "\n".join(_net_table({"seeds": [10, 11, 12], "runs": runs, "summary": [bt, vic]}))
-    assert "Networks over seeds 10, 11, 12" in table and "| vicreg | 0.05 | 3.00, –, 12.00 | – | – |" in table
+    assert "Networks over seeds 10, 11, 12" in table
+    assert "| vicreg | 0.05 | 5.00, 4.00, 2.00 | 2.00 | 3.42 | – | – |" in table
     assert table.count("| barlow_twins |") == 4  # three seeds' rows and the summary
 
 

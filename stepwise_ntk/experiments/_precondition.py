@@ -679,41 +679,43 @@ def _net_seeds(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
 def seed_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Step speed-ups and probe changes of the network rows, gathered over seeds per (loss, α).
 
-    For each ``(loss, alpha)`` (first-seen order) the per-seed lists of
-    ``step_speedup_at_largest_stable``, ``step_speedup_half_at_largest_stable`` and
-    ``probe_accuracy_change_points`` (None where a run had no stable step or never passed),
-    the smallest and the geometric mean speed-up (None unless every seed has one), and the
-    mean probe change ``Δ̄ = Σ_k Δ_k / m`` with its standard error over held-out images
-    ``sqrt(Σ_k SE_k²) / m`` (the seeds' images and trainings are independent) and the
-    seeds' sample standard deviation (``m ≥ 2``).
+    For each ``(loss, alpha)`` (first-seen order): the per-seed step speed-ups until every
+    mode passed 1/2 (``step_speedup_half``, from ``step_speedup_half_at_largest_stable``)
+    and until every mode passed half of the plain run's final eigenvalue (``step_speedup``,
+    from ``step_speedup_at_largest_stable``; the same for Barlow Twins), each with its
+    smallest and geometric mean over the seeds (``…_min``, ``…_geomean``; None unless every
+    seed has one: a run without a stable step, or one that never passed, has None); the
+    per-seed ``probe_accuracy_change_points`` and their mean ``Δ̄ = Σ_k Δ_k / m``, with its
+    standard error over held-out images ``sqrt(Σ_k SE_k²) / m`` (the seeds' images and
+    trainings are independent) and the seeds' sample standard deviation (``m ≥ 2``).
 
     Example:
         >>> rows = [{"loss": "simclr", "alpha": 0.05, "step_speedup_at_largest_stable": a,
-        ...          "step_speedup_half_at_largest_stable": a, "probe_accuracy_change_points": p,
+        ...          "step_speedup_half_at_largest_stable": 2 * a, "probe_accuracy_change_points": p,
         ...          "probe_accuracy_change_se_points": 1.0} for a, p in ((2.0, -1.0), (8.0, 0.0))]
         >>> r = seed_summary(rows)[0]
-        >>> r["step_speedup_min"], r["step_speedup_geomean"], r["probe_change_mean_points"]
-        (2.0, 4.0, -0.5)
-        >>> round(r["probe_change_mean_se_points"], 4)
-        0.7071
+        >>> r["step_speedup_half_min"], round(r["step_speedup_half_geomean"], 9), round(r["step_speedup_geomean"], 9)
+        (4.0, 8.0, 4.0)
+        >>> r["probe_change_mean_points"], round(r["probe_change_mean_se_points"], 4)
+        (-0.5, 0.7071)
     """
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in runs:
         groups.setdefault((row["loss"], row["alpha"]), []).append(row)
     out = []
     for (loss, alpha), rows in groups.items():
-        speed = [r.get("step_speedup_at_largest_stable") for r in rows]
         change = [r.get("probe_accuracy_change_points") for r in rows]
         se = [r.get("probe_accuracy_change_se_points") for r in rows]
-        entry = {"loss": loss, "alpha": alpha, "seeds": [r.get("seed") for r in rows],
-                 "step_speedup": speed,
-                 "step_speedup_half": [r.get("step_speedup_half_at_largest_stable") for r in rows],
-                 "step_speedup_min": None, "step_speedup_geomean": None,
-                 "probe_change_points": change, "probe_change_mean_points": None,
-                 "probe_change_mean_se_points": None, "probe_change_seed_sd_points": None}
-        if all(v is not None for v in speed):
-            entry["step_speedup_min"] = float(min(speed))
-            entry["step_speedup_geomean"] = float(np.exp(np.mean(np.log(speed))))
+        entry: dict[str, Any] = {"loss": loss, "alpha": alpha, "seeds": [r.get("seed") for r in rows]}
+        for name, key in (("step_speedup_half", "step_speedup_half_at_largest_stable"),
+                          ("step_speedup", "step_speedup_at_largest_stable")):
+            speed = [r.get(key) for r in rows]
+            known = all(v is not None for v in speed)
+            entry[name] = speed
+            entry[name + "_min"] = float(min(speed)) if known else None
+            entry[name + "_geomean"] = float(np.exp(np.mean(np.log(speed)))) if known else None
+        entry.update({"probe_change_points": change, "probe_change_mean_points": None,
+                      "probe_change_mean_se_points": None, "probe_change_seed_sd_points": None})
         if all(v is not None for v in change):
             m = len(change)
             entry["probe_change_mean_points"] = float(np.mean(change))
@@ -1042,15 +1044,17 @@ def _net_table(net: dict[str, Any]) -> list[str]:
             f"| {_fmt(r.get('test_alignment_plain_vs_preconditioned'), '.3f')} |")
     if len(net["seeds"]) > 1:
         lines += ["", f"## Networks over seeds {', '.join(map(str, net['seeds']))}", "",
-                  "| loss | α | speed-up per seed | smallest | geometric mean | probe change per seed (points) "
-                  "| mean ± SE | seed SD |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| loss | α | speed-up to 1/2 per seed | smallest | geometric mean "
+                  "| to half the plain final: smallest | geometric mean "
+                  "| probe change per seed (points) | mean ± SE | seed SD |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in net["summary"]:
-            per = ", ".join(_fmt(v, ".2f") for v in r["step_speedup"])
+            per = ", ".join(_fmt(v, ".2f") for v in r["step_speedup_half"])
             probe = ", ".join(_fmt(v, "+.1f") for v in r["probe_change_points"])
             mean = ("–" if r["probe_change_mean_points"] is None else
                     f"{r['probe_change_mean_points']:+.1f} ± {r['probe_change_mean_se_points']:.1f}")
-            lines.append(f"| {r['loss']} | {r['alpha']:g} | {per} | {_fmt(r['step_speedup_min'], '.2f')} "
+            lines.append(f"| {r['loss']} | {r['alpha']:g} | {per} | {_fmt(r['step_speedup_half_min'], '.2f')} "
+                         f"| {_fmt(r['step_speedup_half_geomean'], '.2f')} | {_fmt(r['step_speedup_min'], '.2f')} "
                          f"| {_fmt(r['step_speedup_geomean'], '.2f')} | {probe} | {mean} "
                          f"| {_fmt(r['probe_change_seed_sd_points'], '.1f')} |")
     return lines
@@ -1085,9 +1089,9 @@ def run_precondition(settings: PreconditionSettings, out: RunDir, *, progress: b
                         f"{_fmt(r.get('probe_accuracy_change_points'), '+.2f')} points")
         if len(net["seeds"]) > 1:
             for r in net["summary"]:
-                summary += (f"\n{r['loss']} α={r['alpha']:g} over {len(r['seeds'])} seeds: steps speed-up smallest "
-                            f"{_fmt(r['step_speedup_min'], '.2f')}, geometric mean "
-                            f"{_fmt(r['step_speedup_geomean'], '.2f')}; probe change "
+                summary += (f"\n{r['loss']} α={r['alpha']:g} over {len(r['seeds'])} seeds: steps speed-up to 1/2 "
+                            f"smallest {_fmt(r['step_speedup_half_min'], '.2f')}, geometric mean "
+                            f"{_fmt(r['step_speedup_half_geomean'], '.2f')}; probe change "
                             f"{_fmt(r['probe_change_mean_points'], '+.2f')} ± "
                             f"{_fmt(r['probe_change_mean_se_points'], '.2f')} points")
     return summary
