@@ -17,6 +17,7 @@ BAD = [
     (["--part", "invariant"], "--kernel-part false"),
     (["--part", "mean"], "--part"),
     (["--net-seeds", "0"], "--net-seeds"),
+    (["--floor", "maybe"], "--floor"),
     (["--kernel-part", "false", "--net-losses", "simclr", "--seed", "4294967295", "--net-seeds", "2"], "--net-seeds"),
 ]
 
@@ -37,6 +38,17 @@ def test_preconditioner_forms_are_the_theorys():
 
     assert PRECONDITIONER_FORMS == PRECONDITIONERS
     assert PRECONDITIONER_PARTS == PRECONDITIONED_PARTS
+
+
+def test_floor_flag_reaches_the_preconditioner(tmp_path):
+    from stepwise_ntk.experiments.cli import prepare
+    from stepwise_ntk.theory import Preconditioner
+
+    s = prepare(["precondition", "--out", str(tmp_path / "p"), "--floor", "--eps", "0.1", "--kernel-part", "false",
+                 "--net-losses", "simclr", "--part", "invariant"]).settings
+    assert s.preconditioner() == Preconditioner("inverse", eps=0.1, part="invariant", floor=True)
+    assert s.preconditioner(0.3).floor
+    assert not prepare(["precondition", "--out", str(tmp_path / "q")]).settings.preconditioner().floor
 
 
 def test_network_defaults_are_the_network_subcommands():
@@ -194,7 +206,7 @@ def test_kernel_precondition_power_form(tmp_path, cifar_dir):
     assert cli.main(["kernel", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
     pc = json.loads((out / "results.json").read_text())["precondition"]
     assert pc["preconditioner"] == "(C+0.01I)^-0.5" and (out / "precondition.png").exists()
-    assert (pc["form"], pc["power"], pc["part"]) == ("power", 0.5, "all")
+    assert (pc["form"], pc["power"], pc["part"], pc["floor"]) == ("power", 0.5, "all", False)
     assert pc["closed_form_time_speedup"] > 1 and pc["step_time_median_relative_error"] < 0.1
 
 

@@ -29,7 +29,9 @@ from stepwise_ntk.training import preconditioned_loss
 jax.config.update("jax_enable_x64", True)
 
 PRECONDITIONERS = [Preconditioner("none"), Preconditioner("inverse", eps=1e-2),
-                   Preconditioner("power", eps=1e-2, power=0.5), Preconditioner("power", eps=0.05, power=2.0)]
+                   Preconditioner("power", eps=1e-2, power=0.5), Preconditioner("power", eps=0.05, power=2.0),
+                   Preconditioner("inverse", eps=0.1, floor=True)]
+FLOORED = PRECONDITIONERS[-1]
 
 
 def _problem(n=20, p=30, d=3, scale=1e-4, seed=0):
@@ -56,6 +58,27 @@ def test_time_matches_quadrature_of_the_growth_law(pc):
     t = np.asarray(preconditioned_time(jnp.asarray(g), jnp.asarray(lam0), 0.5, pc))
     ref = [_numeric_time(gj, l0, 0.5, pc) for gj, l0 in zip(g, lam0, strict=True)]
     np.testing.assert_allclose(t, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pc", [FLOORED, Preconditioner("power", eps=0.3, power=0.5, floor=True),
+                                Preconditioner("inverse", eps=1.5, floor=True)], ids=lambda p: p.describe())
+def test_floored_time_across_the_kink(pc):
+    # Past λ = 1 − ε the floor takes over (p = 1): adaptive quadrature of dλ/(8γλ(1−λ)p(λ))
+    # with the kink as a break point, from both sides of it and across it; ε ≥ 1 is the plain flow.
+    from scipy.integrate import quad
+
+    g, lam0, lam = np.array([1.0, 0.5, 2.0]), np.array([1e-6, 0.2, 0.95]), np.array([0.5, 0.99, 0.97])
+    t = np.asarray(preconditioned_time(jnp.asarray(g), jnp.asarray(lam0), jnp.asarray(lam), pc))
+    kink = 1 - pc.eps
+    ref = []
+    for gj, a, b in zip(g, lam0, lam, strict=True):
+        def f(x, gj=gj):
+            return 1.0 / (8 * gj * x * (1 - x) * max((x + pc.eps) ** -pc.exponent, 1.0))
+        ref.append(quad(f, a, b, points=[kink] if a < kink < b else None, epsabs=0, epsrel=1e-12, limit=200)[0])
+    np.testing.assert_allclose(t, ref, rtol=1e-9)
+    if pc.eps >= 1:
+        plain = preconditioned_time(jnp.asarray(g), jnp.asarray(lam0), jnp.asarray(lam), Preconditioner("none"))
+        np.testing.assert_allclose(t, np.asarray(plain), rtol=1e-12)
 
 
 def test_inverse_step_time_closed_form():
@@ -109,16 +132,19 @@ def _swap(N):
     return np.roll(np.eye(N), n, axis=1)
 
 
+@pytest.mark.parametrize("floor", [False, True])
 @pytest.mark.parametrize("part", ["all", "invariant"])
-def test_preconditioned_gradient_against_numpy(part):
+def test_preconditioned_gradient_against_numpy(part, floor):
     # all: G P; invariant: Π₊ G P + Π₋ G min(P, I) with Π± = (I ± Z)/2 built as dense
-    # matrices. C has eigenvalues on both sides of 1 − ε, so min(P, I) differs from P and I.
+    # matrices. C has eigenvalues on both sides of 1 − ε, so min(P, I) differs from P and I
+    # (with the floor, P = max(p, 1) and min(P, I) = I).
     rng = np.random.default_rng(3)
     G = rng.normal(size=(10, 3))
     w, V = np.array([-0.3, 0.2, 2.5]), np.linalg.qr(rng.normal(size=(3, 3)))[0]
     C = V @ np.diag(w) @ V.T
-    pc = Preconditioner("power", eps=0.1, power=1.5, part=part)
+    pc = Preconditioner("power", eps=0.1, power=1.5, part=part, floor=floor)
     p = (np.maximum(w, 0) + 0.1) ** -1.5
+    p = np.maximum(p, 1.0) if floor else p
     P, Q = V @ np.diag(p) @ V.T, V @ np.diag(np.minimum(p, 1)) @ V.T
     Z = _swap(10)
     plus, minus = (np.eye(10) + Z) / 2, (np.eye(10) - Z) / 2
@@ -135,6 +161,9 @@ def test_preconditioner_validation():
     with pytest.raises(ValueError, match="part"):
         Preconditioner(part="mean")
     assert Preconditioner(eps=0.1, part="invariant").describe() == "(C+0.1I)^-1 on the pair mean"
+    assert Preconditioner(eps=0.1, part="invariant", floor=True).describe() == "max((C+0.1I)^-1, I) on the pair mean"
+    with pytest.raises(TypeError, match="floor"):
+        Preconditioner(floor="yes")
     with pytest.raises(TypeError, match="Preconditioner"):
         precondition_factor(jnp.ones(2), "inverse")
 
@@ -146,7 +175,7 @@ def _aligned_start(K, n, d, lam0):
     return es, g * jnp.sqrt(jnp.asarray(lam0) / es.gammas[:d])
 
 
-@pytest.mark.parametrize("pc", [PRECONDITIONERS[1], pytest.param(PRECONDITIONERS[2], marks=pytest.mark.slow)],
+@pytest.mark.parametrize("pc", [PRECONDITIONERS[1], FLOORED, pytest.param(PRECONDITIONERS[2], marks=pytest.mark.slow)],
                          ids=lambda p: p.describe())
 def test_aligned_flow_matches_the_closed_form(pc):
     # From an aligned F0 each eigenvalue follows dλ/dt = 8γλ(1−λ)p(λ) exactly; the solver is
@@ -249,7 +278,7 @@ def test_solver_input_errors():
         solve_preconditioned(K, 20, F0, jnp.array([1.0]), precond="inverse")
 
 
-@pytest.mark.parametrize("pc", PRECONDITIONERS[:2], ids=lambda p: p.describe())
+@pytest.mark.parametrize("pc", PRECONDITIONERS[:2] + [FLOORED], ids=lambda p: p.describe())
 def test_preconditioned_stable_step_at_the_fixed_point(pc):
     # Gradient descent on the M-dynamics near C = I: contracts below c_max, grows above it.
     rng = np.random.default_rng(1)
@@ -286,6 +315,11 @@ def test_preconditioned_stable_step_decaying_modes():
     # ε > 1: p(0) = 1/ε < 1 slows the difference part too, min(1/(4γ1 p(1)), ε/0.4) = min(0.75, 5).
     assert preconditioned_stable_step(g, Preconditioner("inverse", eps=2.0, part="invariant")) == \
         pytest.approx(0.75)
+    # The floor: p(1) = 1, so the fixed point allows the plain 1/(4γ1); the whole gradient's
+    # decaying modes still get p(0) = 1/ε, the invariant part's the plain rate.
+    assert preconditioned_stable_step(g, Preconditioner("inverse", eps=1e-2, floor=True)) == pytest.approx(0.025)
+    assert preconditioned_stable_step(g, Preconditioner("inverse", eps=1e-2, part="invariant", floor=True)) == \
+        pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("part", ["all", "invariant"])

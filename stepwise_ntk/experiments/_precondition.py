@@ -423,7 +423,7 @@ def precondition_overlay(s: Any, out: RunDir, es, K, F0, plain, times, theory_pl
     rel = np.abs(simulated - closed) / closed
     results = {
         "preconditioner": pc.describe(),
-        "form": pc.form, "eps": pc.eps, "power": s.power, "part": pc.part,
+        "form": pc.form, "eps": pc.eps, "power": s.power, "part": pc.part, "floor": pc.floor,
         "simulated_step_times": simulated,
         "closed_form_step_times": closed,
         "step_time_relative_error": rel,
@@ -859,7 +859,7 @@ def network_precondition_overlay(
                                 f"plain vs {pc.describe()}, {s.kernel} NTK flows dotted")
     results = {
         "preconditioner": pc.describe(),
-        "form": pc.form, "eps": pc.eps, "power": s.power, "part": pc.part,
+        "form": pc.form, "eps": pc.eps, "power": s.power, "part": pc.part, "floor": pc.floor,
         "step_size": c,
         "step_size_plain": c_plain,
         "step_size_tries": tries,

@@ -253,7 +253,7 @@ PRECONDITIONER_PARTS = ("all", "invariant")
 @dataclasses.dataclass(frozen=True)
 class PreconditionerFlags:
     """The spectral preconditioner ``P(C) = (C₊ + εI)^(−k)`` as flags: ``--form``, ``--eps``,
-    ``--power``, ``--part``.
+    ``--power``, ``--part``, ``--floor``.
 
     A mixin of every subcommand that runs the preconditioned flow or trains with it (put it
     first among the bases so its flags follow the subcommand's own): ``precondition`` (its
@@ -277,6 +277,11 @@ class PreconditionerFlags:
                           "over the two views of each pair; the pair difference gets min(P, I), never a boost)",
                   "choices": PRECONDITIONER_PARTS},
     )
+    floor: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "floor P at I, max((C+εI)^-k, I): boost only, and leave the directions past 1-ε "
+                          "(SimCLR's growth past 1) at the plain rate"},
+    )
 
     def __post_init__(self):
         # Cooperative: the subcommand's own settings (after this mixin in the MRO) check every
@@ -291,7 +296,8 @@ class PreconditionerFlags:
         """The :class:`stepwise_ntk.theory.Preconditioner` of these flags (``eps`` overrides ``--eps``)."""
         from stepwise_ntk.theory import Preconditioner
 
-        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power, part=self.part)
+        return Preconditioner(self.form, eps=self.eps if eps is None else eps, power=self.power, part=self.part,
+                              floor=self.floor)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,13 @@ augmentations) every contrastive mode lies in one of the two parts, the growing 
 follow the law above and the decaying ones keep the plain flow, whose rates are what
 limits gradient descent's step (:func:`preconditioned_stable_step`).
 
+*The floor.* ``Preconditioner(floor=True)`` takes ``p(λ) = max((λ₊ + ε)^(−k), 1)``: it only
+boosts. The directions past ``λ* = 1 − ε`` keep the plain rate (``(C₊ + εI)^(−k)`` would
+slow them: SimCLR's eigenvalues keep growing past 1), so ``p(1) = 1`` and the fixed point's
+step limit is the plain one; the integrand of ``8γt`` above becomes ``min((σ(s) + ε)^k, 1)``,
+1 past ``u* = ln((1 − ε)/ε)``, and ``t_½`` is unchanged for ``ε ≤ 1/2``. With the invariant
+part, ``min(P, I) = I``: ``G̃ = Π₊ G P(C) + Π₋ G``.
+
 * :func:`precondition_factor` / :func:`precondition_matrix`: ``p(λ)`` and ``P(C)``.
 * :func:`preconditioned_gradient`: ``G P(C)``, or ``Π₊ G P(C) + Π₋ G min(P(C), I)`` for the
   invariant part.
@@ -57,6 +64,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +110,10 @@ class Preconditioner:
       part: which part of the embedding gradient ``P`` multiplies: ``"all"`` of it, or
         ``"invariant"``, its pair mean (the pair difference gets ``min(P, I)``, never a
         boost; see the module docstring and :func:`preconditioned_gradient`).
+      floor: floor ``P`` at ``I``, ``p(λ) = max((λ₊ + ε)^(−k), 1)``: boost the directions
+        still to be learned and leave those past ``λ = 1 − ε`` at the plain rate, where
+        ``(C₊ + εI)^(−k)`` would slow them (SimCLR's eigenvalues keep growing past 1). For
+        ``ε ≥ 1`` nothing is boosted and the flow is the plain one.
 
     Example:
         >>> Preconditioner(form="inverse", eps=1e-2).exponent
@@ -116,6 +128,7 @@ class Preconditioner:
     eps: float = 1e-2
     power: float = 1.0
     part: str = "all"
+    floor: bool = False
 
     def __post_init__(self):
         check_choice("Preconditioner.form", self.form, PRECONDITIONERS)
@@ -123,6 +136,7 @@ class Preconditioner:
         check_number("Preconditioner.eps", self.eps, low=0.0, open_low=True,
                      hint=" (ε = 0 makes P unbounded at C = 0)")
         check_number("Preconditioner.power", self.power, low=0.0, open_low=True)
+        check_type("Preconditioner.floor", self.floor, bool, "True or False")
 
     @property
     def exponent(self) -> float:
@@ -130,10 +144,12 @@ class Preconditioner:
         return {"none": 0.0, "inverse": 1.0, "power": float(self.power)}[self.form]
 
     def describe(self) -> str:
-        """A short label, e.g. ``"(C+0.01I)^-1"`` (``" on the pair mean"`` added for the invariant part)."""
+        """A short label, e.g. ``"(C+0.01I)^-1"`` (``"max(…, I)"`` when floored, ``" on the pair
+        mean"`` added for the invariant part)."""
         if self.form == "none":
             return "none"
         label = f"(C+{self.eps:g}I)^-{self.exponent:g}"
+        label = f"max({label}, I)" if self.floor else label
         return label if self.part == "all" else f"{label} on the pair mean"
 
 
@@ -142,12 +158,14 @@ def _check_pc(precond) -> Preconditioner:
 
 
 def precondition_factor(lam: jax.Array, precond: Preconditioner) -> jax.Array:
-    """``p(λ) = (max(λ, 0) + ε)^(−k)`` elementwise (1 for ``form="none"``)."""
+    """``p(λ) = (max(λ, 0) + ε)^(−k)`` elementwise (1 for ``form="none"``; at least 1 when
+    ``precond.floor``)."""
     precond = _check_pc(precond)
     lam = jnp.asarray(lam)
     if precond.form == "none":
         return jnp.ones_like(lam)
-    return (jnp.maximum(lam, 0.0) + precond.eps) ** (-precond.exponent)
+    p = (jnp.maximum(lam, 0.0) + precond.eps) ** (-precond.exponent)
+    return jnp.maximum(p, 1.0) if precond.floor else p
 
 
 def precondition_matrix(C: jax.Array, precond: Preconditioner) -> jax.Array:
@@ -212,10 +230,15 @@ def _logit(lam):
 
 
 def _G(u0, u, precond: Preconditioner):
-    """``∫_{u0}^{u} (σ(s) + ε)^k ds`` elementwise (``= 8γ t``)."""
+    """``∫_{u0}^{u} 1/p(σ(s)) ds`` elementwise (``= 8γ t``): ``(σ(s) + ε)^k``, and with the floor
+    ``min((σ(s) + ε)^k, 1)``, which is 1 past ``u* = logit(1 − ε)``; the integral is split there."""
     k, eps = precond.exponent, precond.eps
-    if k == 0.0:
+    if k == 0.0 or (precond.floor and eps >= 1.0):
         return u - u0
+    if precond.floor:
+        star = math.log(1.0 - eps) - math.log(eps)
+        below = _G(jnp.minimum(u0, star), jnp.minimum(u, star), dataclasses.replace(precond, floor=False))
+        return below + jnp.maximum(u, star) - jnp.maximum(u0, star)
     if k == 1.0:
         # softplus(u) − softplus(u0) + ε (u − u0): exact.
         return jax.nn.softplus(u) - jax.nn.softplus(u0) + eps * (u - u0)
@@ -306,6 +329,8 @@ def _aligned(g, lam0, times, precond: Preconditioner):
     tau = 8.0 * g[None, :] * times[:, None]
     k, eps = precond.exponent, precond.eps
     slope_lo, slope_hi = eps**k, (1.0 + eps) ** k
+    if precond.floor:
+        slope_lo, slope_hi = min(slope_lo, 1.0), min(slope_hi, 1.0)
     # G(u) − G(u0) = τ with slope in [slope_lo, slope_hi]: u − u0 lies between τ/slope_hi and τ/slope_lo.
     a, b = u0 + tau / slope_hi, u0 + tau / slope_lo
     lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
