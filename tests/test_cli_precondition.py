@@ -223,32 +223,38 @@ def test_step_search_doubles_to_the_limit_and_halves_below_an_unstable_start():
     assert search(1e-6)["chosen"] is None and len(search(1e-6)["tried"]) == 6
 
 
-@pytest.mark.slow  # a tiny network trained 8 times (~1 min on 2 shared cores)
+@pytest.mark.slow  # a tiny network trained 16 times, two seeds (~1 min on 2 shared cores)
 def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
     import numpy as np
 
     out = tmp_path / "net"
     flags = ["--kernel-part", "false", "--net-losses", "barlow_twins", "vicreg", "--net-alphas", "0.05",
              "--net-pairs", "16", "--net-test", "8", "--net-width", "64", "--net-d", "2", "--net-doublings", "2",
-             "--net-max-steps", "60", "--no-progress"]
+             "--net-max-steps", "60", "--net-seeds", "2", "--no-progress"]
     assert cli.main(["precondition", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
     net = json.loads((out / "results.json").read_text())["networks"]
-    assert net["seeds"] == [0] and [r["seed"] for r in net["runs"]] == [0, 0]
-    runs = {r["loss"]: r for r in net["runs"]}
+    assert net["seeds"] == [0, 1] and [r["seed"] for r in net["runs"]] == [0, 0, 1, 1]
+    assert [p["seed"] for p in net["per_seed"]] == [0, 1] and len(net["summary"]) == 2
+    # Each seed is its own problem: other training images, so another kernel.
+    assert net["per_seed"][0]["gamma_1"] != net["per_seed"][1]["gamma_1"]
+    for row in net["summary"]:
+        mine = [r for r in net["runs"] if r["loss"] == row["loss"]]
+        assert row["step_speedup_half"] == [r["step_speedup_half_at_largest_stable"] for r in mine]
+    runs = {r["loss"]: r for r in net["runs"] if r["seed"] == 0}
     # Barlow Twins' reference is the level 1 itself, so the two criteria are one.
     for name in ("plain", "preconditioned"):
         for t in runs["barlow_twins"][name]["tried"]:
             assert t["steps_to_pass_half"] == t["steps_to_pass"]
     # A run is stable when it neither diverges, nor ends above its initial loss, nor
-    # overshoots more than twice its flow (the search's own record); the flow's overshoot
-    # over any run's horizon is at most its largest.
+    # overshoots more than twice its flow over the run's own horizon (the search's own
+    # record; that overshoot is relative to the flow's level at the horizon, so it is not
+    # bounded by the one over the whole flow, which can end higher).
     from stepwise_ntk.experiments._precondition import OVERSHOOT_LIMIT
 
-    for r in runs.values():
+    for r in net["runs"]:
         for name in ("plain", "preconditioned"):
-            whole = OVERSHOOT_LIMIT * max(1.0, r["flow_overshoot"][name])
             for t in r[name]["tried"]:
-                assert OVERSHOOT_LIMIT <= t["overshoot_limit"] <= whole + 1e-12
+                assert OVERSHOOT_LIMIT <= t["overshoot_limit"] < np.inf
                 assert t["loss_rose"] == (not t["diverged"] and t["final_loss"] > t["initial_loss"])
                 assert t["stable"] == (not t["diverged"] and not t["loss_rose"]
                                        and t["overshoot"] <= t["overshoot_limit"])
@@ -262,6 +268,7 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
             assert v[name]["steps_to_half_at_largest_stable"] == t["steps_to_pass_half"]
     table = (out / "sweep.md").read_text()
     assert "speed-up to 1/2" in table and "probe change (points ± SE)" in table
+    assert "Networks over seeds 0, 1" in table
     for r in runs.values():
         if "probe_accuracy_change_points" in r:
             assert r["probe_accuracy_change_se_points"] >= 0
