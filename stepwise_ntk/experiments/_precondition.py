@@ -669,7 +669,7 @@ def _net_seeds(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
         if progress and len(seeds) > 1:
             print(f"network part, seed {seed}", flush=True)
         r = _net_part(dataclasses.replace(s, seed=seed), progress)
-        seed_curves = r.pop("_curves")
+        seed_curves = r.pop("_curves")  # popped at every seed: the runs are not results.json's
         curves = seed_curves if curves is None else curves
         runs += [{"seed": seed, **row} for row in r.pop("runs")]
         per_seed.append({"seed": seed, **r})

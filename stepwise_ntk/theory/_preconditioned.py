@@ -222,7 +222,9 @@ def preconditioned_gradient(G: jax.Array, C: jax.Array, precond: Preconditioner)
     p = precondition_factor(lam, precond)
     V = V.astype(G.dtype)
     mean = 0.5 * (G + swap_pairs(G))
-    return ((mean @ V) * p.astype(G.dtype)) @ V.T + (((G - mean) @ V) * jnp.minimum(p, 1.0).astype(G.dtype)) @ V.T
+    # Both parts in the eigenbasis of C, scaled there, and rotated back once.
+    scaled = (mean @ V) * p.astype(G.dtype) + ((G - mean) @ V) * jnp.minimum(p, 1.0).astype(G.dtype)
+    return scaled @ V.T
 
 
 def _logit(lam):
