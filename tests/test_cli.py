@@ -213,6 +213,8 @@ BAD_INPUT = [
     ("network", ["--gallery-pool", "5"], "--gallery-pool"),
     ("linear", ["--n-pairs", "999999"], "--n-pairs"),
     ("network", ["--n-test", "999999"], "--n-test"),
+    ("precondition", ["--kernel-part", "false", "--net-losses", "simclr", "--net-test", "999999"], "--net-test"),
+    ("precondition", ["--net-pairs", "999999"], "--net-pairs"),
     ("linear", ["--d", "x"], "--d"),
     ("linear", ["--bogus"], "--bogus"),
     ("network", ["--arch", "myrtle", "--arch-options", "depth=6"], "--arch-options"),

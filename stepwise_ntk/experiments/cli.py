@@ -211,13 +211,15 @@ def _check_combinations(settings: Any, data: dict[str, Any]) -> None:
             counts[which] = len(load_cifar10(which, str(folder)))
         return counts[which]
 
-    if hasattr(settings, "n_pairs") and settings.n_pairs > count(split):
-        raise ValueError(f"--n-pairs must be at most the {count(split)} images of the {split} split in {folder}, "
-                         f"got {settings.n_pairs}.")
     other = "test" if split == "train" else "train"
-    if hasattr(settings, "n_test") and settings.n_test > count(other):
-        raise ValueError(f"--n-test must be at most the {count(other)} images of the {other} split in {folder}, "
-                         f"got {settings.n_test}.")
+    # Image counts drawn from each split: the run's own (n_pairs, n_test) and, for
+    # `precondition`, its network part's (net_pairs, net_test).
+    for field, which in (("n_pairs", split), ("n_test", other), ("net_pairs", split), ("net_test", other)):
+        value = getattr(settings, field, None)
+        if isinstance(value, int) and value > count(which):
+            flag_ = "--" + field.replace("_", "-")
+            raise ValueError(f"{flag_} must be at most the {count(which)} images of the {which} split in {folder}, "
+                             f"got {value}.")
 
 
 def prepare(argv: Sequence[str] | None = None) -> Invocation:
