@@ -215,6 +215,8 @@ BAD_INPUT = [
     ("network", ["--n-test", "999999"], "--n-test"),
     ("precondition", ["--kernel-part", "false", "--net-losses", "simclr", "--net-test", "999999"], "--net-test"),
     ("precondition", ["--net-pairs", "999999"], "--net-pairs"),
+    ("precondition", ["--kernel-part", "false", "--net-losses", "simclr", "--net-probe-images", "999999"],
+     "--net-probe-images"),
     ("linear", ["--d", "x"], "--d"),
     ("linear", ["--bogus"], "--bogus"),
     ("network", ["--arch", "myrtle", "--arch-options", "depth=6"], "--arch-options"),

@@ -17,6 +17,7 @@ BAD = [
     (["--part", "invariant"], "--kernel-part false"),
     (["--part", "mean"], "--part"),
     (["--net-seeds", "0"], "--net-seeds"),
+    (["--net-probe-images", "-1"], "--net-probe-images"),
     (["--floor", "maybe"], "--floor"),
     (["--kernel-part", "false", "--net-losses", "simclr", "--seed", "4294967295", "--net-seeds", "2"], "--net-seeds"),
 ]
@@ -230,11 +231,12 @@ def test_network_part_reports_both_pass_criteria(tmp_path, cifar_dir):
     out = tmp_path / "net"
     flags = ["--kernel-part", "false", "--net-losses", "barlow_twins", "vicreg", "--net-alphas", "0.05",
              "--net-pairs", "16", "--net-test", "8", "--net-width", "64", "--net-d", "2", "--net-doublings", "2",
-             "--net-max-steps", "60", "--net-seeds", "2", "--no-progress"]
+             "--net-max-steps", "60", "--net-seeds", "2", "--net-probe-images", "20", "--no-progress"]
     assert cli.main(["precondition", "--out", str(out), "--data-dir", str(cifar_dir), *flags]) == 0
     net = json.loads((out / "results.json").read_text())["networks"]
     assert net["seeds"] == [0, 1] and [r["seed"] for r in net["runs"]] == [0, 0, 1, 1]
     assert [p["seed"] for p in net["per_seed"]] == [0, 1] and len(net["summary"]) == 2
+    assert all(p["probe_images"] == 20 for p in net["per_seed"])
     # Each seed is its own problem: other training images, so another kernel.
     assert net["per_seed"][0]["gamma_1"] != net["per_seed"][1]["gamma_1"]
     for row in net["summary"]:
@@ -303,8 +305,10 @@ def test_seed_summary_against_numpy_and_table():
         np.testing.assert_allclose(r["probe_change_mean_points"], change[i].mean(), rtol=1e-12)
         np.testing.assert_allclose(r["probe_change_mean_se_points"], np.sqrt((se[i] ** 2).mean() / 3), rtol=1e-12)
         np.testing.assert_allclose(r["probe_change_seed_sd_points"], change[i].std(ddof=1), rtol=1e-12)
-    table = "\n".join(_net_table({"seeds": [10, 11, 12], "runs": runs, "summary": [bt, vic]}))
+    per_seed = [{"seed": k, "probe_images": 500} for k in (10, 11, 12)]
+    table = "\n".join(_net_table({"seeds": [10, 11, 12], "per_seed": per_seed, "runs": runs, "summary": [bt, vic]}))
     assert "Networks over seeds 10, 11, 12" in table
+    assert "fitted on both views of 500 labelled training images" in table
     assert "| vicreg | 0.05 | 5.00, 4.00, 2.00 | 2.00 | 3.42 | – | – |" in table
     assert table.count("| barlow_twins |") == 4  # three seeds' rows and the summary
 
@@ -324,3 +328,31 @@ def test_overshoot_is_relative_to_the_start_and_the_end_level():
     spike = flow.copy()
     spike[5, 0] = 40.0  # a catapult: the top eigenvalue jumps and falls back
     assert overshoot(spike) == 40.0
+
+
+def test_probe_is_fitted_on_the_probe_images_when_given():
+    """With probe images the probe is fitted on their rows (after the held-out ones) and
+    scored on the held-out rows; without, on the network's training views. Rows that carry
+    the label and rows that do not tell the two apart."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from stepwise_ntk.experiments._precondition import _run_probe
+
+    rng = np.random.default_rng(0)
+    n_train, n_held, n_probe = 40, 30, 60
+
+    def views(labels, informative):  # pairing order: both views of each image, stacked
+        lab = np.concatenate([labels, labels])
+        signal = np.eye(3)[lab] if informative else np.zeros((lab.size, 3))
+        return signal * 3.0 + 0.1 * rng.normal(size=(lab.size, 3))
+
+    train_l, held_l, probe_l = (rng.integers(0, 3, k) for k in (n_train, n_held, n_probe))
+    res = SimpleNamespace(train_embeddings=views(train_l, False),
+                          test_embeddings=np.concatenate([views(held_l, True), views(probe_l, True)]))
+    with_probe = _run_probe(res, 2 * n_held, train_l, held_l, probe_l)
+    without = _run_probe(res, 2 * n_held, train_l, held_l)
+    assert with_probe.accuracy == 1.0  # fitted on informative rows
+    assert without.accuracy < 0.7  # fitted on the uninformative training views
+    assert with_probe.correct.shape == without.correct.shape == (2 * n_held,)

@@ -17,7 +17,10 @@ The preconditioned flow ``dF/dt = −K ∇_F L · P(C)`` with ``P = (C₊ + εI)
   than twice the gradient flow's own overshoot over the same effective time,
   :func:`overshoot`; halving instead if ``c_0`` itself fails),
   reporting the gradient steps until every mode has stepped, and a ridge linear probe of
-  the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`);
+  the held-out embeddings on the CIFAR-10 labels (:func:`stepwise_ntk.predictor.linear_probe`),
+  fitted on both views of ``--net-probe-images`` labelled training images (default 500)
+  that each run embeds at its end: the network trains on 64-256 images, and a probe fitted
+  on those alone varies from run to run by more than the differences it is asked about;
   with ``--net-seeds m``, at ``m`` seeds, gathered by :func:`seed_summary`.
   "Stepped" is counted two ways: every eigenvalue of ``C`` past 1/2 (``steps_to_pass_half``;
   Barlow Twins' level, and a step of SimCLR and VICReg too, whose eigenvalues rise from
@@ -134,6 +137,11 @@ class PreconditionSettings(PreconditionerFlags, ExperimentSettings):
     )
     net_test: int | None = dataclasses.field(
         default=None, metadata={"help": _net_help("held-out images (probe)", "n_test"), "min": 1}
+    )
+    net_probe_images: int = dataclasses.field(
+        default=500, metadata={"help": "labelled images of the training split whose embeddings (both views) fit "
+                                       "the linear probe, scored on the held-out images (0: fit it on the "
+                                       "network's own training views, 64-256 images)", "min": 0}
     )
     net_d: int | None = dataclasses.field(
         default=None, metadata={"help": "embedding dimension of the network (none: 3 or 4, whichever has the "
@@ -557,6 +565,13 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                                                downsample=s.net_downsample, dtype=jnp.float64, download=True,
                                                subset_seed=s.seed)
     test_views = np.asarray(test_views)
+    probe32 = probe_labels = None
+    if s.net_probe_images:
+        probe_views, probe_labels, _ = cifar10_pairs(
+            jax.random.fold_in(jax.random.PRNGKey(s.seed), 2), s.net_probe_images, split=s.split,
+            data_dir=s.data_dir, settings=s.augment(), downsample=s.net_downsample, dtype=jnp.float64,
+            download=True, subset_seed=s.seed)
+        probe32, probe_labels = np.asarray(probe_views, np.float32), np.asarray(probe_labels)
     base = s.net_architecture()
     theta = network_kernel(base, views, test_views, progress=progress)
     g = np.asarray(contrastive_eigensystem(jnp.asarray(theta.K), s.net_pairs).gammas, np.float64)
@@ -564,6 +579,9 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
     arch = base.replace(d=d)
     views32, test32 = views.astype(np.float32), test_views.astype(np.float32)
     test_labels = np.asarray(test_labels)
+    # Every run embeds the held-out views, then the probe's own (if any), in one pass.
+    embed32 = test32 if probe32 is None else np.concatenate([test32, probe32])
+    n_held = test32.shape[0]
     # θ_0 does not depend on α (f = α·net), so one empirical NTK at init serves every α:
     # the search starts at the network's own step c_0 = rate/(8 γ_1(Θ_0)), as `network` trains.
     init0 = init_network(arch, views32, test32, alpha=1.0, key=init_key(s.seed))
@@ -573,7 +591,8 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"architecture": arch.to_config(), "gamma_1": float(g[0]), "gamma_min": float(g.min()),
                                "gamma_1_init": float(g0[0]), "gamma_min_init": float(g0.min()),
                                "gamma_d_init": float(g0[d - 1]), "first_step_size": float(c0), "rate": s.net_rate,
-                               "n_pairs": s.net_pairs, "n_test": s.net_test, "d": d, "downsample": s.net_downsample,
+                               "n_pairs": s.net_pairs, "n_test": s.net_test, "probe_images": s.net_probe_images,
+                               "d": d, "downsample": s.net_downsample,
                                "preconditioner": s.preconditioner().describe(),
                                "stable_step_theory": {
                                    "plain": preconditioned_stable_step(g0, Preconditioner("none")),
@@ -599,7 +618,7 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                                         n_records=200, record_every=max(1, s.net_max_steps // 200), seed=s.seed)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        res = train(arch, cfg, views32, test_views=test32, init_params=init.params, progress=False)
+                        res = train(arch, cfg, views32, test_views=embed32, init_params=init.params, progress=False)
                     finite, rose, peak, limit = _stability(res, flow, c * s.net_max_steps)
                     peak = float("inf") if peak is None else peak
                     ok = finite and not rose and peak <= limit
@@ -635,7 +654,7 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                          "tried": [{k: v for k, v in r.items() if k != "_res"} for r in search["tried"]]}
                 if chosen is not None:
                     res = chosen["_res"]
-                    probe = _probe(res.train_embeddings, res.test_embeddings, data.labels, test_labels)
+                    probe = _run_probe(res, n_held, data.labels, test_labels, probe_labels)
                     probes[name] = probe
                     entry["probe_accuracy"] = float(probe.accuracy)
                     entry["final_eigenvalues"] = np.asarray(res.eigenvalues[-1], np.float64)
@@ -651,8 +670,8 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
                 row.update(_probe_change(probes["plain"], probes["preconditioned"], s.net_test))
             if len(chosen_res) == 2:
                 row["test_alignment_plain_vs_preconditioned"] = float(_alignment(
-                    jnp.asarray(chosen_res["plain"].test_embeddings, jnp.float64),
-                    jnp.asarray(chosen_res["preconditioned"].test_embeddings, jnp.float64)))
+                    jnp.asarray(chosen_res["plain"].test_embeddings[:n_held], jnp.float64),
+                    jnp.asarray(chosen_res["preconditioned"].test_embeddings[:n_held], jnp.float64)))
                 curves.append((loss, alpha, chosen_res))
             results["runs"].append(row)
     results["_curves"] = curves
@@ -754,6 +773,16 @@ def _probe(train_embeddings, test_embeddings, labels, test_labels):
     labels2 = np.concatenate([labels, labels])  # pairing order: [x_1..x_n, x'_1..x'_n]
     return linear_probe(np.asarray(train_embeddings, np.float64), labels2, np.asarray(test_embeddings, np.float64),
                         np.concatenate([test_labels, test_labels]), groups=pair_groups(labels.shape[0]))
+
+
+def _run_probe(res, n_held: int, labels, test_labels, probe_labels=None):
+    """The linear probe of a run's held-out embeddings (the first ``n_held`` rows of
+    ``res.test_embeddings``), fitted on its training views or, given ``probe_labels``, on
+    the rows after them (the probe images' views, ``--net-probe-images``)."""
+    held = res.test_embeddings[:n_held]
+    if probe_labels is None:
+        return _probe(res.train_embeddings, held, labels, test_labels)
+    return _probe(res.test_embeddings[n_held:], held, probe_labels, test_labels)
 
 
 def _probe_change(plain, preconditioned, n_test: int) -> dict[str, float]:
@@ -1023,7 +1052,10 @@ def _change(row: dict[str, Any]) -> str:
 
 
 def _net_table(net: dict[str, Any]) -> list[str]:
-    lines = ["", "## Networks", "",
+    images = net["per_seed"][0]["probe_images"]
+    fitted = (f"both views of {images} labelled training images" if images
+              else "the network's own training views")
+    lines = ["", "## Networks", "", f"Probe: a ridge classifier fitted on {fitted}, scored on the held-out images.", "",
               "| seed | loss | α | steps plain | steps precond. | speed-up (largest stable c) | speed-up (best c) "
               "| steps to 1/2 plain | precond. | speed-up to 1/2 "
               "| c plain | c precond. | probe plain | probe precond. | probe change (points ± SE) | alignment |",
