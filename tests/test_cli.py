@@ -214,7 +214,7 @@ BAD_INPUT = [
     ("linear", ["--n-pairs", "999999"], "--n-pairs"),
     ("network", ["--n-test", "999999"], "--n-test"),
     ("precondition", ["--kernel-part", "false", "--net-losses", "simclr", "--net-test", "999999"], "--net-test"),
-    ("precondition", ["--net-pairs", "999999"], "--net-pairs"),
+    ("precondition", ["--net-losses", "vicreg", "--net-pairs", "999999"], "--net-pairs"),
     ("precondition", ["--kernel-part", "false", "--net-losses", "simclr", "--net-probe-images", "999999"],
      "--net-probe-images"),
     ("linear", ["--d", "x"], "--d"),

@@ -214,8 +214,10 @@ def _check_combinations(settings: Any, data: dict[str, Any]) -> None:
     other = "test" if split == "train" else "train"
     # Image counts drawn from each split: the run's own (n_pairs, n_test) and, for
     # `precondition`, its network part's (net_pairs, net_test, net_probe_images).
-    for field, which in (("n_pairs", split), ("n_test", other), ("net_pairs", split), ("net_test", other),
-                         ("net_probe_images", split)):
+    fields = [("n_pairs", split), ("n_test", other)]
+    if getattr(settings, "net_losses", None):  # the network part runs
+        fields += [("net_pairs", split), ("net_test", other), ("net_probe_images", split)]
+    for field, which in fields:
         value = getattr(settings, field, None)
         if isinstance(value, int) and value > count(which):
             flag_ = "--" + field.replace("_", "-")
