@@ -560,25 +560,17 @@ def _net_part(s: PreconditionSettings, progress: bool) -> dict[str, Any]:
     data = load_problem_data(ns)
     views = np.asarray(data.views, np.float64)
     other = "test" if s.split == "train" else "train"
-    test_views, test_labels, _ = cifar10_pairs(jax.random.fold_in(jax.random.PRNGKey(s.seed), 1), s.net_test,
-                                               split=other, data_dir=s.data_dir, settings=s.augment(),
-                                               downsample=s.net_downsample, dtype=jnp.float64, download=True,
-                                               subset_seed=s.seed)
-    test_views = np.asarray(test_views)
+    test_views, test_labels = _net_views(s, 1, s.net_test, other)
     probe32 = probe_labels = None
     if s.net_probe_images:
-        probe_views, probe_labels, _ = cifar10_pairs(
-            jax.random.fold_in(jax.random.PRNGKey(s.seed), 2), s.net_probe_images, split=s.split,
-            data_dir=s.data_dir, settings=s.augment(), downsample=s.net_downsample, dtype=jnp.float64,
-            download=True, subset_seed=s.seed)
-        probe32, probe_labels = np.asarray(probe_views, np.float32), np.asarray(probe_labels)
+        probe_views, probe_labels = _net_views(s, 2, s.net_probe_images, s.split)
+        probe32 = probe_views.astype(np.float32)
     base = s.net_architecture()
     theta = network_kernel(base, views, test_views, progress=progress)
     g = np.asarray(contrastive_eigensystem(jnp.asarray(theta.K), s.net_pairs).gammas, np.float64)
     d = choose_d(g) if s.net_d is None else s.net_d  # as `network`: the larger gap of d = 3, 4
     arch = base.replace(d=d)
     views32, test32 = views.astype(np.float32), test_views.astype(np.float32)
-    test_labels = np.asarray(test_labels)
     # Every run embeds the held-out views, then the probe's own (if any), in one pass.
     embed32 = test32 if probe32 is None else np.concatenate([test32, probe32])
     n_held = test32.shape[0]
@@ -773,6 +765,15 @@ def _probe(train_embeddings, test_embeddings, labels, test_labels):
     labels2 = np.concatenate([labels, labels])  # pairing order: [x_1..x_n, x'_1..x'_n]
     return linear_probe(np.asarray(train_embeddings, np.float64), labels2, np.asarray(test_embeddings, np.float64),
                         np.concatenate([test_labels, test_labels]), groups=pair_groups(labels.shape[0]))
+
+
+def _net_views(s: PreconditionSettings, stream: int, n_images: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both views of ``n_images`` images of ``split`` at the network part's resolution, float64,
+    and their labels; ``stream`` keys the draw (1: held-out images, 2: probe images)."""
+    views, labels, _ = cifar10_pairs(jax.random.fold_in(jax.random.PRNGKey(s.seed), stream), n_images, split=split,
+                                     data_dir=s.data_dir, settings=s.augment(), downsample=s.net_downsample,
+                                     dtype=jnp.float64, download=True, subset_seed=s.seed)
+    return np.asarray(views), np.asarray(labels)
 
 
 def _run_probe(res, n_held: int, labels, test_labels, probe_labels=None):
