@@ -57,6 +57,7 @@ PUBLIC = {
         "preconditioned_aligned_eigenvalues", "preconditioned_step_times", "preconditioned_time",
         "preconditioned_stable_step", "contrastive_eigensystem_from_factor", "jittered_cholesky",
         "low_rank_columns", "PRECONDITIONED_PARTS", "preconditioned_gradient",
+        "TridiagonalEigensystem", "tridiagonal_available", "tridiagonal_eigensystem",
     ],
     "stepwise_ntk.solver": [
         "INTEGRATORS", "METHODS", "ODEResult", "ODESettings", "ODEStats", "SolveStats", "SolverSettings",

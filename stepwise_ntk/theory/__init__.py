@@ -47,12 +47,18 @@ from stepwise_ntk.theory._preconditioned import (
     preconditioned_step_times,
     preconditioned_time,
 )
+from stepwise_ntk.theory._tridiagonal import (
+    TridiagonalEigensystem,
+    tridiagonal_available,
+    tridiagonal_eigensystem,
+)
 
 __all__ = [
     "PRECONDITIONED_PARTS",
     "PRECONDITIONERS",
     "ContrastiveEigensystem",
     "Preconditioner",
+    "TridiagonalEigensystem",
     "aligned_eigenvalues",
     "check_enough_modes",
     "check_factorization",
@@ -81,4 +87,6 @@ __all__ = [
     "procrustes_align",
     "procrustes_error",
     "step_times",
+    "tridiagonal_available",
+    "tridiagonal_eigensystem",
 ]

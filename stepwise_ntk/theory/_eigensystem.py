@@ -133,7 +133,7 @@ def default_jitter_rtol(n_pairs: int, dtype: Any) -> float:
     return 2.0 * float(n_pairs) * float(np.finfo(np.dtype(dtype)).eps)
 
 
-def _pair_gram_of_factor(L: jax.Array) -> jax.Array:
+def pair_gram_of_factor(L: jax.Array) -> jax.Array:
     """``Lᵀ Z L`` for lower-triangular ``L`` from its blocks (``2n³`` instead of ``8n³`` flops).
 
     With ``L = [[L11, 0], [L21, L22]]``: ``Lᵀ Z L = [[A + Aᵀ, B], [Bᵀ, 0]]``,
@@ -157,7 +157,7 @@ def contrastive_eigensystem_core(K: jax.Array, jitter_rtol: jax.Array) -> Contra
     """
     with jax.default_matmul_precision("highest"):
         L, tau = _factor(K, jitter_rtol)
-        H = _pair_gram_of_factor(L) / K.shape[0]  # exactly symmetric by construction
+        H = pair_gram_of_factor(L) / K.shape[0]  # exactly symmetric by construction
         w, P = jnp.linalg.eigh(H, symmetrize_input=False)
     return ContrastiveEigensystem(gammas=w[::-1], vectors=P[:, ::-1], factor=L, jitter=tau,
                                   residuals=None, rest=jnp.zeros((), K.dtype))
@@ -299,7 +299,7 @@ def jittered_cholesky(K: jax.Array, jitter_rtol: jax.Array) -> tuple[jax.Array, 
 @jax.jit
 def _full_from_factor(L, tau):
     with jax.default_matmul_precision("highest"):
-        w, P = jnp.linalg.eigh(_pair_gram_of_factor(L) / L.shape[0], symmetrize_input=False)
+        w, P = jnp.linalg.eigh(pair_gram_of_factor(L) / L.shape[0], symmetrize_input=False)
     return ContrastiveEigensystem(gammas=w[::-1], vectors=P[:, ::-1], factor=L, jitter=tau,
                                   residuals=None, rest=jnp.zeros((), L.dtype))
 
