@@ -15,7 +15,8 @@ the same ``γ`` as ``eigh``, for less (2n = 2000: ``sytrd`` 0.2 s, ``stevd`` 0.0
 
 The reflectors are applied by ``ormqr`` on the trailing ``N − 1`` rows (what ``ormtr``
 does for ``uplo="L"``), with a workspace of ``64 k + 65·64`` (a smaller one runs the
-unblocked code, 3× slower).
+unblocked code, 3× slower). They are kept as one contiguous ``(N − 1) × (N − 1)`` array,
+since the wrapper would copy a strided view at every application.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class TridiagonalEigensystem(NamedTuple):
     Attributes:
       gammas: ``(N,)`` all ``γ``, descending (as :class:`ContrastiveEigensystem`'s).
       basis: ``(N, N)`` ``S``: eigenvectors of ``T`` in the order of ``gammas`` (numpy).
-      reflectors: ``(N, N)`` ``sytrd``'s output (``uplo="L"``): the Householder vectors
-        below the subdiagonal (numpy, Fortran order).
+      reflectors: ``(N − 1, N − 1)`` the Householder vectors (``sytrd``'s output with
+        ``uplo="L"`` below the diagonal, without its first row and last column; numpy,
+        Fortran order).
       scales: ``(N − 1,)`` the reflectors' ``τ`` (numpy).
       factor: ``(N, N)`` lower-triangular ``L`` with ``L Lᵀ = K + τ I``; jitter: ``τ``.
     """
@@ -59,7 +61,7 @@ class TridiagonalEigensystem(NamedTuple):
         N, m = B.shape
         if N > 1 and m > 0:
             (ormqr,) = get_lapack_funcs(("ormqr",), (self.reflectors,))
-            out, _, info = ormqr("L", trans, self.reflectors[1:, : N - 1], self.scales, B[1:],
+            out, _, info = ormqr("L", trans, self.reflectors, self.scales, B[1:],
                                  lwork=_BLOCK * m + (_BLOCK + 1) * _BLOCK, overwrite_c=1)
             if info != 0:
                 raise RuntimeError(f"LAPACK ormqr failed (info = {info}).")
@@ -110,7 +112,9 @@ def tridiagonal_eigensystem(L: jax.Array, tau: jax.Array) -> TridiagonalEigensys
         True
     """
     N = L.shape[0]
-    H = np.array(_pair_gram(L), order="F")
+    # H is exactly symmetric (pair_gram_of_factor), so its C-order copy read as Fortran
+    # order is H itself: a plain copy, not a transposing one.
+    H = np.array(_pair_gram(L)).T
     sytrd, sytrd_lwork, stevd = get_lapack_funcs(("sytrd", "sytrd_lwork", "stevd"), (H,))
     lwork, info = sytrd_lwork(N, lower=1)
     if info != 0:
@@ -122,7 +126,8 @@ def tridiagonal_eigensystem(L: jax.Array, tau: jax.Array) -> TridiagonalEigensys
     if info != 0:  # divide and conquer did not converge (not seen on finite input)
         raise RuntimeError(f"LAPACK stevd failed (info = {info}).")
     return TridiagonalEigensystem(gammas=jnp.asarray(gammas[::-1]), basis=basis[:, ::-1],
-                                  reflectors=reflectors, scales=scales[: max(N - 1, 0)], factor=L, jitter=tau)
+                                  reflectors=np.asfortranarray(reflectors[1:, : N - 1]),
+                                  scales=scales[: max(N - 1, 0)], factor=L, jitter=tau)
 
 
 @jax.jit
