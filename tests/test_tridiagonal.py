@@ -95,3 +95,20 @@ def test_solve_gives_the_same_flow_with_and_without_it(monkeypatch):
     np.testing.assert_allclose(np.asarray(with_tri.test_embeddings), np.asarray(dense.test_embeddings),
                                atol=1e-9)
     assert float(jnp.max(with_tri.eigenvalues)) > 0.5  # the run saw steps, not only the plateau
+
+
+@pytest.mark.parametrize("which", ["largest", "magnitude"])
+def test_top_modes_of_the_theory_match_the_truncated_dense_decomposition(which, monkeypatch):
+    # Where the Krylov basis would not be small (here 2n = 240), contrastive_eigensystem(top=r)
+    # selects r modes of the tridiagonal form; the second route is eigh truncated.
+    import stepwise_ntk.theory._eigensystem as eigensystem_module
+
+    K = _kernel(120, seed=5)
+    tri_top = contrastive_eigensystem(K, 120, top=9, which=which)
+    monkeypatch.setattr(eigensystem_module, "tridiagonal_available", lambda L: False)
+    dense_top = contrastive_eigensystem(K, 120, top=9, which=which)
+    assert tri_top.gammas.shape == dense_top.gammas.shape == (9,) and tri_top.partial and dense_top.partial
+    np.testing.assert_allclose(np.asarray(tri_top.gammas), np.asarray(dense_top.gammas), atol=1e-14)
+    np.testing.assert_allclose(float(tri_top.rest), float(dense_top.rest), atol=1e-14)
+    cos = np.abs(np.sum(np.asarray(tri_top.vectors) * np.asarray(dense_top.vectors), axis=0))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-9)

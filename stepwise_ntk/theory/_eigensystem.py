@@ -64,6 +64,8 @@ from stepwise_ntk._checks import (
     check_test_kernel,
     is_concrete,
 )
+from stepwise_ntk.theory._pair_gram import pair_gram_of_factor
+from stepwise_ntk.theory._tridiagonal import tridiagonal_available, tridiagonal_eigensystem
 
 __all__ = [
     "WHICH",
@@ -131,21 +133,6 @@ def default_jitter_rtol(n_pairs: int, dtype: Any) -> float:
     """
     n_pairs = check_n_pairs(n_pairs)
     return 2.0 * float(n_pairs) * float(np.finfo(np.dtype(dtype)).eps)
-
-
-def pair_gram_of_factor(L: jax.Array) -> jax.Array:
-    """``Lᵀ Z L`` for lower-triangular ``L`` from its blocks (``2n³`` instead of ``8n³`` flops).
-
-    With ``L = [[L11, 0], [L21, L22]]``: ``Lᵀ Z L = [[A + Aᵀ, B], [Bᵀ, 0]]``,
-    ``A = L11ᵀ L21``, ``B = L11ᵀ L22``.
-    """
-    n = L.shape[0] // 2
-    L11, L21, L22 = L[:n, :n], L[n:, :n], L[n:, n:]
-    A = L11.T @ L21
-    B = L11.T @ L22
-    top = jnp.concatenate([A + A.T, B], axis=1)
-    bottom = jnp.concatenate([B.T, jnp.zeros_like(L22)], axis=1)
-    return jnp.concatenate([top, bottom], axis=0)
 
 
 @jax.jit
@@ -488,16 +475,18 @@ def _low_rank_from_factor(L, tau, columns):
                                   residuals=None, rest=jnp.zeros((), L.dtype))
 
 
-def _truncate(es: ContrastiveEigensystem, top: int, which: str) -> ContrastiveEigensystem:
+def _truncate(es: ContrastiveEigensystem, top: int, which: str, vectors_of: Any = None) -> ContrastiveEigensystem:
     """The ``top`` modes of a full eigensystem by ``which`` (exact: residuals of the dense
-    eigensolver, ``rest`` the next value by the ranking)."""
+    eigensolver, ``rest`` the next value by the ranking); ``vectors_of(sel)`` forms the
+    selected eigenvectors where ``es.vectors`` is None (the tridiagonal route)."""
     g = es.gammas
     key = jnp.abs(g) if which == "magnitude" else g
     order = jnp.argsort(-key)
     sel = jnp.sort(order[:top])  # descending γ, as the full eigensystem
     H_res = jnp.zeros((top,), g.dtype)
     rest = key[order[top]] if top < g.shape[0] else jnp.zeros((), g.dtype)
-    return ContrastiveEigensystem(gammas=g[sel], vectors=es.vectors[:, sel], factor=es.factor,
+    vectors = es.vectors[:, sel] if vectors_of is None else vectors_of(sel)
+    return ContrastiveEigensystem(gammas=g[sel], vectors=vectors, factor=es.factor,
                                   jitter=es.jitter, residuals=H_res, rest=rest)
 
 
@@ -516,7 +505,9 @@ def contrastive_eigensystem(K: Any, n_pairs: int, *, jitter_rtol: float | None =
     ``es.residuals``, each a bound on its ``γ_j``'s error). Cost ``(2n)³/3`` (Cholesky) plus
     ``O((2n)² r)`` per restart, against ``≈ 11 (2n)³`` for the full route; for small
     problems (``2n < 1024``), a Krylov basis not far below ``2n``, or no convergence, the
-    full decomposition is computed and truncated. As for every Krylov method a mode
+    full decomposition is computed and truncated (on CPU, where a Krylov basis would not
+    be small, through its tridiagonal form with only the ``r`` eigenvectors formed:
+    :func:`~stepwise_ntk.theory.tridiagonal_eigensystem`). As for every Krylov method a mode
     orthogonal to the random start could in principle be missed (probability zero).
 
     Args:
@@ -561,6 +552,13 @@ def contrastive_eigensystem(K: Any, n_pairs: int, *, jitter_rtol: float | None =
         return es if top is None else _truncate(es, top, which)
     L, tau = jittered_cholesky(K, jnp.asarray(jitter_rtol, dtype))
     check_factorization(ContrastiveEigensystem(jnp.diagonal(L), L, L, tau), K)
+    if top is not None and _krylov_sizes(K.shape[0], top) is None and tridiagonal_available(L):
+        # The Krylov iteration would return the full decomposition: on CPU its tridiagonal
+        # form gives every γ and forms only the selected eigenvectors.
+        tri = tridiagonal_eigensystem(L, tau)
+        es = ContrastiveEigensystem(gammas=tri.gammas, vectors=None, factor=L, jitter=tau, residuals=None,
+                                    rest=jnp.zeros((), dtype))
+        return _truncate(es, top, which, vectors_of=lambda sel: tri.vectors(np.asarray(sel)))
     es = contrastive_eigensystem_from_factor(L, tau, top=top, which=which)
     return es if top is None or es.partial else _truncate(es, top, which)
 

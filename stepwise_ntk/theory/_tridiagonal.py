@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import get_lapack_funcs
 
-from stepwise_ntk.theory._eigensystem import pair_gram_of_factor
+from stepwise_ntk.theory._pair_gram import pair_gram_of_factor
 
 __all__ = ["TridiagonalEigensystem", "tridiagonal_available", "tridiagonal_eigensystem"]
 
