@@ -5,13 +5,15 @@ formed only for the modes asked for (CPU).
 Householder reflectors, ``≈ 4/3 N³`` flops), and ``T = S diag(γ) Sᵀ`` is solved by divide
 and conquer (``stevd``), so the eigenvectors of ``H`` are ``P = Q S``. A dense symmetric
 eigendecomposition (``syevd``, what ``jnp.linalg.eigh`` runs on CPU) does exactly these two
-steps and then forms ``Q S`` for every mode (``ormtr``, ``2 N³`` flops), about a third of
-its time at ``2n = 2000``. The solver needs every ``γ`` and every mode's coordinates
+steps and then forms ``Q S`` for every mode (``ormtr``, ``2 N³`` flops), a third to a half
+of its time. The solver needs every ``γ`` and every mode's coordinates
 ``Pᵀ B = Sᵀ (Qᵀ B)`` of a thin ``B`` (``O(N² d)``) to choose its modes, and then the
 vectors of the ``k`` modes it integrates (``O(N² k)``): the same eigensystem, bit for bit
-the same ``γ`` as ``eigh``, for less (2n = 2000: ``sytrd`` 0.2 s, ``stevd`` 0.03-0.14 s,
-320 vectors 0.04 s, against 0.54-0.84 s for ``eigh``; 2n = 4000: 3.2-3.9 s against 5.9 s;
-2 cores, float64).
+the same ``γ`` as ``eigh``, for less. Measured (2 cores, float64, synthetic full-rank
+kernel): 2n = 2000, ``sytrd`` 0.18-0.21 s, ``stevd`` 0.03-0.14 s, 320 vectors 0.04 s,
+against 0.54-0.84 s for ``eigh``; without vectors 2n = 3000 1.65 s against 2.29 s, 6000
+14.5 s against 21.2 s, 9,320 54.5 s against 84.7 s (the reduction is memory-bound at large
+sizes, where the partial eigensystem is the solver's route).
 
 The reflectors are applied by ``ormqr`` on the trailing ``N − 1`` rows (what ``ormtr``
 does for ``uplo="L"``), with a workspace of ``64 k + 65·64`` (a smaller one runs the
