@@ -78,8 +78,8 @@ def test_solve_gives_the_same_flow_with_and_without_it(monkeypatch):
     # A second route through the solver: the dense eigendecomposition's vectors. Both runs
     # integrate the same modes with the same γ, so they agree to round-off, far inside
     # the accuracy target.
-    n = 600  # 2n = 1200: the full route (the partial one starts at larger sizes)
-    K = _kernel(n, m=400, seed=3)
+    n = 200  # eigensystem="full": the tridiagonal route at any size
+    K = _kernel(n, m=150, seed=3)
     F0 = 1e-3 * jax.random.normal(jax.random.key(4), (2 * n, 4), jnp.float64)
     es = contrastive_eigensystem(K, n)
     times = jnp.geomspace(1e-2 / float(es.gammas[0]), 1.5 * float(jnp.max(step_times(es, F0))), 30)
