@@ -324,12 +324,13 @@ def _krylov_sizes(N: int, top: int) -> tuple[int, int, int] | None:
 # 2n = 9,320: 64, 128 and 256 modes 10.9, 15.3 and 32.6 s (Cholesky 3.0 s) against 50 s for
 # one eigh. The model gets these comparisons right (at 2n = 4000 the two are level).
 #
-# LAPACK's selected eigenvectors (tridiagonal reduction once, then inverse iteration for the
-# top-r modes and the back transformation) were measured as the dense alternative on CPU:
-# 0.3-0.36 s plus 0.3 ms per mode against 0.58-0.66 s for one eigh at 2n = 2000, but whole
-# solves gained nothing there and 5-14% at 2n = 4000, because the mode count must then be
-# fixed before any vector exists, from a rest bound with every mode's weight, which asks for
-# 1.5-3× the modes the full route integrates. So the dense route stays the full eigh.
+# The model compares against one eigh. On CPU the full route is now the tridiagonal one
+# (theory/_tridiagonal.py, 0.64-0.72× of eigh at 2n = 3000-9,320), so the partial route is
+# chosen where it was before and the full route below that is faster; not refitted. Inverse
+# iteration for the top-r vectors of the tridiagonal form alone (no divide and conquer) was
+# measured too: it gives no mode's coordinates before its vector exists, so the mode count
+# came from a rest bound that asked for 1.5-3× the modes, and whole solves gained nothing at
+# 2n = 2000; divide and conquer on T gives every mode's coordinates for 0.03-0.14 s.
 _KRYLOV_RESTARTS = 20
 _KRYLOV_INEFFICIENCY = 10.0  # at blocks of 64 columns
 _KRYLOV_FULL_BLOCK = 64
