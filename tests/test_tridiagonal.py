@@ -90,6 +90,7 @@ def test_solve_gives_the_same_flow_with_and_without_it(monkeypatch):
     monkeypatch.setattr(solve_module, "tridiagonal_available", lambda L: False)
     dense = solve(K, n, F0, times, K_test=K_test, F0_test=F0_test, settings=settings)
     assert int(with_tri.stats.n_modes) == int(dense.stats.n_modes) < 2 * n
+    assert "tridiagonal" in with_tri.reason and "tridiagonal" not in dense.reason, (with_tri.reason, dense.reason)
     np.testing.assert_allclose(np.asarray(with_tri.eigenvalues), np.asarray(dense.eigenvalues), atol=1e-9)
     np.testing.assert_allclose(np.asarray(with_tri.embeddings), np.asarray(dense.embeddings), atol=1e-9)
     np.testing.assert_allclose(np.asarray(with_tri.test_embeddings), np.asarray(dense.test_embeddings),

@@ -799,6 +799,8 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     if not prep.es.partial and r < N:
         reason = (f"{reason}; low-rank kernel: {r} of {N} Cholesky columns kept (kernel moved by "
                   f"≤ {float(prep.es.jitter):.2g})")
+    if prep.tri is not None:
+        reason = f"{reason}; every mode from LAPACK's tridiagonal form, eigenvectors formed only for those integrated"
     rtol = settings.resolved_rtol(dtype)
     integrator = settings.integrator
     if integrator == "auto":
