@@ -113,3 +113,14 @@ def test_top_modes_of_the_theory_match_the_truncated_dense_decomposition(which, 
     np.testing.assert_allclose(float(tri_top.rest), float(dense_top.rest), atol=1e-14)
     cos = np.abs(np.sum(np.asarray(tri_top.vectors) * np.asarray(dense_top.vectors), axis=0))
     np.testing.assert_allclose(cos, 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("L, match", [
+    (np.eye(4), "float32/float64 JAX array on the CPU"),  # numpy, not a JAX array
+    (jnp.eye(4, dtype=jnp.int32), "float32/float64 JAX array on the CPU"),
+    (jnp.eye(5), "got shape"),  # odd: not 2n views
+    (jnp.ones((4, 6)), "got shape"),
+])
+def test_bad_factor_is_refused_with_the_reason(L, match):
+    with pytest.raises(ValueError, match=match):
+        tridiagonal_eigensystem(L, jnp.asarray(0.0))

@@ -101,6 +101,9 @@ def tridiagonal_eigensystem(L: jax.Array, tau: jax.Array) -> TridiagonalEigensys
     Returns:
       :class:`TridiagonalEigensystem`.
 
+    Raises:
+      ValueError: ``L`` not square of even size, or not a float JAX array on the CPU.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from stepwise_ntk.theory import contrastive_eigensystem_from_factor, jittered_cholesky
@@ -113,6 +116,15 @@ def tridiagonal_eigensystem(L: jax.Array, tau: jax.Array) -> TridiagonalEigensys
         >>> bool(jnp.allclose(jnp.abs(jnp.sum(P * full.vectors[:, :3], axis=0)), 1.0, atol=1e-10))
         True
     """
+    shape = getattr(L, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1] or shape[0] % 2:
+        raise ValueError(f"L must be the (2n, 2n) Cholesky factor from jittered_cholesky, got shape {shape}.")
+    if not tridiagonal_available(L):
+        raise ValueError(
+            f"tridiagonal_eigensystem runs LAPACK on the host: L must be a float32/float64 JAX array on the "
+            f"CPU (got {getattr(L, 'dtype', type(L))}). Use contrastive_eigensystem_from_factor(L, tau) on "
+            f"accelerators, or move L with jax.device_put(L, jax.devices('cpu')[0])."
+        )
     N = L.shape[0]
     # H is exactly symmetric (pair_gram_of_factor), so its C-order copy read as Fortran
     # order is H itself: a plain copy, not a transposing one.
