@@ -1,10 +1,22 @@
-"""Strict JAX settings for the whole suite.
+"""Strict JAX settings for the whole suite, and one compilation cache for the whole run.
 
 x64 is on so float64 references are real float64; dtype promotion is strict so an
 accidental float32/float64 mix is an error instead of a silent upcast. Tests that
 need float32 ask for it explicitly.
+
+Compilation is most of the suite's time, and much of it is the same program compiled again:
+by a fresh closure in the same process (jit's in-memory cache is keyed on the function
+object), by the other xdist worker, or by a subprocess (the CLI, benchmark and notebook
+runs). JAX's persistent compilation cache is keyed on the compiled program itself (with the
+XLA flags and backend), so it serves every repeat. The cache is a fresh folder per test run,
+made by the controlling process and handed to workers and subprocesses through the
+environment: every program is still compiled from scratch at least once per run, and
+nothing a run leaves behind can answer for the next.
 """
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -16,6 +28,27 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "cifar10"
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWNED_CACHE: list[str] = []  # the folder this process made (the controller's), removed at exit
+
+
+def pytest_configure(config):
+    # xdist workers inherit the controller's environment (and its folder); the controller,
+    # or a serial run, always makes a fresh one, whatever the caller's environment says.
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="stepwise-ntk-test-jax-cache-")
+        _OWNED_CACHE.append(os.environ[_CACHE_ENV])
+    # Small programs too: most of the suite's are, and a hit costs less than their compile.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    for folder in _OWNED_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

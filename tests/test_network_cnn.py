@@ -30,7 +30,11 @@ def _pair_gamma_1(K: np.ndarray, n: int) -> float:
     return float(np.max(np.linalg.eigvals(K @ Z).real) / (2 * n))
 
 
-@pytest.mark.parametrize("arch", ["myrtle", "wrn"])
+# The WRN run covers convolutions and residual blocks end to end by default; the Myrtle run
+# (the same pipeline, convolutions without residuals, about 45 s of compilation) is slow. Its
+# kernel, network and training are covered by default in test_architectures, test_empirical
+# and test_training.
+@pytest.mark.parametrize("arch", [pytest.param("myrtle", marks=pytest.mark.slow), "wrn"])
 def test_tiny_conv_network_runs_end_to_end_on_its_own_step(tmp_path, cifar_dir, arch):
     r, a = _run(tmp_path, cifar_dir, "--arch", arch)
     assert r["status"] == "complete" and r["architecture"]["arch"] == arch and r["architecture"]["width"] == 8
