@@ -466,8 +466,9 @@ def _highest(f):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 @_highest
-def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, K_test, F0_test, tols):
-    """The mode-space flow of the modes ``idx`` (eigenvectors ``P: (N, k)``), the others frozen."""
+def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_test, F0_test, tols):
+    """The mode-space flow of the modes ``idx`` (eigenvectors ``P: (N, k)``), the others frozen;
+    ``B_test = L⁻¹ K_testᵀ: (N, m)`` (None without test inputs), shared by every run of a solve."""
     es = prep.es
     dtype = F0.dtype
     d = F0.shape[1]
@@ -476,7 +477,7 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, K_t
     M0 = prep.M0[:, idx]
     Cf = prep.C0 - (M0 * g) @ M0.T  # frozen modes' contribution (exact at t = 0)
     if cfg.has_test:
-        G_test = jax.scipy.linalg.solve_triangular(es.factor, K_test.T, lower=True).T @ P
+        G_test = B_test.T @ P
 
     def rhs(t, M, args):
         return _mode_rhs(M, g, Cf, eye)
@@ -807,6 +808,8 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         cheaper = _rosw_is_cheaper(float(prep.es.gammas[0]), t_end, d, rtol)
         integrator = "rosw" if cheaper else "dopri5"
     has_test = K_test is not None
+    # The test inputs' coordinates L⁻¹ K_testᵀ (N² m flops) do not depend on the modes: once per solve.
+    B_test = _forward_substitution(L, K_test.T) if has_test else None
 
     formed = []  # [(prep, idx, P)]: the last mode set's eigenvectors, formed once for its runs
 
@@ -816,7 +819,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         if not formed or formed[0][0] is not prep or not np.array_equal(formed[0][1], idx):
             formed[:] = [(prep, idx, prep.vectors(idx))]
         cfg = _EigenConfig(k=k, integrator=integrator, ode=settings.ode, has_test=has_test)
-        out = _eigen_integrate(cfg, prep.traced(), jnp.asarray(idx), formed[0][2], F0, times, K_test, F0_test,
+        out = _eigen_integrate(cfg, prep.traced(), jnp.asarray(idx), formed[0][2], F0, times, B_test, F0_test,
                                settings.tolerances(dtype, rtol))
         _raise_if_failed(out.success, out.n_steps, out.t_final, times, settings)
         return out
