@@ -1,9 +1,10 @@
 """The benchmark suite: a smoke run of every benchmark at tiny size, and the harness's parts.
 
-The smoke run is the real command (``python -m benchmarks --size tiny``) in a subprocess
-with 4 simulated CPU devices, so the sharded function route runs too; it checks the JSON
-and Markdown structure and that every subject's baselines were measured in the same run
-and case (re-derived here, not via the harness's own check). No speed is asserted:
+The smoke run is the real command (``python -m benchmarks --size tiny``) in a subprocess;
+it checks the JSON and Markdown structure and that every subject's baselines were measured
+in the same run and case (re-derived here, not via the harness's own check). The dynamics
+case on 4 simulated CPU devices, where the function route shards ``K``, is marked slow:
+tests/test_solver.py checks the sharded route against one device by default. No speed is asserted:
 targets live in the benchmark output, never in tests. A second subprocess pair runs a
 benchmark under ``jax.distributed`` with two processes on this machine (marked slow).
 """
@@ -143,26 +144,34 @@ def test_smoke_every_subject_has_its_baselines_in_the_same_case(smoke):
             assert m["compile_s"] is None or m["compile_s"] >= 0
 
 
-def test_smoke_environment_and_settings(smoke, smoke_sharded):
+def _check_environment(data: dict, devices: int) -> None:
     import jax
 
-    for data, devices in ((smoke[0], 1), (smoke_sharded, 4)):
-        env = data["environment"]
-        assert env["backend"] == "cpu" and env["n_local_devices"] == devices
-        assert env["process_count"] == 1 and env["jax"] == jax.__version__
-        assert len(env["loadavg"]) == 3 and env["cpu_count"] >= 1
-        assert f"xla_force_host_platform_device_count={devices}" in env["XLA_FLAGS"]
-        assert data["settings"]["size"] == "tiny" and data["settings"]["repeats"] == 1
-        for b in data["benchmarks"].values():
-            if b["status"] == "ok":
-                assert len(b["loadavg_before"]) == 3 and b["wall_s"] > 0
+    env = data["environment"]
+    assert env["backend"] == "cpu" and env["n_local_devices"] == devices
+    assert env["process_count"] == 1 and env["jax"] == jax.__version__
+    assert len(env["loadavg"]) == 3 and env["cpu_count"] >= 1
+    assert f"xla_force_host_platform_device_count={devices}" in env["XLA_FLAGS"]
+    assert data["settings"]["size"] == "tiny" and data["settings"]["repeats"] == 1
+    for b in data["benchmarks"].values():
+        if b["status"] == "ok":
+            assert len(b["loadavg_before"]) == 3 and b["wall_s"] > 0
+
+
+def test_smoke_environment_and_settings(smoke):
+    _check_environment(smoke[0], 1)
+
+
+@pytest.mark.slow  # 4 simulated devices on 2 cores: every sharded right-hand side is a rendezvous
+def test_sharded_smoke_environment_and_settings(smoke_sharded):
+    _check_environment(smoke_sharded, 4)
     assert set(smoke_sharded["benchmarks"]) == {"dynamics"}
     assert smoke_sharded["settings"]["overrides"] == {"losses": "", "source": "synthetic"}
 
 
-@pytest.mark.parametrize("devices", [1, 4])
-def test_smoke_dynamics_accuracy_and_sharding(smoke, smoke_sharded, devices):
-    data = smoke[0] if devices == 1 else smoke_sharded
+@pytest.mark.parametrize("devices", [1, pytest.param(4, marks=pytest.mark.slow)])
+def test_smoke_dynamics_accuracy_and_sharding(request, devices):
+    data = request.getfixturevalue("smoke")[0] if devices == 1 else request.getfixturevalue("smoke_sharded")
     ms = {(m["case"], m["name"]): m for m in data["benchmarks"]["dynamics"]["measurements"]}
     bt = next(c for c, _ in ms if c.startswith("bt "))
     nt_err = ms[(bt, "nt.predict.gradient_descent")]["extra"]["max_abs_err"]

@@ -109,7 +109,9 @@ def test_rise_times_cross_one_half_whatever_the_run_length():
     np.testing.assert_allclose(rise_times(t0, np.vstack([lam[:1], lam])), [3.0, 20.0], rtol=2e-3)
 
 
-@pytest.mark.parametrize("loss", ["simclr", "vicreg"])
+# Both losses take the same planning code (a kernel flow without closed form); SimCLR's
+# 2n × 2n softmax makes its run the slower one.
+@pytest.mark.parametrize("loss", [pytest.param("simclr", marks=pytest.mark.slow), "vicreg"])
 def test_plan_of_a_loss_without_closed_form_does_not_depend_on_the_step_limit(cifar_dir, loss):
     from stepwise_ntk.experiments._network import LOSS_SETTINGS, network_problem, network_views, plan_run
     from stepwise_ntk.solver import solve
