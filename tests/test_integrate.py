@@ -80,6 +80,21 @@ def test_dense_output_orders_and_endpoints():
         assert np.log2(errs[0] / errs[1]) > order + 0.5
 
 
+def test_rosw_error_estimate_is_filtered_on_stiff_components():
+    # y' = −λy far beyond the stiff scale (hλ = 1e5, W = J): the L-stable method damps y to
+    # ~|R(∞)| = 0 (true local error ~3e-5 |y|), but the embedded solution is not L-stable and
+    # the raw difference of the two is ≈ 0.48 |y|; the step-size control sees the filtered
+    # (I − τW)⁻¹ of it.
+    lam, h = 1e4, 10.0
+    y0 = jnp.ones(1)
+    st = I._rosw_step(lambda t, y, a: -lam * y, lambda p, tau, b: b / (1.0 + tau * lam), None, 0.0, y0,
+                      -lam * y0, h, None)
+    true_err = abs(float(st.y_new[0]) - np.exp(-lam * h))
+    assert 0.0 < true_err < 1e-4
+    assert abs(float(st.err[0])) < 1e-3
+    assert abs(float(st.err[0])) * (1.0 + I._RW_GAMMA * h * lam) > 0.4  # the unfiltered estimate
+
+
 def test_stiff_problem_rosw_needs_far_fewer_steps():
     A = _linear_problem(1, stiff=True)
     Aj = jnp.asarray(A)

@@ -13,8 +13,10 @@ Two methods share one driver (error norm, step-size control, dense output, stati
   Wanner, *Solving ODEs I*, §II.4–II.6, code DOPRI5).
 * ``"rosw"``: the linearly implicit Rosenbrock-W method ROS34PW2 (Rang & Angermann, BIT 45,
   2005): 4 stages, order 3 **for any matrix W** (a W-method: ``W`` need not be the exact
-  Jacobian), L-stable for ``W = J``, embedded order 2, cubic Hermite dense output. Each
-  stage costs one right-hand side and one solve with ``(I − τ W)``, ``τ = γ h``; the caller
+  Jacobian), L-stable for ``W = J``, embedded order 2 with the error estimate filtered by
+  ``(I − τ W)⁻¹`` (damping its stiff components as the method damps the error itself),
+  cubic Hermite dense output. Each stage, and the filter, costs one solve with
+  ``(I − τ W)``, ``τ = γ h``, and each stage one right-hand side; the caller
   supplies that solve (``w_solve``), so a structured approximation of the stiff part of the
   Jacobian can be inverted cheaply (the Barlow Twins eigen route does it with a d×d
   Lyapunov equation).
@@ -252,7 +254,10 @@ def _rosw_step(rhs, w_solve, args, t, y, f, h, prep):
         r = _lincomb(fi, [(c / h, u) for c, u in zip(_RW_CT[i], us, strict=False)])
         us.append(w_solve(prep, tau, jax.tree.map(lambda v: tau * v, r)))
     y_new = _lincomb(y, list(zip(_RW_M, us, strict=False)))
-    err = _lincomb(None, list(zip(_RW_ME, us, strict=False)))
+    # Filtered (Shampine; Hairer & Wanner IV.8): the method damps the stiff components of its
+    # own error, so the raw difference of the two solutions overstates them and the step-size
+    # control then chases the stiff modes. One more solve with the step's W.
+    err = w_solve(prep, tau, _lincomb(None, list(zip(_RW_ME, us, strict=False))))
     f_new = rhs(t + h, y_new, args)
     return _Step(y_new=y_new, err=err, f_new=f_new, dense=(f, y_new, f_new))
 
