@@ -302,6 +302,37 @@ def all_finite(x: jax.Array) -> bool:
     return bool(jnp.all(jnp.isfinite(x)))
 
 
+_SYMMETRY_BLOCK = 512
+
+
+@jax.jit
+def _finite_scale_asymmetry_jit(K):
+    finite = jnp.isfinite(jnp.max(K)) & jnp.isfinite(jnp.min(K))
+    return finite, jnp.max(jnp.abs(K)), jnp.max(jnp.abs(K - K.T))
+
+
+def _finite_scale_asymmetry(K: jax.Array) -> tuple[bool, float, float]:
+    """``(all finite, max|K|, max|K − Kᵀ|)`` of a square ``K``.
+
+    A NaN or infinity shows in ``max K`` or ``min K``. For arrays on the CPU the check runs
+    on the host (numpy reads the buffer without a copy) over row blocks of the upper
+    triangle: XLA on the CPU transposes a large matrix slowly, and the jitted form took
+    about 3× as long at 2n = 9320 (1.5 s against 0.54 s).
+    """
+    if any(dev.platform != "cpu" for dev in K.devices()):
+        finite, scale, asym = _finite_scale_asymmetry_jit(K)
+        return bool(finite), float(scale), float(asym)
+    A = np.asarray(K)
+    hi, lo = A.max(), A.min()
+    if not (np.isfinite(hi) and np.isfinite(lo)):
+        return False, float("nan"), float("nan")
+    asym = 0.0
+    for i in range(0, A.shape[0], _SYMMETRY_BLOCK):
+        j = i + _SYMMETRY_BLOCK
+        asym = max(asym, float(np.max(np.abs(A[i:j, i:] - A[i:, i:j].T))))
+    return True, float(max(hi, -lo)), asym
+
+
 def check_kernel(K: Any, n_pairs: int, name: str = "K", *, sym_rtol: float | None = None) -> jax.Array:
     """Validate a Gram matrix on the 2n views: square ``(2n, 2n)``, float, finite, symmetric.
 
@@ -325,15 +356,14 @@ def check_kernel(K: Any, n_pairs: int, name: str = "K", *, sym_rtol: float | Non
             f"fix n_pairs (= {K.shape[0] // 2} for this K)."
         )
     if is_concrete(K):
-        if not all_finite(K):
+        finite, scale, asym = _finite_scale_asymmetry(K)
+        if not finite:
             bad = int(jnp.sum(~jnp.isfinite(K)))
             raise ValueError(
                 f"{name} contains {bad} NaN or Inf entries. Recompute the kernel (in float64, "
                 f"or with a smaller batch / learning rate if it came from training)."
             )
         tol = (1000.0 * float(np.finfo(dtype).eps) if sym_rtol is None else float(sym_rtol))
-        scale = float(jnp.max(jnp.abs(K)))
-        asym = float(jnp.max(jnp.abs(K - K.T)))
         if asym > tol * scale:
             raise ValueError(
                 f"{name} is not symmetric: max|K − Kᵀ| = {asym:.3g} > {tol:.1g} × max|K| "

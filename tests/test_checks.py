@@ -61,6 +61,27 @@ def test_check_kernel_accepts_good_and_rejects_bad():
     check_kernel(K32, 3)
 
 
+@pytest.mark.parametrize("where", ["upper", "lower", "last block", "diagonal block"])
+def test_kernel_symmetry_check_sees_every_entry(where):
+    # 2n = 1100 spans three row blocks of the host check, the last one partial; the jitted
+    # form (accelerators) and numpy's max|K − Kᵀ| are the references.
+    from stepwise_ntk._checks import _finite_scale_asymmetry, _finite_scale_asymmetry_jit
+
+    K = _psd(550, seed=1)
+    i, j = {"upper": (3, 900), "lower": (1000, 20), "last block": (1099, 1030), "diagonal block": (600, 700)}[where]
+    K[i, j] += 0.25
+    ref = float(np.max(np.abs(K - K.T)))
+    finite, scale, asym = _finite_scale_asymmetry(jnp.asarray(K))
+    assert finite and asym == ref and abs(ref - 0.25) < 1e-12 and scale == float(np.max(np.abs(K)))
+    jit = [float(v) for v in _finite_scale_asymmetry_jit(jnp.asarray(K))]
+    assert jit == [1.0, scale, ref]
+    for bad in (np.nan, np.inf, -np.inf):
+        K2 = K.copy()
+        K2[j, i] = bad
+        assert not _finite_scale_asymmetry(jnp.asarray(K2))[0]
+        assert not bool(_finite_scale_asymmetry_jit(jnp.asarray(K2))[0])
+
+
 def test_check_embeddings():
     F = np.zeros((6, 2))
     assert check_embeddings(F, 3).shape == (6, 2)
