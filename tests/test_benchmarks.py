@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # The suite's LLVM optimisation level (tests/conftest.py) carries over; nothing else does.
+    level = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
+    env["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={devices}", *level])
     env["PYTHONPATH"] = str(ROOT)
     return env
 
