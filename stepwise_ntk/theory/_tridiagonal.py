@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import get_lapack_funcs
 
+from stepwise_ntk._checks import on_cpu
 from stepwise_ntk.theory._pair_gram import pair_gram_of_factor
 
 __all__ = ["TridiagonalEigensystem", "tridiagonal_available", "tridiagonal_eigensystem"]
@@ -82,9 +83,7 @@ class TridiagonalEigensystem(NamedTuple):
 
 def tridiagonal_available(L: jax.Array) -> bool:
     """Whether :func:`tridiagonal_eigensystem` applies: ``L`` float32/float64 on the CPU."""
-    devices = getattr(L, "devices", lambda: set())()
-    on_cpu = bool(devices) and all(dev.platform == "cpu" for dev in devices)
-    return on_cpu and np.dtype(L.dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+    return on_cpu(L) and np.dtype(L.dtype) in (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def tridiagonal_eigensystem(L: jax.Array, tau: jax.Array) -> TridiagonalEigensystem:
