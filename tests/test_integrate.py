@@ -114,6 +114,26 @@ def test_stiff_problem_rosw_needs_far_fewer_steps():
     assert int(out["rosw"].stats.n_steps) < int(out["dopri5"].stats.n_steps) / 5
 
 
+def test_rosw_prepares_w_at_the_start_and_after_rejections_only():
+    # W = the stiff part of the Jacobian, min(J, 0): zero at the start (nothing learned),
+    # −8γ once a component saturates. Kept over accepted steps, it must be renewed when the
+    # stiffness appears, or the steps fall to the explicit stability limit 3.3 / (8 γ_1).
+    g = jnp.array([1000.0, 1.0])
+    lam0 = np.full(2, 1e-6)
+    times = np.geomspace(1e-3, 10.0, 30)
+    out = jax.jit(lambda y: integrate(
+        lambda t, y, a: 8 * g * y * (1 - y), y, jnp.asarray(times), observe=lambda y, a: y, method="rosw",
+        w_prepare=lambda y, a: jnp.minimum(8 * g * (1 - 2 * y), 0.0), w_solve=lambda p, tau, b: b / (1 - tau * p),
+        settings=ODESettings(rtol=1e-6)))(jnp.asarray(lam0))
+    st = out.stats
+    exact = 1 / (1 + (1 / lam0 - 1) * np.exp(-8 * np.asarray(g) * times[:, None]))
+    np.testing.assert_allclose(np.asarray(out.observed), exact, atol=3e-5)
+    assert 2 <= int(st.n_w) <= 1 + int(st.n_rejected), st
+    assert int(st.n_steps) < 8 * 1000.0 * 10.0 / 3.3 / 5, st
+    dopri = integrate(lambda t, y, a: -y, jnp.ones(2), jnp.array([1.0]), observe=lambda y, a: y)
+    assert int(dopri.stats.n_w) == 0
+
+
 def test_float32_logistic_against_float64_closed_form():
     g = np.array([1.0, 0.4, 0.1])
     lam0 = np.array([1e-4, 1e-3, 1e-2])

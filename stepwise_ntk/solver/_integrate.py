@@ -19,7 +19,11 @@ Two methods share one driver (error norm, step-size control, dense output, stati
   ``(I − τ W)``, ``τ = γ h``, and each stage one right-hand side; the caller
   supplies that solve (``w_solve``), so a structured approximation of the stiff part of the
   Jacobian can be inverted cheaply (the Barlow Twins eigen route does it with a d×d
-  Lyapunov equation).
+  Lyapunov equation). ``W`` is prepared (``w_prepare``) at the start and again only after
+  a rejected step taken with a ``W`` of an earlier state: the order does not depend on
+  ``W``, only the stability does, and a ``W`` too far from the Jacobian for the step size
+  shows as a rejected step (Hairer & Wanner, *Solving ODEs II*, §IV.7, on W-methods with
+  Jacobians kept over several steps).
 
 Shared control: error norm ``‖e‖ = RMS(e_i / (atol + rtol · max(|y_i|, |y_new,i|)))``, a step
 is accepted when ``‖e‖ ≤ 1``; PI step-size control (DOPRI5's ``β = 0.04``, exponent
@@ -31,7 +35,8 @@ starting-step heuristic.
 Why two methods: the kernel model is stiff (fastest time scale ``1/8γ_1`` far below the
 horizon ``ln(1/λ(0))/8γ_d``); an explicit method then needs ``≈ horizon · 8γ_1 / 3.3``
 steps whatever the tolerance, while the W-method's step is set by accuracy alone.
-:class:`ODEStats` reports steps, rejections and right-hand sides, so the cost is visible.
+:class:`ODEStats` reports steps, rejections, right-hand sides and ``W`` preparations, so the
+cost is visible.
 
 Example::
 
@@ -105,6 +110,7 @@ class ODEStats(NamedTuple):
     n_steps: jax.Array  # accepted steps
     n_rejected: jax.Array  # rejected steps
     n_rhs: jax.Array  # right-hand-side evaluations
+    n_w: jax.Array  # W preparations ("rosw": w_prepare calls; 0 for "dopri5")
     t_final: jax.Array  # time reached
     success: jax.Array  # reached the last requested time
 
@@ -301,8 +307,9 @@ def integrate(
       observe: ``(y, args) -> pytree`` evaluated at every save time.
       settings: :class:`ODESettings`.
       method: ``"dopri5"`` or ``"rosw"`` (see the module docstring).
-      w_prepare: ``"rosw"`` only: ``(y, args) -> prep``, called once per step at its start
-        (e.g. factorise ``W(y)``).
+      w_prepare: ``"rosw"`` only: ``(y, args) -> prep`` (e.g. factorise ``W(y)``), called at
+        ``y0`` and at the start of a step after a rejected one whose ``prep`` came from an
+        earlier state; the accepted steps in between reuse it.
       w_solve: ``"rosw"`` only: ``(prep, tau, b) -> x`` with ``(I − tau W) x = b``.
       integrand: optional ``(y, args) -> pytree``; its time integral over ``[0, T]``
         (trapezoid rule on the accepted steps) comes back as ``ODEResult.integral``.
@@ -335,7 +342,7 @@ def integrate(
         order, rhs_per_step = 5, 6
         step_fn = lambda t, y, f, h, prep: _dopri5_step(rhs, args, t, y, f, h, prep)  # noqa: E731
         dense_fn = _dopri5_dense
-        prepare = lambda y: None  # noqa: E731
+        prepare = None
     else:
         order, rhs_per_step = 3, 4
         step_fn = lambda t, y, f, h, prep: _rosw_step(rhs, w_solve, args, t, y, f, h, prep)  # noqa: E731
@@ -387,6 +394,9 @@ def integrate(
         failed: jax.Array
         g_old: Any
         acc: Any
+        prep: Any  # W's preparation (rosw)
+        prep_at_y: jax.Array  # prep was made at y
+        n_w: jax.Array
 
     def cond(c: Carry):
         return (c.t < t_end) & (c.n_steps + c.n_rej < max_steps) & ~c.failed
@@ -394,7 +404,12 @@ def integrate(
     def body(c: Carry):
         last = c.t + c.h >= t_end
         h = jnp.where(last, t_end - c.t, c.h)
-        st = step_fn(c.t, c.y, c.f, h, prepare(c.y))
+        if prepare is None:
+            prep, refresh = None, jnp.asarray(False)
+        else:
+            refresh = c.rejected_last & ~c.prep_at_y
+            prep = jax.lax.cond(refresh, lambda: prepare(c.y), lambda: c.prep)
+        st = step_fn(c.t, c.y, c.f, h, prep)
         err = _err_norm(st.err, c.y, st.y_new, rtol, atol)
         finite = jnp.isfinite(err) & jnp.all(jnp.asarray(
             [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(st.y_new)]))
@@ -445,6 +460,9 @@ def integrate(
             failed=tiny & ~(accept & last),
             g_old=g_new,
             acc=acc,
+            prep=prep,
+            prep_at_y=~accept & (refresh | c.prep_at_y),
+            n_w=c.n_w + refresh.astype(jnp.int32),
         )
 
     g0 = integ(y0)
@@ -452,12 +470,15 @@ def integrate(
                   rejected_last=jnp.asarray(False), idx=idx, bufs=buffers,
                   n_steps=jnp.asarray(0, jnp.int32), n_rej=jnp.asarray(0, jnp.int32),
                   n_rhs=jnp.asarray(n_rhs0, jnp.int32), failed=jnp.asarray(False),
-                  g_old=g0, acc=jax.tree.map(jnp.zeros_like, g0))
+                  g_old=g0, acc=jax.tree.map(jnp.zeros_like, g0),
+                  prep=None if prepare is None else prepare(y0), prep_at_y=jnp.asarray(True),
+                  n_w=jnp.asarray(0 if prepare is None else 1, jnp.int32))
     out = jax.lax.while_loop(cond, body, carry)
     stats = ODEStats(
         n_steps=out.n_steps,
         n_rejected=out.n_rej,
         n_rhs=out.n_rhs,
+        n_w=out.n_w,
         t_final=out.t,
         success=(out.t >= t_end) & (out.idx >= n_save),
     )
