@@ -56,7 +56,8 @@ that decide accuracy are traced at ``precision=HIGHEST``.
 ``ln(1/λ(0))/8γ_d``). ``integrator="rosw"`` uses the Rosenbrock-W method ROS34PW2 with
 ``W`` = the stiff part of the Jacobian, ``δM ↦ −4 (δM Γ Mᵀ + M Γ δMᵀ) M Γ``; the solve with
 ``I − τW`` reduces to the Lyapunov equation ``X + 4τ(X A + A X) = −4τ S`` with
-``A = M Γ² Mᵀ`` (one ``d × d`` eigendecomposition per step). ``"dopri5"`` is explicit and
+``A = M Γ² Mᵀ`` (one ``d × d`` eigendecomposition per ``W``, kept over accepted steps and
+renewed after a rejected one). ``"dopri5"`` is explicit and
 needs about ``8γ_1 T / 3.3`` steps; ``"auto"`` picks the cheaper by a step-count model.
 
 ``method="function"`` (any differentiable loss of ``F``: Barlow Twins, SimCLR, VICReg, or
