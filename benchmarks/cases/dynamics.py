@@ -31,10 +31,10 @@ Measured in one case (``bt 2n=… d=…``):
   ``eigh(K)`` (``extra.x_eigh_interleaved``, the median ratio), which a changing machine
   load does not skew.
 
-Defaults (cases ``defaults KIND …``, ``--set default_kernels=linear,noise,rff,ridge``; with
+Defaults (cases ``defaults KIND …``, ``--set default_kernels=linear,noise,rff,ridge,mlp``; with
 ``--set bt_case=false`` only these and the other losses run):
 ``solve`` with no settings (``SolverSettings()``: accuracy 1e-3) against
-``nt.predict.gradient_descent`` on the same ``K`` and loss, on four kernels (see
+``nt.predict.gradient_descent`` on the same ``K`` and loss, on five kernels (see
 :func:`_default_problem`), with the error against the float64 reference, the solver's own
 ``error_estimate``, and for the linear kernel the ratio to one ``eigh(K)`` timed back to back.
 
@@ -88,7 +88,7 @@ PRESETS = {
     "source": {"tiny": "auto", "small": "auto", "full": "auto"},
     # Kernels of the defaults case (`solve` with no settings): comma-separated names of
     # DEFAULT_KERNELS; "" skips it.
-    "default_kernels": {"tiny": "linear", "small": "linear,noise,rff,ridge", "full": "linear,noise,rff,ridge"},
+    "default_kernels": {"tiny": "linear", "small": "linear,noise,rff,ridge,mlp", "full": "linear,noise,rff,ridge,mlp"},
     # The Barlow Twins case (every route at equal accuracy); "false" runs only the others.
     "bt_case": {"tiny": "true", "small": "true", "full": "true"},
 }
@@ -474,7 +474,9 @@ def _default_problem(kind: str, n_views: int, d: int, ctx: Context, source: str)
     case's problem); ``noise``: the linear kernel of unaugmented CIFAR-10 images plus additive
     pixel noise as the second view; ``rff``: random Fourier features (an RBF kernel) of
     synthetic noisy pairs, random small F0 (not in the span of the features); ``ridge``: the
-    scaling benchmark's full-rank synthetic ``X Xᵀ + ρ I``.
+    scaling benchmark's full-rank synthetic ``X Xᵀ + ρ I``; ``mlp``: the infinite-width NTK of
+    the default ``MLP`` (``kernels.analytic_ntk``) on the ``linear`` case's views, random small
+    F0 (so thousands of modes move a little: the quadrature's case).
     """
     import jax
     import jax.numpy as jnp
@@ -514,6 +516,21 @@ def _default_problem(kind: str, n_views: int, d: int, ctx: Context, source: str)
         K = X @ X.T
         F0 = INIT_SCALE * rng.standard_normal((n_views, d))
         used = "synthetic"
+    elif kind == "mlp":
+        from benchmarks.harness.problems import find_cifar_dir
+        from stepwise_ntk.data import cifar10_pairs
+        from stepwise_ntk.kernels import MLP, analytic_ntk
+
+        cifar = find_cifar_dir(ctx.data_dir) if source != "synthetic" else None
+        if cifar is not None:
+            views, _, _ = cifar10_pairs(jax.random.key(0), n, data_dir=cifar, dtype=jnp.float64)
+            views, used = np.asarray(views), "cifar10"
+        else:
+            base = rng.standard_normal((n, 8, 8, 3))
+            views = np.concatenate([base, base + 0.3 * rng.standard_normal(base.shape)])
+            used = "synthetic"
+        K = np.asarray(analytic_ntk(MLP(), views, progress=False), np.float64)
+        F0 = INIT_SCALE * np.sqrt(np.mean(np.diag(K))) * rng.standard_normal((n_views, d))
     elif kind == "ridge":
         from benchmarks.harness.problems import ridge_kernel_problem
 
@@ -528,7 +545,7 @@ def _default_problem(kind: str, n_views: int, d: int, ctx: Context, source: str)
     return K, F0, times, used
 
 
-DEFAULT_KERNELS = ("linear", "noise", "rff", "ridge")
+DEFAULT_KERNELS = ("linear", "noise", "rff", "ridge", "mlp")
 
 
 def _defaults_case(ctx: Context, dtype: np.dtype, kind: str, n_views: int, d: int, source: str) -> list[Measurement]:

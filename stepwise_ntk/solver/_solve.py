@@ -30,6 +30,14 @@ contribution to ``C`` (hence, by Weyl's inequality, to each eigenvalue); their f
 the integrated modes through ``C`` is of the same order but not part of the bound.
 ``mode_tol = 0`` integrates all ``2n`` modes.
 
+*Quadrature.* With every mode known (full, tridiagonal or low-rank eigensystem) the modes
+not integrated one by one need not be held: all modes obey one linear flow given ``C``, so
+they act on ``C`` only through the ``d × d`` moments of their ``γ``, and ``q`` block Lanczos
+steps on ``diag(γ_tail)`` give ``q d`` pseudo-modes with the same moments up to degree
+``2q − 1``, integrated with the others (:mod:`stepwise_ntk.solver._quadrature`, with its
+bound; ``q = 0`` is holding). The plan ``(k, q)`` with the fewest modes in all whose bound
+fits is taken (``stats.n_quadrature_modes``).
+
 *Partial eigensystem.* Where a flop model expects it to be cheaper than the full
 decomposition (:func:`partial_is_cheaper`: from about ``2n = 5000`` for 64 modes on CPU) only
 the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with ``Lᵀ Z L``;
@@ -132,6 +140,7 @@ from stepwise_ntk.solver._galerkin import (
     smallest_eigenvalue_bound,
 )
 from stepwise_ntk.solver._integrate import ODESettings, check_tolerances, integrate
+from stepwise_ntk.solver._quadrature import block_gauss_quadrature, quadrature_embedding_bound, quadrature_terms
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 from stepwise_ntk.theory import (
     ContrastiveEigensystem,
@@ -312,6 +321,12 @@ class _EigenPrep(NamedTuple):
         if self.tri is not None:
             return self.tri.vectors(idx)
         return self.es.vectors[:, jnp.asarray(idx)]
+
+    def combine(self, idx: np.ndarray, W: np.ndarray) -> jax.Array:
+        """``P[:, idx] W``: combinations of the eigenvectors of the modes ``idx``."""
+        if self.tri is not None:
+            return self.tri.combine(idx, W)
+        return self.es.vectors[:, jnp.asarray(idx)] @ jnp.asarray(W, self.es.vectors.dtype)
 
     def traced(self) -> _EigenPrep:
         """The arrays a jitted integration reads (no eigenvectors, no host data)."""
@@ -579,6 +594,100 @@ def _mode_count(c: np.ndarray, order: np.ndarray, budget: float, d: int) -> int 
     return min(r, _MODE_BLOCK * math.ceil(k / _MODE_BLOCK))
 
 
+# Quadrature blocks a plan may use for the modes it does not integrate one by one (0: held
+# at m(0)); each block is d pseudo-modes (stepwise_ntk/solver/_quadrature.py).
+_QUADRATURE_BLOCKS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+class _Plan(NamedTuple):
+    """The modes a run integrates: ``idx`` (sorted) one by one, the other modes of a complete
+    eigensystem as ``q`` blocks of pseudo-modes (``q = 0``: held at ``m(0)``)."""
+
+    idx: np.ndarray
+    q: int
+
+    def n_modes(self, d: int) -> int:
+        return int(self.idx.size) + self.q * d
+
+
+def _plan(prep: _EigenPrep, E: float, d: int, budget: float, quadrature: bool = True) -> _Plan:
+    """The plan with the fewest integrated modes (head plus pseudo-modes) whose tail bound at
+    ``E`` fits ``budget``, over ``q`` in ``_QUADRATURE_BLOCKS`` (only 0 without ``quadrature``).
+
+    For each ``q`` the modes are ranked by their bound as tail modes
+    (:func:`~stepwise_ntk.solver._quadrature.quadrature_terms`; the top ``d`` by ``γ``
+    first) and the fewest whose tail sums to the budget are taken (to half of it with
+    pseudo-modes, whose own bound is about the tail's: they match its moments). Every
+    mode, held, where nothing fits.
+    """
+    g = np.asarray(prep.es.gammas, dtype=np.float64)
+    w = np.sum(np.square(np.asarray(prep.M0, dtype=np.float64)), axis=0)
+    r = g.size
+    best = _Plan(np.arange(r, dtype=np.int32), 0)
+    for q in _QUADRATURE_BLOCKS if quadrature else (0,):
+        c = quadrature_terms(g, w, E, q)
+        order = np.argsort(-np.where(np.arange(r) < d, np.inf, c), kind="stable")
+        k = _mode_count(c, order, budget if q == 0 else budget / 2, d)
+        if k is None or (q > 0 and k + q * d > r):
+            continue
+        if k + q * d < best.n_modes(d):
+            best = _Plan(np.sort(order[:k]).astype(np.int32), q)
+    return best
+
+
+def _next_plan(prep: _EigenPrep, plan: _Plan, E: float, d: int, budget: float) -> _Plan:
+    """A larger plan after ``plan`` missed the bound at the measured ``E``: the plan for ``E``,
+    or for a quarter of the budget, or twice the modes held (ending at every mode)."""
+    for b in (budget, budget / 4):
+        new = _plan(prep, E, d, b)
+        if new.n_modes(d) > plan.n_modes(d):
+            return new
+    c, order, _ = _mode_ranking(prep, E, d)
+    r = c.size
+    return _Plan(np.sort(order[: min(r, 2 * max(plan.n_modes(d), _MODE_BLOCK))]).astype(np.int32), 0)
+
+
+class _Tail(NamedTuple):
+    gammas: np.ndarray  # (N_t,) the modes not integrated one by one
+    Y0: np.ndarray  # (N_t, d) their coordinates
+    theta: np.ndarray  # (q d,) the pseudo-modes' values
+    Z0: np.ndarray  # (q d, d) their coordinates
+
+
+def _quadrature_modes(prep: _EigenPrep, plan: _Plan, d: int) -> tuple[_EigenPrep, jax.Array, _Tail]:
+    """The head modes and the tail's pseudo-modes as one set of modes, all integrated
+    (a prep, their eigenvectors ``(N, k')`` and the tail for the bounds); zero modes pad
+    ``k'`` to a multiple of 64, so that the runs of a solve share their compilations."""
+    g = np.asarray(prep.es.gammas, dtype=np.float64)
+    M0 = np.asarray(prep.M0, dtype=np.float64)
+    tail = np.setdiff1d(np.arange(g.size), plan.idx)
+    Y0 = M0[:, tail].T
+    theta, W = block_gauss_quadrature(g[tail], Y0, plan.q)
+    Z0 = W.T @ Y0
+    k = plan.idx.size + theta.size
+    pad = _MODE_BLOCK * math.ceil(k / _MODE_BLOCK) - k
+    dtype = prep.M0.dtype
+    gammas = np.concatenate([g[plan.idx], theta, np.zeros(pad)])
+    M = np.concatenate([M0[:, plan.idx], Z0.T, np.zeros((d, pad))], axis=1)
+    P = jnp.concatenate([prep.vectors(plan.idx), prep.combine(tail, W),
+                         jnp.zeros((prep.es.factor.shape[0], pad), dtype)], axis=1)
+    zero = jnp.zeros((), dtype)
+    es = prep.es._replace(gammas=jnp.asarray(gammas, dtype), vectors=None, residuals=None, rest=zero)
+    run_prep = prep._replace(es=es, M0=jnp.asarray(M, dtype), W_rest=zero, Q_rest=zero, tri=None)
+    return run_prep, P, _Tail(g[tail], Y0, theta, Z0)
+
+
+def _with_quadrature_bounds(out: _EigenOut, tail: _Tail, q: int, L_norm: float) -> _EigenOut:
+    """``out`` with the quadrature's bounds at the run's measured ``E`` in place of the (zero)
+    bounds of the modes it held."""
+    E = float(out.E)
+    bound_C = (np.sum(quadrature_terms(tail.gammas, np.sum(np.square(tail.Y0), axis=1), E, q))
+               + np.sum(quadrature_terms(tail.theta, np.sum(np.square(tail.Z0), axis=1), E, q)))
+    bound_F = L_norm * quadrature_embedding_bound(tail.gammas, tail.Y0, tail.theta, tail.Z0, E, q)
+    dtype = out.bound_C.dtype
+    return out._replace(bound_C=jnp.asarray(bound_C, dtype), bound_F=jnp.asarray(bound_F, dtype))
+
+
 # ------------------------------------------------------------------------------ function route
 
 class _FunctionConfig(NamedTuple):
@@ -812,42 +921,52 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     # The test inputs' coordinates L⁻¹ K_testᵀ (N² m flops) do not depend on the modes: once per solve.
     B_test = _forward_substitution(L, K_test.T) if has_test else None
 
-    formed = []  # [(prep, idx, P)]: the last mode set's eigenvectors, formed once for its runs
+    formed = []  # [(prep, key, run_prep, P, tail)]: the last plan's modes, formed once for its runs
 
-    def run(prep, k, rtol):
-        c, order, _ = _mode_ranking(prep, t_end, d)
-        idx = np.sort(order[:k]).astype(np.int32)
-        if not formed or formed[0][0] is not prep or not np.array_equal(formed[0][1], idx):
-            formed[:] = [(prep, idx, prep.vectors(idx))]
-        cfg = _EigenConfig(k=k, integrator=integrator, ode=settings.ode, has_test=has_test)
-        out = _eigen_integrate(cfg, prep.traced(), jnp.asarray(idx), formed[0][2], F0, times, B_test, F0_test,
+    def run(prep, plan, rtol):
+        key = (plan.idx.tobytes(), plan.q)
+        if not formed or formed[0][0] is not prep or formed[0][1] != key:
+            if plan.q == 0:
+                formed[:] = [(prep, key, prep, prep.vectors(plan.idx), None)]
+            else:
+                formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d))]
+        _, _, run_prep, P, tail = formed[0]
+        idx = plan.idx if tail is None else np.arange(P.shape[1], dtype=np.int32)
+        cfg = _EigenConfig(k=idx.size, integrator=integrator, ode=settings.ode, has_test=has_test)
+        out = _eigen_integrate(cfg, run_prep.traced(), jnp.asarray(idx), P, F0, times, B_test, F0_test,
                                settings.tolerances(dtype, rtol))
         _raise_if_failed(out.success, out.n_steps, out.t_final, times, settings)
-        return out
+        return out if tail is None else _with_quadrature_bounds(out, tail, plan.q, float(prep.L_norm))
 
-    # Truncation: the a-priori count (E = T), checked with the measured E; more modes
-    # (computing more if the partial eigensystem ran out) until the bound is met. With a
-    # derived rtol these runs use 10 × rtol: the last one is the accuracy check's companion.
+    # Truncation: the a-priori plan (E = T), checked with the measured E; more modes or
+    # quadrature blocks (computing more modes if the partial eigensystem ran out) until the
+    # bound is met. With a derived rtol these runs use 10 × rtol: the last one is the
+    # accuracy check's companion.
     auto_rtol = settings.rtol is None
     rtol_trunc = 10.0 * rtol if auto_rtol else rtol
-    c, order, rest = _mode_ranking(prep, t_end, d)
-    k = _mode_count(c, order, mode_tol / 2 - rest, d) or r
-    if prep.es.partial:
-        k = r  # the first run integrates every computed mode: its E decides how many are needed
+    if prep.es.partial:  # the first run integrates every computed mode: its E decides how many are needed
+        plan = _Plan(np.arange(r, dtype=np.int32), 0)
+    else:
+        plan = _plan(prep, t_end, d, mode_tol / 2, quadrature=mode_tol > 0)
     while True:
-        out = run(prep, k, rtol_trunc)
+        out = run(prep, plan, rtol_trunc)
         bound = float(out.bound_C)
-        if mode_tol == 0 or bound <= mode_tol or (k >= r and not prep.es.partial):
+        if mode_tol == 0 or bound <= mode_tol or (plan.q == 0 and plan.idx.size >= r and not prep.es.partial):
             break
         E = 1.1 * _measured_E(out, prep, t_end)
-        c, order, rest = _mode_ranking(prep, E, d)
-        if prep.es.partial and rest > mode_tol / 4:  # the modes not computed weigh too much
-            r_next = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
-            prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
-                                   start=prep.es.vectors)
+        if prep.es.partial:
             c, order, rest = _mode_ranking(prep, E, d)
-        k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
-        k = min(r, 2 * k) if k_new is None or k_new <= k else k_new
+            if rest > mode_tol / 4:  # the modes not computed weigh too much
+                r_next = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
+                prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
+                                       start=prep.es.vectors)
+                c, order, rest = _mode_ranking(prep, E, d)
+            k = plan.idx.size
+            k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
+            k = min(r, 2 * k) if k_new is None or k_new <= k else k_new
+            plan = _Plan(np.sort(order[:k]).astype(np.int32), 0)
+        else:
+            plan = _next_plan(prep, plan, E, d, mode_tol / 2)
     # Accuracy: the same modes at rtol, against the run at 10 × rtol; tighter while the
     # estimate exceeds the budget (at most three times, never below 10 eps).
     estimate = np.nan
@@ -856,7 +975,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         budget = accuracy - float(out.bound_C)
         prev, prev_rtol = out, rtol_trunc
         for _ in range(4):
-            cur = run(prep, k, rtol)
+            cur = run(prep, plan, rtol)
             diff = float(jnp.max(jnp.abs(cur.eigenvalues - prev.eigenvalues)))
             # Tolerance proportionality (error ∝ rtol) gives err ≈ diff / (ratio − 1);
             # three times that allows for an integrator that is not quite proportional.
@@ -871,11 +990,15 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     es = prep.es
     stats = SolveStats(
         n_steps=out.n_steps, n_rejected=out.n_rejected, n_rhs=out.n_rhs, success=out.success,
-        n_modes=jnp.asarray(k), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
+        n_modes=jnp.asarray(plan.n_modes(d)), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
         jitter=es.jitter, n_devices=jnp.asarray(1), error_estimate=jnp.asarray(estimate, dtype),
         n_eigen_modes=jnp.asarray(es.gammas.shape[0]),
         eigen_residual=jnp.asarray(0.0 if es.residuals is None else jnp.max(es.residuals), dtype),
+        n_quadrature_modes=jnp.asarray(plan.q * d),
     )
+    if plan.q:
+        reason = (f"{reason}; {plan.idx.size} modes integrated one by one, the other {r - plan.idx.size} as "
+                  f"{plan.q * d} pseudo-modes ({plan.q}-block Gauss quadrature)")
     return Trajectory(times=times, loss=out.loss, eigenvalues=out.eigenvalues, embeddings=out.embeddings,
                       test_embeddings=out.test_embeddings, stats=stats, method="eigen",
                       integrator=integrator, reason=reason)

@@ -26,8 +26,8 @@ class SolveStats(NamedTuple):
       success: the integration reached the last requested time.
       n_modes: modes integrated (eigen route; ``2n`` otherwise).
       truncation_bound: eigen route: a posteriori bound on ``‖ΔC‖₂`` (so, by Weyl, on every
-        embedding eigenvalue) from the modes that were held at their initial value; 0 when
-        none were.
+        embedding eigenvalue) from the modes that were not integrated one by one (held at
+        their initial value, or carried by quadrature pseudo-modes); 0 when none were.
       truncation_embedding_bound: the matching bound on ``‖ΔF‖_F`` of the final embeddings.
       jitter: ``τ`` used in the factorisation of ``K + τ I`` (eigen route; with a low-rank
         eigensystem ``τ`` plus the dropped Cholesky columns' squared norms, a bound on how far
@@ -40,6 +40,8 @@ class SolveStats(NamedTuple):
         for the full decomposition, fewer for the partial one), else -1.
       eigen_residual: eigen route: the largest residual ``‖H p − γ p‖₂`` of the partial
         eigensystem's modes (0 for the full decomposition), else NaN.
+      n_quadrature_modes: eigen route: how many of the ``n_modes`` are pseudo-modes that carry
+        the other modes (block Gauss quadrature; ``truncation_bound`` is then its bound), else 0.
     """
 
     n_steps: Any
@@ -54,6 +56,7 @@ class SolveStats(NamedTuple):
     error_estimate: Any = float("nan")
     n_eigen_modes: Any = -1
     eigen_residual: Any = float("nan")
+    n_quadrature_modes: Any = 0
 
 
 @jax.tree_util.register_dataclass

@@ -80,6 +80,11 @@ class TridiagonalEigensystem(NamedTuple):
         """``P[:, idx]: (N, k)``, the eigenvectors of the modes ``idx`` (indices into ``gammas``)."""
         return jnp.asarray(self._apply_q(self.basis[:, np.asarray(idx)], "N"))
 
+    def combine(self, idx: np.ndarray, W: np.ndarray) -> jax.Array:
+        """``P[:, idx] W: (N, m)`` for ``W: (len(idx), m)``, combinations of eigenvectors formed
+        without forming them (``S[:, idx] W`` first, then one application of ``Q``)."""
+        return jnp.asarray(self._apply_q(self.basis[:, np.asarray(idx)] @ np.asarray(W, self.basis.dtype), "N"))
+
 
 def tridiagonal_available(L: jax.Array) -> bool:
     """Whether :func:`tridiagonal_eigensystem` applies: ``L`` float32/float64 on the CPU."""

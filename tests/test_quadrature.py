@@ -1,0 +1,152 @@
+"""The block Gauss quadrature of the modes the eigen route does not integrate one by one
+(``stepwise_ntk/solver/_quadrature.py``) and ``solve``'s use of it.
+
+References: the series itself, moments computed directly, and a flow with ``C`` held fixed,
+where every mode has the closed form ``m(t) = expm(4γ (I − C) t) m(0)``.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.linalg import expm
+
+import stepwise_ntk.solver._solve as solve_module
+from stepwise_ntk.data import cifar10_pairs
+from stepwise_ntk.solver import SolverSettings, solve
+from stepwise_ntk.solver._quadrature import (
+    block_gauss_quadrature,
+    quadrature_embedding_bound,
+    quadrature_terms,
+    series_remainder,
+)
+from stepwise_ntk.theory import contrastive_eigensystem, step_times
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_kernels import relu_mlp_kernels  # noqa: E402
+
+
+@pytest.mark.parametrize("m", [0, 1, 3, 10])
+def test_series_remainder_is_the_tail_of_the_exponential_series(m):
+    for y in (0.0, 0.1, 1.0, 5.0, 20.0):
+        terms, term = [], y**m / math.factorial(m)  # y^s / s!, s = m, m + 1, …
+        for s in range(m, m + 200):
+            terms.append(term)
+            term *= y / (s + 1)
+        direct = math.fsum(terms)
+        assert float(series_remainder(m, np.asarray(y))) == pytest.approx(direct, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("q", [1, 2, 4])
+def test_block_gauss_quadrature_matches_the_moments_up_to_degree_2q_minus_1(q):
+    rng = np.random.default_rng(q)
+    g, Y0 = rng.uniform(-0.3, 1.0, 200), rng.standard_normal((200, 3))
+    theta, W = block_gauss_quadrature(g, Y0, q)
+    assert theta.shape == (3 * q,) and W.shape == (200, 3 * q)
+    np.testing.assert_allclose(W.T @ W, np.eye(3 * q), atol=1e-12)
+    assert g.min() - 1e-12 <= theta.min() and theta.max() <= g.max() + 1e-12
+    Z0 = W.T @ Y0
+
+    def moments(values, Y, s):
+        return Y.T @ (values[:, None] ** s * Y)
+
+    for s in range(2 * q):
+        ref = moments(g, Y0, s)
+        np.testing.assert_allclose(moments(theta, Z0, s), ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+    # ... and no further: the next moment differs (so the degree is exactly 2q − 1).
+    ref = moments(g, Y0, 2 * q)
+    assert np.abs(moments(theta, Z0, 2 * q) - ref).max() > 1e-6 * np.abs(ref).max()
+
+
+def test_block_gauss_quadrature_with_an_exhausted_krylov_space():
+    # Three distinct γ: the block Krylov space of two columns has dimension 6 < q d = 8.
+    rng = np.random.default_rng(0)
+    g = np.repeat([0.5, 0.1, -0.2], 10)
+    Y0 = rng.standard_normal((30, 2))
+    theta, W = block_gauss_quadrature(g, Y0, 4)
+    np.testing.assert_allclose(W.T @ W, np.eye(8), atol=1e-12)
+    Z0 = W.T @ Y0
+    for s in range(10):  # the quadrature is exact for every degree now
+        ref = Y0.T @ (g[:, None] ** s * Y0)
+        np.testing.assert_allclose(Z0.T @ (theta[:, None] ** s * Z0), ref, atol=1e-10 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="q·d"):
+        block_gauss_quadrature(g, Y0, 16)
+
+
+def test_quadrature_bounds_hold_on_a_flow_with_fixed_C():
+    """With ``C(t) = C̄`` every mode is ``m(t) = expm(4γ (I − C̄) t) m(0)`` and
+    ``E = ‖I − C̄‖₂ t``: the tail's exact contribution to ``C`` and its coordinates against
+    the held modes (``q = 0``) and the pseudo-modes (``q ≥ 1``), within the bounds."""
+    rng = np.random.default_rng(1)
+    d, t = 3, 2.0
+    g = rng.uniform(-0.05, 0.2, 300)
+    Y0 = 1e-2 * rng.standard_normal((300, d))
+    A = rng.standard_normal((d, d))
+    C_bar = A @ A.T / (3 * d)
+    E = float(np.linalg.norm(np.eye(d) - C_bar, 2)) * t
+
+    def evolve(values, Y):
+        return np.stack([expm(4.0 * v * (np.eye(d) - C_bar) * t) @ y for v, y in zip(values, Y, strict=True)])
+
+    def contribution(values, Y):
+        return (Y * values[:, None]).T @ Y
+
+    Y_t = evolve(g, Y0)
+    exact = contribution(g, Y_t)
+    errors = []
+    for q in (0, 1, 2, 3):
+        if q == 0:
+            approx, bound = contribution(g, Y0), quadrature_terms(g, np.sum(Y0**2, 1), E, 0).sum()
+        else:
+            theta, W = block_gauss_quadrature(g, Y0, q)
+            Z0 = W.T @ Y0
+            Z_t = evolve(theta, Z0)
+            approx = contribution(theta, Z_t)
+            bound = (quadrature_terms(g, np.sum(Y0**2, 1), E, q).sum()
+                     + quadrature_terms(theta, np.sum(Z0**2, 1), E, q).sum())
+            coord_err = np.linalg.norm(Y_t - W @ Z_t)
+            assert 0 < coord_err <= quadrature_embedding_bound(g, Y0, theta, Z0, E, q)
+        err = np.linalg.norm(exact - approx, 2)
+        assert 0 < err <= bound, (q, err, bound)
+        errors.append(err)
+    # The pseudo-modes carry the tail's motion, better with every block.
+    assert errors[3] < errors[2] < errors[1] and errors[3] < 1e-2 * errors[0]
+
+
+@pytest.fixture(scope="module")
+def mlp_ntk_problem(cifar_dir):
+    """The ReLU MLP NTK (closed form) of 300 CIFAR-10 views, d = 8, small white ``F0``:
+    the modes outside the top few move, so the held-only plan needs many of them."""
+    n, d = 150, 8
+    views, _, _ = cifar10_pairs(jax.random.key(0), n, data_dir=cifar_dir, dtype=jnp.float64)
+    X = np.asarray(views).reshape(2 * n, -1)
+    K = relu_mlp_kernels(X, X, depth=1)[1]
+    K = (K + K.T) / 2
+    F0 = 1e-3 * np.sqrt(np.mean(np.diag(K))) * np.random.default_rng(3).standard_normal((2 * n, d))
+    es = contrastive_eigensystem(K, n)
+    T = 1.5 * float(np.max(np.asarray(step_times(es, jnp.asarray(F0)))))
+    times = np.geomspace(1e-2 / (8.0 * float(es.gammas[0])), T, 50)
+    ref = solve(K, n, F0, times, settings=SolverSettings(rtol=1e-10, mode_tol=0.0, integrator="dopri5"))
+    return K, n, F0, times, ref
+
+
+def test_solve_carries_the_other_modes_by_quadrature(mlp_ntk_problem, monkeypatch):
+    K, n, F0, times, ref = mlp_ntk_problem
+    accuracy = SolverSettings().accuracy
+    tr = solve(K, n, F0, times)
+    st = tr.stats
+    err = float(np.max(np.abs(np.asarray(tr.eigenvalues) - np.asarray(ref.eigenvalues))))
+    assert int(st.n_quadrature_modes) > 0 and "Gauss quadrature" in tr.reason
+    assert err <= accuracy and err <= float(st.error_estimate)
+    assert 0 < float(st.truncation_bound) <= accuracy / 10
+    assert float(jnp.linalg.norm(tr.embeddings - ref.embeddings)) <= float(st.truncation_embedding_bound) + 1e-2
+    # The second route: the same solve with the other modes held at m(0) only.
+    monkeypatch.setattr(solve_module, "_QUADRATURE_BLOCKS", (0,))
+    held = solve(K, n, F0, times)
+    held_err = float(np.max(np.abs(np.asarray(held.eigenvalues) - np.asarray(ref.eigenvalues))))
+    assert int(held.stats.n_quadrature_modes) == 0 and held_err <= accuracy
+    assert int(st.n_modes) < int(held.stats.n_modes)
