@@ -4,8 +4,9 @@ every eigenvalue of C at every requested time) against a float64 tight-tolerance
 not tuned on; the reported ``stats.error_estimate`` is not optimistic; float32 inputs work
 with the defaults.
 
-The default suite runs tiny synthetic problems; the sweep over CIFAR-10 linear kernels (crop
-and noise views), an MLP NTK and random-feature kernels, d from 2 to 64, is behind ``slow``.
+The default suite runs tiny synthetic problems and one MLP NTK of CIFAR-10 views; the sweep
+over CIFAR-10 linear kernels (crop and noise views), the MLP NTK and random-feature kernels,
+d from 2 to 64, is behind ``slow``.
 """
 
 import sys
@@ -88,7 +89,7 @@ def test_float32_defaults():
 
 # ------------------------------------------------------------------------------ slow sweep
 
-def _cifar_views(n, kind, seed):
+def _cifar_views(n, kind, seed, data_dir=None):
     import jax
 
     from stepwise_ntk.data import AugmentSettings, cifar10_pairs
@@ -98,7 +99,7 @@ def _cifar_views(n, kind, seed):
     else:
         settings = AugmentSettings.identity()
     try:
-        views, _, _ = cifar10_pairs(jax.random.key(seed), n, settings=settings, dtype=jnp.float64)
+        views, _, _ = cifar10_pairs(jax.random.key(seed), n, settings=settings, dtype=jnp.float64, data_dir=data_dir)
     except Exception as err:  # no CIFAR-10 here
         pytest.skip(f"CIFAR-10 not available: {err}")
     X = np.asarray(views, np.float64).reshape(2 * n, -1)
@@ -117,12 +118,13 @@ def test_defaults_meet_accuracy_cifar_linear(kind, n, d, scale):
     assert err <= ACCURACY and float(tr.stats.error_estimate) <= ACCURACY, err
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("d", [4, 16])
-def test_defaults_meet_accuracy_mlp_ntk(d):
+# d = 16 runs by default: its pseudo-modes carry coordinates ten times the head modes', the
+# case where an integrator tolerance scaled by the whole state loosened the head's control.
+@pytest.mark.parametrize("d", [pytest.param(4, marks=pytest.mark.slow), 16])
+def test_defaults_meet_accuracy_mlp_ntk(d, cifar_dir):
     from stepwise_ntk.kernels import MLP, analytic_ntk
 
-    X = _cifar_views(200, "crop", seed=3).reshape(400, 32, 32, 3)[:, ::4, ::4]
+    X = _cifar_views(200, "crop", seed=3, data_dir=cifar_dir).reshape(400, 32, 32, 3)[:, ::4, ::4]
     K = np.asarray(analytic_ntk(MLP(depth=2, width=1024, d=d), X, progress=False), np.float64)
     n = 200
     K = (K + K.T) / 2

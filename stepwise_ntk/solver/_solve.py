@@ -482,9 +482,10 @@ def _highest(f):
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 @_highest
-def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_test, F0_test, tols):
+def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_test, F0_test, tols, head):
     """The mode-space flow of the modes ``idx`` (eigenvectors ``P: (N, k)``), the others frozen;
-    ``B_test = L⁻¹ K_testᵀ: (N, m)`` (None without test inputs), shared by every run of a solve."""
+    ``B_test = L⁻¹ K_testᵀ: (N, m)`` (None without test inputs), shared by every run of a solve;
+    ``head: (k,)`` 1 for the modes integrated one by one, 0 for pseudo-modes."""
     es = prep.es
     dtype = F0.dtype
     d = F0.shape[1]
@@ -509,9 +510,16 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_t
     def integrand(M, args):
         return spectral_norm_bound((M * g) @ M.T + Cf - eye)
 
+    tolerances = _tolerance_kwargs(cfg.ode, tols)
+    if tolerances["atol"] is None:
+        # The integrator's own default (1e-3 rtol max|y0|) from the modes integrated one by
+        # one: pseudo-modes can carry coordinates far larger than theirs (a white F0's
+        # weight in the smallest γ), which would loosen the control of every head mode.
+        y_max = jnp.max(jnp.abs(M0) * head)
+        tolerances["atol"] = 1e-3 * tolerances["rtol"] * y_max + jnp.finfo(dtype).tiny
     res = integrate(rhs, M0, times, None, observe=observe, settings=cfg.ode, method=cfg.integrator,
                     w_prepare=lambda M, a: _lyapunov_prepare(M, g), w_solve=_lyapunov_solve,
-                    integrand=integrand, **_tolerance_kwargs(cfg.ode, tols))
+                    integrand=integrand, **tolerances)
     M_T = res.y_final
     F_T = F0 + es.factor @ (P @ (M_T - M0).T)
 
@@ -932,9 +940,10 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
                 formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d))]
         _, _, run_prep, P, tail = formed[0]
         idx = plan.idx if tail is None else np.arange(P.shape[1], dtype=np.int32)
+        head = (np.arange(idx.size) < plan.idx.size).astype(np.dtype(dtype))
         cfg = _EigenConfig(k=idx.size, integrator=integrator, ode=settings.ode, has_test=has_test)
         out = _eigen_integrate(cfg, run_prep.traced(), jnp.asarray(idx), P, F0, times, B_test, F0_test,
-                               settings.tolerances(dtype, rtol))
+                               settings.tolerances(dtype, rtol), jnp.asarray(head))
         _raise_if_failed(out.success, out.n_steps, out.t_final, times, settings)
         return out if tail is None else _with_quadrature_bounds(out, tail, plan.q, float(prep.L_norm))
 
