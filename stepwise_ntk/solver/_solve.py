@@ -45,7 +45,8 @@ the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with 
 quadrupled where a power law fitted to the computed spectrum predicts it is needed,
 :func:`_more_modes`) while the bound on the modes not computed (all with
 ``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and ``‖Lᵀ Z F0‖``) exceeds
-``mode_tol / 4``; the full decomposition where that would not be cheaper.
+``mode_tol / 4``; the full decomposition where that, or the power law's uncapped count,
+would not be cheaper.
 
 *Low-rank kernel.* Where ``K`` has rank well below ``2n`` (at most two thirds of the
 Cholesky columns carry it) and ``F0`` lies in its range, ``"auto"`` drops the other columns and
@@ -554,9 +555,11 @@ def _mode_ranking(prep: _EigenPrep, E: float, d: int) -> tuple[np.ndarray, np.nd
     return c, np.argsort(-c_ranked, kind="stable"), float(np.nan_to_num(rest, nan=np.inf))
 
 
-def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int) -> int:
+def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int) -> tuple[int, int]:
     """How many modes a partial eigensystem whose rest exceeds ``budget`` should compute
-    next: at least ``2r``, more where the computed spectrum predicts it.
+    next (at least ``2r``, more where the computed spectrum predicts it), and the prediction
+    itself (uncapped; the solve turns to the full decomposition where that many would not
+    be cheaper).
 
     ``g*`` is the largest ``|γ|`` of the first mode not computed at which the rest's bound
     (:func:`_rest_bounds`, with today's rest weights, which only shrink) fits the budget;
@@ -577,14 +580,14 @@ def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int) -> in
     ranks = np.arange(1, g.size + 1, dtype=np.float64)
     upper = slice(g.size // 2, g.size)
     ok = g[upper] > 0
-    target = 2 * r
+    target = prediction = 2 * r
     if lo > 0 and ok.sum() >= 4:
         b, a = np.polyfit(np.log(ranks[upper][ok]), np.log(g[upper][ok]), 1)
         if b < 0:
             rank = math.exp((math.log(lo) - a) / b)
             if math.isfinite(rank):
-                target = max(target, _MODE_BLOCK * math.ceil(1.25 * min(rank, N) / _MODE_BLOCK))
-    return min(target, 4 * r, N)
+                target = prediction = max(target, _MODE_BLOCK * math.ceil(1.25 * min(rank, N) / _MODE_BLOCK))
+    return min(target, 4 * r, N), min(prediction, N)
 
 
 def _mode_count(c: np.ndarray, order: np.ndarray, budget: float, d: int) -> int | None:
@@ -966,9 +969,14 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         if prep.es.partial:
             c, order, rest = _mode_ranking(prep, E, d)
             if rest > mode_tol / 4:  # the modes not computed weigh too much
-                r_next = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
+                r_next, r_predicted = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
+                if settings.eigensystem == "auto" and not partial_is_cheaper(K.shape[0], r_predicted):
+                    r_next = K.shape[0]  # the predicted count would not be cheaper: the full decomposition now
                 prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
                                        start=prep.es.vectors)
+                if not prep.es.partial:  # every mode now: the quadrature's plans apply
+                    plan = _plan(prep, E, d, mode_tol / 2)
+                    continue
                 c, order, rest = _mode_ranking(prep, E, d)
             k = plan.idx.size
             k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
