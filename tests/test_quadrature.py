@@ -154,3 +154,36 @@ def test_solve_carries_the_other_modes_by_quadrature(mlp_ntk_problem, monkeypatc
     held_err = float(np.max(np.abs(np.asarray(held.eigenvalues) - np.asarray(ref.eigenvalues))))
     assert int(held.stats.n_quadrature_modes) == 0 and held_err <= accuracy
     assert int(st.n_modes) < int(held.stats.n_modes)
+
+
+def test_plan_takes_the_fewest_modes_whose_tail_fits_and_next_plan_grows():
+    """``_plan`` against a direct search: for each ``q``, the fewest head modes (a multiple of
+    64, the top ``d`` by ``γ`` among them) whose tail terms sum to the budget (half of it with
+    pseudo-modes); the smallest ``k + q d`` wins. ``_next_plan`` always returns more modes."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(5)
+    r, d, E = 1000, 8, 300.0
+    g = np.sort(rng.uniform(-0.002, 0.02, r) * rng.uniform(0, 1, r) ** 3)[::-1]
+    M0 = 1e-3 * rng.standard_normal((d, r)) / np.sqrt(np.abs(g) + 1e-4)
+    prep = SimpleNamespace(es=SimpleNamespace(gammas=g, rest=0.0), M0=M0, W_rest=0.0, Q_rest=0.0)
+    w = np.sum(M0**2, axis=0)
+    budget = 1e-4
+    best = (r, 0)
+    for q in solve_module._QUADRATURE_BLOCKS:
+        terms = quadrature_terms(g, w, E, q)
+        free = np.sort(terms[d:])  # the top d by γ are always integrated
+        limit = budget if q == 0 else budget / 2
+        for k in range(64, r + 1, 64):
+            tail = free[: r - k]  # the smallest terms are the ones left out
+            if np.sum(tail) <= limit and (q == 0 or k + q * d <= r):
+                if k + q * d < sum(best[:1]) + best[1] * d:
+                    best = (k, q)
+                break
+    plan = solve_module._plan(prep, E, d, budget)
+    assert (plan.idx.size, plan.q) == best and best[1] > 0
+    assert set(range(d)) <= set(plan.idx.tolist())
+    left = np.setdiff1d(np.arange(r), plan.idx)
+    assert np.sum(quadrature_terms(g[left], w[left], E, plan.q)) <= budget / 2
+    bigger = solve_module._next_plan(prep, plan, E, d, budget)
+    assert bigger.n_modes(d) > plan.n_modes(d)
