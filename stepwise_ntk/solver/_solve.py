@@ -538,19 +538,19 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_t
                      bound_C, bound_F, res.integral)
 
 
-def _mode_ranking(prep: _EigenPrep, E: float, d: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Truncation bound per computed mode for ``E = ∫‖I − C‖₂ dt``, the modes ranked by it,
-    and the bound on all the modes not computed.
+def _mode_ranking(prep: _EigenPrep, E: float, d: int, q: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Bound per computed mode left out of the integration for ``E = ∫‖I − C‖₂ dt`` (held,
+    ``q = 0``: the truncation bound ``|γ| w ρ(2 + ρ)``; carried by ``q`` quadrature blocks:
+    :func:`~stepwise_ntk.solver._quadrature.quadrature_terms`), the modes ranked by it, and
+    the bound on all the modes not computed (held).
 
     The top-``d`` modes by ``γ`` come first whatever their bound (they carry the steps).
     """
     gammas = np.asarray(prep.es.gammas, dtype=np.float64)
     weights = np.sum(np.square(np.asarray(prep.M0, dtype=np.float64)), axis=0)
+    c = quadrature_terms(gammas, weights, E, q)
     with np.errstate(over="ignore", invalid="ignore"):
-        rho = np.expm1(4.0 * np.abs(gammas) * E)
-        c = np.where(weights > 0, np.abs(gammas) * weights * rho * (2.0 + rho), 0.0)
         rest = _rest_bounds(np, float(prep.es.rest), float(prep.W_rest), float(prep.Q_rest), E)[0]
-    c = np.nan_to_num(c, nan=np.inf)
     c_ranked = np.where(np.arange(len(c)) < d, np.inf, c)
     return c, np.argsort(-c_ranked, kind="stable"), float(np.nan_to_num(rest, nan=np.inf))
 
@@ -631,13 +631,10 @@ def _plan(prep: _EigenPrep, E: float, d: int, budget: float, quadrature: bool = 
     pseudo-modes, whose own bound is about the tail's: they match its moments). Every
     mode, held, where nothing fits.
     """
-    g = np.asarray(prep.es.gammas, dtype=np.float64)
-    w = np.sum(np.square(np.asarray(prep.M0, dtype=np.float64)), axis=0)
-    r = g.size
+    r = prep.es.gammas.shape[0]
     best = _Plan(np.arange(r, dtype=np.int32), 0)
     for q in _QUADRATURE_BLOCKS if quadrature else (0,):
-        c = quadrature_terms(g, w, E, q)
-        order = np.argsort(-np.where(np.arange(r) < d, np.inf, c), kind="stable")
+        c, order, _ = _mode_ranking(prep, E, d, q)
         k = _mode_count(c, order, budget if q == 0 else budget / 2, d)
         if k is None or (q > 0 and k + q * d > r):
             continue
