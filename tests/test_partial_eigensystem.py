@@ -19,8 +19,11 @@ from stepwise_ntk.theory import (
     contrastive_eigensystem_core,
     contrastive_eigensystem_from_factor,
     jittered_cholesky,
+    pair_gram_operator,
+    rest_lanczos,
     step_times,
 )
+from stepwise_ntk.theory._pair_gram import pair_gram_apply
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_theory import paired_features  # noqa: E402
@@ -160,8 +163,13 @@ def test_routes_request_highest_precision():
     from stepwise_ntk.theory._eigensystem import _krylov_modes  # the jitted Krylov core
 
     L = jnp.eye(8)
-    text = _krylov_modes.lower(L, jnp.ones((8, 3)), jnp.ones((3, 2)), jnp.asarray(1e-10),
+    text = _krylov_modes.lower(pair_gram_operator(L), jnp.ones((8, 3)), jnp.ones((3, 2)), jnp.asarray(1e-10),
                                jnp.asarray(1, jnp.int32), r=2, depth=1, which="largest").as_text()
+    dots = [ln for ln in text.splitlines() if "dot_general" in ln]
+    assert dots and all("HIGHEST" in ln for ln in dots)
+    from stepwise_ntk.theory._eigensystem import _rest_lanczos_start  # the jitted Lanczos core
+
+    text = _rest_lanczos_start.lower(pair_gram_operator(L), jnp.eye(8)[:, :2], jnp.ones((8, 2)), blocks=2).as_text()
     dots = [ln for ln in text.splitlines() if "dot_general" in ln]
     assert dots and all("HIGHEST" in ln for ln in dots)
 
@@ -187,3 +195,52 @@ def test_more_modes_follows_the_spectrum_between_double_and_quadruple():
         else:  # capped at 4r: the law asked for more than 4r − 64 after its quarter more
             assert predicted >= nxt
             assert _rest_bounds(np, ((4 * r - 64) / 1.25) ** -power, 1e-3, 1.0, E)[0] > budget
+
+
+@pytest.fixture(scope="module")
+def full_rank():
+    """A full-rank kernel of 200 views (paired features plus a ridge): every mode has weight."""
+    X = paired_features(100, 300, noise=0.5, seed=4, decay=0.5)
+    K = X @ X.T + 1e-3 * np.eye(200)
+    return K, contrastive_eigensystem(K, 100)
+
+
+def test_pair_gram_operator_applies_lt_z_l(full_rank):
+    K, full = full_rank
+    L = np.asarray(full.factor)
+    V = np.random.default_rng(0).standard_normal((200, 5))
+    ZLV = np.concatenate([(L @ V)[100:], (L @ V)[:100]])
+    ref = L.T @ ZLV / 200  # float64 numpy, from the definition
+    got = np.asarray(pair_gram_apply(pair_gram_operator(full.factor), jnp.asarray(V)))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+
+
+def test_rest_lanczos_carries_the_moments_of_the_modes_not_computed(full_rank):
+    """``R0ᵀ (T_q^k)_{11} R0`` against the moments ``Σ_rest γ^k m mᵀ`` from the full eigensystem,
+    exact for ``k ≤ 2q − 1`` (block Gauss quadrature) and not beyond; a continued iteration
+    equals one run at once."""
+    K, full = full_rank
+    g, P = np.asarray(full.gammas), np.asarray(full.vectors)
+    top = np.sort(np.argsort(-np.abs(g))[:10])
+    part = full._replace(gammas=full.gammas[top], vectors=full.vectors[:, top])
+    B = np.random.default_rng(1).standard_normal((200, 3))
+    rest = np.setdiff1d(np.arange(200), top)
+    M = P[:, rest].T @ B  # (rest, d) coordinates of the modes not computed
+    q = 4
+    lz = rest_lanczos(part, jnp.asarray(B), q)
+    V, T, R0 = np.asarray(lz.basis), np.asarray(lz.T), np.asarray(lz.R0)
+    assert V.shape == (200, 3 * q) and T.shape == (3 * q, 3 * q)
+    np.testing.assert_allclose(V.T @ V, np.eye(3 * q), atol=1e-12)
+    np.testing.assert_allclose(P[:, top].T @ V, 0.0, atol=1e-12)
+    for k in range(2 * q + 1):
+        exact = M.T @ (g[rest, None] ** k * M)
+        got = R0.T @ np.linalg.matrix_power(T, k)[:3, :3] @ R0
+        if k < 2 * q:
+            np.testing.assert_allclose(got, exact, rtol=0, atol=1e-10 * np.abs(exact).max())
+        else:  # degree 2q: no longer exact
+            assert np.abs(got - exact).max() > 1e-6 * np.abs(exact).max()
+    grown = rest_lanczos(part, jnp.asarray(B), q, previous=rest_lanczos(part, jnp.asarray(B), 2))
+    np.testing.assert_allclose(np.asarray(grown.T), T, rtol=0, atol=1e-12 * np.abs(T).max())
+    np.testing.assert_allclose(np.abs(np.asarray(grown.basis)), np.abs(V), atol=1e-9)
+    with pytest.raises(ValueError, match="exceed 2n"):
+        rest_lanczos(part, jnp.asarray(B), 64)

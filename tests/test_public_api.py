@@ -58,6 +58,7 @@ PUBLIC = {
         "preconditioned_stable_step", "contrastive_eigensystem_from_factor", "jittered_cholesky",
         "low_rank_columns", "PRECONDITIONED_PARTS", "preconditioned_gradient",
         "TridiagonalEigensystem", "tridiagonal_available", "tridiagonal_eigensystem",
+        "PairGramOperator", "pair_gram_operator", "RestLanczos", "rest_lanczos",
     ],
     "stepwise_ntk.solver": [
         "INTEGRATORS", "METHODS", "ODEResult", "ODESettings", "ODEStats", "SolveStats", "SolverSettings",

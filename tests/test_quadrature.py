@@ -20,6 +20,9 @@ from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.solver import SolverSettings, solve
 from stepwise_ntk.solver._quadrature import (
     block_gauss_quadrature,
+    log_moments,
+    moment_embedding_bound,
+    moment_terms_bound,
     quadrature_embedding_bound,
     quadrature_terms,
     series_remainder,
@@ -117,6 +120,39 @@ def test_quadrature_bounds_hold_on_a_flow_with_fixed_C():
     assert errors[3] < errors[2] < errors[1] and errors[3] < 1e-2 * errors[0]
 
 
+def test_moment_bounds_cover_modes_known_only_by_their_moments():
+    """``moment_terms_bound`` and ``moment_embedding_bound`` against the sums they bound,
+    over random spectra with ``|γ| ≤ g``; equal to them for one mode at ``g``; the moments
+    from ``q``-block pseudo-modes (``log_moments``) equal the tail's for ``k < q``."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        g_max = 10.0 ** rng.uniform(-3, 0)
+        g = g_max * rng.uniform(-1, 1, 400) * rng.uniform(0, 1, 400) ** 2
+        g[0] = g_max
+        Y0 = rng.standard_normal((400, 3)) * 10.0 ** rng.uniform(-4, 0)
+        w = np.sum(Y0**2, axis=1)
+        E = 10.0 ** rng.uniform(-1, 1) / g_max
+        log_S = np.log([np.sum(np.abs(g) ** (2 * k) * w) for k in range(12)])
+        for q in (0, 1, 2, 4, 8):
+            exact = float(np.sum(quadrature_terms(g, w, E, q)))
+            assert exact <= moment_terms_bound(g_max, log_S, E, q) * (1 + 1e-10), (trial, q)
+            if q:
+                coords = quadrature_embedding_bound(g, Y0, np.zeros(0), np.zeros((0, 3)), E, q)
+                assert coords <= moment_embedding_bound(g_max, log_S, E, q) * (1 + 1e-10), (trial, q)
+    one = np.array([0.3]), np.array([[2.0, 1.0]])
+    log_S = np.log([0.3 ** (2 * k) * 5.0 for k in range(4)])
+    for q in (0, 2, 4):
+        assert moment_terms_bound(0.3, log_S, 7.0, q) == pytest.approx(
+            float(quadrature_terms(one[0], np.array([5.0]), 7.0, q)[0]), rel=1e-10)
+    assert moment_embedding_bound(0.3, log_S, 7.0, 2) == pytest.approx(
+        quadrature_embedding_bound(*one, np.zeros(0), np.zeros((0, 2)), 7.0, 2), rel=1e-10)
+    g = rng.uniform(-0.2, 0.5, 300)
+    Y0 = rng.standard_normal((300, 2))
+    theta, W = block_gauss_quadrature(g, Y0, 3)
+    direct = np.log([np.sum(g ** (2 * k) * np.sum(Y0**2, axis=1)) for k in range(3)])
+    np.testing.assert_allclose(log_moments(theta, W.T @ Y0, 3), direct, rtol=1e-10)
+
+
 @pytest.fixture(scope="module")
 def mlp_ntk_problem(cifar_dir):
     """The ReLU MLP NTK (closed form, two hidden layers) of 400 CIFAR-10 views (8 × 8 pixels),
@@ -154,6 +190,36 @@ def test_solve_carries_the_other_modes_by_quadrature(mlp_ntk_problem, monkeypatc
     held_err = float(np.max(np.abs(np.asarray(held.eigenvalues) - np.asarray(ref.eigenvalues))))
     assert int(held.stats.n_quadrature_modes) == 0 and held_err <= accuracy
     assert int(st.n_modes) < int(held.stats.n_modes)
+
+
+def test_partial_eigensystem_carries_the_modes_not_computed_by_quadrature(cifar_dir):
+    """The partial route (64 modes by Krylov) with the other 960 carried by pseudo-modes from
+    block Lanczos on ``H`` restricted to them: within the accuracy of a float64 reference
+    with every mode of the full decomposition integrated, the bound on the modes not computed
+    from their moments within ``mode_tol``. ReLU MLP NTK of 1,024 CIFAR-10 views (8 × 8
+    pixels), d = 16, small white ``F0``: held, those modes would ask for the full
+    decomposition."""
+    n, d = 512, 16
+    views, _, _ = cifar10_pairs(jax.random.key(3), n, data_dir=cifar_dir, dtype=jnp.float64)
+    X = np.asarray(views)[:, ::4, ::4].reshape(2 * n, -1)
+    K = relu_mlp_kernels(X, X, depth=2)[1]
+    K = (K + K.T) / 2
+    F0 = 1e-3 * np.random.default_rng(d).standard_normal((2 * n, d))
+    es = contrastive_eigensystem(K, n)
+    T = 1.5 * float(np.max(np.asarray(step_times(es, jnp.asarray(F0)))))
+    times = np.geomspace(1e-3 * T, T, 30)
+    ref = solve(K, n, F0, times, settings=SolverSettings(rtol=1e-10, mode_tol=0.0, integrator="dopri5",
+                                                         eigensystem="full"))
+    settings = SolverSettings(eigensystem="partial")
+    tr = solve(K, n, F0, times, settings=settings)
+    st = tr.stats
+    assert int(st.n_eigen_modes) < 2 * n and float(st.eigen_residual) > 0
+    assert int(st.n_quadrature_modes) > 0 and f"the other {2 * n - int(st.n_eigen_modes)} as" in tr.reason
+    err = float(np.max(np.abs(np.asarray(tr.eigenvalues) - np.asarray(ref.eigenvalues))))
+    assert err <= settings.accuracy and err <= float(st.error_estimate)
+    assert 0 < float(st.truncation_bound) <= settings.accuracy / 10
+    F_err = float(jnp.linalg.norm(tr.embeddings - ref.embeddings))
+    assert F_err <= float(st.truncation_embedding_bound) + 1e-4 * float(jnp.linalg.norm(ref.embeddings))
 
 
 def test_plan_takes_the_fewest_modes_whose_tail_fits_and_next_plan_grows():

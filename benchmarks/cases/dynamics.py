@@ -517,20 +517,9 @@ def _default_problem(kind: str, n_views: int, d: int, ctx: Context, source: str)
         F0 = INIT_SCALE * rng.standard_normal((n_views, d))
         used = "synthetic"
     elif kind == "mlp":
-        from benchmarks.harness.problems import find_cifar_dir
-        from stepwise_ntk.data import cifar10_pairs
-        from stepwise_ntk.kernels import MLP, analytic_ntk
+        from benchmarks.harness.problems import mlp_ntk_problem
 
-        cifar = find_cifar_dir(ctx.data_dir) if source != "synthetic" else None
-        if cifar is not None:
-            views, _, _ = cifar10_pairs(jax.random.key(0), n, data_dir=cifar, dtype=jnp.float64)
-            views, used = np.asarray(views), "cifar10"
-        else:
-            base = rng.standard_normal((n, 8, 8, 3))
-            views = np.concatenate([base, base + 0.3 * rng.standard_normal(base.shape)])
-            used = "synthetic"
-        K = np.asarray(analytic_ntk(MLP(), views, progress=False), np.float64)
-        F0 = INIT_SCALE * np.sqrt(np.mean(np.diag(K))) * rng.standard_normal((n_views, d))
+        K, F0, used = mlp_ntk_problem(n, d, source=source, data_dir=ctx.data_dir)
     elif kind == "ridge":
         from benchmarks.harness.problems import ridge_kernel_problem
 

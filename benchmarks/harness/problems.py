@@ -6,6 +6,10 @@
   gradient descent on ``W`` is the same flow), and log-spaced times from well before the
   first step to 1.5 × the theory's last step time. Without the dataset it falls back to
   synthetic "images" with a power-law feature spectrum (``source`` says which).
+* :func:`mlp_ntk_problem` — the infinite-width NTK of the default ``MLP``
+  (``kernels.analytic_ntk``) on CIFAR-10 views (two augmentations of each of n images, the
+  linear problem's views for the same ``n``), ``F0`` small and white (not in any kernel's
+  range: thousands of modes move a little, the quadrature's case); no time grid.
 * :func:`ridge_kernel_problem` — a cheap full-rank kernel for the scaling study:
   ``K = X Xᵀ + ρ I`` from 256 power-law features; the horizon covers the first steps,
   so the number of time steps hardly changes with ``2n`` and the cost per step shows.
@@ -22,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KernelProblem", "describe", "find_cifar_dir", "linear_kernel_problem", "ridge_kernel_problem"]
+__all__ = [
+    "KernelProblem",
+    "describe",
+    "find_cifar_dir",
+    "linear_kernel_problem",
+    "mlp_ntk_problem",
+    "ridge_kernel_problem",
+]
 
 # ../shared/cifar10 beside the checkout (this file is benchmarks/harness/problems.py).
 _SHARED_CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "cifar10"
@@ -163,6 +174,35 @@ def linear_kernel_problem(
         step_times=ts,
         ridge=0.0,
     )
+
+
+def mlp_ntk_problem(
+    n_pairs: int, d: int, *, source: str = "auto", data_dir: str | None = None, seed: int = 17,
+    init_scale: float = 1e-3,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(K, F0, source)``: the ReLU MLP NTK (``analytic_ntk(MLP())``, float64) of CIFAR-10
+    views (``cifar10_pairs`` with key 0) or, without the dataset, of synthetic 8 × 8 × 3
+    pairs; ``F0 = init_scale · √mean(diag K) · N(0, 1)`` from ``seed``."""
+    import jax
+    import jax.numpy as jnp
+
+    from stepwise_ntk.kernels import MLP, analytic_ntk
+
+    rng = np.random.default_rng(seed)
+    cifar = find_cifar_dir(data_dir) if source != "synthetic" else None
+    if cifar is not None:
+        from stepwise_ntk.data import cifar10_pairs
+
+        views, _, _ = cifar10_pairs(jax.random.key(0), n_pairs, data_dir=cifar, dtype=jnp.float64)
+        views, used = np.asarray(views), "cifar10"
+    else:
+        base = rng.standard_normal((n_pairs, 8, 8, 3))
+        views = np.concatenate([base, base + 0.3 * rng.standard_normal(base.shape)])
+        used = "synthetic"
+    K = np.asarray(analytic_ntk(MLP(), views, progress=False), np.float64)
+    K = 0.5 * (K + K.T)
+    F0 = init_scale * np.sqrt(np.mean(np.diag(K))) * rng.standard_normal((2 * n_pairs, d))
+    return K, F0, used
 
 
 def _gamma_1_estimate(

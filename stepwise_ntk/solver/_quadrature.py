@@ -25,6 +25,12 @@ held at ``m_j(0)``) the first bound is ``Σ |γ| w R_1(8E|γ|) = Σ |γ| w ρ(2 
 ``ρ = e^{4E|γ|} − 1``: the truncation bound. As for the truncation, the feedback of the
 tail's error on the integrated modes through ``C`` is of the same order and not part of
 the bound.
+
+*Modes not computed* (a partial eigensystem): all have ``|γ| ≤ g`` and are known only
+through the moments ``S_k = Σ |γ|^{2k} w`` (``k ≤ q − 1`` exactly, from the ``q``-block
+quadrature itself). Since ``s + 1 ≥ 2k`` in every term of ``|γ| R_{2q−1}(8E|γ|)``,
+``|γ|^{s+1} ≤ g^{s+1−2k} |γ|^{2k}`` bounds their share of the first bound by
+``min_k g^{1−2k} R_{2q−1}(8Eg) S_k`` and of the second by ``min_k g^{−k} √S_k R_q(4Eg)``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ import math
 import numpy as np
 from scipy.special import gammainc, gammaln, logsumexp
 
-__all__ = ["block_gauss_quadrature", "quadrature_embedding_bound", "quadrature_terms", "series_remainder"]
+__all__ = [
+    "block_gauss_quadrature",
+    "log_moments",
+    "moment_embedding_bound",
+    "moment_terms_bound",
+    "quadrature_embedding_bound",
+    "quadrature_terms",
+    "series_remainder",
+]
 
 
 def series_remainder(m: int, y: np.ndarray) -> np.ndarray:
@@ -144,3 +158,48 @@ def quadrature_embedding_bound(gammas: np.ndarray, Y0: np.ndarray, theta: np.nda
         with np.errstate(invalid="ignore"):
             total += float(np.sum(np.exp(np.nan_to_num(p * log_4E - gammaln(p + 1.0) + norms, nan=-np.inf))))
     return total
+
+
+def log_moments(theta: np.ndarray, Z0: np.ndarray, q: int) -> np.ndarray:
+    """``log S_k``, ``S_k = Σ_i θ_i^{2k} ‖z_i‖²`` for ``k = 0..q−1``: the moments of the modes
+    that ``q``-block pseudo-modes ``(θ, Z0)`` stand for (exact for ``2k ≤ 2q − 1``)."""
+    w = np.sum(np.square(np.asarray(Z0, dtype=np.float64)), axis=1)
+    with np.errstate(divide="ignore"):
+        lg, lw = np.log(np.abs(np.asarray(theta, dtype=np.float64))), np.log(w)
+    k = np.arange(max(q, 1), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return logsumexp(np.nan_to_num(2.0 * k[:, None] * lg[None, :], nan=0.0) + lw[None, :], axis=1)
+
+
+def moment_terms_bound(g_max: float, log_S: np.ndarray, E: float, q: int) -> float:
+    """``min_k g^{1−2k} R_{2q−1}(8Eg) S_k``: a bound on ``Σ |γ| w R_{2q−1}(8E|γ|)`` over modes
+    with ``|γ| ≤ g`` (``g = g_max``) and moments ``S_k = e^{log_S[k]}`` (``q = 0``: ``R_1``,
+    ``k ≤ 1``; see the module docstring).
+
+    Example:
+        >>> g, w = np.array([0.3, -0.1, 0.05]), np.array([1.0, 2.0, 3.0])
+        >>> S = np.log([np.sum(np.abs(g) ** (2 * k) * w) for k in range(3)])
+        >>> bool(quadrature_terms(g, w, 2.0, 3).sum() <= moment_terms_bound(0.3, S, 2.0, 3))
+        True
+    """
+    if g_max <= 0.0:
+        return 0.0
+    ks = np.arange(min(len(log_S), max(q, 2)))
+    with np.errstate(over="ignore", divide="ignore"):
+        log_R = np.log(series_remainder(_order(q), np.asarray(8.0 * E * g_max)))
+    vals = (1.0 - 2.0 * ks) * math.log(g_max) + log_R + np.asarray(log_S)[ks]
+    with np.errstate(over="ignore"):
+        return float(np.exp(np.min(vals)))
+
+
+def moment_embedding_bound(g_max: float, log_S: np.ndarray, E: float, q: int) -> float:
+    """``min_k g^{−k} √S_k R_q(4Eg)``: a bound on ``Σ_{p≥q} (4E)^p/p! ‖G^p Y0‖_F`` over modes
+    with ``|γ| ≤ g`` and moments ``S_k`` (``k ≤ q``), as :func:`moment_terms_bound`."""
+    if g_max <= 0.0:
+        return 0.0
+    ks = np.arange(min(len(log_S), max(q, 1)))
+    with np.errstate(over="ignore", divide="ignore"):
+        log_R = np.log(series_remainder(q, np.asarray(4.0 * E * g_max)))
+    vals = -ks * math.log(g_max) + 0.5 * np.asarray(log_S)[ks] + log_R
+    with np.errstate(over="ignore"):
+        return float(np.exp(np.min(vals)))

@@ -36,17 +36,22 @@ they act on ``C`` only through the ``d × d`` moments of their ``γ``, and ``q``
 steps on ``diag(γ_tail)`` give ``q d`` pseudo-modes with the same moments up to degree
 ``2q − 1``, integrated with the others (:mod:`stepwise_ntk.solver._quadrature`, with its
 bound; ``q = 0`` is holding). The plan ``(k, q)`` with the fewest modes in all whose bound
-fits is taken (``stats.n_quadrature_modes``).
+fits is taken (``stats.n_quadrature_modes``). A partial eigensystem's modes not computed are
+carried the same way: block Lanczos on ``H`` restricted to them, from their part of
+``L⁻¹ F0`` (:func:`~stepwise_ntk.theory.rest_lanczos`, ``q d`` products with ``H``), their
+bound from their moments and ``|γ| ≤ es.rest``.
 
 *Partial eigensystem.* Where a flop model expects it to be cheaper than the full
 decomposition (:func:`partial_is_cheaper`: from about ``2n = 5000`` for 64 modes on CPU) only
 the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with ``Lᵀ Z L``;
-:func:`contrastive_eigensystem_from_factor`), ``r`` raised (at least doubled, up to
+:func:`contrastive_eigensystem_from_factor`). Where the bound on the modes not computed,
+held (all with ``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and
+``‖Lᵀ Z F0‖``), exceeds ``mode_tol / 4`` after the first run, they are carried by
+quadrature (*Quadrature*; 4 Lanczos blocks, then as many as their moments predict, at most
+``2n/4`` columns); only where no quadrature fits is ``r`` raised (at least doubled, up to
 quadrupled where a power law fitted to the computed spectrum predicts it is needed,
-:func:`_more_modes`) while the bound on the modes not computed (all with
-``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and ``‖Lᵀ Z F0‖``) exceeds
-``mode_tol / 4``; the full decomposition where that, or the power law's uncapped count,
-would not be cheaper.
+:func:`_more_modes`), and the full decomposition taken where that, or the power law's
+uncapped count, would not be cheaper.
 
 *Low-rank kernel.* Where ``K`` has rank well below ``2n`` (at most two thirds of the
 Cholesky columns carry it) and ``F0`` lies in its range, ``"auto"`` drops the other columns and
@@ -58,8 +63,12 @@ within the partial eigensystem's residual tolerance, added to ``stats.jitter``; 
 of ``C`` at every requested time: ``mode_tol = accuracy / 10``, the truncation runs at
 ``10 × rtol`` and the final run at ``rtol = max(accuracy / 300, 100 eps)``; their difference
 estimates the integration error (``rtol`` tightened while the estimate plus the truncation
-bound exceeds the accuracy); ``stats.error_estimate`` is that estimate plus the truncation bound. Products
-that decide accuracy are traced at ``precision=HIGHEST``.
+bound exceeds the accuracy); ``stats.error_estimate`` is that estimate plus the truncation bound
+plus, for a partial eigensystem, ``8 T δ`` (``δ`` its largest residual, a bound on each
+``γ``'s error, which moves ``λ ≤ 1`` by about ``8 δ T λ``; the residual tolerance keeps it
+below ``accuracy / 10`` where the dtype's round-off allows, and ``"auto"`` takes the full
+decomposition where it does not). Products that decide accuracy are traced at
+``precision=HIGHEST``.
 
 *Time integration.* The flow is stiff (fastest scale ``1/8γ_1``, horizon
 ``ln(1/λ(0))/8γ_d``). ``integrator="rosw"`` uses the Rosenbrock-W method ROS34PW2 with
@@ -141,10 +150,18 @@ from stepwise_ntk.solver._galerkin import (
     smallest_eigenvalue_bound,
 )
 from stepwise_ntk.solver._integrate import ODESettings, check_tolerances, integrate
-from stepwise_ntk.solver._quadrature import block_gauss_quadrature, quadrature_embedding_bound, quadrature_terms
+from stepwise_ntk.solver._quadrature import (
+    block_gauss_quadrature,
+    log_moments,
+    moment_embedding_bound,
+    moment_terms_bound,
+    quadrature_embedding_bound,
+    quadrature_terms,
+)
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 from stepwise_ntk.theory import (
     ContrastiveEigensystem,
+    RestLanczos,
     TridiagonalEigensystem,
     check_enough_modes,
     check_factorization,
@@ -152,7 +169,9 @@ from stepwise_ntk.theory import (
     default_jitter_rtol,
     jittered_cholesky,
     low_rank_columns,
+    pair_gram_operator,
     partial_is_cheaper,
+    rest_lanczos,
     tridiagonal_available,
     tridiagonal_eigensystem,
 )
@@ -555,7 +574,8 @@ def _mode_ranking(prep: _EigenPrep, E: float, d: int, q: int = 0) -> tuple[np.nd
     return c, np.argsort(-c_ranked, kind="stable"), float(np.nan_to_num(rest, nan=np.inf))
 
 
-def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int) -> tuple[int, int]:
+def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int,
+                rest_bound: Callable[[float], float] | None = None) -> tuple[int, int]:
     """How many modes a partial eigensystem whose rest exceeds ``budget`` should compute
     next (at least ``2r``, more where the computed spectrum predicts it), and the prediction
     itself (uncapped; the solve turns to the full decomposition where that many would not
@@ -569,14 +589,19 @@ def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int) -> tu
     CIFAR-10 linear kernel, 2n = 2000, 64 modes predicted 576 where 256 sufficed). Each
     partial eigensystem costs about as much as the next larger one, so skipping a doubling
     saves one; the loop's a-posteriori check still decides whether it was enough.
+    ``rest_bound(g)``: the rest's bound for ``|γ| ≤ g`` (default the held one above; the
+    quadrature's, :func:`_rest_quadrature_bound`, asks for far fewer modes).
     """
     g = np.sort(np.abs(np.asarray(prep.es.gammas, dtype=np.float64)))[::-1]
     W, Q = float(prep.W_rest), float(prep.Q_rest)
+    if rest_bound is None:
+        def rest_bound(x):
+            return _rest_bounds(np, x, W, Q, E)[0]
     lo, hi = 0.0, float(prep.es.rest)
     with np.errstate(over="ignore", invalid="ignore"):
         for _ in range(60):  # bisection on the monotone bound
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if _rest_bounds(np, mid, W, Q, E)[0] <= budget else (lo, mid)
+            lo, hi = (mid, hi) if rest_bound(mid) <= budget else (lo, mid)
     ranks = np.arange(1, g.size + 1, dtype=np.float64)
     upper = slice(g.size // 2, g.size)
     ok = g[upper] > 0
@@ -610,9 +635,31 @@ def _mode_count(c: np.ndarray, order: np.ndarray, budget: float, d: int) -> int 
 _QUADRATURE_BLOCKS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
+def _rest_cap(prep: _EigenPrep, d: int) -> int:
+    """The most quadrature blocks for a partial eigensystem's modes not computed: at most
+    ``2n/4`` columns (as the Krylov basis), leaving the computed modes' room."""
+    N, r = prep.es.factor.shape[0], prep.es.gammas.shape[0]
+    return min(_QUADRATURE_BLOCKS[-1], (N // 4) // d, (N - r) // d)
+
+
+def _rest_blocks_needed(prep: _EigenPrep, lanczos: RestLanczos, d: int, E: float, budget: float,
+                        blocks: list[int]) -> int:
+    """The fewest of ``blocks`` whose quadrature the moments known so far (``S_k``, ``k`` below
+    the blocks run) predict to fit ``budget``: their bound for the modes not computed, twice
+    (the pseudo-modes' own term is about as large); the largest where none does."""
+    done = lanczos.basis.shape[1] // d
+    theta, _, Z0 = _rest_pseudo_modes(lanczos, done, d)
+    log_S, g = log_moments(theta, Z0, done), _rest_gamma(prep, theta)
+    for q in blocks:
+        if 2.0 * moment_terms_bound(g, log_S, E, q) <= budget:
+            return q
+    return blocks[-1]
+
+
 class _Plan(NamedTuple):
-    """The modes a run integrates: ``idx`` (sorted) one by one, the other modes of a complete
-    eigensystem as ``q`` blocks of pseudo-modes (``q = 0``: held at ``m(0)``)."""
+    """The modes a run integrates: ``idx`` (sorted) one by one, the other modes (of a partial
+    eigensystem: those it did not compute, ``idx`` every computed one) as ``q`` blocks of
+    pseudo-modes (``q = 0``: held at ``m(0)``)."""
 
     idx: np.ndarray
     q: int
@@ -656,33 +703,73 @@ def _next_plan(prep: _EigenPrep, plan: _Plan, E: float, d: int, budget: float) -
 
 
 class _Tail(NamedTuple):
-    gammas: np.ndarray  # (N_t,) the modes not integrated one by one
+    gammas: np.ndarray  # (N_t,) the computed modes not integrated one by one
     Y0: np.ndarray  # (N_t, d) their coordinates
     theta: np.ndarray  # (q d,) the pseudo-modes' values
     Z0: np.ndarray  # (q d, d) their coordinates
+    # The modes a partial eigensystem did not compute: all |γ| ≤ g_rest, known through the
+    # moments log S_k (k < q) of the pseudo-modes that stand for them.
+    g_rest: float = 0.0
+    log_S: np.ndarray = np.zeros(0)
 
 
-def _quadrature_modes(prep: _EigenPrep, plan: _Plan, d: int) -> tuple[_EigenPrep, jax.Array, _Tail]:
+def _quadrature_modes(prep: _EigenPrep, plan: _Plan, d: int,
+                      lanczos: RestLanczos | None = None) -> tuple[_EigenPrep, jax.Array, _Tail]:
     """The head modes and the tail's pseudo-modes as one set of modes, all integrated
     (a prep, their eigenvectors ``(N, k')`` and the tail for the bounds); zero modes pad
-    ``k'`` to a multiple of 64, so that the runs of a solve share their compilations."""
+    ``k'`` to a multiple of 64, so that the runs of a solve share their compilations.
+
+    A complete eigensystem's tail is the computed modes left out (block Lanczos on their
+    ``diag(γ)``); a partial one's is the modes it did not compute (``plan.idx`` is every
+    computed mode), from ``lanczos`` (:func:`~stepwise_ntk.theory.rest_lanczos`).
+    """
     g = np.asarray(prep.es.gammas, dtype=np.float64)
     M0 = np.asarray(prep.M0, dtype=np.float64)
-    tail = np.setdiff1d(np.arange(g.size), plan.idx)
-    Y0 = M0[:, tail].T
-    theta, W = block_gauss_quadrature(g[tail], Y0, plan.q)
-    Z0 = W.T @ Y0
+    dtype = prep.M0.dtype
+    if lanczos is None:
+        tail = np.setdiff1d(np.arange(g.size), plan.idx)
+        Y0 = M0[:, tail].T
+        theta, W = block_gauss_quadrature(g[tail], Y0, plan.q)
+        Z0 = W.T @ Y0
+        P_tail = prep.combine(tail, W)
+        tail_info = _Tail(g[tail], Y0, theta, Z0)
+    else:
+        theta, S, Z0 = _rest_pseudo_modes(lanczos, plan.q, d)
+        P_tail = lanczos.basis[:, : plan.q * d] @ jnp.asarray(S, dtype)
+        tail_info = _Tail(np.zeros(0), np.zeros((0, d)), theta, Z0, _rest_gamma(prep, theta),
+                          log_moments(theta, Z0, plan.q))
     k = plan.idx.size + theta.size
     pad = _MODE_BLOCK * math.ceil(k / _MODE_BLOCK) - k
-    dtype = prep.M0.dtype
     gammas = np.concatenate([g[plan.idx], theta, np.zeros(pad)])
     M = np.concatenate([M0[:, plan.idx], Z0.T, np.zeros((d, pad))], axis=1)
-    P = jnp.concatenate([prep.vectors(plan.idx), prep.combine(tail, W),
-                         jnp.zeros((prep.es.factor.shape[0], pad), dtype)], axis=1)
+    P = jnp.concatenate([prep.vectors(plan.idx), P_tail, jnp.zeros((prep.es.factor.shape[0], pad), dtype)], axis=1)
     zero = jnp.zeros((), dtype)
     es = prep.es._replace(gammas=jnp.asarray(gammas, dtype), vectors=None, residuals=None, rest=zero)
     run_prep = prep._replace(es=es, M0=jnp.asarray(M, dtype), W_rest=zero, Q_rest=zero, tri=None)
-    return run_prep, P, _Tail(g[tail], Y0, theta, Z0)
+    return run_prep, P, tail_info
+
+
+def _rest_pseudo_modes(lanczos: RestLanczos, q: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(θ, S, Z0)`` of the ``q``-block quadrature of the modes not computed: ``T_q = S
+    diag(θ) Sᵀ`` (the leading ``q d`` block of ``lanczos.T``), pseudo-mode coordinates
+    ``Z0 = (S[:d])ᵀ R0: (q d, d)`` (their eigenvectors ``basis[:, :q d] S``)."""
+    T = np.asarray(lanczos.T[: q * d, : q * d], dtype=np.float64)
+    theta, S = np.linalg.eigh(0.5 * (T + T.T))
+    return theta, S, S[:d].T @ np.asarray(lanczos.R0, dtype=np.float64)
+
+
+def _rest_gamma(prep: _EigenPrep, theta: np.ndarray) -> float:
+    """The largest ``|γ|`` of the modes not computed: the eigensystem's estimate ``rest``,
+    or more where a pseudo-mode (a Ritz value of theirs, so a lower bound) shows it."""
+    return max(float(prep.es.rest), float(np.max(np.abs(theta), initial=0.0)))
+
+
+def _rest_quadrature_bound(prep: _EigenPrep, lanczos: RestLanczos, q: int, d: int, E: float) -> float:
+    """The ``q``-block quadrature's bound in ``C`` for the modes not computed (theirs, by
+    moments, plus the pseudo-modes')."""
+    theta, _, Z0 = _rest_pseudo_modes(lanczos, q, d)
+    own = np.sum(quadrature_terms(theta, np.sum(np.square(Z0), axis=1), E, q))
+    return float(own) + moment_terms_bound(_rest_gamma(prep, theta), log_moments(theta, Z0, q), E, q)
 
 
 def _with_quadrature_bounds(out: _EigenOut, tail: _Tail, q: int, L_norm: float) -> _EigenOut:
@@ -690,8 +777,10 @@ def _with_quadrature_bounds(out: _EigenOut, tail: _Tail, q: int, L_norm: float) 
     bounds of the modes it held."""
     E = float(out.E)
     bound_C = (np.sum(quadrature_terms(tail.gammas, np.sum(np.square(tail.Y0), axis=1), E, q))
-               + np.sum(quadrature_terms(tail.theta, np.sum(np.square(tail.Z0), axis=1), E, q)))
-    bound_F = L_norm * quadrature_embedding_bound(tail.gammas, tail.Y0, tail.theta, tail.Z0, E, q)
+               + np.sum(quadrature_terms(tail.theta, np.sum(np.square(tail.Z0), axis=1), E, q))
+               + moment_terms_bound(tail.g_rest, tail.log_S, E, q))
+    bound_F = L_norm * (quadrature_embedding_bound(tail.gammas, tail.Y0, tail.theta, tail.Z0, E, q)
+                        + moment_embedding_bound(tail.g_rest, tail.log_S, E, q))
     dtype = out.bound_C.dtype
     return out._replace(bound_C=jnp.asarray(bound_C, dtype), bound_F=jnp.asarray(bound_F, dtype))
 
@@ -913,7 +1002,14 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     t_end = float(times[-1])
     accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
     row_max = jnp.max(jnp.sum(jnp.abs(K), axis=1))  # ≥ ‖K‖₂
-    prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy)
+    ops = []  # the products with Lᵀ Z L of the partial eigensystem and its quadrature, formed once
+
+    def operator():
+        if not ops:
+            ops.append(pair_gram_operator(L))
+        return ops[0]
+
+    prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, operator=operator)
     check_enough_modes(prep.es, d)
     if not prep.es.partial and r < N:
         reason = (f"{reason}; low-rank kernel: {r} of {N} Cholesky columns kept (kernel moved by "
@@ -930,12 +1026,51 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     B_test = _forward_substitution(L, K_test.T) if has_test else None
 
     formed = []  # [(prep, key, run_prep, P, tail)]: the last plan's modes, formed once for its runs
+    lanczos = []  # [(prep, RestLanczos)]: the modes not computed, for the partial eigensystem's quadrature
+    B0 = []  # [L⁻¹ F0], once
+
+    def rest_lanczos_of(prep, blocks):
+        if not B0:
+            B0.append(_forward_substitution(L, F0))
+        previous = lanczos[0][1] if lanczos and lanczos[0][0] is prep else None
+        lanczos[:] = [(prep, rest_lanczos(prep.es, B0[0], blocks, previous, operator()))]
+        return lanczos[0][1]
+
+    def rest_plan(prep, E, q_min):
+        """The fewest quadrature blocks above ``q_min`` whose bound for the modes not computed
+        fits, or None: the Lanczos iteration runs 4 blocks, then grows to the length that its
+        moments predict (:func:`_rest_blocks_needed`), then block by block in the plan's steps."""
+        cap = _rest_cap(prep, d)
+        blocks = [q for q in _QUADRATURE_BLOCKS if q_min < q <= cap]
+        if not blocks:
+            return None
+        lz = rest_lanczos_of(prep, min(4, blocks[-1]))
+        for q in blocks:
+            if q * d > lz.basis.shape[1]:
+                lz = rest_lanczos_of(prep, max(q, _rest_blocks_needed(prep, lz, d, E, mode_tol / 2, blocks)))
+            if _rest_quadrature_bound(prep, lz, q, d, E) <= mode_tol / 2:
+                return q
+        return None
+
+    def rest_bound(prep, E):
+        """The largest quadrature's bound as a function of ``g_rest`` (for :func:`_more_modes`)."""
+        if not lanczos or lanczos[0][0] is not prep:
+            return None
+        lz = lanczos[0][1]
+        q = max(b for b in _QUADRATURE_BLOCKS if b * d <= lz.basis.shape[1])
+        theta, _, Z0 = _rest_pseudo_modes(lz, q, d)
+        log_S = log_moments(theta, Z0, q)
+        return lambda g: min(_rest_bounds(np, g, float(prep.W_rest), float(prep.Q_rest), E)[0],
+                             moment_terms_bound(g, log_S, E, q))
 
     def run(prep, plan, rtol):
         key = (plan.idx.tobytes(), plan.q)
         if not formed or formed[0][0] is not prep or formed[0][1] != key:
             if plan.q == 0:
                 formed[:] = [(prep, key, prep, prep.vectors(plan.idx), None)]
+            elif prep.es.partial:
+                lz = rest_lanczos_of(prep, plan.q)
+                formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d, lz))]
             else:
                 formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d))]
         _, _, run_prep, P, tail = formed[0]
@@ -965,16 +1100,27 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         E = 1.1 * _measured_E(out, prep, t_end)
         if prep.es.partial:
             c, order, rest = _mode_ranking(prep, E, d)
-            if rest > mode_tol / 4:  # the modes not computed weigh too much
-                r_next, r_predicted = _more_modes(prep, E, mode_tol / 4, r, K.shape[0])
+            if rest > mode_tol / 4:  # the modes not computed weigh too much held: carry them by quadrature
+                q = rest_plan(prep, E, plan.q)
+                if q is not None:
+                    plan = _Plan(np.arange(r, dtype=np.int32), q)
+                    continue
+                r_next, r_predicted = _more_modes(prep, E, mode_tol / 4, r, K.shape[0], rest_bound(prep, E))
                 if settings.eigensystem == "auto" and not partial_is_cheaper(K.shape[0], r_predicted):
                     r_next = K.shape[0]  # the predicted count would not be cheaper: the full decomposition now
+                lanczos.clear()
+                if r_next >= K.shape[0]:
+                    ops.clear()  # the full decomposition needs its memory more than the products do
                 prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
-                                       start=prep.es.vectors)
+                                       start=prep.es.vectors, operator=operator)
                 if not prep.es.partial:  # every mode now: the quadrature's plans apply
                     plan = _plan(prep, E, d, mode_tol / 2)
                     continue
                 c, order, rest = _mode_ranking(prep, E, d)
+                if rest > mode_tol / 4:
+                    q = rest_plan(prep, E, 0)
+                    plan = _Plan(np.arange(r, dtype=np.int32), 0 if q is None else q)
+                    continue
             k = plan.idx.size
             k_new = _mode_count(c, order, mode_tol / 2 - rest, d)
             k = min(r, 2 * k) if k_new is None or k_new <= k else k_new
@@ -984,9 +1130,11 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     # Accuracy: the same modes at rtol, against the run at 10 × rtol; tighter while the
     # estimate exceeds the budget (at most three times, never below 10 eps).
     estimate = np.nan
+    # A partial eigensystem's γ errors (at most its residuals) move λ by about 8 δ T λ.
+    gamma_share = 8.0 * t_end * float(jnp.max(prep.es.residuals)) if prep.es.partial else 0.0
     if auto_rtol:
         floor = 10.0 * float(np.finfo(np.dtype(dtype)).eps)
-        budget = accuracy - float(out.bound_C)
+        budget = accuracy - float(out.bound_C) - gamma_share
         prev, prev_rtol = out, rtol_trunc
         for _ in range(4):
             cur = run(prep, plan, rtol)
@@ -1000,7 +1148,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
             # err ∝ rtol: the factor that brings the estimate to half the budget, 2× to 10×.
             rtol = max(rtol * min(0.5, max(0.1, 0.5 * budget / estimate)), floor)
         out = prev
-        estimate = estimate + float(out.bound_C)
+        estimate = estimate + float(out.bound_C) + gamma_share
     es = prep.es
     stats = SolveStats(
         n_steps=out.n_steps, n_rejected=out.n_rejected, n_rhs=out.n_rhs, success=out.success,
@@ -1011,7 +1159,8 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         n_quadrature_modes=jnp.asarray(plan.q * d),
     )
     if plan.q:
-        reason = (f"{reason}; {plan.idx.size} modes integrated one by one, the other {r - plan.idx.size} as "
+        left = N - plan.idx.size if prep.es.partial else r - plan.idx.size
+        reason = (f"{reason}; {plan.idx.size} modes integrated one by one, the other {left} as "
                   f"{plan.q * d} pseudo-modes ({plan.q}-block Gauss quadrature)")
     return Trajectory(times=times, loss=out.loss, eigenvalues=out.eigenvalues, embeddings=out.embeddings,
                       test_embeddings=out.test_embeddings, stats=stats, method="eigen",
@@ -1023,7 +1172,8 @@ def _measured_E(out, prep, t_end) -> float:
     return min(float(out.E), 1.25 * t_end)
 
 
-def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None):
+def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *, r=None, start=None,
+                 operator=None):
     """The eigensystem the truncation starts from, its preparation, and how many modes it has.
 
     Low-rank (``settings.eigensystem="auto"``, first call): where dropping the Cholesky
@@ -1041,21 +1191,25 @@ def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *,
     modes of largest ``|γ|`` (default ``max(64, 2d)`` rounded up to 64; the solve raises it,
     :func:`_more_modes`, while the a-posteriori bound on the modes not computed asks for it,
     and ``"auto"`` turns to the full decomposition once the raised count would not be
-    cheaper); full otherwise.
+    cheaper); full otherwise. ``operator()``: the :class:`~stepwise_ntk.theory.PairGramOperator`
+    of ``L`` for the partial eigensystem (None: formed for the call).
     """
     N = L.shape[0]
     first = r is None
     r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
     # Residual tolerance: a γ error δ moves λ by about 8 δ T λ, kept below accuracy / 10.
     gamma_max = float(row_max) / N
-    res_rtol = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))
+    res_target = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))
     # ... but not below the round-off of one product with H (float32: ~1e-4 at 2n = 2000).
-    res_rtol = max(res_rtol, 30.0 * math.sqrt(N) * float(np.finfo(np.dtype(L.dtype)).eps))
+    res_floor = 30.0 * math.sqrt(N) * float(np.finfo(np.dtype(L.dtype)).eps)
+    res_rtol = max(res_target, res_floor)
     if mode_tol > 0 and first and settings.eigensystem == "auto":
         low = _low_rank_prep(row_max, F0, L, tau, res_rtol * gamma_max * N, accuracy)
         if low is not None:
             return low, low.es.gammas.shape[0]
-    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto"
+    # Where that round-off exceeds the target (float32, long horizons) a partial eigensystem
+    # cannot meet the accuracy, and "auto" takes the full decomposition (γ to eps · |γ_1|).
+    want_partial = settings.eigensystem == "partial" or (settings.eigensystem == "auto" and res_floor <= res_target
                                                          and partial_is_cheaper(N, min(r, N)))
     if mode_tol == 0 or not want_partial:
         if tridiagonal_available(L):
@@ -1063,7 +1217,7 @@ def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *,
         es = contrastive_eigensystem_from_factor(L, tau)
         return _eigen_prepare(es, row_max, F0, N), N
     es = contrastive_eigensystem_from_factor(L, tau, top=min(r, N), which="magnitude", start=start,
-                                             residual_rtol=res_rtol)
+                                             residual_rtol=res_rtol, operator=None if operator is None else operator())
     return _eigen_prepare(es, row_max, F0, N), es.gammas.shape[0]
 
 

@@ -21,6 +21,7 @@ from stepwise_ntk.theory._closed_form import (
 )
 from stepwise_ntk.theory._eigensystem import (
     ContrastiveEigensystem,
+    RestLanczos,
     check_enough_modes,
     check_factorization,
     contrastive_eigensystem,
@@ -34,7 +35,9 @@ from stepwise_ntk.theory._eigensystem import (
     mode_functions,
     mode_functions_new,
     partial_is_cheaper,
+    rest_lanczos,
 )
+from stepwise_ntk.theory._pair_gram import PairGramOperator, pair_gram_operator
 from stepwise_ntk.theory._preconditioned import (
     PRECONDITIONED_PARTS,
     PRECONDITIONERS,
@@ -57,7 +60,9 @@ __all__ = [
     "PRECONDITIONED_PARTS",
     "PRECONDITIONERS",
     "ContrastiveEigensystem",
+    "PairGramOperator",
     "Preconditioner",
+    "RestLanczos",
     "TridiagonalEigensystem",
     "aligned_eigenvalues",
     "check_enough_modes",
@@ -75,6 +80,7 @@ __all__ = [
     "mode_coordinates",
     "mode_functions",
     "mode_functions_new",
+    "pair_gram_operator",
     "partial_is_cheaper",
     "plateau_levels",
     "precondition_factor",
@@ -86,6 +92,7 @@ __all__ = [
     "preconditioned_time",
     "procrustes_align",
     "procrustes_error",
+    "rest_lanczos",
     "step_times",
     "tridiagonal_available",
     "tridiagonal_eigensystem",

@@ -64,12 +64,18 @@ from stepwise_ntk._checks import (
     check_test_kernel,
     is_concrete,
 )
-from stepwise_ntk.theory._pair_gram import pair_gram_of_factor
+from stepwise_ntk.theory._pair_gram import (
+    PairGramOperator,
+    pair_gram_apply,
+    pair_gram_of_factor,
+    pair_gram_operator,
+)
 from stepwise_ntk.theory._tridiagonal import tridiagonal_available, tridiagonal_eigensystem
 
 __all__ = [
     "WHICH",
     "ContrastiveEigensystem",
+    "RestLanczos",
     "check_enough_modes",
     "check_factorization",
     "contrastive_eigensystem",
@@ -82,6 +88,7 @@ __all__ = [
     "mode_coordinates",
     "mode_functions",
     "mode_functions_new",
+    "rest_lanczos",
 ]
 
 
@@ -157,19 +164,6 @@ def _factor(K, jitter_rtol):
     return L, tau
 
 
-def _pair_gram_apply(L: jax.Array, V: jax.Array) -> jax.Array:
-    """``H V = Lᵀ Z L V / (2n)`` from the blocks of lower-triangular ``L`` (``6 n² b`` flops).
-
-    ``Z L V = [L21 V1 + L22 V2; L11 V1] = [a; c]`` and ``Lᵀ [a; c] = [L11ᵀ a + L21ᵀ c; L22ᵀ c]``.
-    """
-    n = L.shape[0] // 2
-    L11, L21, L22 = L[:n, :n], L[n:, :n], L[n:, n:]
-    V1, V2 = V[:n], V[n:]
-    a = L21 @ V1 + L22 @ V2
-    c = L11 @ V1
-    return jnp.concatenate([L11.T @ a + L21.T @ c, L22.T @ c]) / L.shape[0]
-
-
 def _orthonormalize(W: jax.Array, Q: jax.Array) -> jax.Array:
     """Orthonormal columns spanning ``(I − Q Qᵀ) W``, by products only.
 
@@ -209,7 +203,7 @@ class _KrylovOut(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("r", "depth", "which"))
-def _krylov_modes(L, V0, sketch, tol, max_restarts, *, r, depth, which):
+def _krylov_modes(op, V0, sketch, tol, max_restarts, *, r, depth, which):
     """The ``r`` extreme eigenpairs of ``H = Lᵀ Z L / (2n)`` by thick-restarted block Krylov.
 
     Basis ``[X, Q_1, …, Q_q]``: the ``k`` kept Ritz vectors ``X`` and ``q = depth`` Krylov
@@ -218,13 +212,13 @@ def _krylov_modes(L, V0, sketch, tol, max_restarts, *, r, depth, which):
     a block Krylov space span one block, so the sketch loses nothing). Rayleigh–Ritz on the
     basis, keep the ``k`` Ritz pairs first by the ranking (``|θ|`` for ``"magnitude"``,
     ``θ`` for ``"largest"``), stop when the first ``r`` have ``‖H x − θ x‖ ≤ tol · max|θ|``. Costs
-    ``q · block`` products with ``H`` per restart (``6 n² · q · block`` flops).
+    ``q · block`` products with ``H`` per restart (:class:`PairGramOperator` ``op``).
     """
     with jax.default_matmul_precision("highest"):
-        return _krylov_body(L, V0, sketch, tol, max_restarts, r, depth, which)
+        return _krylov_body(op, V0, sketch, tol, max_restarts, r, depth, which)
 
 
-def _krylov_body(L, V0, sketch, tol, max_restarts, r, depth, which):
+def _krylov_body(op, V0, sketch, tol, max_restarts, r, depth, which):
     key_of = jnp.abs if which == "magnitude" else (lambda x: x)
     k = V0.shape[1]
 
@@ -243,7 +237,7 @@ def _krylov_body(L, V0, sketch, tol, max_restarts, r, depth, which):
         W = (AX - X * theta) @ sketch
         for _ in range(depth):
             Qi = _orthonormalize(W, jnp.concatenate(Q, axis=1))
-            AQi = _pair_gram_apply(L, Qi)
+            AQi = pair_gram_apply(op, Qi)
             Q.append(Qi)
             AQ.append(AQi)
             W = AQi
@@ -255,7 +249,7 @@ def _krylov_body(L, V0, sketch, tol, max_restarts, r, depth, which):
         return (~state[5]) & (state[4] < max_restarts)
 
     X0 = _orthonormalize(V0, jnp.zeros((V0.shape[0], 1), V0.dtype))
-    X, AX, theta, res = ritz(X0, _pair_gram_apply(L, X0))
+    X, AX, theta, res = ritz(X0, pair_gram_apply(op, X0))
     state = (X, AX, theta, res, jnp.asarray(0, jnp.int32), jnp.max(res[:r]) <= tol * jnp.max(jnp.abs(theta)))
     X, AX, theta, res, it, done = jax.lax.while_loop(cond, body, state)
     rest = key_of(theta[r]) + res[r]
@@ -365,7 +359,7 @@ def partial_is_cheaper(n_views: int, top: int) -> bool:
 def contrastive_eigensystem_from_factor(
     L: jax.Array, tau: jax.Array, *, top: int | None = None, which: str = "largest",
     start: jax.Array | None = None, residual_rtol: float | None = None, max_restarts: int = 60,
-    columns: Any = None,
+    columns: Any = None, operator: PairGramOperator | None = None,
 ) -> ContrastiveEigensystem:
     """The contrastive eigensystem from ``L Lᵀ = K + τ I``: all modes, or the ``top`` first
     by ``which`` without a full eigendecomposition (see :func:`contrastive_eigensystem`),
@@ -391,6 +385,8 @@ def contrastive_eigensystem_from_factor(
         ``H_S = L_Sᵀ Z L_S / (2n)``, exact for the kernel ``L_S L_Sᵀ``, ``vectors`` padded
         with zeros to ``(2n, p)`` so that ``L p_j`` are its mode functions; ``jitter`` is
         ``τ`` plus the dropped squared norms, and ``residuals`` None.
+      operator: ``pair_gram_operator(L)`` where the caller has it (the Krylov iteration's
+        products; None: formed here).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -425,12 +421,116 @@ def contrastive_eigensystem_from_factor(
         V0[:, :s] = np.asarray(start[:, :s], np.float64)
     sketch = rng.standard_normal((kept, block))
     rtol = _default_residual_rtol(N, L.dtype) if residual_rtol is None else float(residual_rtol)
-    out = _krylov_modes(L, jnp.asarray(V0, L.dtype), jnp.asarray(sketch, L.dtype), jnp.asarray(rtol, L.dtype),
+    op = pair_gram_operator(L) if operator is None else operator
+    out = _krylov_modes(op, jnp.asarray(V0, L.dtype), jnp.asarray(sketch, L.dtype), jnp.asarray(rtol, L.dtype),
                         jnp.asarray(max_restarts, jnp.int32), r=top, depth=depth, which=which)
     if not bool(out.converged):
         return _full_from_factor(L, tau)
     return ContrastiveEigensystem(gammas=out.gammas, vectors=out.vectors, factor=L, jitter=tau,
                                   residuals=out.residuals, rest=out.rest)
+
+
+class RestLanczos(NamedTuple):
+    """Block Lanczos on the modes a partial eigensystem did not compute (a pytree of arrays).
+
+    Attributes:
+      basis: ``(2n, q d)`` orthonormal columns ``V``, orthogonal to the eigensystem's
+        ``vectors``, spanning ``{B_rest, H_rest B_rest, …, H_rest^{q−1} B_rest}``.
+      T: ``(q d, q d)`` ``Vᵀ H V`` (symmetric): its leading ``s d × s d`` block is the
+        ``s``-step Lanczos matrix, for every ``s ≤ q``.
+      R0: ``(d, d)`` with ``B_rest = V[:, :d] R0``.
+      image: ``(2n, d)`` ``H`` times the newest block (where a longer iteration continues).
+    """
+
+    basis: jax.Array
+    T: jax.Array
+    R0: jax.Array
+    image: jax.Array
+
+
+def rest_lanczos(es: ContrastiveEigensystem, B: jax.Array, blocks: int,
+                 previous: RestLanczos | None = None, operator: PairGramOperator | None = None) -> RestLanczos:
+    """``blocks`` steps of block Lanczos on ``H_rest = (I − P Pᵀ) H (I − P Pᵀ)`` from
+    ``B_rest = (I − P Pᵀ) B`` (``H = Lᵀ Z L / (2n)``, ``P = es.vectors``).
+
+    The modes a partial eigensystem did not compute are the eigenpairs of ``H_rest`` (up to
+    the returned modes' residuals), and a function of them enters the flow only through the
+    moments ``B_restᵀ H_rest^s B_rest`` (docs/theory.md, *The other modes by quadrature*).
+    With ``T_s`` the leading ``s d × s d`` block of ``T = S diag(θ) Sᵀ`` those moments are
+    ``R0ᵀ (T_s^k)_{11} R0`` exactly for ``k ≤ 2s − 1`` (block Gauss quadrature). Full
+    reorthogonalisation against ``P`` and every earlier block (Gram–Schmidt twice, Cholesky
+    QR: :func:`_orthonormalize`); ``blocks · d`` products with ``H``.
+
+    Args:
+      es: a partial eigensystem (``vectors: (2n, r)`` orthonormal).
+      B: ``(2n, d)`` coordinates ``L⁻¹ F`` of embeddings.
+      blocks: ``q ≥ 1`` (``r + q d ≤ 2n``).
+      previous: the same iteration's result for fewer blocks (same ``es`` and ``B``), to
+        continue from: only the new blocks' products are computed.
+      operator: ``pair_gram_operator(es.factor)`` where the caller has it (None: formed here).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> X = jax.random.normal(jax.random.key(0), (40, 40))
+        >>> full = contrastive_eigensystem(X @ X.T, 20)
+        >>> part = full._replace(vectors=full.vectors[:, :5], gammas=full.gammas[:5])
+        >>> B = jax.random.normal(jax.random.key(1), (40, 2))
+        >>> lz = rest_lanczos(part, B, 3)
+        >>> P, g = full.vectors[:, 5:], full.gammas[5:]
+        >>> exact = (P.T @ B).T @ (g[:, None] ** 3 * (P.T @ B))
+        >>> T3 = jnp.linalg.matrix_power(lz.T, 3)[:2, :2]
+        >>> bool(jnp.allclose(lz.R0.T @ T3 @ lz.R0, exact, rtol=1e-3, atol=1e-6 * float(jnp.max(jnp.abs(exact)))))
+        True
+    """
+    N, d = B.shape
+    r = es.vectors.shape[1]
+    blocks = check_positive_int("blocks", blocks)
+    if r + blocks * d > N:
+        raise ValueError(f"{blocks} blocks of d = {d} and r = {r} computed modes exceed 2n = {N}; "
+                         f"use blocks ≤ {(N - r) // d}.")
+    done = 0 if previous is None else previous.basis.shape[1] // d
+    if blocks <= done:
+        return previous
+    op = pair_gram_operator(es.factor) if operator is None else operator
+    if previous is None:
+        return _rest_lanczos_start(op, es.vectors, B, blocks)
+    return _rest_lanczos_extend(op, es.vectors, previous, blocks - done)
+
+
+@functools.partial(jax.jit, static_argnames=("blocks",))
+def _rest_lanczos_start(op, P, B, blocks):
+    with jax.default_matmul_precision("highest"):
+        B_rest = B - P @ (P.T @ B)
+        Q0 = _orthonormalize(B_rest, P)
+        A0 = pair_gram_apply(op, Q0)
+        V, AV = _lanczos_blocks(op, P, Q0, A0, blocks - 1)
+        T = V.T @ AV
+        R0 = Q0.T @ B_rest
+    return RestLanczos(basis=V, T=(T + T.T) / 2, R0=R0, image=AV[:, -B.shape[1]:])
+
+
+@functools.partial(jax.jit, static_argnames=("blocks",))
+def _rest_lanczos_extend(op, P, previous, blocks):
+    with jax.default_matmul_precision("highest"):
+        n_old = previous.basis.shape[1]
+        V, AV = _lanczos_blocks(op, P, previous.basis, previous.image, blocks)
+        AV = AV[:, previous.image.shape[1]:]  # the new blocks' images
+        cross = V.T @ AV  # (all, new)
+        new = cross[n_old:]
+        T = jnp.block([[previous.T, cross[:n_old]], [cross[:n_old].T, (new + new.T) / 2]])
+    return previous._replace(basis=V, T=T, image=AV[:, -previous.image.shape[1]:])
+
+
+def _lanczos_blocks(op, P, V, image, blocks):
+    """``blocks`` more Lanczos blocks after the orthonormal basis ``V`` (orthogonal to ``P``)
+    whose newest block has image ``image = H Q``: the grown basis and the images of
+    ``image``'s block and the new ones."""
+    Q, AQ = [V], [image]
+    for _ in range(blocks):
+        Qi = _orthonormalize(AQ[-1], jnp.concatenate([P] + Q, axis=1))
+        Q.append(Qi)
+        AQ.append(pair_gram_apply(op, Qi))
+    return jnp.concatenate(Q, axis=1), jnp.concatenate(AQ, axis=1)
 
 
 def low_rank_columns(L: jax.Array, tol: float) -> np.ndarray:
