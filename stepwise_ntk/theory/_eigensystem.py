@@ -318,6 +318,12 @@ def _krylov_sizes(N: int, top: int) -> tuple[int, int, int] | None:
 # 2n = 9,320: 64, 128 and 256 modes 10.9, 15.3 and 32.6 s (Cholesky 3.0 s) against 50 s for
 # one eigh. The model gets these comparisons right (at 2n = 4000 the two are level).
 #
+# The products now go through PairGramOperator (untransposed copies of L's blocks: twice the
+# flops of the triangular products at about four times their rate, so half the time; 64
+# modes of the MLP NTK of 9,320 views: 9.7 s against 11.5 s for the whole iteration, which
+# also orthonormalises and restarts). The model still counts the triangular flops and is
+# left as fitted: conservative, not refitted.
+#
 # The model compares against one eigh. On CPU the full route is now the tridiagonal one
 # (theory/_tridiagonal.py, 0.64-0.72× of eigh at 2n = 3000-9,320), so the partial route is
 # chosen where it was before and the full route below that is faster; not refitted. Inverse
