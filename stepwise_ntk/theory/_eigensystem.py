@@ -319,10 +319,10 @@ def _krylov_sizes(N: int, top: int) -> tuple[int, int, int] | None:
 # one eigh. The model gets these comparisons right (at 2n = 4000 the two are level).
 #
 # The products now go through PairGramOperator (untransposed copies of L's blocks: twice the
-# flops of the triangular products at about four times their rate, so half the time; 64
-# modes of the MLP NTK of 9,320 views: 9.7 s against 11.5 s for the whole iteration, which
-# also orthonormalises and restarts). The model still counts the triangular flops and is
-# left as fitted: conservative, not refitted.
+# flops of the triangular products at about four times their rate, so half the time; the
+# 64 modes of largest |γ| of the MLP NTK of 9,320 views, second call: 7.9 s against 11.6 s for
+# the whole iteration, which also orthonormalises and restarts). The model still counts the
+# triangular flops and is left as fitted: conservative, not refitted.
 #
 # The model compares against one eigh. On CPU the full route is now the tridiagonal one
 # (theory/_tridiagonal.py, 0.64-0.72× of eigh at 2n = 3000-9,320), so the partial route is
