@@ -174,6 +174,10 @@ def test_auto_method_cost_model():
     assert method == "eigen" and "N=2000" in reason  # n_pairs = 1000: N = 2000 views
     method, reason = choose_method(1000, 32, False)
     assert method == "function" and "only the function route" in reason
+    # The function route's explicit steps grow with γ_1 T (stability): a long horizon at
+    # 2n = 6000, d = 8 is the eigen route's; a short one stays the function route's.
+    assert choose_method(3000, 8, True, stiffness=2000.0)[0] == "eigen"
+    assert choose_method(3000, 8, True, stiffness=10.0)[0] == "function"
     with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
         choose_method(1000.0, 32, True)
 

@@ -48,7 +48,7 @@ the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with 
 held (all with ``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and
 ``‖Lᵀ Z F0‖``), exceeds ``mode_tol / 4`` after the first run, they are carried by
 quadrature (*Quadrature*; 4 Lanczos blocks, then as many as their moments predict, at most
-``2n/4`` columns); only where no quadrature fits is ``r`` raised (at least doubled, up to
+``2n/2`` columns); only where no quadrature fits is ``r`` raised (at least doubled, up to
 quadrupled where a power law fitted to the computed spectrum predicts it is needed,
 :func:`_more_modes`), and the full decomposition taken where that, or the power law's
 uncapped count, would not be cheaper.
@@ -273,18 +273,21 @@ class SolverSettings:
 # ------------------------------------------------------------------------------ cost model
 
 def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "cpu",
-                  n_devices: int = 1) -> tuple[str, str]:
+                  n_devices: int = 1, stiffness: float | None = None) -> tuple[str, str]:
     """The route :func:`solve` takes for ``method="auto"``, and why.
 
     Cost model (flops): eigen ``≈ 10 N³`` (Cholesky ``N³/3``, ``Lᵀ Z L`` ``N³/2``, symmetric
     eigendecomposition ``≈ 9 N³``) times a platform factor (3 on GPU/TPU, where dense
     eigensolvers reach a far smaller fraction of peak than matrix products), against
-    function ``≈ 6 · S · 2 N² d / n_devices`` with ``S = 400`` time steps (a typical
-    optimistic count; stiff problems need more, which only favours the eigen route).
-    Other losses take the function route; ``method="galerkin"`` (one eigendecomposition of
-    ``K``, then ``O(N r d)`` per right-hand side) pays where few eigenvectors of ``K`` move
-    within the horizon (short horizons, fast-decaying spectra), which a cost model cannot
-    know before the solve.
+    function ``≈ 6 · S · 2 N² d / n_devices`` with ``S = max(400, 8 s / 3.3)`` time steps:
+    400 is a typical optimistic count, and DOPRI5 needs at least ``8 γ_1 T / 3.3`` steps to
+    stay stable on the fastest mode, ``s ≥ γ_1 T`` the ``stiffness``. (Where a partial
+    eigensystem serves, the eigen route costs less than ``10 N³``: the model still favours
+    the function route only where it is cheaper than the full decomposition.) Other losses
+    take the function route; ``method="galerkin"`` (one eigendecomposition of ``K``, then
+    ``O(N r d)`` per right-hand side) pays where few eigenvectors of ``K`` move within the
+    horizon (short horizons, fast-decaying spectra), which a cost model cannot know before
+    the solve.
 
     Args:
       n_pairs: ``n`` (``N = 2n`` views).
@@ -292,26 +295,33 @@ def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "
       barlow_twins: the eigen route exists only for the Barlow Twins loss.
       platform: ``jax.default_backend()``.
       n_devices: devices the function route would shard ``K`` over.
+      stiffness: an upper bound on ``γ_1 T`` (``solve`` passes ``max_i Σ_j |K_ij| / 2n ≥ γ_1``
+        times the last output time); None: ``S = 400``.
 
     Example:
         >>> choose_method(1000, 32, True)[0], choose_method(1000, 32, False)[0]
         ('eigen', 'function')
+        >>> choose_method(3000, 8, True)[0], choose_method(3000, 8, True, stiffness=2000.0)[0]
+        ('function', 'eigen')
     """
     n_pairs = check_n_pairs(n_pairs)
     d = check_positive_int("d", d, hint=" (the embedding dimension)")
     n_devices = check_positive_int("n_devices", n_devices)
     check_type("platform", platform, str)
     bt = check_bool("barlow_twins", barlow_twins)
+    steps = 400.0
+    if stiffness is not None:
+        steps = max(steps, 8.0 * check_number("stiffness", stiffness, low=0.0) / 3.3)
     N = 2.0 * n_pairs
     factor = 1.0 if platform == "cpu" else 3.0
     eigen = 10.0 * N**3 * factor
-    function = 6.0 * 400.0 * 2.0 * N**2 * d / n_devices
+    function = 6.0 * steps * 2.0 * N**2 * d / n_devices
     if not bt:
         return "function", "only the function route integrates this loss in full (the Galerkin route is opt-in)"
     fast = "eigen"
     method = fast if eigen <= function else "function"
     return method, (f"cost model: {fast} ≈ {eigen:.2g} flops, function ≥ {function:.2g} flops "
-                    f"(N={2 * n_pairs}, d={d}, {platform}, {n_devices} device(s))")
+                    f"(N={2 * n_pairs}, d={d}, {steps:.0f} steps, {platform}, {n_devices} device(s))")
 
 
 def _rosw_is_cheaper(gamma1: float, t_end: float, d: int, rtol: float) -> bool:
@@ -589,8 +599,8 @@ def _more_modes(prep: _EigenPrep, E: float, budget: float, r: int, N: int,
     CIFAR-10 linear kernel, 2n = 2000, 64 modes predicted 576 where 256 sufficed). Each
     partial eigensystem costs about as much as the next larger one, so skipping a doubling
     saves one; the loop's a-posteriori check still decides whether it was enough.
-    ``rest_bound(g)``: the rest's bound for ``|γ| ≤ g`` (default the held one above; the
-    quadrature's, :func:`_rest_quadrature_bound`, asks for far fewer modes).
+    ``rest_bound(g)``: the rest's bound for ``|γ| ≤ g`` (default the held one above; with
+    the quadrature's, :meth:`_RestQuadrature.bound`, far fewer modes fit).
     """
     g = np.sort(np.abs(np.asarray(prep.es.gammas, dtype=np.float64)))[::-1]
     W, Q = float(prep.W_rest), float(prep.Q_rest)
@@ -632,14 +642,15 @@ def _mode_count(c: np.ndarray, order: np.ndarray, budget: float, d: int) -> int 
 
 # Quadrature blocks a plan may use for the modes it does not integrate one by one (0: held
 # at m(0)); each block is d pseudo-modes (stepwise_ntk/solver/_quadrature.py).
-_QUADRATURE_BLOCKS = (0, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+_QUADRATURE_BLOCKS = (0, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32)
 
 
 def _rest_cap(prep: _EigenPrep, d: int) -> int:
     """The most quadrature blocks for a partial eigensystem's modes not computed: at most
-    ``2n/4`` columns (as the Krylov basis), leaving the computed modes' room."""
+    ``2n/2`` columns, leaving the computed modes' room (the iteration's products and
+    orthogonalisation, ``O(2n · q d · (2n + q d))``, stay below a full decomposition's)."""
     N, r = prep.es.factor.shape[0], prep.es.gammas.shape[0]
-    return min(_QUADRATURE_BLOCKS[-1], (N // 4) // d, (N - r) // d)
+    return min(_QUADRATURE_BLOCKS[-1], (N // 2) // d, (N - r) // d)
 
 
 def _rest_blocks_needed(prep: _EigenPrep, lanczos: RestLanczos, d: int, E: float, budget: float,
@@ -770,6 +781,66 @@ def _rest_quadrature_bound(prep: _EigenPrep, lanczos: RestLanczos, q: int, d: in
     theta, _, Z0 = _rest_pseudo_modes(lanczos, q, d)
     own = np.sum(quadrature_terms(theta, np.sum(np.square(Z0), axis=1), E, q))
     return float(own) + moment_terms_bound(_rest_gamma(prep, theta), log_moments(theta, Z0, q), E, q)
+
+
+class _RestQuadrature:
+    """A partial eigensystem's modes not computed, carried by quadrature within one solve:
+    the products with ``Lᵀ Z L`` (:class:`~stepwise_ntk.theory.PairGramOperator`, formed
+    once), the Lanczos iteration on those modes (grown as needed, kept for the eigensystem it
+    belongs to), and the plans and bounds it gives for ``budget`` (``mode_tol / 2``)."""
+
+    def __init__(self, L: jax.Array, F0: jax.Array, d: int, budget: float):
+        self.L, self.F0, self.d, self.budget = L, F0, d, budget
+        self._op = None
+        self._B0 = None  # L⁻¹ F0
+        self._lanczos: tuple[_EigenPrep, RestLanczos] | None = None
+
+    def operator(self):
+        if self._op is None:
+            self._op = pair_gram_operator(self.L)
+        return self._op
+
+    def release(self, keep_operator: bool) -> None:
+        """Drop the Lanczos iteration (a new eigensystem is coming) and, where the full
+        decomposition is, the operator's copy of ``L`` (it needs the memory more)."""
+        self._lanczos = None
+        if not keep_operator:
+            self._op = None
+
+    def lanczos(self, prep: _EigenPrep, blocks: int) -> RestLanczos:
+        """At least ``blocks`` Lanczos blocks on ``prep``'s modes not computed."""
+        if self._B0 is None:
+            self._B0 = _forward_substitution(self.L, self.F0)
+        previous = self._lanczos[1] if self._lanczos is not None and self._lanczos[0] is prep else None
+        self._lanczos = (prep, rest_lanczos(prep.es, self._B0, blocks, previous, self.operator()))
+        return self._lanczos[1]
+
+    def plan(self, prep: _EigenPrep, E: float, q_min: int) -> int | None:
+        """The fewest quadrature blocks above ``q_min`` whose bound fits the budget, or None:
+        the Lanczos iteration runs 4 blocks, then grows to the length that its moments predict
+        (:func:`_rest_blocks_needed`), then block by block in the plan's steps."""
+        blocks = [q for q in _QUADRATURE_BLOCKS if q_min < q <= _rest_cap(prep, self.d)]
+        if not blocks:
+            return None
+        lz = self.lanczos(prep, min(4, blocks[-1]))
+        for q in blocks:
+            if q * self.d > lz.basis.shape[1]:
+                lz = self.lanczos(prep, max(q, _rest_blocks_needed(prep, lz, self.d, E, self.budget, blocks)))
+            if _rest_quadrature_bound(prep, lz, q, self.d, E) <= self.budget:
+                return q
+        return None
+
+    def bound(self, prep: _EigenPrep, E: float) -> Callable[[float], float] | None:
+        """The rest's bound as a function of its largest ``|γ|`` for :func:`_more_modes`: the
+        held one or the largest quadrature run so far, whichever is smaller (None before any)."""
+        if self._lanczos is None or self._lanczos[0] is not prep:
+            return None
+        lz = self._lanczos[1]
+        q = max(b for b in _QUADRATURE_BLOCKS if b * self.d <= lz.basis.shape[1])
+        theta, _, Z0 = _rest_pseudo_modes(lz, q, self.d)
+        log_S = log_moments(theta, Z0, q)
+        W, Q = float(prep.W_rest), float(prep.Q_rest)
+        return lambda g: min(_rest_bounds(np, g, W, Q, E)[0], moment_terms_bound(g, log_S, E, q))
 
 
 def _with_quadrature_bounds(out: _EigenOut, tail: _Tail, q: int, L_norm: float) -> _EigenOut:
@@ -909,7 +980,11 @@ def solve(
     shard = _use_sharding(settings.shard, 2 * n_pairs, devices)
     n_dev = len(devices) if shard else 1
     is_bt = loss_fn is barlow_twins_loss
-    method, reason = _route(method, is_bt, loss, settings.integrator, n_pairs, F0.shape[1], n_dev)
+    # γ_1 ≤ ‖K + τI‖₂ / 2n ≤ max row sum / 2n: the function route's explicit steps scale with γ_1 T.
+    stiffness = None
+    if method == "auto" and is_bt:
+        stiffness = float(jnp.max(jnp.sum(jnp.abs(K), axis=1))) / K.shape[0] * float(times[-1])
+    method, reason = _route(method, is_bt, loss, settings.integrator, n_pairs, F0.shape[1], n_dev, stiffness)
     if method == "eigen":
         return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason)
     if method == "galerkin":
@@ -966,10 +1041,11 @@ def _use_sharding(shard: bool | None, N: int, devices: list) -> bool:
 
 
 def _route(method: str, is_bt: bool, loss: Any, integrator: str, n_pairs: int, d: int,
-           n_dev: int) -> tuple[str, str]:
+           n_dev: int, stiffness: float | None = None) -> tuple[str, str]:
     """The route that runs (``"eigen"``, ``"galerkin"`` or ``"function"``) and why."""
     if method == "auto":
-        method, reason = choose_method(n_pairs, d, is_bt, platform=jax.default_backend(), n_devices=n_dev)
+        method, reason = choose_method(n_pairs, d, is_bt, platform=jax.default_backend(), n_devices=n_dev,
+                                       stiffness=stiffness)
     else:
         reason = "requested"
     if method == "eigen" and not is_bt:
@@ -1002,14 +1078,8 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     t_end = float(times[-1])
     accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
     row_max = jnp.max(jnp.sum(jnp.abs(K), axis=1))  # ≥ ‖K‖₂
-    ops = []  # the products with Lᵀ Z L of the partial eigensystem and its quadrature, formed once
-
-    def operator():
-        if not ops:
-            ops.append(pair_gram_operator(L))
-        return ops[0]
-
-    prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, operator=operator)
+    rest_q = _RestQuadrature(L, F0, d, mode_tol / 2)
+    prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, operator=rest_q.operator)
     check_enough_modes(prep.es, d)
     if not prep.es.partial and r < N:
         reason = (f"{reason}; low-rank kernel: {r} of {N} Cholesky columns kept (kernel moved by "
@@ -1026,42 +1096,6 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     B_test = _forward_substitution(L, K_test.T) if has_test else None
 
     formed = []  # [(prep, key, run_prep, P, tail)]: the last plan's modes, formed once for its runs
-    lanczos = []  # [(prep, RestLanczos)]: the modes not computed, for the partial eigensystem's quadrature
-    B0 = []  # [L⁻¹ F0], once
-
-    def rest_lanczos_of(prep, blocks):
-        if not B0:
-            B0.append(_forward_substitution(L, F0))
-        previous = lanczos[0][1] if lanczos and lanczos[0][0] is prep else None
-        lanczos[:] = [(prep, rest_lanczos(prep.es, B0[0], blocks, previous, operator()))]
-        return lanczos[0][1]
-
-    def rest_plan(prep, E, q_min):
-        """The fewest quadrature blocks above ``q_min`` whose bound for the modes not computed
-        fits, or None: the Lanczos iteration runs 4 blocks, then grows to the length that its
-        moments predict (:func:`_rest_blocks_needed`), then block by block in the plan's steps."""
-        cap = _rest_cap(prep, d)
-        blocks = [q for q in _QUADRATURE_BLOCKS if q_min < q <= cap]
-        if not blocks:
-            return None
-        lz = rest_lanczos_of(prep, min(4, blocks[-1]))
-        for q in blocks:
-            if q * d > lz.basis.shape[1]:
-                lz = rest_lanczos_of(prep, max(q, _rest_blocks_needed(prep, lz, d, E, mode_tol / 2, blocks)))
-            if _rest_quadrature_bound(prep, lz, q, d, E) <= mode_tol / 2:
-                return q
-        return None
-
-    def rest_bound(prep, E):
-        """The largest quadrature's bound as a function of ``g_rest`` (for :func:`_more_modes`)."""
-        if not lanczos or lanczos[0][0] is not prep:
-            return None
-        lz = lanczos[0][1]
-        q = max(b for b in _QUADRATURE_BLOCKS if b * d <= lz.basis.shape[1])
-        theta, _, Z0 = _rest_pseudo_modes(lz, q, d)
-        log_S = log_moments(theta, Z0, q)
-        return lambda g: min(_rest_bounds(np, g, float(prep.W_rest), float(prep.Q_rest), E)[0],
-                             moment_terms_bound(g, log_S, E, q))
 
     def run(prep, plan, rtol):
         key = (plan.idx.tobytes(), plan.q)
@@ -1069,8 +1103,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
             if plan.q == 0:
                 formed[:] = [(prep, key, prep, prep.vectors(plan.idx), None)]
             elif prep.es.partial:
-                lz = rest_lanczos_of(prep, plan.q)
-                formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d, lz))]
+                formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d, rest_q.lanczos(prep, plan.q)))]
             else:
                 formed[:] = [(prep, key, *_quadrature_modes(prep, plan, d))]
         _, _, run_prep, P, tail = formed[0]
@@ -1101,24 +1134,22 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
         if prep.es.partial:
             c, order, rest = _mode_ranking(prep, E, d)
             if rest > mode_tol / 4:  # the modes not computed weigh too much held: carry them by quadrature
-                q = rest_plan(prep, E, plan.q)
+                q = rest_q.plan(prep, E, plan.q)
                 if q is not None:
                     plan = _Plan(np.arange(r, dtype=np.int32), q)
                     continue
-                r_next, r_predicted = _more_modes(prep, E, mode_tol / 4, r, K.shape[0], rest_bound(prep, E))
+                r_next, r_predicted = _more_modes(prep, E, mode_tol / 4, r, K.shape[0], rest_q.bound(prep, E))
                 if settings.eigensystem == "auto" and not partial_is_cheaper(K.shape[0], r_predicted):
                     r_next = K.shape[0]  # the predicted count would not be cheaper: the full decomposition now
-                lanczos.clear()
-                if r_next >= K.shape[0]:
-                    ops.clear()  # the full decomposition needs its memory more than the products do
+                rest_q.release(keep_operator=r_next < K.shape[0])
                 prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, r=r_next,
-                                       start=prep.es.vectors, operator=operator)
+                                       start=prep.es.vectors, operator=rest_q.operator)
                 if not prep.es.partial:  # every mode now: the quadrature's plans apply
                     plan = _plan(prep, E, d, mode_tol / 2)
                     continue
                 c, order, rest = _mode_ranking(prep, E, d)
                 if rest > mode_tol / 4:
-                    q = rest_plan(prep, E, 0)
+                    q = rest_q.plan(prep, E, 0)
                     plan = _Plan(np.arange(r, dtype=np.int32), 0 if q is None else q)
                     continue
             k = plan.idx.size
