@@ -345,6 +345,7 @@ class _EigenPrep(NamedTuple):
     # The factored eigenvectors where the tridiagonal route computed the modes (es.vectors
     # is then None); host data, stripped before the prep enters a jitted function.
     tri: TridiagonalEigensystem | None = None
+    B0: Any = None  # (N, d) L⁻¹ F0 of a partial eigensystem (its rest's quadrature starts there); stripped too
 
     def vectors(self, idx: np.ndarray) -> jax.Array:
         """``P[:, idx]``: the eigenvectors of the modes ``idx``."""
@@ -360,7 +361,7 @@ class _EigenPrep(NamedTuple):
 
     def traced(self) -> _EigenPrep:
         """The arrays a jitted integration reads (no eigenvectors, no host data)."""
-        return self._replace(es=self.es._replace(vectors=None), tri=None)
+        return self._replace(es=self.es._replace(vectors=None), tri=None, B0=None)
 
 
 def _tridiagonal_prepare(tri: TridiagonalEigensystem, row_max, F0) -> _EigenPrep:
@@ -400,15 +401,17 @@ def _eigen_prepare(es, row_max, F0, rows, B0=None, M0=None):
             M0 = (P[:rows].T @ B0).T
         L_norm = jnp.sqrt(row_max + es.jitter)
         zero = jnp.zeros((), F0.dtype)
-        W_rest, Q_rest = zero, zero
+        W_rest, Q_rest, B_kept = zero, zero, None
         if es.residuals is not None:
+            B_kept = B0
             # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
             n = N // 2
             HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
             R = HB0 - P @ (g[:, None] * M0.T)
             W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
             Q_rest = jnp.sum(jnp.square(R))
-    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm, W_rest=W_rest, Q_rest=Q_rest)
+    return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm, W_rest=W_rest, Q_rest=Q_rest,
+                      B0=B_kept)
 
 
 def _rest_bounds(xp, g_rest, W_rest, Q_rest, E):
@@ -789,10 +792,9 @@ class _RestQuadrature:
     once), the Lanczos iteration on those modes (grown as needed, kept for the eigensystem it
     belongs to), and the plans and bounds it gives for ``budget`` (``mode_tol / 2``)."""
 
-    def __init__(self, L: jax.Array, F0: jax.Array, d: int, budget: float):
-        self.L, self.F0, self.d, self.budget = L, F0, d, budget
+    def __init__(self, L: jax.Array, d: int, budget: float):
+        self.L, self.d, self.budget = L, d, budget
         self._op = None
-        self._B0 = None  # L⁻¹ F0
         self._lanczos: tuple[_EigenPrep, RestLanczos] | None = None
 
     def operator(self):
@@ -809,10 +811,8 @@ class _RestQuadrature:
 
     def lanczos(self, prep: _EigenPrep, blocks: int) -> RestLanczos:
         """At least ``blocks`` Lanczos blocks on ``prep``'s modes not computed."""
-        if self._B0 is None:
-            self._B0 = _forward_substitution(self.L, self.F0)
         previous = self._lanczos[1] if self._lanczos is not None and self._lanczos[0] is prep else None
-        self._lanczos = (prep, rest_lanczos(prep.es, self._B0, blocks, previous, self.operator()))
+        self._lanczos = (prep, rest_lanczos(prep.es, prep.B0, blocks, previous, self.operator()))
         return self._lanczos[1]
 
     def plan(self, prep: _EigenPrep, E: float, q_min: int) -> int | None:
@@ -980,13 +980,13 @@ def solve(
     shard = _use_sharding(settings.shard, 2 * n_pairs, devices)
     n_dev = len(devices) if shard else 1
     is_bt = loss_fn is barlow_twins_loss
-    # γ_1 ≤ ‖K + τI‖₂ / 2n ≤ max row sum / 2n: the function route's explicit steps scale with γ_1 T.
-    stiffness = None
-    if method == "auto" and is_bt:
-        stiffness = float(jnp.max(jnp.sum(jnp.abs(K), axis=1))) / K.shape[0] * float(times[-1])
+    # max_i Σ_k |K_ik| ≥ ‖K‖₂, so / 2n ≥ γ_1: the function route's explicit steps scale with
+    # γ_1 T, and the eigen route bounds ‖L‖₂ and γ with it.
+    row_max = jnp.max(jnp.sum(jnp.abs(K), axis=1)) if is_bt and method in ("auto", "eigen") else None
+    stiffness = float(row_max) / K.shape[0] * float(times[-1]) if row_max is not None else None
     method, reason = _route(method, is_bt, loss, settings.integrator, n_pairs, F0.shape[1], n_dev, stiffness)
     if method == "eigen":
-        return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason)
+        return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason, row_max)
     if method == "galerkin":
         return _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason)
     return _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev)
@@ -1069,7 +1069,8 @@ def _raise_if_failed(success, n_steps, t_final, times, settings):
         )
 
 
-def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
+def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max):
+    """The eigen route (the module docstring); ``row_max = max_i Σ_k |K_ik| ≥ ‖K‖₂``."""
     N = K.shape[0]
     dtype = K.dtype
     jr = default_jitter_rtol(N // 2, dtype) if settings.jitter_rtol is None else settings.jitter_rtol
@@ -1077,8 +1078,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason):
     check_factorization(ContrastiveEigensystem(jnp.diagonal(L), L, L, tau), K)
     t_end = float(times[-1])
     accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
-    row_max = jnp.max(jnp.sum(jnp.abs(K), axis=1))  # ≥ ‖K‖₂
-    rest_q = _RestQuadrature(L, F0, d, mode_tol / 2)
+    rest_q = _RestQuadrature(L, d, mode_tol / 2)
     prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, operator=rest_q.operator)
     check_enough_modes(prep.es, d)
     if not prep.es.partial and r < N:
