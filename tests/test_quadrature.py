@@ -153,12 +153,10 @@ def test_moment_bounds_cover_modes_known_only_by_their_moments():
     np.testing.assert_allclose(log_moments(theta, W.T @ Y0, 3), direct, rtol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def mlp_ntk_problem(cifar_dir):
-    """The ReLU MLP NTK (closed form, two hidden layers) of 400 CIFAR-10 views (8 × 8 pixels),
-    d = 16, small white ``F0``:
-    the modes outside the top few move, so the held-only plan needs many of them."""
-    n, d = 200, 16
+def _mlp_ntk_problem(cifar_dir, n, d, n_times):
+    """The ReLU MLP NTK (closed form, two hidden layers) of ``2n`` CIFAR-10 views (8 × 8
+    pixels), small white ``F0``, ``n_times`` times to 1.5 × the last step time, and a float64
+    reference with every mode integrated at rtol 1e-10."""
     views, _, _ = cifar10_pairs(jax.random.key(3), n, data_dir=cifar_dir, dtype=jnp.float64)
     X = np.asarray(views)[:, ::4, ::4].reshape(2 * n, -1)
     K = relu_mlp_kernels(X, X, depth=2)[1]
@@ -166,9 +164,17 @@ def mlp_ntk_problem(cifar_dir):
     F0 = 1e-3 * np.random.default_rng(d).standard_normal((2 * n, d))
     es = contrastive_eigensystem(K, n)
     T = 1.5 * float(np.max(np.asarray(step_times(es, jnp.asarray(F0)))))
-    times = np.geomspace(1e-3 * T, T, 30)
-    ref = solve(K, n, F0, times, settings=SolverSettings(rtol=1e-10, mode_tol=0.0, integrator="dopri5"))
+    times = np.geomspace(1e-3 * T, T, n_times)
+    ref = solve(K, n, F0, times, settings=SolverSettings(rtol=1e-10, mode_tol=0.0, integrator="dopri5",
+                                                         eigensystem="full"))
     return K, n, F0, times, ref
+
+
+@pytest.fixture(scope="module")
+def mlp_ntk_problem(cifar_dir):
+    """400 views, d = 16: the modes outside the top few move, so the held-only plan needs
+    many of them."""
+    return _mlp_ntk_problem(cifar_dir, 200, 16, 30)
 
 
 def test_solve_carries_the_other_modes_by_quadrature(mlp_ntk_problem, monkeypatch):
@@ -199,17 +205,7 @@ def test_partial_eigensystem_carries_the_modes_not_computed_by_quadrature(cifar_
     from their moments within ``mode_tol``. ReLU MLP NTK of 1,024 CIFAR-10 views (8 × 8
     pixels), d = 8, small white ``F0``: held, those modes would ask for the full
     decomposition."""
-    n, d = 512, 8
-    views, _, _ = cifar10_pairs(jax.random.key(3), n, data_dir=cifar_dir, dtype=jnp.float64)
-    X = np.asarray(views)[:, ::4, ::4].reshape(2 * n, -1)
-    K = relu_mlp_kernels(X, X, depth=2)[1]
-    K = (K + K.T) / 2
-    F0 = 1e-3 * np.random.default_rng(d).standard_normal((2 * n, d))
-    es = contrastive_eigensystem(K, n)
-    T = 1.5 * float(np.max(np.asarray(step_times(es, jnp.asarray(F0)))))
-    times = np.geomspace(1e-3 * T, T, 20)
-    ref = solve(K, n, F0, times, settings=SolverSettings(rtol=1e-10, mode_tol=0.0, integrator="dopri5",
-                                                         eigensystem="full"))
+    K, n, F0, times, ref = _mlp_ntk_problem(cifar_dir, 512, 8, 20)
     settings = SolverSettings(eigensystem="partial")
     tr = solve(K, n, F0, times, settings=settings)
     st = tr.stats
