@@ -178,6 +178,8 @@ def test_auto_method_cost_model():
     # 2n = 6000, d = 8 is the eigen route's; a short one stays the function route's.
     assert choose_method(3000, 8, True, stiffness=2000.0)[0] == "eigen"
     assert choose_method(3000, 8, True, stiffness=10.0)[0] == "function"
+    with pytest.raises(ValueError, match="stiffness"):
+        choose_method(3000, 8, True, stiffness=-1.0)
     with pytest.raises(TypeError, match="n_pairs must be a positive integer"):
         choose_method(1000.0, 32, True)
 
