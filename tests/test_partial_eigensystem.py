@@ -19,6 +19,7 @@ from stepwise_ntk.theory import (
     contrastive_eigensystem_core,
     contrastive_eigensystem_from_factor,
     jittered_cholesky,
+    mode_coordinates,
     pair_gram_operator,
     rest_lanczos,
     step_times,
@@ -70,6 +71,25 @@ def test_partial_matches_full(kernel, which):
     idx = np.argsort(-key)[:r]
     overlap = np.abs(np.sum(np.asarray(full.vectors)[:, np.sort(idx)] * P, axis=0))
     np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+
+
+def test_partial_mode_coordinates_of_embeddings_outside_the_range(kernel):
+    """``F0`` outside the range of a rank-80 ``K``: ``L⁻¹F0`` is ~1e5 times ``F0`` on the
+    null modes, and a Krylov vector's error there (residuals ~1e-10) would move ``pᵀ L⁻¹F0``
+    by ~8% of the coordinates; ``mode_coordinates`` matches the full eigensystem's."""
+    full = kernel["full"]
+    part = contrastive_eigensystem_from_factor(full.factor, full.jitter, top=12, which="magnitude",
+                                               residual_rtol=1e-8)
+    assert part.partial
+    F0 = jnp.asarray(1e-3 * np.random.default_rng(3).normal(size=(2 * N_PAIRS, 3)))
+    S = np.asarray(full.vectors).T @ np.asarray(part.vectors)  # overlaps: the same modes, up to sign
+    match = np.argmax(np.abs(S), axis=0)
+    want = np.asarray(mode_coordinates(full, F0))[:, match] * np.sign(S[match, np.arange(12)])
+    got = np.asarray(mode_coordinates(part, F0))
+    # Tolerance: the vectors' errors weighed by γ_k/γ_j ≤ 1 over the modes not computed.
+    np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
+    B = np.linalg.solve(np.asarray(full.factor), np.asarray(F0))
+    assert np.linalg.norm(B) > 1e4 * np.linalg.norm(np.asarray(F0))  # the case the form is for
 
 
 def test_partial_falls_back_to_full(kernel):

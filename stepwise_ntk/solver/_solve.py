@@ -169,6 +169,7 @@ from stepwise_ntk.theory import (
     default_jitter_rtol,
     jittered_cholesky,
     low_rank_columns,
+    mode_coordinates,
     pair_gram_operator,
     partial_is_cheaper,
     rest_lanczos,
@@ -397,8 +398,6 @@ def _eigen_prepare(es, row_max, F0, rows, B0=None, M0=None):
         N = L.shape[0]
         if B0 is None:
             B0 = jax.scipy.linalg.solve_triangular(L[:rows, :rows], F0[:rows], lower=True)
-        if M0 is None:
-            M0 = (P[:rows].T @ B0).T
         L_norm = jnp.sqrt(row_max + es.jitter)
         zero = jnp.zeros((), F0.dtype)
         W_rest, Q_rest, B_kept = zero, zero, None
@@ -407,9 +406,13 @@ def _eigen_prepare(es, row_max, F0, rows, B0=None, M0=None):
             # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
             n = N // 2
             HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
+            if M0 is None:
+                M0 = mode_coordinates(es, F0, B=B0, image=HB0)
             R = HB0 - P @ (g[:, None] * M0.T)
             W_rest = jnp.maximum(jnp.sum(jnp.square(B0)) - jnp.sum(jnp.square(M0)), 0.0)
             Q_rest = jnp.sum(jnp.square(R))
+        elif M0 is None:
+            M0 = (P[:rows].T @ B0).T
     return _EigenPrep(es=es, M0=M0, C0=cross_correlation(F0), L_norm=L_norm, W_rest=W_rest, Q_rest=Q_rest,
                       B0=B_kept)
 

@@ -64,6 +64,7 @@ from stepwise_ntk._checks import (
     check_test_kernel,
     is_concrete,
 )
+from stepwise_ntk.data import swap_pairs
 from stepwise_ntk.theory._pair_gram import (
     PairGramOperator,
     pair_gram_apply,
@@ -716,19 +717,47 @@ def _leading_vectors(es: ContrastiveEigensystem, modes: int | None) -> jax.Array
     return es.vectors[:, : check_int("modes", modes, low=1, high=N, hint=" (how many leading modes; None: all)")]
 
 
-def mode_coordinates(es: ContrastiveEigensystem, F: jax.Array) -> jax.Array:
+def mode_coordinates(es: ContrastiveEigensystem, F: jax.Array, *, B: jax.Array | None = None,
+                     image: jax.Array | None = None) -> jax.Array:
     """Coordinates ``M`` of view embeddings in the mode basis: ``F = L P Mᵀ``, ``M: (d, N)``.
 
     Column ``j`` of ``M`` is ``m_j = W u_j`` in docs/theory.md's notation (the projection of the
     embedding onto mode ``j``), so ``C = Fᵀ Z F / (2n) = M diag(γ) Mᵀ`` (up to the jitter)
     and, for aligned initialisation, ``λ_j = γ_j ‖m_j‖²``.
 
+    ``m_j = p_jᵀ L⁻¹ F``. For the computed vectors of a partial eigensystem (``es.residuals``
+    not None) it is taken as ``m_j = p_jᵀ H L⁻¹F / γ_j = (L p_j)ᵀ Z F / (2n γ_j)``, equal
+    for an exact eigenvector: a vector's error along modes with ``γ ≈ 0`` meets ``L⁻¹ F``
+    there, which is as large as ``‖F‖/√τ`` where ``F`` leaves the range of ``K``, and the
+    second form weighs it by those ``γ`` (modes with ``|γ|`` below
+    :func:`gamma_tolerance` keep the first).
+
     Args:
       es: the eigensystem.
       F: ``(2n, d)`` embeddings of the views.
+      B: ``L⁻¹ F``, ``(2n, d)``, where the caller has it (None: solved here).
+      image: ``Lᵀ Z F / (2n)``, ``(2n, d)``, where the caller has it (partial eigensystems;
+        None: formed here).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> X = jax.random.normal(jax.random.key(0), (40, 6), dtype=jnp.float32)
+        >>> es = contrastive_eigensystem(X @ X.T, 20)
+        >>> F = 1e-2 * X[:, :3]
+        >>> M = mode_coordinates(es, F)
+        >>> bool(jnp.allclose(es.factor @ es.vectors @ M.T, F, atol=1e-5))
+        True
     """
-    B = jax.scipy.linalg.solve_triangular(es.factor, F, lower=True)
-    return (es.vectors.T @ B).T
+    if B is None:
+        B = jax.scipy.linalg.solve_triangular(es.factor, F, lower=True)
+    M = es.vectors.T @ B
+    if es.residuals is not None:
+        if image is None:
+            image = es.factor.T @ swap_pairs(F) / F.shape[0]
+        g = es.gammas[:, None]
+        big = jnp.abs(g) > gamma_tolerance(es)
+        M = jnp.where(big, (es.vectors.T @ image) / jnp.where(big, g, 1.0), M)
+    return M.T
 
 
 def mode_functions_new(es: ContrastiveEigensystem, K_test: jax.Array, modes: int | None = None) -> jax.Array:
