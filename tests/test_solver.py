@@ -175,9 +175,20 @@ def test_auto_method_cost_model():
     method, reason = choose_method(1000, 32, False)
     assert method == "function" and "only the function route" in reason
     # The function route's explicit steps grow with γ_1 T (stability): a long horizon at
-    # 2n = 6000, d = 8 is the eigen route's; a short one stays the function route's.
-    assert choose_method(3000, 8, True, stiffness=2000.0)[0] == "eigen"
-    assert choose_method(3000, 8, True, stiffness=10.0)[0] == "function"
+    # 2n = 6000, d = 4 is the eigen route's; a short one stays the function route's.
+    assert choose_method(3000, 4, True, stiffness=2000.0)[0] == "eigen"
+    assert choose_method(3000, 4, True, stiffness=10.0)[0] == "function"
+    # The eigen route is priced below the full decomposition's 10 N³ exactly where the first
+    # partial eigensystem (64 modes for d ≤ 32, 128 for d = 64) is expected to be cheaper.
+    from stepwise_ntk.theory import partial_is_cheaper
+
+    for n_views in (2000, 3000, 4000, 6000, 9320):
+        for d, r in ((8, 64), (32, 64), (64, 128)):
+            reason = choose_method(n_views // 2, d, True)[1]
+            eigen = float(reason.split("eigen ≈ ")[1].split(" flops")[0])
+            full = 10.0 * n_views**3
+            assert eigen <= full * 1.01 and (eigen < 0.99 * full) == partial_is_cheaper(n_views, r), (n_views, d)
+    assert choose_method(3000, 8, True)[0] == "eigen"  # 2n = 6000: the partial eigensystem's price
     with pytest.raises(ValueError, match="stiffness"):
         choose_method(3000, 8, True, stiffness=-1.0)
     with pytest.raises(TypeError, match="n_pairs must be a positive integer"):

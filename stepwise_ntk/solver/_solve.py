@@ -42,7 +42,7 @@ carried the same way: block Lanczos on ``H`` restricted to them, from their part
 bound from their moments and ``|γ| ≤ es.rest``.
 
 *Partial eigensystem.* Where a flop model expects it to be cheaper than the full
-decomposition (:func:`partial_is_cheaper`: from about ``2n = 5000`` for 64 modes on CPU) only
+decomposition (:func:`partial_is_cheaper`: from about ``2n = 3500`` for 64 modes on CPU) only
 the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with ``Lᵀ Z L``;
 :func:`contrastive_eigensystem_from_factor`). Where the bound on the modes not computed,
 held (all with ``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and
@@ -171,6 +171,7 @@ from stepwise_ntk.theory import (
     low_rank_columns,
     mode_coordinates,
     pair_gram_operator,
+    partial_cost,
     partial_is_cheaper,
     rest_lanczos,
     tridiagonal_available,
@@ -278,13 +279,14 @@ def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "
     """The route :func:`solve` takes for ``method="auto"``, and why.
 
     Cost model (flops): eigen ``≈ 10 N³`` (Cholesky ``N³/3``, ``Lᵀ Z L`` ``N³/2``, symmetric
-    eigendecomposition ``≈ 9 N³``) times a platform factor (3 on GPU/TPU, where dense
-    eigensolvers reach a far smaller fraction of peak than matrix products), against
-    function ``≈ 6 · S · 2 N² d / n_devices`` with ``S = max(400, 8 s / 3.3)`` time steps:
-    400 is a typical optimistic count, and DOPRI5 needs at least ``8 γ_1 T / 3.3`` steps to
-    stay stable on the fastest mode, ``s ≥ γ_1 T`` the ``stiffness``. (Where a partial
-    eigensystem serves, the eigen route costs less than ``10 N³``: the model still favours
-    the function route only where it is cheaper than the full decomposition.) Other losses
+    eigendecomposition ``≈ 9 N³``), or, where :func:`~stepwise_ntk.theory.partial_cost`
+    expects the first partial eigensystem (``max(64, 2d)`` modes, rounded up to 64) to cost
+    a fraction ``c < 1`` of that, ``N³/3 + c · 29 N³/3``; times a platform factor (3 on
+    GPU/TPU, where dense eigensolvers reach a far smaller fraction of peak than matrix
+    products), against function ``≈ 6 · S · 2 N² d / n_devices`` with ``S = max(400, 8 s /
+    3.3)`` time steps: 400 is a typical optimistic count, and DOPRI5 needs at least
+    ``8 γ_1 T / 3.3`` steps to stay stable on the fastest mode, ``s ≥ γ_1 T`` the
+    ``stiffness``. Other losses
     take the function route; ``method="galerkin"`` (one eigendecomposition of ``K``, then
     ``O(N r d)`` per right-hand side) pays where few eigenvectors of ``K`` move within the
     horizon (short horizons, fast-decaying spectra), which a cost model cannot know before
@@ -302,8 +304,10 @@ def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "
     Example:
         >>> choose_method(1000, 32, True)[0], choose_method(1000, 32, False)[0]
         ('eigen', 'function')
-        >>> choose_method(3000, 8, True)[0], choose_method(3000, 8, True, stiffness=2000.0)[0]
+        >>> choose_method(1500, 4, True)[0], choose_method(1500, 4, True, stiffness=2000.0)[0]
         ('function', 'eigen')
+        >>> choose_method(3000, 8, True)[0]  # 2n = 6000: priced with the partial eigensystem
+        'eigen'
     """
     n_pairs = check_n_pairs(n_pairs)
     d = check_positive_int("d", d, hint=" (the embedding dimension)")
@@ -315,7 +319,8 @@ def choose_method(n_pairs: int, d: int, barlow_twins: bool, *, platform: str = "
         steps = max(steps, 8.0 * check_number("stiffness", stiffness, low=0.0) / 3.3)
     N = 2.0 * n_pairs
     factor = 1.0 if platform == "cpu" else 3.0
-    eigen = 10.0 * N**3 * factor
+    share = min(1.0, partial_cost(int(N), _first_modes(d)))
+    eigen = (1.0 + 29.0 * share) / 3.0 * N**3 * factor
     function = 6.0 * steps * 2.0 * N**2 * d / n_devices
     if not bt:
         return "function", "only the function route integrates this loss in full (the Galerkin route is opt-in)"
@@ -1230,7 +1235,7 @@ def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *,
     """
     N = L.shape[0]
     first = r is None
-    r = max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK)) if r is None else r
+    r = _first_modes(d) if r is None else r
     # Residual tolerance: a γ error δ moves λ by about 8 δ T λ, kept below accuracy / 10.
     gamma_max = float(row_max) / N
     res_target = min(1e-8, accuracy / (80.0 * max(t_end, 1e-300) * max(gamma_max, 1e-300)))
@@ -1253,6 +1258,11 @@ def _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, *,
     es = contrastive_eigensystem_from_factor(L, tau, top=min(r, N), which="magnitude", start=start,
                                              residual_rtol=res_rtol, operator=None if operator is None else operator())
     return _eigen_prepare(es, row_max, F0, N), es.gammas.shape[0]
+
+
+def _first_modes(d: int) -> int:
+    """The first partial eigensystem's mode count: ``max(64, 2d)`` rounded up to 64."""
+    return max(64, _MODE_BLOCK * math.ceil(2 * d / _MODE_BLOCK))
 
 
 def _low_rank_prep(row_max, F0, L, tau, tol, accuracy):

@@ -34,6 +34,7 @@ from stepwise_ntk.theory._eigensystem import (
     mode_coordinates,
     mode_functions,
     mode_functions_new,
+    partial_cost,
     partial_is_cheaper,
     rest_lanczos,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "mode_functions",
     "mode_functions_new",
     "pair_gram_operator",
+    "partial_cost",
     "partial_is_cheaper",
     "plateau_levels",
     "precondition_factor",

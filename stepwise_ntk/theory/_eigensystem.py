@@ -325,42 +325,68 @@ def _krylov_sizes(N: int, top: int) -> tuple[int, int, int] | None:
 # the whole iteration, which also orthonormalises and restarts). The model still counts the
 # triangular flops and is left as fitted: conservative, not refitted.
 #
-# The model compares against one eigh. On CPU the full route is now the tridiagonal one
-# (theory/_tridiagonal.py, 0.64-0.72× of eigh at 2n = 3000-9,320), so the partial route is
-# chosen where it was before and the full route below that is faster; not refitted. Inverse
-# iteration for the top-r vectors of the tridiagonal form alone (no divide and conquer) was
-# measured too: it gives no mode's coordinates before its vector exists, so the mode count
-# came from a rest bound that asked for 1.5-3× the modes, and whole solves gained nothing at
-# 2n = 2000; divide and conquer on T gives every mode's coordinates for 0.03-0.14 s.
-_KRYLOV_RESTARTS = 20
-_KRYLOV_INEFFICIENCY = 10.0  # at blocks of 64 columns
+# The model compares against one eigh. On CPU the full route is the tridiagonal one
+# (theory/_tridiagonal.py, 0.6-0.8× of eigh at 2n = 2000-9,320). Inverse iteration for the
+# top-r vectors of the tridiagonal form alone (no divide and conquer) was measured too: it
+# gives no mode's coordinates before its vector exists, so the mode count came from a rest
+# bound that asked for 1.5-3× the modes, and whole solves gained nothing at 2n = 2000;
+# divide and conquer on T gives every mode's coordinates for 0.03-0.14 s.
+#
+# Refitted with the faster products, against the tridiagonal route, on five kernels (CIFAR-10
+# linear with crops and with noise views, the MLP NTK, random Fourier features, the synthetic
+# ridge kernel), residual_rtol 1e-8, given the Cholesky factor: the iteration over the
+# tridiagonal eigensystem for 64 modes 1.1-1.4 at 2n = 2000, 0.46-0.77 at 3000, 0.30-0.45 at
+# 4000; 128 modes 1.9-4.0, 0.76-1.7, 0.40-1.0; 256 modes 2.9-6.1 at 3000, 1.4-3.2 at 4000.
+# The restarts grow with the modes (smaller gaps deeper in the spectrum): 20 √(top/64). With
+# a sixth of the eigensolver's rate the model gives 64 modes 2.1, 1.19, 0.81 at 2000-4000,
+# 128 modes 1.42 at 4000, 256 modes 5.0 and 3.1: above the measurements everywhere, and
+# crossing for 64 modes near 2n = 3500, since a solve on the partial route may need a
+# quadrature of the modes not computed and a longer integration (whole default solves,
+# d = 32, 2n = 3000: 1.76× the full route's time on the linear kernel, level on the ridge
+# kernel; at 4000 the partial route was faster on all three kernels tried, at d = 8 from
+# 3000 on all four).
+_KRYLOV_RESTARTS = 20  # at 64 modes
+_KRYLOV_INEFFICIENCY = 6.0  # at blocks of 64 columns
 _KRYLOV_FULL_BLOCK = 64
 
 
-def partial_is_cheaper(n_views: int, top: int) -> bool:
-    """Whether ``top`` modes by block Krylov are expected to cost less than all ``n_views``.
+def partial_cost(n_views: int, top: int) -> float:
+    """Expected cost of ``top`` modes by block Krylov, as a fraction of the full decomposition's.
 
     Flop model: a restart costs ``q b · 6 (N/2)²`` (products with ``H``) ``+ q · 8 N m b``
     (two Gram–Schmidt passes against the basis of ``m = k + q b`` columns) ``+ 4 N m k``
     (Ritz vectors and their images), for ``k`` kept vectors, ``q`` blocks of ``b``
-    (:func:`contrastive_eigensystem_from_factor`); 20 restarts at a tenth of the dense
-    eigensolver's rate for blocks of 64 columns (``b/64`` of that for thinner blocks),
-    against ``10 N³`` for the full decomposition. False wherever the Krylov basis would not
-    be small against ``N`` (``N < 1024`` included).
+    (:func:`contrastive_eigensystem_from_factor`); ``20 √max(1, top/64)`` restarts at a
+    sixth of the dense eigensolver's rate for blocks of 64 columns (``b/64`` of that for
+    thinner blocks), against ``10 N³`` for the full decomposition. ``inf`` wherever the
+    Krylov basis would not be small against ``N`` (``N < 1024`` included).
 
     Example:
-        >>> partial_is_cheaper(2000, 64), partial_is_cheaper(4000, 64), partial_is_cheaper(9320, 256)
-        (False, False, True)
+        >>> round(partial_cost(9320, 64), 2), partial_cost(512, 64)
+        (0.29, inf)
     """
     N = check_positive_int("n_views", n_views)
-    sizes = _krylov_sizes(N, check_positive_int("top", top))
+    top = check_positive_int("top", top)
+    sizes = _krylov_sizes(N, top)
     if sizes is None:
-        return False
+        return math.inf
     k, b, q = sizes
     m = k + q * b
     per_restart = q * b * 6.0 * (N / 2.0) ** 2 + q * 8.0 * N * m * b + 4.0 * N * m * k
     slowdown = _KRYLOV_INEFFICIENCY * _KRYLOV_FULL_BLOCK / b
-    return _KRYLOV_RESTARTS * slowdown * per_restart < 10.0 * float(N) ** 3
+    restarts = _KRYLOV_RESTARTS * math.sqrt(max(1.0, top / _KRYLOV_FULL_BLOCK))
+    return restarts * slowdown * per_restart / (10.0 * float(N) ** 3)
+
+
+def partial_is_cheaper(n_views: int, top: int) -> bool:
+    """Whether ``top`` modes by block Krylov are expected to cost less than all ``n_views``
+    (:func:`partial_cost` below 1).
+
+    Example:
+        >>> partial_is_cheaper(3000, 64), partial_is_cheaper(4000, 64), partial_is_cheaper(4000, 128)
+        (False, True, False)
+    """
+    return partial_cost(n_views, top) < 1.0
 
 
 def contrastive_eigensystem_from_factor(
