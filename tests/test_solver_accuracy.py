@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from stepwise_ntk.solver import SolverSettings, solve
-from stepwise_ntk.theory import contrastive_eigensystem, step_times
+from stepwise_ntk.theory import contrastive_eigensystem, default_jitter_rtol, step_times
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_theory import paired_features  # noqa: E402
@@ -85,6 +85,24 @@ def test_float32_defaults():
     tr, ref, err = _check(K, n, F0, times, dtype=np.float32)
     assert tr.eigenvalues.dtype == jnp.float32
     assert err <= FLOAT32_ACCURACY, err
+
+
+def test_float32_jitter_where_the_default_would_move_lambda(cifar_dir):
+    """float32, CIFAR-10 linear kernel, 2n = 1000, d = 16 (γ_1 T ~ 10³): the default jitter
+    ``2n · eps · max K_ii`` alone moves ``λ`` by ~2e-3, above the accuracy and the estimate;
+    the eigen route factors ``K + 10 eps · max K_ii`` first and meets both."""
+    X = _cifar_views(500, "crop", seed=0, data_dir=cifar_dir)
+    K, n, F0, times = _setup(X, 16, 1e-3, seed=0)
+    tr, ref, err = _check(K, n, F0, times, dtype=np.float32)
+    est = float(tr.stats.error_estimate)
+    diag = float(np.max(np.diagonal(K)))
+    assert float(tr.stats.jitter) == pytest.approx(10 * np.finfo(np.float32).eps * diag, rel=1e-3)
+    assert err <= ACCURACY and err <= est <= ACCURACY, (err, est)
+    # The default jitter, passed explicitly: the error the smaller one removes.
+    old = solve(*(np.asarray(a, np.float32) for a in (K,)), n, np.asarray(F0, np.float32),
+                np.asarray(times, np.float32), method="eigen",
+                settings=SolverSettings(jitter_rtol=default_jitter_rtol(n, np.float32)))
+    assert float(np.max(np.abs(np.asarray(old.eigenvalues, np.float64) - np.asarray(ref.eigenvalues)))) > ACCURACY
 
 
 # ------------------------------------------------------------------------------ slow sweep
