@@ -42,7 +42,7 @@ carried the same way: block Lanczos on ``H`` restricted to them, from their part
 bound from their moments and ``|γ| ≤ es.rest``.
 
 *Partial eigensystem.* Where a flop model expects it to be cheaper than the full
-decomposition (:func:`partial_is_cheaper`: from about ``2n = 3500`` for 64 modes on CPU) only
+decomposition (:func:`partial_is_cheaper`: from about ``2n = 3400`` for 64 modes on CPU) only
 the ``r`` modes of largest ``|γ|`` are computed (block Krylov on products with ``Lᵀ Z L``;
 :func:`contrastive_eigensystem_from_factor`). Where the bound on the modes not computed,
 held (all with ``|γ| ≤ es.rest``, their weights known exactly from ``‖L⁻¹ F0‖`` and

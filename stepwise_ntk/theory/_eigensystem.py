@@ -323,7 +323,7 @@ def _krylov_sizes(N: int, top: int) -> tuple[int, int, int] | None:
 # flops of the triangular products at about four times their rate, so half the time; the
 # 64 modes of largest |γ| of the MLP NTK of 9,320 views, second call: 7.9 s against 11.6 s for
 # the whole iteration, which also orthonormalises and restarts). The model still counts the
-# triangular flops and is left as fitted: conservative, not refitted.
+# triangular flops; its rate was refitted with these products (below).
 #
 # The model compares against one eigh. On CPU the full route is the tridiagonal one
 # (theory/_tridiagonal.py, 0.6-0.8× of eigh at 2n = 2000-9,320). Inverse iteration for the
