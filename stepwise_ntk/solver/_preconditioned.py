@@ -56,13 +56,13 @@ from stepwise_ntk._checks import (
 )
 from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, resolve_loss
 from stepwise_ntk.solver._integrate import ODESettings, integrate
+from stepwise_ntk.solver._jitter import flow_factor
 from stepwise_ntk.solver._solve import SolverSettings
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 from stepwise_ntk.theory import (
     Preconditioner,
     check_enough_modes,
-    check_factorization,
-    contrastive_eigensystem,
+    contrastive_eigensystem_from_factor,
     precondition_matrix,
     preconditioned_gradient,
 )
@@ -172,7 +172,8 @@ def solve_preconditioned(
       K_test: optional ``(m, 2n)`` kernel between test inputs and the views.
       F0_test: optional ``(m, d)`` initial test embeddings (default 0).
       settings: :class:`SolverSettings` (``rtol``, ``atol``, ``max_steps``,
-        ``jitter_rtol`` are used; the integrator is DOPRI5 and no mode is truncated).
+        ``jitter_rtol`` are used, and ``accuracy`` for the jitter, :mod:`._jitter`; the
+        integrator is DOPRI5 and no mode is truncated).
 
     Returns:
       :class:`Trajectory` (``reason`` names the preconditioner).
@@ -207,8 +208,8 @@ def solve_preconditioned(
     tols = _tols(settings, K.dtype)
     reason = f"preconditioned by {precond.describe()}"
     if method == "eigen":
-        es = contrastive_eigensystem(K, n_pairs, jitter_rtol=settings.jitter_rtol)
-        check_factorization(es, K)
+        L, tau = flow_factor(K, settings.jitter_rtol, float(times[-1]), settings.accuracy)
+        es = contrastive_eigensystem_from_factor(L, tau)
         check_enough_modes(es, F0.shape[1])
         cfg = _Config(precond, settings.ode, has_test)
         observed, F_T, st = _eigen(cfg, es.gammas, es.factor, es.vectors, F0, times, K_test, F0_test, tols)

@@ -150,6 +150,7 @@ from stepwise_ntk.solver._galerkin import (
     smallest_eigenvalue_bound,
 )
 from stepwise_ntk.solver._integrate import ODESettings, check_tolerances, integrate
+from stepwise_ntk.solver._jitter import flow_factor
 from stepwise_ntk.solver._quadrature import (
     block_gauss_quadrature,
     log_moments,
@@ -164,10 +165,7 @@ from stepwise_ntk.theory import (
     RestLanczos,
     TridiagonalEigensystem,
     check_enough_modes,
-    check_factorization,
     contrastive_eigensystem_from_factor,
-    default_jitter_rtol,
-    jittered_cholesky,
     low_rank_columns,
     mode_coordinates,
     pair_gram_operator,
@@ -1084,7 +1082,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max):
     dtype = K.dtype
     t_end = float(times[-1])
     accuracy, mode_tol = settings.accuracy, settings.resolved_mode_tol()
-    L, tau = _eigen_factor(K, settings.jitter_rtol, t_end, accuracy)
+    L, tau = flow_factor(K, settings.jitter_rtol, t_end, accuracy)
     rest_q = _RestQuadrature(L, d, mode_tol / 2)
     prep, r = _eigen_modes(row_max, F0, L, tau, settings, d, t_end, mode_tol, accuracy, operator=rest_q.operator)
     check_enough_modes(prep.es, d)
@@ -1203,33 +1201,6 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max):
     return Trajectory(times=times, loss=out.loss, eigenvalues=out.eigenvalues, embeddings=out.embeddings,
                       test_embeddings=out.test_embeddings, stats=stats, method="eigen",
                       integrator=integrator, reason=reason)
-
-
-def _eigen_factor(K, jitter_rtol, t_end, accuracy):
-    """``(L, τ)`` of ``K + τ I``, checked (:func:`~stepwise_ntk.theory.check_factorization`).
-
-    The route solves the flow of ``K + τ I``: ``τ`` moves each ``γ`` by ``≈ c τ/(2n)``, ``c``
-    of order 1 for a mode alike in both views and larger for the others, and ``λ`` by up to
-    ``8 T δγ``. Where the default ``τ = 2n · eps · max K_ii`` could move ``λ`` by more than
-    ``accuracy / 10`` at ``c = 1`` (float32; in float64 it is ~1e-9 times smaller), a jitter
-    of ``10 eps`` is tried first and the default kept for a kernel whose factorisation then
-    fails (float32, CIFAR-10 linear kernel, 2n = 2000, d = 32: ``γ`` moved by up to
-    ``100 eps γ_1`` and ``λ`` by 9.6e-3 at the default; a float64 solve with float32's ``τ``
-    gives the same error). An explicit ``jitter_rtol`` is used as given.
-    """
-    N = K.shape[0]
-    dtype = K.dtype
-    if jitter_rtol is None:
-        jitter_rtol = default_jitter_rtol(N // 2, dtype)
-        eps = float(np.finfo(np.dtype(dtype)).eps)
-        tau_default = jitter_rtol * float(jnp.max(jnp.diagonal(K)))
-        if 8.0 * t_end * tau_default / N > accuracy / 10.0 and 10.0 * eps < jitter_rtol:
-            L, tau = jittered_cholesky(K, jnp.asarray(10.0 * eps, dtype))
-            if bool(jnp.all(jnp.isfinite(jnp.diagonal(L)))):
-                return L, tau
-    L, tau = jittered_cholesky(K, jnp.asarray(jitter_rtol, dtype))
-    check_factorization(ContrastiveEigensystem(jnp.diagonal(L), L, L, tau), K)
-    return L, tau
 
 
 def _measured_E(out, prep, t_end) -> float:
