@@ -367,26 +367,3 @@ def test_preconditioned_loss_trains_faster_full_batch_and_minibatch(part):
     assert last_step(fast) * 3 <= last_step(plain)
     mini = train(arch, base(loss=pc, batch_size=8), views, progress=False)
     assert np.isfinite(mini.loss).all() and mini.finished
-
-
-def test_float32_eigen_route_jitter(cifar_dir):
-    """float32, CIFAR-10 linear kernel, 2n = 1000, d = 16, the plain flow on the preconditioned
-    eigen route: the default jitter ``2n · eps · max K_ii`` moved ``λ`` by 1.7e-3; the route
-    factors ``K + 10 eps · max K_ii`` (``solver/_jitter.py``) and stays within 1e-3 of the
-    float64 reference."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_solver_accuracy import _cifar_views, _setup
-
-    X = _cifar_views(500, "crop", seed=0, data_dir=cifar_dir)
-    K, n, F0, times = _setup(X, 16, 1e-3, seed=0)
-    pc = Preconditioner("none")
-    ref = solve_preconditioned(K, n, F0, times, precond=pc, settings=SolverSettings(rtol=1e-10))
-    K32, F32, t32 = (np.asarray(a, np.float32) for a in (K, F0, times))
-    tr = solve_preconditioned(K32, n, F32, t32, precond=pc)
-    assert tr.method == "eigen" and tr.eigenvalues.dtype == jnp.float32
-    assert float(tr.stats.jitter) == pytest.approx(10 * np.finfo(np.float32).eps * np.max(np.diagonal(K)), rel=1e-3)
-    err = float(np.max(np.abs(np.asarray(tr.eigenvalues, np.float64) - np.asarray(ref.eigenvalues))))
-    assert err <= 1e-3, err
