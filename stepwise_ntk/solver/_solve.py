@@ -133,7 +133,7 @@ from stepwise_ntk._checks import (
     check_times,
     check_type,
 )
-from stepwise_ntk.data import pair_gram
+from stepwise_ntk.data import pair_gram, swap_pairs
 from stepwise_ntk.losses import (
     barlow_twins_loss,
     cross_correlation,
@@ -208,7 +208,7 @@ class SolverSettings:
       mode_tol: eigen route: the truncated modes may move ``C`` by at most this much in the
         2-norm (see the module docstring); 0 keeps every mode; None: ``accuracy / 10``.
       jitter_rtol: relative jitter of the factorisation (None: ``2n · eps``, or on the eigen
-        route ``10 eps`` first where ``2n · eps`` could move ``λ`` by more than a tenth of
+        routes ``10 eps`` first where ``2n · eps`` could move ``λ`` by more than a tenth of
         the accuracy, as in float32; see :mod:`stepwise_ntk.theory._eigensystem`).
       shard: function route: shard ``K``'s rows over ``jax.local_devices()`` (None: when
         there is more than one device and ``2n`` is divisible by their number).
@@ -408,8 +408,7 @@ def _eigen_prepare(es, row_max, F0, rows, B0=None, M0=None):
         if es.residuals is not None:
             B_kept = B0
             # H B0 = Lᵀ Z F0 / N = P Γ Pᵀ B0: what the computed modes leave of it is the rest's.
-            n = N // 2
-            HB0 = L.T @ jnp.concatenate([F0[n:], F0[:n]]) / N
+            HB0 = L.T @ swap_pairs(F0) / N
             if M0 is None:
                 M0 = mode_coordinates(es, F0, B=B0, image=HB0)
             R = HB0 - P @ (g[:, None] * M0.T)
