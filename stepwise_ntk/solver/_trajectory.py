@@ -34,8 +34,9 @@ class SolveStats(NamedTuple):
         the solved kernel is from ``K``), else 0.
       n_devices: devices ``K`` was sharded over (function route), else 1.
       error_estimate: estimate of ``max_{t, j} |λ_j(t) − λ_j^exact(t)|`` over the requested
-        times (the time-integration estimate plus ``truncation_bound``); NaN where the
-        route does not estimate it.
+        times (the time-integration estimate plus ``truncation_bound``, plus on the eigen
+        route the effect of the ``γ`` errors: a partial eigensystem's residuals and the
+        ``jitter``); NaN where the route does not estimate it.
       n_eigen_modes: eigen route: modes of the contrastive eigensystem computed (``2n``
         for the full decomposition, fewer for the partial one), else -1.
       eigen_residual: eigen route: the largest residual ``‖H p − γ p‖₂`` of the partial
