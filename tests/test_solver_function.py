@@ -240,7 +240,7 @@ def test_accuracy_deciding_products_request_highest_precision():
     for loss in (resolve_loss("simclr", loss_kwargs=LOSSES["simclr"]), resolve_loss("vicreg")):
         cfg = GalerkinConfig(loss=loss, r=16, integrator="rosw", ode=SolverSettings().ode, has_test=False)
         programs = [galerkin_integrate.lower(cfg, lam, U, F0, times, None, None, tols)]
-        fcfg = _FunctionConfig(loss=loss, ode=SolverSettings().ode, has_test=False)
+        fcfg = _FunctionConfig(loss=loss, ode=SolverSettings().ode, has_test=False, progress=False)
         programs.append(_function_integrate.lower(fcfg, K, F0, times, None, None, tols))
         for lowered in programs:
             dots = re.findall(r"stablehlo\.dot_general[^\n]*", lowered.as_text())

@@ -461,7 +461,7 @@ def predict_run(
       F0_test: ``(m, d)`` initial test embeddings ``α · net(X_test; θ_0)``; default 0.
       dtype: precision of the kernel model (float64 by default; needs x64).
       solver_settings: :class:`SolverSettings` of the flow.
-      progress: progress bars of the kernel computation.
+      progress: progress bars of the kernel computation and of the flow's integrations.
       **kernel_options: see :func:`network_kernel`.
 
     Raises:
@@ -527,7 +527,7 @@ def predict_run(
     check_enough_modes(es, d)
     lam0 = initial_eigenvalues(es, F0)
     t_steps = step_times(es, F0)
-    traj = solve(K, n, F0, times, K_test=K_test, F0_test=F0_test, settings=solver_settings)
+    traj = solve(K, n, F0, times, K_test=K_test, F0_test=F0_test, settings=solver_settings, progress=progress)
     return Prediction(
         network_kernel=nk, alpha=alpha, d=d, K=K, K_test=K_test, gammas=es.gammas, lambda0=lam0, step_times=t_steps,
         times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues, embeddings=traj.embeddings,

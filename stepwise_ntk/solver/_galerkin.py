@@ -68,6 +68,7 @@ import numpy as np
 from stepwise_ntk.data import pair_gram
 from stepwise_ntk.losses import loss_gradient, loss_quadratic_part
 from stepwise_ntk.solver._integrate import ODESettings, integrate
+from stepwise_ntk.solver._progress import report
 
 __all__ = ["GalerkinConfig", "GalerkinOut", "check_psd", "galerkin_integrate", "initial_modes", "kernel_spectrum",
            "next_modes", "smallest_eigenvalue_bound"]
@@ -171,6 +172,7 @@ class GalerkinConfig(NamedTuple):
     integrator: str  # "rosw" or "dopri5"
     ode: ODESettings
     has_test: bool
+    progress: bool = False  # report filled output times to the host (solver/_progress.py)
 
 
 class GalerkinOut(NamedTuple):
@@ -270,7 +272,7 @@ def _galerkin_integrate(cfg, lam, U, F0, times, K_test, F0_test, tols):
     atol = 1e-3 * rtol * scale / jnp.maximum(jnp.sqrt(lr[0]), jnp.finfo(dtype).tiny)
     res = integrate(rhs, y0, times, None, observe=observe, settings=ODESettings(atol=1.0),
                     method=cfg.integrator, w_prepare=lambda y, a: None, w_solve=w_solve,
-                    rtol=rtol, atol=atol, max_steps=max_steps)
+                    rtol=rtol, atol=atol, max_steps=max_steps, report=report if cfg.progress else None)
     X_T, e_T = res.y_final[0], res.y_final[1]
     F_T = F0 + _mm(V, X_T)
     test = res.observed[3] if cfg.has_test else None

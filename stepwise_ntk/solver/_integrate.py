@@ -295,6 +295,7 @@ def integrate(
     rtol: jax.Array | None = None,
     atol: jax.Array | None = None,
     max_steps: jax.Array | None = None,
+    report: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> ODEResult:
     """Integrate ``dy/dt = rhs(t, y, args)`` from ``t = 0``, observing at ``save_times``.
 
@@ -315,6 +316,10 @@ def integrate(
         (trapezoid rule on the accepted steps) comes back as ``ODEResult.integral``.
       rtol, atol, max_steps: optional (traced) values overriding those in ``settings``, so
         that a jitted caller can change them without recompiling.
+      report: optional host function ``(filled, t) -> None``, called through
+        ``jax.debug.callback`` after each accepted step that reaches output times, with the
+        number of output times filled and the time reached
+        (:func:`stepwise_ntk.solver._progress.report` drives a progress bar).
 
     Returns:
       :class:`ODEResult` with ``observed`` (leaves ``(T, ...)``), ``y_final`` (at
@@ -437,6 +442,8 @@ def integrate(
                 save_one, state)
 
         idx, bufs = jax.lax.cond(accept, save_all, lambda s: s, (c.idx, c.bufs))
+        if report is not None:
+            jax.lax.cond(idx > c.idx, lambda: jax.debug.callback(report, idx, t_new), lambda: None)
         sel = lambda a, b: jax.tree.map(lambda u, v: jnp.where(accept, u, v), a, b)  # noqa: E731
         f_new = sel(st.f_new, c.f)
         g_new = jax.lax.cond(accept, lambda: integ(st.y_new), lambda: c.g_old)

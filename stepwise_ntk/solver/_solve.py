@@ -152,6 +152,7 @@ from stepwise_ntk.solver._galerkin import (
 )
 from stepwise_ntk.solver._integrate import ODESettings, check_tolerances, integrate
 from stepwise_ntk.solver._jitter import flow_factor
+from stepwise_ntk.solver._progress import progress_bar, report
 from stepwise_ntk.solver._quadrature import (
     block_gauss_quadrature,
     log_moments,
@@ -466,6 +467,7 @@ class _EigenConfig(NamedTuple):
     integrator: str
     ode: ODESettings
     has_test: bool
+    progress: bool  # report filled output times to the host (solver/_progress.py)
 
 
 class _EigenOut(NamedTuple):
@@ -559,7 +561,7 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_t
         tolerances["atol"] = 1e-3 * tolerances["rtol"] * y_max + jnp.finfo(dtype).tiny
     res = integrate(rhs, M0, times, None, observe=observe, settings=cfg.ode, method=cfg.integrator,
                     w_prepare=lambda M, a: _lyapunov_prepare(M, g), w_solve=_lyapunov_solve,
-                    integrand=integrand, **tolerances)
+                    integrand=integrand, report=report if cfg.progress else None, **tolerances)
     M_T = res.y_final
     F_T = F0 + es.factor @ (P @ (M_T - M0).T)
 
@@ -869,6 +871,7 @@ class _FunctionConfig(NamedTuple):
     loss: Callable
     ode: ODESettings
     has_test: bool
+    progress: bool
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -895,7 +898,7 @@ def _function_integrate(cfg: _FunctionConfig, K, F0, times, K_test, F0_test, tol
 
     y0 = (F0,) + ((F0_test,) if cfg.has_test else ())
     res = integrate(rhs, y0, times, None, observe=observe, settings=cfg.ode, method="dopri5",
-                    **_tolerance_kwargs(cfg.ode, tols))
+                    report=report if cfg.progress else None, **_tolerance_kwargs(cfg.ode, tols))
     test = res.observed[2] if cfg.has_test else None
     st = res.stats
     return res.observed[0], res.observed[1], res.y_final[0], test, st
@@ -942,6 +945,7 @@ def solve(
     K_test: Any = None,
     F0_test: Any = None,
     settings: SolverSettings = SolverSettings(),
+    progress: bool = False,
 ) -> Trajectory:
     """Gradient flow ``dF/dt = −K ∇_F L(F)`` of the kernel model from ``F(0) = F0``.
 
@@ -959,6 +963,9 @@ def solve(
       F0_test: optional ``(m, d)`` initial test embeddings (default 0, as in
         neural-tangents' ``predict``).
       settings: :class:`SolverSettings`.
+      progress: show a tqdm bar over the output times for each integration (the eigen route
+        runs two or more: the truncation's and the accuracy check's); results do not depend
+        on it.
 
     Returns:
       :class:`Trajectory` (``method``, ``integrator`` and ``reason`` say what ran).
@@ -979,6 +986,7 @@ def solve(
     loss_fn = resolve_loss(loss, loss_kwargs=loss_kwargs)
     check_choice("method", method, METHODS)
     check_type("settings", settings, SolverSettings)
+    progress = check_bool("progress", progress)
     if settings.rtol is not None:
         _check_rtol_resolvable(settings.rtol, K.dtype)
     K_test, F0_test = _test_inputs(K_test, F0_test, n_pairs, F0)
@@ -993,10 +1001,11 @@ def solve(
     stiffness = float(row_max) / K.shape[0] * float(times[-1]) if row_max is not None else None
     method, reason = _route(method, is_bt, loss, settings.integrator, n_pairs, F0.shape[1], n_dev, stiffness)
     if method == "eigen":
-        return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason, row_max)
+        return _solve_eigen(K, F0, times, K_test, F0_test, settings, F0.shape[1], reason, row_max, progress)
     if method == "galerkin":
-        return _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason)
-    return _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev)
+        return _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason, progress)
+    return _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev,
+                           progress)
 
 
 def _check_x64(**arrays: Any) -> None:
@@ -1076,7 +1085,7 @@ def _raise_if_failed(success, n_steps, t_final, times, settings):
         )
 
 
-def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max):
+def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max, progress):
     """The eigen route (the module docstring); ``row_max = max_i Σ_k |K_ik| ≥ ‖K‖₂``."""
     N = K.shape[0]
     dtype = K.dtype
@@ -1101,6 +1110,7 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max):
     B_test = _forward_substitution(L, K_test.T) if has_test else None
 
     formed = []  # [(prep, key, run_prep, P, tail)]: the last plan's modes, formed once for its runs
+    runs = [0]
 
     def run(prep, plan, rtol):
         key = (plan.idx.tobytes(), plan.q)
@@ -1114,9 +1124,13 @@ def _solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max):
         _, _, run_prep, P, tail = formed[0]
         idx = plan.idx if tail is None else np.arange(P.shape[1], dtype=np.int32)
         head = (np.arange(idx.size) < plan.idx.size).astype(np.dtype(dtype))
-        cfg = _EigenConfig(k=idx.size, integrator=integrator, ode=settings.ode, has_test=has_test)
-        out = _eigen_integrate(cfg, run_prep.traced(), jnp.asarray(idx), P, F0, times, B_test, F0_test,
-                               settings.tolerances(dtype, rtol), jnp.asarray(head))
+        cfg = _EigenConfig(k=idx.size, integrator=integrator, ode=settings.ode, has_test=has_test,
+                           progress=progress)
+        runs[0] += 1
+        with progress_bar(times.shape[0], f"solve: eigen route, run {runs[0]}, {idx.size} modes", progress):
+            out = jax.block_until_ready(_eigen_integrate(cfg, run_prep.traced(), jnp.asarray(idx), P, F0, times,
+                                                         B_test, F0_test, settings.tolerances(dtype, rtol),
+                                                         jnp.asarray(head)))
         _raise_if_failed(out.success, out.n_steps, out.t_final, times, settings)
         return out if tail is None else _with_quadrature_bounds(out, tail, plan.q, float(prep.L_norm))
 
@@ -1317,14 +1331,15 @@ def _outside_columns(L, F0, columns, rows):
     return jnp.sqrt(jnp.sum(jnp.square(rest))), jnp.sqrt(jnp.sum(jnp.square(F0))), B
 
 
-def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev):
+def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, shard, devices, n_dev, progress):
     theta_min, theta_max = smallest_eigenvalue_bound(K)
     check_psd(theta_min, theta_max, K, estimate=True)
     if shard:
         K, F0, K_test, F0_test = _shard_rows([(K, True), (F0, False), (K_test, True), (F0_test, False)], devices)
-    cfg = _FunctionConfig(loss=loss_fn, ode=settings.ode, has_test=K_test is not None)
-    loss, lam, F_T, test, st = _function_integrate(cfg, K, F0, times, K_test, F0_test,
-                                                   settings.tolerances(K.dtype))
+    cfg = _FunctionConfig(loss=loss_fn, ode=settings.ode, has_test=K_test is not None, progress=progress)
+    with progress_bar(times.shape[0], "solve: function route", progress):
+        loss, lam, F_T, test, st = jax.block_until_ready(
+            _function_integrate(cfg, K, F0, times, K_test, F0_test, settings.tolerances(K.dtype)))
     _raise_if_failed(st.success, st.n_steps, st.t_final, times, settings)
     stats = SolveStats(
         n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
@@ -1336,7 +1351,7 @@ def _solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, sh
                       stats=stats, method="function", integrator="dopri5", reason=reason)
 
 
-def _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason):
+def _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason, progress):
     """The function-space flow on the top eigenvectors of ``K`` (:mod:`._galerkin`): modes
     doubled until the a-posteriori bound on the dropped part is within ``mode_tol``."""
     N, d = F0.shape
@@ -1352,8 +1367,9 @@ def _solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason):
     tols = settings.tolerances(dtype)
     while True:
         cfg = GalerkinConfig(loss=loss_fn, r=r, integrator=integrator, ode=settings.ode,
-                             has_test=K_test is not None)
-        out = galerkin_integrate(cfg, lam, U, F0, times, K_test, F0_test, tols)
+                             has_test=K_test is not None, progress=progress)
+        with progress_bar(times.shape[0], f"solve: galerkin route, {r} modes", progress):
+            out = jax.block_until_ready(galerkin_integrate(cfg, lam, U, F0, times, K_test, F0_test, tols))
         st = out.stats
         _raise_if_failed(st.success, st.n_steps, st.t_final, times, settings)
         if r >= N or float(out.bound_C) <= mode_tol:
