@@ -235,7 +235,7 @@ def _principal_directions(E: np.ndarray) -> np.ndarray:
     return Ec @ Vt.T
 
 
-def _loss_flow(s: AugmentationsSettings, loss: str, K, K_out, es, R) -> dict[str, Any]:
+def _loss_flow(s: AugmentationsSettings, loss: str, K, K_out, es, R, progress: bool) -> dict[str, Any]:
     """The kernel flow of ``loss`` from ``F0 = K R`` to ``horizon ×`` the last Barlow Twins step.
 
     ``K_out``: ``(m, 2n)`` kernel of the clean images (pool, then probe test images).
@@ -245,7 +245,7 @@ def _loss_flow(s: AugmentationsSettings, loss: str, K, K_out, es, R) -> dict[str
     F0, F0_out = scale * F0, scale * (K_out @ R)
     T = s.horizon * float(jnp.max(step_times(es, F0)))
     traj = solve(K, s.n_pairs, F0, jnp.array([T / 2, T]), loss=loss, loss_kwargs=LOSS_SETTINGS[loss] or None,
-                 method="function", K_test=K_out, F0_test=F0_out)
+                 method="function", K_test=K_out, F0_test=F0_out, progress=progress)
     E_out = np.asarray(traj.test_embeddings, np.float64)
     return {"views": np.asarray(traj.embeddings, np.float64), "out": E_out[-1], "T": T,
             "eigenvalues": np.asarray(traj.eigenvalues[-1], np.float64),
@@ -334,7 +334,7 @@ def run_augmentations(settings: AugmentationsSettings, out: RunDir, *, progress:
         K_out = jnp.concatenate([K_pool, K_test]) if s.losses else None
         for loss in s.losses:
             t1 = time.perf_counter()
-            f = _loss_flow(s, loss, K, K_out, es, R)
+            f = _loss_flow(s, loss, K, K_out, es, R, progress)
             f_probe = linear_probe(f["views"], view_labels, f["out"][n_pool:], test_labels,
                                    groups=pair_groups(s.n_pairs), seed=s.seed)
             f_table = mode_statistics(_principal_directions(f["out"][:n_pool]), stats, labels=pool_labels)

@@ -137,4 +137,5 @@ def run_kernel(settings: KernelSettings, out: RunDir, *, progress: bool = True) 
         title=f"{arch.name} NTK Barlow Twins, CIFAR-10 n={s.n_pairs}, d={s.d}",
         extra_results={"architecture": arch.to_config()},
         started=started,
+        progress=progress,
     )

@@ -115,6 +115,7 @@ def run_kernel_model(
     title: str,
     extra_results: dict[str, Any] | None = None,
     started: float | None = None,
+    progress: bool = False,
 ) -> str:
     """Solve, compare with theory, write results/arrays/figures; return a one-line summary.
 
@@ -122,6 +123,7 @@ def run_kernel_model(
       K: (2n, 2n) kernel of the views.
       F0: (2n, d) initial embeddings of the views.
       K_pool: (P, 2n) kernel between the clean pool images and the views (mode gallery).
+      progress: progress bars of the gradient flow's integrations.
     """
     t_start = time.perf_counter() if started is None else started
     with out.phase(f"contrastive eigensystem (2n = {K.shape[0]})"):
@@ -141,7 +143,7 @@ def run_kernel_model(
     times = jnp.asarray(np.geomspace(t_begin, t_end, s.n_times))
 
     with out.phase(f"gradient flow ({s.method} route, {s.n_times} times)"):
-        traj = solve(K, s.n_pairs, F0, times, method=s.method, K_test=K)
+        traj = solve(K, s.n_pairs, F0, times, method=s.method, K_test=K, progress=progress)
     eig = np.asarray(traj.eigenvalues)
     theory_eig = np.sort(np.asarray(aligned_eigenvalues(es.gammas[: s.d], lam0, times)), axis=1)[:, ::-1]
 

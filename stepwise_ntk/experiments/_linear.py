@@ -170,6 +170,7 @@ def run_linear(settings: LinearSettings, out: RunDir, *, progress: bool = True) 
         title=f"linear Barlow Twins, CIFAR-10 n={s.n_pairs}, d={s.d}",
         extra_results=extra,
         started=started,
+        progress=progress,
     )
     # After the shared experiment: its gallery annotated, and the spectral metrics of its trajectory.
     ds = problem.dataset

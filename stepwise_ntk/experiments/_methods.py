@@ -157,7 +157,7 @@ def train_method(s: MethodsSettings, loss: str, arch, problem, init, progress: b
     # the problem's step is already Barlow Twins'.
     if loss != "barlow_twins":
         problem = dataclasses.replace(problem, step_size=network_step_size(s, problem.init_kernel, init, loss))
-    steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, loss)
+    steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, loss, progress=progress)
     lr = problem.step_size / s.alpha**2
     # Barlow Twins keeps its view embeddings at every record (the projections figure).
     cfg = TrainSettings(loss=_train_loss(loss), learning_rate=lr, steps=steps, alpha=s.alpha,
@@ -176,7 +176,8 @@ def train_method(s: MethodsSettings, loss: str, arch, problem, init, progress: b
     params = {"analytic": None, "empirical_init": init.params, "empirical_final": res.params}[s.kernel]
     pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=kernel,
                        params=params, F0_test=init.F0_test, solver_settings=_SOLVER, progress=progress)
-    pred = with_loss_flow(pred, init, times, loss)  # the closed form (top-d modes) stays Barlow Twins'
+    # The closed form (top-d modes) stays Barlow Twins'.
+    pred = with_loss_flow(pred, init, times, loss, progress=progress)
     cmp = compare_run(pred, res, arch=arch)
     net_t, net_eig = res.effective_times, np.asarray(res.eigenvalues, np.float64)
     th_t, th_eig = np.asarray(pred.times, np.float64), np.asarray(pred.eigenvalues, np.float64)

@@ -406,7 +406,8 @@ def rise_times(times, eigenvalues) -> np.ndarray:
     return crossing_times(t[keep], lam[keep])
 
 
-def plan_run(arch, problem: NetworkProblem, init, kernel, s: SharedNetworkSettings, loss: str) -> tuple[int, float]:
+def plan_run(arch, problem: NetworkProblem, init, kernel, s: SharedNetworkSettings, loss: str, *,
+             progress: bool = False) -> tuple[int, float]:
     """Gradient steps to run: ``horizon ×`` the kernel model's last step time, from this ``F0``.
 
     The last step time is the later of the kernel model on ``kernel`` and on the network's
@@ -431,7 +432,7 @@ def plan_run(arch, problem: NetworkProblem, init, kernel, s: SharedNetworkSettin
             continue
         grid = np.geomspace(lr, lr * s.max_steps, cfg.plan_points)
         traj = solve(s.alpha**2 * jnp.asarray(k.K), s.n_pairs, jnp.asarray(init.F0, jnp.float64), grid, loss=loss,
-                     loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", settings=_SOLVER)
+                     loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", settings=_SOLVER, progress=progress)
         rises = rise_times(grid, traj.eigenvalues)
         t_last = max(t_last, float(np.max(rises)) if np.all(np.isfinite(rises)) else math.inf)
     steps = math.ceil(s.horizon * t_last / lr) if np.isfinite(t_last) else None
@@ -464,18 +465,18 @@ def _fresh_views(key: jax.Array, images: jax.Array, *, settings, factor: int) ->
     return downsample(normalize(positive_pairs(key, images, settings)), factor)
 
 
-def _theory(arch, problem: NetworkProblem, init, nk, times, s: SharedNetworkSettings, loss: str):
+def _theory(arch, problem: NetworkProblem, init, nk, times, s: SharedNetworkSettings, loss: str, progress: bool):
     """The kernel model of the run on the kernel ``nk``: Barlow Twins' closed form, and the flow of ``loss``.
 
     For SimCLR and VICReg the flow is the solver's function route on the same ``K = α² Θ``
     (the closed-form quantities stay Barlow Twins').
     """
     pred = predict_run(arch, problem.views, problem.test_views, init.F0, times, alpha=s.alpha, kernel=nk,
-                       F0_test=init.F0_test, solver_settings=_SOLVER)
-    return with_loss_flow(pred, init, times, loss)
+                       F0_test=init.F0_test, solver_settings=_SOLVER, progress=progress)
+    return with_loss_flow(pred, init, times, loss, progress=progress)
 
 
-def with_loss_flow(pred, init, times, loss: str):
+def with_loss_flow(pred, init, times, loss: str, *, progress: bool = False):
     """``pred`` with its curves and embeddings from the kernel flow of ``loss`` (Barlow Twins: unchanged).
 
     The flow is the solver's function route on the prediction's ``K = α² Θ`` from the
@@ -485,7 +486,7 @@ def with_loss_flow(pred, init, times, loss: str):
         return pred
     traj = solve(pred.K, pred.n_pairs, jnp.asarray(init.F0, jnp.float64), times, loss=loss,
                  loss_kwargs=LOSS_SETTINGS[loss] or None, method="function", K_test=pred.K_test,
-                 F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER)
+                 F0_test=jnp.asarray(init.F0_test, jnp.float64), settings=_SOLVER, progress=progress)
     return dataclasses.replace(pred, times=traj.times, loss=traj.loss, eigenvalues=traj.eigenvalues,
                                embeddings=traj.embeddings, flow_test_embeddings=traj.test_embeddings[-1],
                                trajectory=traj)
@@ -574,7 +575,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     arch, init = problem.arch, problem.init
     train_dt = np.dtype(s.train_dtype)
     views_t, test_t = problem.views.astype(train_dt), problem.test_views.astype(train_dt)
-    steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, s.loss)
+    steps, t_plan = plan_run(arch, problem, init, problem.kernel, s, s.loss, progress=progress)
     lr = problem.step_size / s.alpha**2
     cfg = TrainSettings(loss=_train_loss(s.loss), learning_rate=lr, steps=steps, alpha=s.alpha,
                         batch_size=s.batch_size, n_records=s.n_records, record_embeddings=True, seed=s.seed)
@@ -610,7 +611,7 @@ def run_network(settings: NetworkSettings, out: RunDir, *, progress: bool = True
     kernels = {"analytic": problem.kernel, "empirical_init": problem.init_kernel, "empirical_final": final_kernel}
     preds, cmps, reports = {}, {}, {}
     for name, nk in kernels.items():
-        preds[name] = _theory(arch, problem, init, nk, times, s, s.loss)
+        preds[name] = _theory(arch, problem, init, nk, times, s, s.loss, progress)
         cmps[name] = compare_run(preds[name], res, arch=arch)
         reports[name] = _kernel_report(preds[name], cmps[name], net_steps, is_bt)
     pred, cmp = preds[s.kernel], cmps[s.kernel]
