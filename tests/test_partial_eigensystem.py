@@ -202,7 +202,7 @@ def test_more_modes_follows_the_spectrum_between_double_and_quadruple():
     spectrum says the rest's bound fits the budget (checked with that law's next value)."""
     from types import SimpleNamespace
 
-    from stepwise_ntk.solver._solve import _more_modes, _rest_bounds
+    from stepwise_ntk.solver._eigen_route import _more_modes, _rest_bounds
 
     r, N, E = 64, 100_000, 50.0
     for power, budget in [(1.0, 1e-4), (1.0, 1e-2), (2.0, 1e-6), (0.5, 1e-5)]:

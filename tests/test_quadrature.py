@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-import stepwise_ntk.solver._solve as solve_module
+import stepwise_ntk.solver._eigen_route as solve_module
 from stepwise_ntk.data import cifar10_pairs
 from stepwise_ntk.solver import SolverSettings, solve
 from stepwise_ntk.solver._quadrature import (

@@ -14,7 +14,7 @@ import pytest
 
 from stepwise_ntk.losses import barlow_twins_loss
 from stepwise_ntk.solver import SolverSettings, choose_method, linear_gd, solve
-from stepwise_ntk.solver._solve import spectral_norm_bound
+from stepwise_ntk.solver._eigen_route import spectral_norm_bound
 from stepwise_ntk.theory import contrastive_eigensystem
 
 sys.path.insert(0, str(Path(__file__).parent))

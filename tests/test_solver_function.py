@@ -15,8 +15,8 @@ import pytest
 
 from stepwise_ntk.losses import loss_gradient, loss_quadratic_part, resolve_loss, simclr_loss
 from stepwise_ntk.solver import SolverSettings, choose_method, solve
+from stepwise_ntk.solver._function_route import _function_integrate, _FunctionConfig
 from stepwise_ntk.solver._galerkin import GalerkinConfig, galerkin_integrate, kernel_spectrum
-from stepwise_ntk.solver._solve import _function_integrate, _FunctionConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_theory import paired_features  # noqa: E402

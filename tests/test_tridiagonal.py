@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import stepwise_ntk.solver._solve as solve_module
+import stepwise_ntk.solver._eigen_route as solve_module
 from stepwise_ntk.solver import SolverSettings, solve
 from stepwise_ntk.theory import (
     contrastive_eigensystem,

@@ -67,11 +67,12 @@ import numpy as np
 
 from stepwise_ntk.data import pair_gram
 from stepwise_ntk.losses import loss_gradient, loss_quadratic_part
-from stepwise_ntk.solver._integrate import ODESettings, integrate
-from stepwise_ntk.solver._progress import report
+from stepwise_ntk.solver._integrate import ODESettings, check_reached, integrate
+from stepwise_ntk.solver._progress import progress_bar, report
+from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 
 __all__ = ["GalerkinConfig", "GalerkinOut", "check_psd", "galerkin_integrate", "initial_modes", "kernel_spectrum",
-           "next_modes", "smallest_eigenvalue_bound"]
+           "next_modes", "smallest_eigenvalue_bound", "solve_galerkin"]
 
 _MODE_BLOCK = 64
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -278,3 +279,38 @@ def _galerkin_integrate(cfg, lam, U, F0, times, K_test, F0_test, tols):
     test = res.observed[3] if cfg.has_test else None
     return GalerkinOut(res.observed[0], res.observed[1], F_T, test, res.stats,
                        jnp.max(res.observed[2]), lam_next * jnp.sqrt(times[-1] * e_T))
+
+
+def solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason, progress):
+    """The function-space flow on the top eigenvectors of ``K`` (:mod:`._galerkin`): modes
+    doubled until the a-posteriori bound on the dropped part is within ``mode_tol``."""
+    N, d = F0.shape
+    dtype = K.dtype
+    lam, U = kernel_spectrum(K)
+    check_psd(lam[-1], lam[0], K)
+    mode_tol = settings.resolved_mode_tol()
+    t_end = float(times[-1])
+    integrator = settings.integrator
+    if integrator == "auto":
+        integrator = "dopri5"  # ROS34PW2 with W from the quadratic part is opt-in (integrator="rosw")
+    r = N if mode_tol == 0 else initial_modes(np.asarray(lam), t_end, d)
+    tols = settings.tolerances(dtype)
+    while True:
+        cfg = GalerkinConfig(loss=loss_fn, r=r, integrator=integrator, ode=settings.ode,
+                             has_test=K_test is not None, progress=progress)
+        with progress_bar(times.shape[0], f"solve: galerkin route, {r} modes", progress):
+            out = jax.block_until_ready(galerkin_integrate(cfg, lam, U, F0, times, K_test, F0_test, tols))
+        st = out.stats
+        check_reached(st.success, st.n_steps, st.t_final, times, settings.max_steps)
+        if r >= N or float(out.bound_C) <= mode_tol:
+            break
+        r = next_modes(2 * r - 1, N)
+    stats = SolveStats(
+        n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
+        n_modes=jnp.asarray(r), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
+        jitter=jnp.asarray(0.0, dtype), n_devices=jnp.asarray(1),
+    )
+    kept = f"{r} of {N} eigenvectors of K kept (truncation bound {float(out.bound_C):.2g}, mode_tol {mode_tol:g})"
+    return Trajectory(times=times, loss=out.loss, eigenvalues=out.eigenvalues, embeddings=out.embeddings,
+                      test_embeddings=out.test_embeddings, stats=stats, method="galerkin",
+                      integrator=integrator, reason=f"{reason}; {kept}")

@@ -50,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,7 +60,8 @@ import numpy as np
 
 from stepwise_ntk._checks import check_choice, check_number, check_positive_int
 
-__all__ = ["METHODS", "ODEResult", "ODESettings", "ODEStats", "check_tolerances", "integrate"]
+__all__ = ["METHODS", "ODEResult", "ODESettings", "ODEStats", "check_reached", "check_tolerances", "highest_precision",
+           "integrate", "tolerance_kwargs"]
 
 METHODS = ("dopri5", "rosw")
 
@@ -491,3 +493,31 @@ def integrate(
     )
     return ODEResult(observed=out.bufs, y_final=out.y, stats=stats,
                      integral=None if integrand is None else out.acc)
+
+
+
+def tolerance_kwargs(ode: ODESettings, tols: tuple[Any, Any, Any]) -> dict[str, Any]:
+    """:func:`integrate`'s ``rtol``, ``atol``, ``max_steps`` keywords from traced ``tols``
+    (``atol`` None where ``ode`` lets it follow the state's scale)."""
+    rtol, atol, max_steps = tols
+    return dict(rtol=rtol, atol=None if ode.atol is None else atol, max_steps=max_steps)
+
+
+def highest_precision(f):
+    """Trace ``f`` with full-precision matrix products (accelerators default to reduced
+    precision, e.g. TF32, which the accuracy target cannot afford)."""
+    @functools.wraps(f)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return f(*args, **kwargs)
+    return wrapped
+
+
+def check_reached(success: Any, n_steps: Any, t_final: Any, times: Any, max_steps: int) -> None:
+    """ValueError, with what to change, where an integration stopped before ``times[-1]``."""
+    if not bool(success):
+        raise ValueError(
+            f"The integration stopped at t = {float(t_final):.6g} < {float(times[-1]):.6g} after "
+            f"{int(n_steps)} steps (max_steps = {max_steps}). Raise max_steps, loosen rtol, "
+            f"or shorten the time span; a NaN in the state (divergence) also stops it."
+        )

@@ -57,7 +57,7 @@ from stepwise_ntk._checks import (
 from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, resolve_loss
 from stepwise_ntk.solver._integrate import ODESettings, integrate
 from stepwise_ntk.solver._jitter import flow_factor
-from stepwise_ntk.solver._solve import SolverSettings
+from stepwise_ntk.solver._settings import SolverSettings
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 from stepwise_ntk.theory import (
     Preconditioner,
