@@ -1,5 +1,6 @@
 """Progress bars of the integrations (``solver/_progress.py``): the bar reaches every output
-time, results do not depend on it, and a second solve with progress compiles nothing."""
+time, results of ``solve`` and ``solve_preconditioned`` do not depend on it, and a second
+solve with progress compiles nothing."""
 
 import logging
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stepwise_ntk.solver import solve
+from stepwise_ntk.solver import solve, solve_preconditioned
 from stepwise_ntk.solver._integrate import integrate
 from stepwise_ntk.solver._progress import progress_bar, report
 
@@ -50,6 +51,15 @@ def test_solve_with_progress_changes_nothing(problem, kw, capsys):
     assert f"solve: {shown.method} route" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method", ["eigen", "function"])
+def test_preconditioned_solve_with_progress_changes_nothing(problem, method, capsys):
+    K, n, F0, times = problem
+    plain = solve_preconditioned(K, n, F0, times, method=method)
+    shown = solve_preconditioned(K, n, F0, times, method=method, progress=True)
+    np.testing.assert_array_equal(shown.eigenvalues, plain.eigenvalues)
+    assert f"solve_preconditioned: {method} route" in capsys.readouterr().err
+
+
 def test_second_solve_with_progress_does_not_recompile(problem):
     K, n, F0, times = problem
     solve(K, n, F0, times, progress=True)
@@ -69,5 +79,6 @@ def test_second_solve_with_progress_does_not_recompile(problem):
 
 def test_progress_must_be_a_bool(problem):
     K, n, F0, times = problem
-    with pytest.raises(TypeError, match="progress must be True or False"):
-        solve(K, n, F0, times, progress=1)
+    for call in (solve, solve_preconditioned):
+        with pytest.raises(TypeError, match="progress must be True or False"):
+            call(K, n, F0, times, progress=1)

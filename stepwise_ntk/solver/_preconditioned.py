@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from stepwise_ntk._checks import (
+    check_bool,
     check_choice,
     check_embeddings,
     check_kernel,
@@ -55,8 +56,9 @@ from stepwise_ntk._checks import (
     check_type,
 )
 from stepwise_ntk.losses import barlow_twins_loss, cross_correlation, resolve_loss
-from stepwise_ntk.solver._integrate import ODESettings, integrate
+from stepwise_ntk.solver._integrate import ODESettings, integrate, tolerance_kwargs
 from stepwise_ntk.solver._jitter import flow_factor
+from stepwise_ntk.solver._progress import progress_bar, report
 from stepwise_ntk.solver._settings import SolverSettings
 from stepwise_ntk.solver._trajectory import SolveStats, Trajectory
 from stepwise_ntk.theory import (
@@ -79,11 +81,7 @@ class _Config(NamedTuple):
     ode: ODESettings
     has_test: bool
     loss: Callable | None = None
-
-
-def _tols(settings: SolverSettings, dtype):
-    rtol, atol, max_steps = settings.tolerances(dtype)
-    return dict(rtol=rtol, atol=None if settings.atol is None else atol, max_steps=max_steps)
+    progress: bool = False  # report filled output times to the host (solver/_progress.py)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -108,7 +106,8 @@ def _eigen(cfg: _Config, gammas, factor, vectors, F0, times, K_test, F0_test, to
             out = out + (F0_test + G_test @ (M - M0).T,)
         return out
 
-    res = integrate(rhs, M0, times, None, observe=observe, settings=cfg.ode, method="dopri5", **tols)
+    res = integrate(rhs, M0, times, None, observe=observe, settings=cfg.ode, method="dopri5",
+                    report=report if cfg.progress else None, **tols)
     F_T = F0 + factor @ (vectors @ (res.y_final - M0).T)
     return res.observed, F_T, res.stats
 
@@ -133,7 +132,8 @@ def _function(cfg: _Config, K, F0, times, K_test, F0_test, tols):
         return out
 
     y0 = (F0,) + ((F0_test,) if cfg.has_test else ())
-    res = integrate(rhs, y0, times, None, observe=observe, settings=cfg.ode, method="dopri5", **tols)
+    res = integrate(rhs, y0, times, None, observe=observe, settings=cfg.ode, method="dopri5",
+                    report=report if cfg.progress else None, **tols)
     return res.observed, res.y_final[0], res.stats
 
 
@@ -150,6 +150,7 @@ def solve_preconditioned(
     K_test: Any = None,
     F0_test: Any = None,
     settings: SolverSettings = _SETTINGS,
+    progress: bool = False,
 ) -> Trajectory:
     """The preconditioned gradient flow ``dF/dt = −K ∇_F L(F) · P(C)`` from ``F(0) = F0``.
 
@@ -174,6 +175,7 @@ def solve_preconditioned(
       settings: :class:`SolverSettings` (``rtol``, ``atol``, ``max_steps``,
         ``jitter_rtol`` are used, and ``accuracy`` for the jitter, :mod:`._jitter`; the
         integrator is DOPRI5 and no mode is truncated).
+      progress: show a tqdm bar over the output times (as :func:`stepwise_ntk.solver.solve`).
 
     Returns:
       :class:`Trajectory` (``reason`` names the preconditioner).
@@ -190,6 +192,7 @@ def solve_preconditioned(
     loss_fn = resolve_loss(loss, loss_kwargs=loss_kwargs)
     check_choice("method", method, PRECONDITIONED_METHODS)
     check_type("settings", settings, SolverSettings)
+    progress = check_bool("progress", progress)
     is_bt = loss_fn is barlow_twins_loss
     if method == "auto":
         method = "eigen" if is_bt and precond.part == "all" else "function"
@@ -205,18 +208,21 @@ def solve_preconditioned(
         F0_test = check_test_embeddings(F0_test, K_test.shape[0], F0.shape[1], dtype=K.dtype)
     elif F0_test is not None:
         raise ValueError("F0_test was given without K_test; pass K_test (m, 2n) as well.")
-    tols = _tols(settings, K.dtype)
+    tols = tolerance_kwargs(settings.ode, settings.tolerances(K.dtype))
     reason = f"preconditioned by {precond.describe()}"
     if method == "eigen":
         L, tau = flow_factor(K, settings.jitter_rtol, float(times[-1]), settings.accuracy)
         es = contrastive_eigensystem_from_factor(L, tau)
         check_enough_modes(es, F0.shape[1])
-        cfg = _Config(precond, settings.ode, has_test)
-        observed, F_T, st = _eigen(cfg, es.gammas, es.factor, es.vectors, F0, times, K_test, F0_test, tols)
+        cfg = _Config(precond, settings.ode, has_test, progress=progress)
+        with progress_bar(times.shape[0], "solve_preconditioned: eigen route", progress):
+            observed, F_T, st = jax.block_until_ready(
+                _eigen(cfg, es.gammas, es.factor, es.vectors, F0, times, K_test, F0_test, tols))
         jitter, n_modes = es.jitter, K.shape[0]
     else:
-        cfg = _Config(precond, settings.ode, has_test, loss_fn)
-        observed, F_T, st = _function(cfg, K, F0, times, K_test, F0_test, tols)
+        cfg = _Config(precond, settings.ode, has_test, loss_fn, progress)
+        with progress_bar(times.shape[0], "solve_preconditioned: function route", progress):
+            observed, F_T, st = jax.block_until_ready(_function(cfg, K, F0, times, K_test, F0_test, tols))
         jitter, n_modes = jnp.asarray(0.0, K.dtype), K.shape[0]
     if not bool(st.success):
         raise ValueError(
