@@ -68,6 +68,10 @@ def test_eigen_function_and_gradient_descent_agree(problem, runs):
         np.testing.assert_allclose(np.asarray(eig.loss), np.asarray(ref.loss), atol=1e-5)
         np.testing.assert_allclose(np.asarray(eig.embeddings), np.asarray(ref.embeddings),
                                    atol=1e-5 * float(jnp.max(jnp.abs(ref.embeddings))))
+        # W is prepared at the start and after rejected steps only (ROS34PW2); DOPRI5 has none.
+        n_w = int(eig.stats.n_w)
+        assert (1 <= n_w <= 1 + int(eig.stats.n_rejected)) if integrator == "rosw" else n_w == 0, n_w
+    assert int(ref.stats.n_w) == 0
     # By the last time every mode has stepped (the last one is at 0.986).
     assert float(jnp.min(ref.eigenvalues[-1])) > 0.95
     # Gradient descent in parameter space (f = W x, K = X Xᵀ): Euler's method, error O(lr).

@@ -194,6 +194,7 @@ class _EigenOut(NamedTuple):
     n_steps: jax.Array
     n_rejected: jax.Array
     n_rhs: jax.Array
+    n_w: jax.Array
     success: jax.Array
     t_final: jax.Array
     bound_C: jax.Array
@@ -276,7 +277,7 @@ def _eigen_integrate(cfg: _EigenConfig, prep: _EigenPrep, idx, P, F0, times, B_t
     loss, lam = res.observed[0], res.observed[1]
     test = res.observed[2] if cfg.has_test else None
     st = res.stats
-    return _EigenOut(loss, lam, F_T, test, st.n_steps, st.n_rejected, st.n_rhs, st.success, st.t_final,
+    return _EigenOut(loss, lam, F_T, test, st.n_steps, st.n_rejected, st.n_rhs, st.n_w, st.success, st.t_final,
                      bound_C, bound_F, res.integral)
 
 
@@ -687,7 +688,7 @@ def solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max, pro
         estimate = estimate + float(out.bound_C) + gamma_share
     es = prep.es
     stats = SolveStats(
-        n_steps=out.n_steps, n_rejected=out.n_rejected, n_rhs=out.n_rhs, success=out.success,
+        n_steps=out.n_steps, n_rejected=out.n_rejected, n_rhs=out.n_rhs, n_w=out.n_w, success=out.success,
         n_modes=jnp.asarray(plan.n_modes(d)), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
         jitter=es.jitter, n_devices=jnp.asarray(1), error_estimate=jnp.asarray(estimate, dtype),
         n_eigen_modes=jnp.asarray(es.gammas.shape[0]),

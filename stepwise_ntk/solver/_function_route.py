@@ -112,7 +112,7 @@ def solve_function(K, F0, times, K_test, F0_test, settings, loss_fn, reason, sha
             _function_integrate(cfg, K, F0, times, K_test, F0_test, settings.tolerances(K.dtype)))
     check_reached(st.success, st.n_steps, st.t_final, times, settings.max_steps)
     stats = SolveStats(
-        n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
+        n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, n_w=st.n_w, success=st.success,
         n_modes=jnp.asarray(K.shape[0]), truncation_bound=jnp.asarray(0.0, K.dtype),
         truncation_embedding_bound=jnp.asarray(0.0, K.dtype), jitter=jnp.asarray(0.0, K.dtype),
         n_devices=jnp.asarray(n_dev),

@@ -306,7 +306,7 @@ def solve_galerkin(K, F0, times, K_test, F0_test, settings, loss_fn, reason, pro
             break
         r = next_modes(2 * r - 1, N)
     stats = SolveStats(
-        n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
+        n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, n_w=st.n_w, success=st.success,
         n_modes=jnp.asarray(r), truncation_bound=out.bound_C, truncation_embedding_bound=out.bound_F,
         jitter=jnp.asarray(0.0, dtype), n_devices=jnp.asarray(1),
     )

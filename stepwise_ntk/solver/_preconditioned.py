@@ -231,7 +231,7 @@ def solve_preconditioned(
             f"or raise the preconditioner's eps (a stiffer flow needs more steps)."
         )
     zero = jnp.asarray(0.0, K.dtype)
-    stats = SolveStats(n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, success=st.success,
+    stats = SolveStats(n_steps=st.n_steps, n_rejected=st.n_rejected, n_rhs=st.n_rhs, n_w=st.n_w, success=st.success,
                        n_modes=jnp.asarray(n_modes), truncation_bound=zero, truncation_embedding_bound=zero,
                        jitter=jitter, n_devices=jnp.asarray(1))
     return Trajectory(times=times, loss=observed[0], eigenvalues=observed[1], embeddings=F_T,

@@ -23,6 +23,9 @@ class SolveStats(NamedTuple):
     Attributes:
       n_steps, n_rejected, n_rhs: accepted / rejected time steps and right-hand sides
         (for gradient descent: steps taken, 0, steps taken).
+      n_w: preparations of ROS34PW2's ``W`` (its structured Jacobian, at the start and after
+        rejected steps; :class:`~stepwise_ntk.solver.ODEStats`) in the integration the step
+        counts are from; 0 for DOPRI5 and gradient descent.
       success: the integration reached the last requested time.
       n_modes: modes integrated (eigen route; ``2n`` otherwise).
       truncation_bound: eigen route: a posteriori bound on ``‖ΔC‖₂`` (so, by Weyl, on every
@@ -58,6 +61,7 @@ class SolveStats(NamedTuple):
     n_eigen_modes: Any = -1
     eigen_residual: Any = float("nan")
     n_quadrature_modes: Any = 0
+    n_w: Any = 0
 
 
 @jax.tree_util.register_dataclass
