@@ -495,7 +495,6 @@ def integrate(
                      integral=None if integrand is None else out.acc)
 
 
-
 def tolerance_kwargs(ode: ODESettings, tols: tuple[Any, Any, Any]) -> dict[str, Any]:
     """:func:`integrate`'s ``rtol``, ``atol``, ``max_steps`` keywords from traced ``tols``
     (``atol`` None where ``ode`` lets it follow the state's scale)."""
