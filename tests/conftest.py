@@ -27,6 +27,8 @@ and 567 s. Users and the benchmarks run at XLA's default level, and the tests of
 flags (test_xla_flags, test_solver_scale) start fresh processes without ``XLA_FLAGS``.
 """
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -76,3 +78,25 @@ def cifar_dir() -> Path:
     if not (SHARED_CIFAR / "cifar-10-batches-py").is_dir():
         pytest.skip(f"CIFAR-10 subset not found at {SHARED_CIFAR}")
     return SHARED_CIFAR
+
+
+@contextlib.contextmanager
+def _compiled():
+    """The ``Compiling …`` messages JAX logs inside the block (``jax.log_compiles``)."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            yield messages
+    finally:
+        logger.removeHandler(handler)
+        messages[:] = [m for m in messages if m.startswith("Compiling")]
+
+
+@pytest.fixture
+def compiled():
+    """``with compiled() as log: …`` then ``assert not log``: what the block compiled."""
+    return _compiled

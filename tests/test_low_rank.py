@@ -5,7 +5,6 @@ Kernels: linear on ``p`` paired features, ``2n = 600`` views, so ``rank K = p``;
 takes seconds.
 """
 
-import logging
 import sys
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def test_solver_keeps_full_rank_kernels_square(problem):
     assert "low-rank" not in tr.reason and int(tr.stats.n_eigen_modes) == 2 * N_PAIRS
 
 
-def test_second_low_rank_call_does_not_recompile(problem):
+def test_second_low_rank_call_does_not_recompile(problem, compiled):
     X, K = problem["X"], problem["K"]
     F0 = X @ (1e-3 * np.random.default_rng(10).normal(size=(RANK, 3)))
     times = _times(problem, F0)
@@ -135,16 +134,7 @@ def test_second_low_rank_call_does_not_recompile(problem):
     # New values, same rank and shapes: the eigensystem, the range check, the preparation and
     # the integration must all be reused (every integrated mode is one of the 40 kept).
     K2, F2 = jax.block_until_ready((K * 1.01, jnp.asarray(F0) * 0.9))
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles():
-            second = solve(K2, N_PAIRS, F2, times)
-    finally:
-        logger.removeHandler(handler)
+    with compiled() as log:
+        second = solve(K2, N_PAIRS, F2, times)
     assert "low-rank kernel" in second.reason
-    compiles = [m for m in messages if m.startswith("Compiling")]
-    assert not compiles, compiles
+    assert not log, log

@@ -1,6 +1,5 @@
 """The solver's routes against each other, against gradient descent, and on bad input."""
 
-import logging
 import os
 import subprocess
 import sys
@@ -126,25 +125,16 @@ def test_float32_tracks_float64(problem, runs):
         solve(K32, p["n"], F32, t32, settings=SolverSettings(rtol=1e-8))
 
 
-def test_second_call_does_not_recompile(problem, runs):
+def test_second_call_does_not_recompile(problem, runs, compiled):
     p = problem
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
     # Same shapes and static settings as the runs above, new values (and a new rtol, which
     # is a traced value): every compiled computation must be reused.
     K2, F2, t2 = jax.block_until_ready((p["K"] * 1.01, p["F0"] * 0.9, p["times"] * 1.1))
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles():
-            for method, integrator in (("eigen", "rosw"), ("function", "dopri5")):
-                solve(K2, p["n"], F2, t2, method=method, **runs["kw"],
-                      settings=SolverSettings(rtol=1e-7, integrator=integrator, mode_tol=0.0))
-    finally:
-        logger.removeHandler(handler)
-    compiles = [m for m in messages if m.startswith("Compiling")]
-    assert not compiles, compiles
+    with compiled() as log:
+        for method, integrator in (("eigen", "rosw"), ("function", "dopri5")):
+            solve(K2, p["n"], F2, t2, method=method, **runs["kw"],
+                  settings=SolverSettings(rtol=1e-7, integrator=integrator, mode_tol=0.0))
+    assert not log, log
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
