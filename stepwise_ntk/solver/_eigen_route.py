@@ -665,7 +665,8 @@ def solve_eigen(K, F0, times, K_test, F0_test, settings, d, reason, row_max, pro
     # A partial eigensystem's γ errors (at most its residuals) move λ by about 8 δ T λ; the
     # kernel change (jitter) moves each γ too (_jitter_share).
     gamma_share = 8.0 * t_end * float(jnp.max(prep.es.residuals)) if prep.es.partial else 0.0
-    P_head = formed[0][3][:, : plan.idx.size]
+    _, _, _, P, _ = formed[0]  # the last plan's modes: its head columns come first
+    P_head = P[:, : plan.idx.size]
     gamma_share += float(_jitter_share(prep.es.factor, prep.es.jitter, P_head, prep.es.gammas[jnp.asarray(plan.idx)],
                                        out.embeddings, jnp.asarray(t_end, dtype)))
     if auto_rtol:
